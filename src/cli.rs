@@ -1,0 +1,127 @@
+//! The command line (DESIGN 1.1). Help texts are written for an operator
+//! woken at 3 a.m.: what the command does, what the exit codes mean.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Zero-downtime process supervisor for web services, built to run under systemd",
+    long_about = "baton holds your app's listening sockets and hands the same file descriptors to \
+every generation of its workers. A reload starts a new generation, waits until it is ready, then \
+drains the old one: the port never closes. If the new release fails, the reload fails and the old \
+one keeps serving.",
+    after_help = "Quick start (no config file, no systemd):\n  \
+baton run --listen 127.0.0.1:8080 --workers 2 -- node server.js\n  \
+baton reload            # from another terminal; exit 0 = new generation serving\n  \
+baton status\n\n\
+Config files live in /etc/baton/NAME.toml; `baton run NAME` reads /etc/baton/NAME.toml."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct Target {
+    /// App name: reads /etc/baton/NAME.toml and uses its control socket
+    pub name: Option<String>,
+    /// Use this config file instead of /etc/baton/NAME.toml
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "name")]
+    pub config: Option<PathBuf>,
+    /// Control socket path (default: /run/baton/NAME/control.sock as root,
+    /// $XDG_RUNTIME_DIR/baton/NAME/control.sock otherwise)
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Supervise the app in the foreground (what systemd's ExecStart runs)
+    #[command(
+        long_about = "Supervise the app in the foreground. Uses the sockets systemd passes \
+(LISTEN_FDS) or, standalone, binds the [[listen]] addresses itself. SIGHUP reloads; SIGTERM or \
+SIGINT stop gracefully (a second one kills at once).",
+        after_help = "Exit codes: 0 clean stop · 1 runtime failure (first generation never became ready, \
+or every worker lost with restarts exhausted) · 78 invalid config.\n\n\
+Examples:\n  baton run myapp\n  baton run --config ./app.toml\n  \
+baton run --listen 127.0.0.1:8080 --workers 4 -- node server.js"
+    )]
+    Run {
+        #[command(flatten)]
+        target: Target,
+        /// Address to listen on (repeatable): 127.0.0.1:8080, [::1]:8080, /path.sock, @abstract.
+        /// Replaces the config's [[listen]] entries
+        #[arg(long, short = 'l', value_name = "ADDR")]
+        listen: Vec<String>,
+        /// Number of workers, or "auto" for one per CPU
+        #[arg(long, short = 'w', value_name = "N")]
+        workers: Option<String>,
+        /// App name when running without a config file (default: the command's file name)
+        #[arg(long = "name", id = "app_name", value_name = "NAME")]
+        app_name: Option<String>,
+        /// The app's command; replaces the config's `command`
+        #[arg(last = true, value_name = "CMD ARGS")]
+        command: Vec<String>,
+    },
+    /// Start a new generation, wait until it is ready, retire the old one
+    #[command(
+        after_help = "Exit codes: 0 the new generation is serving · 1 the reload failed and the old \
+generation is still serving (the reason and the failing worker's last output are printed) · \
+2 usage error or no supervisor reachable."
+    )]
+    Reload {
+        #[command(flatten)]
+        target: Target,
+        /// Also wait until the old generation has fully exited
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show generations, workers, pids, states, restarts, memory and the last reload
+    #[command(after_help = "Exit codes: 0 ok · 2 usage error or no supervisor reachable.")]
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print one JSON document instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config and print every problem with file:line:column
+    #[command(after_help = "Exit codes: 0 valid · 78 invalid (safe as ExecStartPre=).")]
+    Check {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn quick_mode_parses() {
+        let cli = Cli::try_parse_from([
+            "baton",
+            "run",
+            "--listen",
+            "127.0.0.1:1",
+            "-w",
+            "2",
+            "--",
+            "node",
+            "a.js",
+        ]);
+        assert!(matches!(cli, Ok(Cli { command: Cmd::Run { ref command, .. } }) if command == &["node", "a.js"]));
+    }
+}

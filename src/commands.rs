@@ -1,0 +1,273 @@
+//! What each subcommand does, returning its exit code.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::activation::{self, Inherited};
+use crate::cli::Target;
+use crate::config::{self, Config, Overrides, Source};
+use crate::control::{self, Reply, Request};
+use crate::output::StderrSink;
+use crate::runtime::{self, Context};
+use crate::supervisor::Phase;
+
+pub const EX_OK: i32 = 0;
+pub const EX_FAILED: i32 = 1;
+pub const EX_USAGE: i32 = 2;
+pub const EX_CONFIG: i32 = 78;
+
+fn source_of(target: &Target, quick: bool) -> Option<Source> {
+    match (&target.name, &target.config) {
+        (_, Some(file)) => Some(Source::File(file.clone())),
+        (Some(name), None) => Some(Source::File(config::path_for_name(name))),
+        (None, None) if quick => Some(Source::Quick),
+        (None, None) => None,
+    }
+}
+
+/// `baton run`. `inherited` was taken in `main` before any thread existed.
+pub fn run(target: Target, overrides: Overrides, inherited: Inherited) -> i32 {
+    let quick = !overrides.command.is_empty();
+    let Some(source) = source_of(&target, quick) else {
+        eprintln!("baton run: say what to run: an app NAME (/etc/baton/NAME.toml), --config FILE, or -- CMD ARGS");
+        return EX_USAGE;
+    };
+    let config = match config::load(&source, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("baton: {e}");
+            return EX_CONFIG;
+        }
+    };
+    let (listeners, socket_activated) = match inherited.sockets {
+        Some(sockets) => {
+            if !config.listen.is_empty() {
+                tracing::warn!("systemd passed sockets, so the [[listen]] entries in the config are not used");
+            }
+            (sockets, true)
+        }
+        None => match activation::bind_all(&config.listen) {
+            Ok(l) => (l, false),
+            Err(e @ activation::ActivationError::Nothing) => {
+                eprintln!("baton: {e}");
+                return EX_CONFIG;
+            }
+            Err(e) => {
+                eprintln!("baton: {}", chain(&e));
+                return EX_FAILED;
+            }
+        },
+    };
+    let control = target
+        .control
+        .clone()
+        .unwrap_or_else(|| control::control_path(&config.name));
+    let ctx = Context {
+        config,
+        source,
+        overrides,
+        listeners,
+        socket_activated,
+        path: inherited.path,
+        control,
+        sink: Arc::new(StderrSink),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("baton: cannot start the async runtime: {e}");
+            return EX_FAILED;
+        }
+    };
+    let (phase, _) = tokio::sync::watch::channel(Phase::Starting);
+    match runtime.block_on(runtime::run(ctx, CancellationToken::new(), phase)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("baton: {}", chain(&e));
+            EX_FAILED
+        }
+    }
+}
+
+/// The control socket a client command should talk to.
+fn control_target(target: &Target) -> Result<(PathBuf, String), control::ControlError> {
+    if let Some(path) = &target.control {
+        return Ok((path.clone(), path.display().to_string()));
+    }
+    let name = match (&target.name, &target.config) {
+        (Some(name), _) => name.clone(),
+        (None, Some(file)) => match config::load(&Source::File(file.clone()), &Overrides::default()) {
+            Ok(c) => c.name,
+            Err(_) => file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        },
+        (None, None) => {
+            let path = control::discover()?;
+            let name = path
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Ok((path, name));
+        }
+    };
+    Ok((control::control_path(&name), name))
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `baton reload`.
+pub fn reload(target: Target, wait: bool) -> i32 {
+    let (path, what) = match control_target(&target) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("baton reload: {}", chain(&e));
+            return EX_USAGE;
+        }
+    };
+    let rt = match client_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("baton reload: {e:#}");
+            return EX_USAGE;
+        }
+    };
+    let reply = rt.block_on(control::request(&path, &what, &Request::Reload { wait }, |p| {
+        println!("baton: {p}");
+    }));
+    match reply {
+        Ok(Reply::Reloaded(answer)) if answer.ok => {
+            println!("baton: reload ok: {}", answer.message);
+            EX_OK
+        }
+        Ok(Reply::Reloaded(answer)) => {
+            eprintln!("baton: RELOAD FAILED: {}", answer.message);
+            eprintln!("baton: the previous generation is still serving");
+            if !answer.output.is_empty() {
+                eprintln!("baton: last output of the failing worker:");
+                for line in &answer.output {
+                    eprintln!("  {line}");
+                }
+            }
+            EX_FAILED
+        }
+        Ok(Reply::Error(e)) => {
+            eprintln!("baton reload: the supervisor refused: {e}");
+            EX_USAGE
+        }
+        Ok(other) => {
+            eprintln!("baton reload: unexpected answer: {other:?}");
+            EX_USAGE
+        }
+        Err(control::ControlError::NoAnswer) => {
+            eprintln!("baton reload: the supervisor went away before answering (did it stop?)");
+            EX_FAILED
+        }
+        Err(e) => {
+            eprintln!("baton reload: {}", chain(&e));
+            EX_USAGE
+        }
+    }
+}
+
+/// `baton status`.
+pub fn status(target: Target, json: bool) -> i32 {
+    let result = control_target(&target).map_err(|e| chain(&e)).and_then(|(path, what)| {
+        let rt = client_runtime().map_err(|e| format!("{e:#}"))?;
+        rt.block_on(control::request(&path, &what, &Request::Status {}, |_| {}))
+            .map_err(|e| chain(&e))
+    });
+    match result {
+        Ok(Reply::Status(v)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", crate::status::render(&v));
+            }
+            EX_OK
+        }
+        Ok(other) => {
+            eprintln!("baton status: unexpected answer: {other:?}");
+            EX_USAGE
+        }
+        Err(e) => {
+            eprintln!("baton status: {e}");
+            EX_USAGE
+        }
+    }
+}
+
+/// `baton check`.
+pub fn check(target: Target) -> i32 {
+    let Some(source) = source_of(&target, false) else {
+        eprintln!("baton check: name the app (baton check NAME) or pass --config FILE");
+        return EX_USAGE;
+    };
+    match config::load(&source, &Overrides::default()).map(|c| (validate_runnable(&c), c)) {
+        Ok((Ok(()), c)) => {
+            println!(
+                "{}: ok ({} worker{}, command {:?})",
+                match &source {
+                    Source::File(p) => p.display().to_string(),
+                    Source::Quick => "command line".into(),
+                },
+                c.workers,
+                if c.workers == 1 { "" } else { "s" },
+                c.command.join(" ")
+            );
+            EX_OK
+        }
+        Ok((Err(e), _)) => {
+            eprintln!("{e}");
+            EX_CONFIG
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            EX_CONFIG
+        }
+    }
+}
+
+/// What `check` adds on top of parsing: the program and directory exist.
+fn validate_runnable(config: &Config) -> Result<(), String> {
+    let path = std::env::var("PATH").ok();
+    crate::spec::GenSpec::resolve(config, path.as_deref())
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "{}: {e}",
+                config
+                    .source
+                    .as_ref()
+                    .map_or("command line".into(), |p| p.display().to_string())
+            )
+        })
+}
+
+/// An error and its causes on one line, ripgrep style.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,27 @@
+//! baton: a process supervisor for Linux web services that leans on systemd.
+//!
+//! The architecture, from the outside in:
+//! - `cli`, `commands`: the command line.
+//! - `activation`: the listening sockets (from systemd, or bound here).
+//! - `runtime`: the tokio driver that runs the state machine's actions.
+//! - `supervisor`: the state machine (generations, reloads, restarts).
+//! - `spawn` + `sys`: starting a worker with exactly the right fds and env.
+//! - `notify`: each worker's sd_notify endpoint.
+//! - `output`: worker stdout/stderr.
+//! - `control`: the control socket behind `baton reload` and `status`.
+#![deny(unsafe_code)]
+
+pub mod activation;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod notify;
+pub mod output;
+pub mod runtime;
+pub mod spawn;
+pub mod spec;
+pub mod status;
+pub mod supervisor;
+#[allow(unsafe_code)]
+pub mod sys;

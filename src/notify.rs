@@ -1,0 +1,295 @@
+//! The sd_notify endpoint baton gives each worker (DESIGN 1.3).
+//!
+//! Every worker gets its own abstract datagram socket as `NOTIFY_SOCKET`, so
+//! the socket a message arrives on names the worker. A message is accepted
+//! only from the worker itself or one of its descendants, which the kernel
+//! vouches for with `SCM_CREDENTIALS`. File descriptors that come along
+//! (`systemd-notify` sends one with `BARRIER=1` and waits for it to close)
+//! are closed at once, which is exactly what a barrier needs.
+
+#![forbid(unsafe_code)]
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, setsockopt, sockopt};
+
+use crate::supervisor::Notify;
+
+/// Largest datagram accepted; systemd's own limit is similar.
+const MAX_DATAGRAM: usize = 4096;
+
+/// What one datagram said.
+#[derive(Debug, Default, PartialEq)]
+pub struct Parsed {
+    pub messages: Vec<Notify>,
+    pub barrier: bool,
+}
+
+/// Parses `KEY=VALUE` lines. Unknown keys are ignored, as systemd does;
+/// known keys with bad values are reported.
+pub fn parse(datagram: &[u8]) -> Result<Parsed, String> {
+    let text = std::str::from_utf8(datagram).map_err(|_| "not UTF-8".to_owned())?;
+    if text.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    let mut parsed = Parsed::default();
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line without '=': {line:?}"));
+        };
+        let bad = || format!("bad value for {key}: {value:?}");
+        match key {
+            "READY" if value == "1" => parsed.messages.push(Notify::Ready),
+            "STOPPING" if value == "1" => parsed.messages.push(Notify::Stopping),
+            "STATUS" => parsed.messages.push(Notify::Status(value.to_owned())),
+            "WATCHDOG" if value == "1" => parsed.messages.push(Notify::Watchdog),
+            "WATCHDOG" if value == "trigger" => parsed.messages.push(Notify::WatchdogTrigger),
+            "BARRIER" if value == "1" => parsed.barrier = true,
+            "MAINPID" => {
+                let pid: i32 = value.parse().map_err(|_| bad())?;
+                if pid <= 0 {
+                    return Err(bad());
+                }
+                parsed.messages.push(Notify::MainPid(pid));
+            }
+            "ERRNO" => parsed.messages.push(Notify::Errno(value.parse().map_err(|_| bad())?)),
+            "EXTEND_TIMEOUT_USEC" => {
+                let usec: u64 = value.parse().map_err(|_| bad())?;
+                parsed.messages.push(Notify::ExtendTimeout(Duration::from_micros(usec)));
+            }
+            "READY" | "STOPPING" | "WATCHDOG" | "BARRIER" => return Err(bad()),
+            _ => {}
+        }
+    }
+    Ok(parsed)
+}
+
+/// Whether `pid` is `leader` or one of its descendants. The worker leads its
+/// own process group, so group membership counts too (a descendant may have
+/// been re-parented to baton after its parent exited).
+pub fn belongs_to(pid: i32, leader: i32) -> bool {
+    if pid == leader {
+        return true;
+    }
+    let mut current = pid;
+    for _ in 0..64 {
+        let Some((ppid, pgrp)) = stat_parent_and_group(current) else {
+            return false;
+        };
+        if pgrp == leader || ppid == leader {
+            return true;
+        }
+        if ppid <= 1 {
+            return false;
+        }
+        current = ppid;
+    }
+    false
+}
+
+/// (ppid, pgrp) from /proc/PID/stat.
+fn stat_parent_and_group(pid: i32) -> Option<(i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume
+    // after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((ppid, pgrp))
+}
+
+/// One worker's notify socket.
+pub struct Endpoint {
+    socket: tokio::net::UnixDatagram,
+    /// The `NOTIFY_SOCKET` value to give the worker.
+    pub address: String,
+}
+
+/// What `Endpoint::recv` got.
+pub enum Received {
+    Message { pid: i32, parsed: Parsed },
+    Rejected { pid: Option<i32>, reason: String },
+}
+
+impl Endpoint {
+    /// Binds a fresh abstract socket; abstract names vanish with the socket,
+    /// so nothing is left behind in the filesystem after a crash.
+    pub fn bind(name: &str) -> std::io::Result<Endpoint> {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+        setsockopt(&socket, sockopt::PassCred, &true)?;
+        socket.set_nonblocking(true)?;
+        Ok(Endpoint {
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            address: format!("@{name}"),
+        })
+    }
+
+    /// Waits for the next datagram and checks that it comes from `leader`'s
+    /// process tree. Passed fds are closed only after that check: closing
+    /// them releases a `systemd-notify` waiting on BARRIER=1, which then
+    /// exits, and a dead sender can no longer be traced to its worker.
+    pub async fn recv(&self, leader: i32) -> std::io::Result<Received> {
+        loop {
+            self.socket.readable().await?;
+            match self
+                .socket
+                .try_io(tokio::io::Interest::READABLE, || receive(self.socket.as_fd(), leader))
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
+}
+
+fn receive(fd: std::os::fd::BorrowedFd<'_>, leader: i32) -> std::io::Result<Received> {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; 16]);
+    let msg = socket::recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
+    )?;
+    let mut pid = None;
+    // Held until the sender is authenticated, then closed (see `recv`).
+    let mut passed: Vec<std::os::fd::OwnedFd> = Vec::new();
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                ControlMessageOwned::ScmRights(fds) => passed.extend(fds.into_iter().map(crate::sys::adopt_fd)),
+                _ => {}
+            }
+        }
+    }
+    let len = msg.bytes;
+    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM;
+    if truncated {
+        return Ok(Received::Rejected {
+            pid,
+            reason: format!("oversize datagram ({len} bytes)"),
+        });
+    }
+    let Some(pid) = pid else {
+        return Ok(Received::Rejected {
+            pid: None,
+            reason: "no sender credentials".into(),
+        });
+    };
+    if !belongs_to(pid, leader) {
+        return Ok(Received::Rejected {
+            pid: Some(pid),
+            reason: "sender is not the worker or one of its descendants".into(),
+        });
+    }
+    drop(passed);
+    match parse(&buf[..len]) {
+        Ok(parsed) => Ok(Received::Message { pid, parsed }),
+        Err(reason) => Ok(Received::Rejected {
+            pid: Some(pid),
+            reason: format!("garbage: {reason}"),
+        }),
+    }
+}
+
+/// Lets one warning through per interval and counts the rest.
+#[derive(Debug)]
+pub struct RateLimit {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub fn new(interval: Duration) -> Self {
+        RateLimit {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(number suppressed since the last one)` if this one may be logged.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_the_honoured_keys() {
+        let p = parse(
+            b"READY=1\nSTATUS=serving 4 conns\nWATCHDOG=1\nWATCHDOG=trigger\nMAINPID=42\nERRNO=98\nEXTEND_TIMEOUT_USEC=5000000\nSTOPPING=1\nBARRIER=1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.messages,
+            vec![
+                Notify::Ready,
+                Notify::Status("serving 4 conns".into()),
+                Notify::Watchdog,
+                Notify::WatchdogTrigger,
+                Notify::MainPid(42),
+                Notify::Errno(98),
+                Notify::ExtendTimeout(Duration::from_secs(5)),
+                Notify::Stopping,
+            ]
+        );
+        assert!(p.barrier);
+    }
+
+    #[test]
+    fn ignores_unknown_keys_like_systemd() {
+        let p = parse(b"FDSTORE=1\nX_CUSTOM=yes\nREADY=1").unwrap();
+        assert_eq!(p.messages, vec![Notify::Ready]);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse(b"\xff\xfe").is_err());
+        assert!(parse(b"hello world").is_err());
+        assert!(parse(b"MAINPID=abc").is_err());
+        assert!(parse(b"MAINPID=-3").is_err());
+        assert!(parse(b"READY=2").is_err());
+        assert!(parse(b"READY=1\0").is_err());
+        assert_eq!(parse(b"").unwrap(), Parsed::default());
+    }
+
+    #[test]
+    fn own_pid_belongs_to_itself_and_init_does_not() {
+        let me = std::process::id() as i32;
+        assert!(belongs_to(me, me));
+        assert!(!belongs_to(1, me));
+    }
+
+    #[test]
+    fn rate_limit_counts_suppressed() {
+        let mut r = RateLimit::new(Duration::from_secs(10));
+        let t = Instant::now();
+        assert_eq!(r.allow(t), Some(0));
+        assert_eq!(r.allow(t), None);
+        assert_eq!(r.allow(t), None);
+        assert_eq!(r.allow(t + Duration::from_secs(11)), Some(2));
+    }
+}

@@ -1,0 +1,556 @@
+//! The driver: a thin tokio layer that feeds the [`Supervisor`] state
+//! machine with events from the OS and carries out its actions.
+//!
+//! One task owns the state machine. It reaps children (baton is a child
+//! subreaper, so orphaned grandchildren come here too), turns signals into
+//! intents (HUP → reload, TERM/INT → stop), and hears from per-worker tasks:
+//! notify sockets, output pumps and timers, plus control-socket clients.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::activation::Listener;
+use crate::config::{self, Config, Overrides, Source};
+use crate::control::{self, Command, ReloadAnswer, Reply};
+use crate::notify::{self, Endpoint, RateLimit, Received};
+use crate::output::{self, LogSink, Origin, Stream, Tail};
+use crate::spec::GenSpec;
+use crate::status;
+use crate::supervisor::{
+    Action, ClientId, ExitStatus, Fault, Notify, Phase, ReloadError, ReloadResult, Supervisor, Timer, Waiter, WorkerId,
+};
+
+/// Everything `run` needs, prepared by `main` before the runtime started.
+pub struct Context {
+    pub config: Config,
+    pub source: Source,
+    pub overrides: Overrides,
+    pub listeners: Vec<Listener>,
+    /// Whether the sockets came from systemd.
+    pub socket_activated: bool,
+    /// PATH as baton found it, for finding the app.
+    pub path: Option<String>,
+    pub control: PathBuf,
+    pub sink: Arc<dyn LogSink>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot become a child subreaper")]
+    Subreaper(#[source] nix::Error),
+    #[error("cannot open /dev/null")]
+    DevNull(#[source] std::io::Error),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("{0}")]
+    Spec(#[from] crate::spec::SpecError),
+}
+
+enum Event {
+    Notify {
+        worker: WorkerId,
+        received: Received,
+    },
+    /// The worker's main process was reaped and its output drained.
+    Exit {
+        worker: WorkerId,
+        status: ExitStatus,
+    },
+    Timer(Timer),
+    Control(Command),
+}
+
+/// Per-worker I/O the driver owns.
+struct WorkerIo {
+    /// The pid we forked: the process group leader.
+    leader: i32,
+    /// The pid whose exit means the worker is gone (MAINPID= may move it).
+    main: i32,
+    tail: Tail,
+    notify: JoinHandle<()>,
+    /// Closed when both output pumps have hit EOF.
+    output_done: Option<mpsc::Receiver<()>>,
+}
+
+/// How many exited workers' last lines are kept for reports.
+const KEEP_TAILS: usize = 64;
+
+struct Driver {
+    core: Supervisor,
+    ctx: Context,
+    name: Arc<str>,
+    listeners: Arc<Vec<Listener>>,
+    devnull: OwnedFd,
+    events: mpsc::UnboundedSender<Event>,
+    workers: HashMap<WorkerId, WorkerIo>,
+    /// Main pid → worker, for the reaper.
+    pids: HashMap<i32, WorkerId>,
+    old_tails: VecDeque<(WorkerId, Tail)>,
+    clients: BTreeMap<ClientId, mpsc::UnboundedSender<Reply>>,
+    next_client: ClientId,
+    rejected: RateLimit,
+    started: Instant,
+    started_wall: SystemTime,
+    phase: watch::Sender<Phase>,
+}
+
+/// Supervises until stopped. Returns the exit code (DESIGN 1.1).
+///
+/// `shutdown` is the same as SIGTERM; tests use it to stop an in-process
+/// supervisor. `phase` reports lifecycle changes to whoever listens.
+pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender<Phase>) -> Result<i32, RunError> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(RunError::Subreaper)?;
+    let devnull = std::fs::File::open("/dev/null").map_err(RunError::DevNull)?.into();
+    let spec = GenSpec::resolve(&ctx.config, ctx.path.as_deref())?;
+
+    // Signal handlers first: a SIGCHLD before they exist would be lost.
+    let mut sigchld = signal(SignalKind::child()).map_err(RunError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+
+    let listener = control::bind(&ctx.control)?;
+    let control_path = ctx.control.clone();
+    let (events, mut rx) = mpsc::unbounded_channel();
+    let (commands_tx, mut commands_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(control::serve(listener, commands_tx));
+    let forward = {
+        let events = events.clone();
+        tokio::spawn(async move {
+            while let Some(cmd) = commands_rx.recv().await {
+                if events.send(Event::Control(cmd)).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let name: Arc<str> = ctx.config.name.as_str().into();
+    let mut ctx = ctx;
+    let listeners = Arc::new(std::mem::take(&mut ctx.listeners));
+    for l in listeners.iter() {
+        tracing::info!("listening on {} ({})", l.address, l.name);
+    }
+    let mut driver = Driver {
+        core: Supervisor::new(),
+        name,
+        listeners,
+        devnull,
+        events,
+        workers: HashMap::new(),
+        pids: HashMap::new(),
+        old_tails: VecDeque::new(),
+        clients: BTreeMap::new(),
+        next_client: 1,
+        rejected: RateLimit::new(Duration::from_secs(10)),
+        started: Instant::now(),
+        started_wall: SystemTime::now(),
+        phase,
+        ctx,
+    };
+    driver.core.start(Instant::now(), Arc::new(spec));
+
+    let code = loop {
+        if let Some(code) = driver.drain() {
+            break code;
+        }
+        tokio::select! {
+            Some(event) = rx.recv() => driver.handle(event),
+            _ = sigchld.recv() => driver.reap(),
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                driver.core.request_reload(Instant::now(), None);
+            }
+            _ = sigterm.recv() => driver.stop("SIGTERM"),
+            _ = sigint.recv() => driver.stop("SIGINT"),
+            _ = shutdown.cancelled(), if !driver.core_stopping() => driver.stop("shutdown requested"),
+        }
+    };
+    server.abort();
+    forward.abort();
+    let _ = std::fs::remove_file(&control_path);
+    Ok(code)
+}
+
+impl Driver {
+    fn core_stopping(&self) -> bool {
+        matches!(self.core.phase(), Phase::Stopping)
+    }
+
+    fn stop(&mut self, why: &str) {
+        if self.core_stopping() {
+            tracing::warn!("{why} again: killing every worker now");
+        } else {
+            tracing::info!("{why}: stopping all workers gracefully");
+        }
+        self.core.request_stop(Instant::now());
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Timer(t) => self.core.timer(now, t),
+            Event::Exit { worker, status } => {
+                if let Some(io) = self.workers.remove(&worker) {
+                    io.notify.abort();
+                    self.old_tails.push_back((worker, io.tail));
+                    if self.old_tails.len() > KEEP_TAILS {
+                        self.old_tails.pop_front();
+                    }
+                }
+                self.core.exited(now, worker, status);
+            }
+            Event::Notify { worker, received } => self.notified(now, worker, received),
+            Event::Control(Command::Status { reply }) => {
+                let _ = reply.send(self.status_json(now));
+            }
+            Event::Control(Command::Reload { wait, replies }) => {
+                let client = self.next_client;
+                self.next_client += 1;
+                self.clients.insert(client, replies);
+                self.core.request_reload(now, Some(Waiter { client, wait }));
+            }
+        }
+    }
+
+    fn notified(&mut self, now: Instant, worker: WorkerId, received: Received) {
+        let Some(io) = self.workers.get(&worker) else { return };
+        let (pid, parsed) = match received {
+            Received::Message { pid, parsed } => (pid, parsed),
+            Received::Rejected { pid, reason } => {
+                self.reject(worker, pid, &reason);
+                return;
+            }
+        };
+        let leader = io.leader;
+        for msg in parsed.messages {
+            if let Notify::MainPid(main) = msg {
+                if main == leader || !notify::belongs_to(main, leader) {
+                    if main != leader {
+                        self.reject(
+                            worker,
+                            Some(pid),
+                            &format!("MAINPID={main} is not in the worker's process tree"),
+                        );
+                    }
+                    continue;
+                }
+                if let Some(io) = self.workers.get_mut(&worker) {
+                    self.pids.remove(&io.main);
+                    io.main = main;
+                    self.pids.insert(main, worker);
+                }
+            }
+            self.core.message(now, worker, msg);
+        }
+    }
+
+    fn reject(&mut self, worker: WorkerId, pid: Option<i32>, reason: &str) {
+        if let Some(suppressed) = self.rejected.allow(std::time::Instant::now()) {
+            let from = pid.map_or_else(|| "unknown sender".to_owned(), |p| format!("pid {p}"));
+            let more = if suppressed > 0 {
+                format!(" ({suppressed} similar messages suppressed)")
+            } else {
+                String::new()
+            };
+            tracing::warn!("ignored a notify datagram for worker #{worker} from {from}: {reason}{more}");
+        }
+    }
+
+    /// Executes queued actions. Returns the exit code once the core is done.
+    fn drain(&mut self) -> Option<i32> {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Spawn {
+                    worker,
+                    generation,
+                    slot,
+                    spec,
+                } => self.spawn(worker, generation, slot, &spec),
+                Action::Signal { pid, signal, .. } => {
+                    let _ = kill(Pid::from_raw(pid), signal);
+                }
+                Action::KillGroup { worker, pgid } => {
+                    tracing::warn!("worker #{worker} (pid {pgid}) did not stop in time; killing its process group");
+                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                }
+                Action::Arm { at, timer } => {
+                    let events = self.events.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(at).await;
+                        let _ = events.send(Event::Timer(timer));
+                    });
+                }
+                Action::LoadConfig => {
+                    let result = self.load_spec();
+                    self.core.config_loaded(Instant::now(), result);
+                }
+                Action::Progress { clients, text } => {
+                    tracing::info!("reload: {text}");
+                    for c in clients {
+                        if let Some(tx) = self.clients.get(&c) {
+                            let _ = tx.send(Reply::Progress(text.clone()));
+                        }
+                    }
+                }
+                Action::ReloadDone { clients, result } => self.reload_done(clients, result),
+                Action::WorkerFailed { fault, context } => self.log_fault(&fault, context),
+                Action::Phase(p) => {
+                    tracing::debug!("phase: {p:?}");
+                    self.phase.send_replace(p);
+                }
+                Action::Exit(code) => return Some(code),
+            }
+        }
+        None
+    }
+
+    /// Re-reads the config for a reload. The sockets stay as they are.
+    fn load_spec(&self) -> Result<Arc<GenSpec>, String> {
+        let config = config::load(&self.ctx.source, &self.ctx.overrides).map_err(|e| e.to_string())?;
+        if !self.ctx.socket_activated {
+            let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
+            let before: Vec<String> = self.ctx.config.listen.iter().map(|l| l.address.to_string()).collect();
+            if now != before {
+                tracing::warn!(
+                    "[[listen]] changed; baton keeps its sockets across reloads, so the change takes effect only after a restart"
+                );
+            }
+        }
+        GenSpec::resolve(&config, self.ctx.path.as_deref())
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    }
+
+    fn tail_of(&self, worker: WorkerId) -> Vec<String> {
+        self.workers
+            .get(&worker)
+            .map(|io| io.tail.clone())
+            .or_else(|| {
+                self.old_tails
+                    .iter()
+                    .find(|(w, _)| *w == worker)
+                    .map(|(_, t)| t.clone())
+            })
+            .map(|t| t.lines())
+            .unwrap_or_default()
+    }
+
+    fn log_fault(&self, fault: &Fault, context: &str) {
+        let lines = self.tail_of(fault.worker);
+        let mut text = format!("{fault}; {context}");
+        if !lines.is_empty() {
+            text.push_str("; its last output:");
+            for l in &lines {
+                text.push_str("\n  ");
+                text.push_str(l);
+            }
+        }
+        tracing::error!("{text}");
+    }
+
+    fn reload_done(&mut self, clients: Vec<ClientId>, result: ReloadResult) {
+        let answer = match &result {
+            Ok(ok) => {
+                tracing::info!(
+                    "reload finished: generation {} serving (took {})",
+                    ok.generation,
+                    humantime::format_duration(Duration::from_millis(ok.elapsed_ms))
+                );
+                ReloadAnswer {
+                    ok: true,
+                    generation: Some(ok.generation),
+                    message: format!("generation {} is serving", ok.generation),
+                    output: Vec::new(),
+                }
+            }
+            Err(e) => {
+                tracing::error!("reload failed: {e}");
+                let (generation, output) = match e {
+                    ReloadError::Worker { fault } => (Some(fault.generation), self.tail_of(fault.worker)),
+                    _ => (None, Vec::new()),
+                };
+                ReloadAnswer {
+                    ok: false,
+                    generation,
+                    message: e.to_string(),
+                    output,
+                }
+            }
+        };
+        for c in clients {
+            if let Some(tx) = self.clients.remove(&c) {
+                let _ = tx.send(Reply::Reloaded(answer.clone()));
+            }
+        }
+    }
+
+    fn spawn(&mut self, worker: WorkerId, generation: u64, slot: usize, spec: &GenSpec) {
+        let now = Instant::now();
+        match self.try_spawn(worker, generation, slot, spec) {
+            Ok(pid) => {
+                tracing::info!("started worker {slot} of generation {generation} (pid {pid})");
+                self.core.spawned(now, worker, pid);
+            }
+            Err(e) => {
+                tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
+                self.core.spawn_failed(now, worker, e);
+            }
+        }
+    }
+
+    fn try_spawn(&mut self, worker: WorkerId, generation: u64, slot: usize, spec: &GenSpec) -> Result<i32, String> {
+        let endpoint_name = format!(
+            "baton/{}/{}/{}",
+            std::process::id(),
+            worker,
+            self.started_wall
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let endpoint = Endpoint::bind(&endpoint_name).map_err(|e| format!("notify socket: {e}"))?;
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+
+        let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
+            .map_err(|e| e.to_string())?;
+        let mut fds = vec![self.devnull.as_fd(), out_w.as_fd(), err_w.as_fd()];
+        fds.extend(self.listeners.iter().map(|l| l.fd()));
+        let pid = cmd.spawn(&fds).map_err(|e| e.to_string())?.as_raw();
+        drop((out_w, err_w));
+
+        let origin = Origin {
+            name: self.name.clone(),
+            generation,
+            slot,
+            pid,
+        };
+        let tail = Tail::default();
+        let (done_tx, done_rx) = mpsc::channel::<()>(1);
+        for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+            let (origin, sink, tail, done) = (origin.clone(), self.ctx.sink.clone(), tail.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                output::pump(fd, stream, origin, sink, tail).await;
+                drop(done);
+            });
+        }
+        let events = self.events.clone();
+        let notify = tokio::spawn(async move {
+            loop {
+                match endpoint.recv(pid).await {
+                    Ok(received) => {
+                        if events.send(Event::Notify { worker, received }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("notify socket of worker #{worker}: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        self.pids.insert(pid, worker);
+        self.workers.insert(
+            worker,
+            WorkerIo {
+                leader: pid,
+                main: pid,
+                tail,
+                notify,
+                output_done: Some(done_rx),
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Reaps every exited child. A worker's process group is killed while
+    /// its leader is still a zombie, so the pgid cannot have been reused.
+    fn reap(&mut self) {
+        loop {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            let (pid, status) = match waitid(Id::All, flags) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, core_dumped)) => (
+                    pid,
+                    ExitStatus::Signal {
+                        signal: sig as i32,
+                        core_dumped,
+                    },
+                ),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(other) => match other.pid() {
+                    Some(pid) => {
+                        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                        continue;
+                    }
+                    None => return,
+                },
+            };
+            let worker = self.pids.remove(&pid.as_raw());
+            if let Some(io) = worker.and_then(|w| self.workers.get(&w)) {
+                // KillMode=mixed semantics: the main process is gone, so
+                // whatever it left in its group goes too.
+                let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
+            }
+            let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            let Some(worker) = worker else { continue };
+            let done = self.workers.get_mut(&worker).and_then(|io| io.output_done.take());
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                // Let the pumps pass on the last lines before the exit is
+                // judged, so a failure report includes them.
+                if let Some(mut done) = done {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), done.recv()).await;
+                }
+                let _ = events.send(Event::Exit { worker, status });
+            });
+        }
+    }
+
+    fn status_json(&self, now: Instant) -> serde_json::Value {
+        let mut snapshot = self.core.snapshot(now);
+        for g in &mut snapshot.generations {
+            for w in &mut g.workers {
+                w.rss_bytes = w.pid.and_then(status::rss_bytes);
+            }
+        }
+        let report = status::Report {
+            name: self.name.to_string(),
+            pid: std::process::id(),
+            uptime_ms: now.duration_since(self.started).as_millis() as u64,
+            socket_activated: self.ctx.socket_activated,
+            sockets: self
+                .listeners
+                .iter()
+                .map(|l| status::SocketInfo {
+                    name: l.name.clone(),
+                    address: l.address.clone(),
+                })
+                .collect(),
+            last_reload_at: snapshot.last_reload.as_ref().map(|r| {
+                let ago = now.duration_since(r.finished);
+                humantime::format_rfc3339_seconds(SystemTime::now() - ago).to_string()
+            }),
+            supervisor: snapshot,
+        };
+        serde_json::to_value(report).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    }
+}

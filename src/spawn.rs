@@ -1,0 +1,63 @@
+//! Builds the exact process a worker is (DESIGN 1.3): its argv, directory,
+//! environment and file descriptors. The fork/exec itself is in `sys`.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use crate::activation::Listener;
+use crate::spec::GenSpec;
+use crate::sys::{self, SpawnError};
+
+/// Variables of baton's own environment that never reach a worker: they
+/// describe baton's relationship with systemd, not the worker's with baton.
+const PRIVATE: &[&str] = &[
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "BATON_NAME",
+    "BATON_GENERATION",
+    "BATON_WORKER",
+];
+
+/// The command for worker `slot` of `generation`. Its fds must be passed to
+/// `spawn` as `[/dev/null, stdout pipe, stderr pipe, sockets...]`.
+pub fn command(
+    spec: &GenSpec,
+    listeners: &[Listener],
+    notify_socket: &str,
+    generation: u64,
+    slot: usize,
+) -> Result<sys::Command, SpawnError> {
+    let launch = &spec.launch;
+    let mut env: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| !PRIVATE.contains(&k.as_str()))
+        .collect();
+    env.extend(launch.environment.iter().cloned());
+    env.insert("LISTEN_FDS".into(), listeners.len().to_string());
+    env.insert(
+        "LISTEN_FDNAMES".into(),
+        listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(":"),
+    );
+    env.insert("NOTIFY_SOCKET".into(), notify_socket.to_owned());
+    env.insert("BATON_NAME".into(), launch.name.clone());
+    env.insert("BATON_GENERATION".into(), generation.to_string());
+    env.insert("BATON_WORKER".into(), slot.to_string());
+    env.insert("LISTEN_PID".into(), sys::pid_placeholder().to_owned());
+    if let Some(watchdog) = spec.policy.watchdog {
+        env.insert("WATCHDOG_USEC".into(), watchdog.as_micros().to_string());
+        env.insert("WATCHDOG_PID".into(), sys::pid_placeholder().to_owned());
+    }
+    let mut cmd = sys::Command::new(&launch.program, &launch.argv)?;
+    for (k, v) in &env {
+        cmd.env(k, v)?;
+    }
+    if let Some(dir) = &launch.directory {
+        cmd.current_dir(dir)?;
+    }
+    Ok(cmd)
+}

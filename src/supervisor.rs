@@ -1,0 +1,1355 @@
+//! The supervisor core: generations, reloads, retirement and crash restarts,
+//! as a deterministic state machine with no I/O.
+//!
+//! # Theory of operation
+//!
+//! A *generation* is one start of the application: a pinned [`GenSpec`] and
+//! `workers` slots, each holding at most one live worker. At any time there
+//! is at most one *serving* generation and at most one *candidate* (being
+//! started by the first start or a reload). Every other generation is
+//! *retiring*: its workers got the stop signal and are draining.
+//!
+//! A reload loads the config, starts a candidate and waits until it is ready.
+//! Only then does the candidate become the serving generation and the old one
+//! retire (rule 2). A candidate that fails in any way (exits, never gets
+//! ready, crashes) is retired and the serving generation is left untouched.
+//! A rolling reload replaces one slot at a time; when it fails midway it
+//! restores the old generation's slots before it reports, so the old
+//! generation is back at full strength. One reload runs at a time; requests
+//! that arrive meanwhile are coalesced into one follow-up (rule 3).
+//!
+//! A worker of a serving generation that dies unexpectedly is restarted
+//! from its own generation's spec with exponential backoff; a slot that
+//! crashes more than `limit` times within `window` is given up. When the
+//! serving generation has no live worker left and nothing to restart, baton
+//! exits 1 so that systemd's `Restart=` decides what happens next.
+//!
+//! The driver (`runtime.rs`) feeds events in (`start`, `spawned`,
+//! `exited`, `message`, `timer`, ...) with the current time, and executes the
+//! [`Action`]s that come out of [`Supervisor::poll_action`]. Timers carry the
+//! identity they are for; a timer that fires for something that has since
+//! moved on is ignored, so timers are never cancelled.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::ReloadStrategy;
+use crate::spec::GenSpec;
+
+pub type GenId = u64;
+pub type WorkerId = u64;
+/// A control-socket client waiting for a reload's answer.
+pub type ClientId = u64;
+
+/// How a process ended, as `waitpid` reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal { signal: i32, core_dumped: bool },
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ExitStatus::Code(code) => write!(f, "exited with status {code}"),
+            ExitStatus::Signal { signal, core_dumped } => {
+                let name = Signal::try_from(signal)
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|_| format!("signal {signal}"));
+                write!(f, "killed by {name}")?;
+                if core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A notify message from a worker, already authenticated and parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notify {
+    Ready,
+    Status(String),
+    Stopping,
+    Watchdog,
+    WatchdogTrigger,
+    MainPid(i32),
+    Errno(i32),
+    ExtendTimeout(Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// The worker must be ready by its deadline.
+    Ready(WorkerId),
+    /// Readiness mode "delay": alive this long counts as ready.
+    Delay(WorkerId),
+    /// A retiring worker gets SIGKILL (to its group) at its deadline.
+    Stop(WorkerId),
+    /// Respawn a crashed slot.
+    Restart { generation: GenId, slot: usize },
+    /// A worker must ping (WATCHDOG=1) by its deadline.
+    Watchdog(WorkerId),
+}
+
+/// Lifecycle phase, for systemd's notify protocol and for tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Starting,
+    Ready,
+    Reloading,
+    Stopping,
+}
+
+/// Why a worker was given up on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Failure {
+    /// It exited before it became ready, or (for a candidate) at any time
+    /// before its generation took over, or (serving) unexpectedly.
+    Exited { status: ExitStatus, was_ready: bool },
+    /// It did not become ready in time.
+    NotReady { timeout_ms: u64 },
+    /// fork/exec failed.
+    Spawn { error: String },
+    /// It stopped sending WATCHDOG=1.
+    WatchdogTimeout,
+    /// It sent WATCHDOG=trigger.
+    WatchdogTrigger,
+    /// It sent STOPPING=1 before its generation took over.
+    StoppedEarly,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Exited { status, was_ready } => {
+                if *was_ready {
+                    write!(f, "{status}")
+                } else {
+                    write!(f, "{status} before it became ready")
+                }
+            }
+            Failure::NotReady { timeout_ms } => write!(
+                f,
+                "was not ready after {} (readiness timeout)",
+                humantime::format_duration(Duration::from_millis(*timeout_ms))
+            ),
+            Failure::Spawn { error } => write!(f, "could not be started: {error}"),
+            Failure::WatchdogTimeout => f.write_str("stopped sending watchdog pings"),
+            Failure::WatchdogTrigger => f.write_str("asked for its watchdog to fire (WATCHDOG=trigger)"),
+            Failure::StoppedEarly => f.write_str("sent STOPPING=1 before its generation took over"),
+        }
+    }
+}
+
+/// A worker that failed, with everything needed to explain it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fault {
+    pub worker: WorkerId,
+    pub generation: GenId,
+    pub slot: usize,
+    pub pid: Option<i32>,
+    pub failure: Failure,
+    /// ERRNO= the worker reported, if any.
+    pub errno: Option<i32>,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "worker {} of generation {}", self.slot, self.generation)?;
+        if let Some(pid) = self.pid {
+            write!(f, " (pid {pid})")?;
+        }
+        write!(f, " {}", self.failure)?;
+        if let Some(errno) = self.errno {
+            write!(
+                f,
+                "; it reported ERRNO={errno} ({})",
+                std::io::Error::from_raw_os_error(errno)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ReloadError {
+    /// The config could not be loaded; nothing was started.
+    Config { message: String },
+    /// A worker of the new generation failed; it was retired.
+    Worker { fault: Fault },
+    /// baton is shutting down.
+    Stopping,
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Config { message } => write!(f, "invalid config, nothing changed:\n{message}"),
+            ReloadError::Worker { fault } => write!(f, "{fault}"),
+            ReloadError::Stopping => f.write_str("baton is stopping"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReloadOk {
+    pub generation: GenId,
+    pub elapsed_ms: u64,
+}
+
+pub type ReloadResult = Result<ReloadOk, ReloadError>;
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a worker; answer with `spawned` or `spawn_failed`.
+    Spawn {
+        worker: WorkerId,
+        generation: GenId,
+        slot: usize,
+        spec: Arc<GenSpec>,
+    },
+    /// Send a signal to one process.
+    Signal { worker: WorkerId, pid: i32, signal: Signal },
+    /// SIGKILL a worker's whole process group.
+    KillGroup { worker: WorkerId, pgid: i32 },
+    /// Call `timer` at `at`.
+    Arm { at: Instant, timer: Timer },
+    /// Read the config; answer with `config_loaded`.
+    LoadConfig,
+    /// Tell reload clients how it is going.
+    Progress { clients: Vec<ClientId>, text: String },
+    /// The final answer for these clients.
+    ReloadDone {
+        clients: Vec<ClientId>,
+        result: ReloadResult,
+    },
+    /// A worker failed; log it with its last lines of output.
+    WorkerFailed { fault: Fault, context: &'static str },
+    /// The phase changed.
+    Phase(Phase),
+    /// Nothing is left running; exit with this code.
+    Exit(i32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Spawning,
+    Starting,
+    Ready,
+    Stopping,
+}
+
+#[derive(Debug)]
+struct Worker {
+    generation: GenId,
+    slot: usize,
+    /// The pid we forked; it leads the worker's process group.
+    pid: Option<i32>,
+    /// MAINPID= if the worker handed its role to another process.
+    main_pid: Option<i32>,
+    state: WorkerState,
+    /// Asked to stop while still being spawned.
+    stop_pending: bool,
+    started: Instant,
+    ready_at: Option<Instant>,
+    /// Readiness deadline while starting, kill deadline while stopping.
+    deadline: Option<Instant>,
+    watchdog_deadline: Option<Instant>,
+    watchdog_armed: bool,
+    status_text: Option<String>,
+    errno: Option<i32>,
+}
+
+impl Worker {
+    fn signal_target(&self) -> Option<i32> {
+        self.main_pid.or(self.pid)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    worker: Option<WorkerId>,
+    /// Crash times within the restart window.
+    crashes: VecDeque<Instant>,
+    restarts: u32,
+    restart_pending: bool,
+    gave_up: bool,
+    /// Rolling reload: this slot's role passed to the candidate.
+    handed_over: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Starting,
+    Serving,
+    Retiring,
+}
+
+#[derive(Debug)]
+struct Generation {
+    spec: Arc<GenSpec>,
+    role: Role,
+    slots: Vec<Slot>,
+    created: Instant,
+    /// `reload --wait` clients, answered when this generation has exited.
+    drain_waiters: Vec<(ClientId, ReloadOk)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    pub client: ClientId,
+    /// `--wait`: answer only once the old generation has fully exited.
+    pub wait: bool,
+}
+
+#[derive(Debug)]
+struct Reload {
+    waiters: Vec<Waiter>,
+    started: Instant,
+    /// Set once the config loaded.
+    generation: Option<GenId>,
+    /// Rolling: the next slot to start.
+    next_slot: usize,
+    /// Rolling: failed midway, old slots being restored; the answer to give.
+    reverting: Option<ReloadError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastReload {
+    pub generation: Option<GenId>,
+    pub ok: bool,
+    pub message: String,
+    #[serde(skip)]
+    pub finished: Instant,
+    pub elapsed_ms: u64,
+}
+
+/// The state machine. See the module docs.
+#[derive(Debug)]
+pub struct Supervisor {
+    next_worker: WorkerId,
+    next_gen: GenId,
+    gens: BTreeMap<GenId, Generation>,
+    workers: BTreeMap<WorkerId, Worker>,
+    serving: Option<GenId>,
+    candidate: Option<GenId>,
+    reload: Option<Reload>,
+    /// A follow-up reload was requested while one ran; these want its answer.
+    queued: Option<Vec<Waiter>>,
+    stopping: bool,
+    /// Exit with this code once no worker is left.
+    exit_code: Option<i32>,
+    exited: bool,
+    phase: Phase,
+    last_reload: Option<LastReload>,
+    actions: VecDeque<Action>,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Supervisor {
+    pub fn new() -> Self {
+        Supervisor {
+            next_worker: 1,
+            next_gen: 1,
+            gens: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            serving: None,
+            candidate: None,
+            reload: None,
+            queued: None,
+            stopping: false,
+            exit_code: None,
+            exited: false,
+            phase: Phase::Starting,
+            last_reload: None,
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Starts the first generation.
+    pub fn start(&mut self, now: Instant, spec: Arc<GenSpec>) {
+        let generation = self.new_generation(now, spec);
+        self.candidate = Some(generation);
+        self.set_phase(Phase::Starting);
+        for slot in 0..self.slot_count(generation) {
+            self.spawn(now, generation, slot);
+        }
+    }
+
+    /// `baton reload`, SIGHUP or `systemctl reload`. `waiter` is `None` for
+    /// a signal, which has nobody to answer.
+    pub fn request_reload(&mut self, now: Instant, waiter: Option<Waiter>) {
+        if self.stopping || self.exit_code.is_some() {
+            if let Some(w) = waiter {
+                self.push(Action::ReloadDone {
+                    clients: vec![w.client],
+                    result: Err(ReloadError::Stopping),
+                });
+            }
+            return;
+        }
+        let busy = self.reload.is_some() || self.serving.is_none();
+        if busy {
+            let queued = self.queued.get_or_insert_with(Vec::new);
+            if let Some(w) = waiter {
+                queued.push(w);
+                self.push(Action::Progress {
+                    clients: vec![w.client],
+                    text: "another reload is in progress; yours runs right after it".into(),
+                });
+            }
+            return;
+        }
+        self.begin_reload(now, waiter.into_iter().collect());
+    }
+
+    /// The answer to [`Action::LoadConfig`].
+    pub fn config_loaded(&mut self, now: Instant, result: Result<Arc<GenSpec>, String>) {
+        let Some(reload) = self.reload.as_ref() else { return };
+        if reload.generation.is_some() {
+            return;
+        }
+        let spec = match result {
+            Ok(spec) => spec,
+            Err(message) => {
+                self.finish_reload(now, Err(ReloadError::Config { message }));
+                return;
+            }
+        };
+        let strategy = spec.policy.strategy;
+        let generation = self.new_generation(now, spec);
+        self.candidate = Some(generation);
+        let count = self.slot_count(generation);
+        if let Some(reload) = self.reload.as_mut() {
+            reload.generation = Some(generation);
+        }
+        let text = format!(
+            "starting generation {generation} with {count} worker{} ({})",
+            if count == 1 { "" } else { "s" },
+            match strategy {
+                ReloadStrategy::Parallel => "parallel",
+                ReloadStrategy::Rolling => "rolling",
+            }
+        );
+        self.progress(text);
+        match strategy {
+            ReloadStrategy::Parallel => {
+                for slot in 0..count {
+                    self.spawn(now, generation, slot);
+                }
+            }
+            ReloadStrategy::Rolling => self.roll_next(now),
+        }
+    }
+
+    pub fn spawned(&mut self, now: Instant, worker: WorkerId, pid: i32) {
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        w.pid = Some(pid);
+        w.state = WorkerState::Starting;
+        w.started = now;
+        if w.stop_pending {
+            self.retire_worker(now, worker);
+            return;
+        }
+        let Some(policy) = self.policy_of(worker) else { return };
+        let ready_at = now + policy.ready_timeout;
+        let delay = policy.ready_delay;
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.deadline = Some(ready_at);
+        }
+        self.arm(ready_at, Timer::Ready(worker));
+        if let Some(delay) = delay {
+            self.arm(now + delay, Timer::Delay(worker));
+        }
+    }
+
+    pub fn spawn_failed(&mut self, now: Instant, worker: WorkerId, error: String) {
+        let Some(w) = self.workers.remove(&worker) else { return };
+        let fault = Fault {
+            worker,
+            generation: w.generation,
+            slot: w.slot,
+            pid: None,
+            failure: Failure::Spawn { error },
+            errno: w.errno,
+        };
+        self.clear_slot(w.generation, w.slot, worker);
+        if w.state == WorkerState::Stopping || w.stop_pending {
+            self.after_exit(now, w.generation);
+            return;
+        }
+        self.on_failure(now, fault);
+        self.after_exit(now, w.generation);
+    }
+
+    /// A notify message from a worker (or one of its descendants).
+    pub fn message(&mut self, now: Instant, worker: WorkerId, msg: Notify) {
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        match msg {
+            Notify::Ready => {
+                if w.state == WorkerState::Starting {
+                    self.became_ready(now, worker);
+                }
+            }
+            Notify::Status(text) => w.status_text = Some(text),
+            Notify::Errno(errno) => w.errno = Some(errno),
+            Notify::MainPid(pid) => w.main_pid = Some(pid),
+            Notify::ExtendTimeout(by) => {
+                if matches!(w.state, WorkerState::Starting | WorkerState::Stopping) {
+                    let extended = now + by;
+                    if w.deadline.is_none_or(|d| d < extended) {
+                        w.deadline = Some(extended);
+                    }
+                }
+            }
+            Notify::Watchdog => {
+                if let Some(interval) = self.policy_of(worker).and_then(|p| p.watchdog) {
+                    if let Some(w) = self.workers.get_mut(&worker) {
+                        w.watchdog_deadline = Some(now + interval);
+                    }
+                }
+            }
+            Notify::WatchdogTrigger => {
+                if w.state != WorkerState::Stopping {
+                    self.fail_live_worker(now, worker, Failure::WatchdogTrigger);
+                }
+            }
+            Notify::Stopping => self.worker_stopping(now, worker),
+        }
+    }
+
+    /// The worker's main process exited and was reaped.
+    pub fn exited(&mut self, now: Instant, worker: WorkerId, status: ExitStatus) {
+        let Some(w) = self.workers.remove(&worker) else { return };
+        self.clear_slot(w.generation, w.slot, worker);
+        if w.state != WorkerState::Stopping {
+            let fault = Fault {
+                worker,
+                generation: w.generation,
+                slot: w.slot,
+                pid: w.signal_target(),
+                failure: Failure::Exited {
+                    status,
+                    was_ready: w.state == WorkerState::Ready,
+                },
+                errno: w.errno,
+            };
+            self.on_failure(now, fault);
+        }
+        self.after_exit(now, w.generation);
+    }
+
+    pub fn timer(&mut self, now: Instant, timer: Timer) {
+        match timer {
+            Timer::Ready(id) => {
+                let Some(w) = self.workers.get(&id) else { return };
+                if w.state != WorkerState::Starting {
+                    return;
+                }
+                match w.deadline {
+                    Some(d) if d > now => self.arm(d, Timer::Ready(id)),
+                    _ => {
+                        let timeout_ms = self
+                            .policy_of(id)
+                            .map(|p| p.ready_timeout.as_millis() as u64)
+                            .unwrap_or_default();
+                        self.fail_live_worker(now, id, Failure::NotReady { timeout_ms });
+                    }
+                }
+            }
+            Timer::Delay(id) => {
+                if self.workers.get(&id).is_some_and(|w| w.state == WorkerState::Starting) {
+                    self.became_ready(now, id);
+                }
+            }
+            Timer::Stop(id) => {
+                let Some(w) = self.workers.get(&id) else { return };
+                if w.state != WorkerState::Stopping {
+                    return;
+                }
+                match (w.deadline, w.pid) {
+                    (Some(d), _) if d > now => self.arm(d, Timer::Stop(id)),
+                    (_, Some(pgid)) => self.push(Action::KillGroup { worker: id, pgid }),
+                    _ => {}
+                }
+            }
+            Timer::Restart { generation, slot } => self.restart_slot(now, generation, slot),
+            Timer::Watchdog(id) => {
+                let Some(w) = self.workers.get_mut(&id) else { return };
+                if w.state != WorkerState::Ready {
+                    w.watchdog_armed = false;
+                    return;
+                }
+                match w.watchdog_deadline {
+                    Some(d) if d > now => self.arm(d, Timer::Watchdog(id)),
+                    _ => {
+                        w.watchdog_armed = false;
+                        self.fail_live_worker(now, id, Failure::WatchdogTimeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGTERM/SIGINT. A second request kills what is still running.
+    pub fn request_stop(&mut self, now: Instant) {
+        if self.stopping {
+            let groups: Vec<(WorkerId, i32)> = self
+                .workers
+                .iter()
+                .filter_map(|(&id, w)| w.pid.map(|p| (id, p)))
+                .collect();
+            for (worker, pgid) in groups {
+                self.push(Action::KillGroup { worker, pgid });
+            }
+            return;
+        }
+        self.stopping = true;
+        self.exit_code.get_or_insert(0);
+        self.set_phase(Phase::Stopping);
+        self.shut_everything_down(now);
+    }
+
+    // ---- internals -------------------------------------------------------
+
+    fn push(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    fn arm(&mut self, at: Instant, timer: Timer) {
+        self.push(Action::Arm { at, timer });
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if self.phase != phase {
+            self.phase = phase;
+            self.push(Action::Phase(phase));
+        }
+    }
+
+    fn progress(&mut self, text: String) {
+        let clients: Vec<ClientId> = self
+            .reload
+            .iter()
+            .flat_map(|r| r.waiters.iter().map(|w| w.client))
+            .collect();
+        if !clients.is_empty() {
+            self.push(Action::Progress { clients, text });
+        }
+    }
+
+    fn new_generation(&mut self, now: Instant, spec: Arc<GenSpec>) -> GenId {
+        let id = self.next_gen;
+        self.next_gen += 1;
+        let slots = (0..spec.policy.workers).map(|_| Slot::default()).collect();
+        self.gens.insert(
+            id,
+            Generation {
+                spec,
+                role: Role::Starting,
+                slots,
+                created: now,
+                drain_waiters: Vec::new(),
+            },
+        );
+        id
+    }
+
+    fn slot_count(&self, generation: GenId) -> usize {
+        self.gens.get(&generation).map_or(0, |g| g.slots.len())
+    }
+
+    fn policy_of(&self, worker: WorkerId) -> Option<&crate::spec::Policy> {
+        let w = self.workers.get(&worker)?;
+        self.gens.get(&w.generation).map(|g| &g.spec.policy)
+    }
+
+    fn spawn(&mut self, now: Instant, generation: GenId, slot: usize) {
+        let Some(g) = self.gens.get_mut(&generation) else {
+            return;
+        };
+        let Some(s) = g.slots.get_mut(slot) else { return };
+        let id = self.next_worker;
+        self.next_worker += 1;
+        s.worker = Some(id);
+        s.restart_pending = false;
+        let spec = g.spec.clone();
+        self.workers.insert(
+            id,
+            Worker {
+                generation,
+                slot,
+                pid: None,
+                main_pid: None,
+                state: WorkerState::Spawning,
+                stop_pending: false,
+                started: now,
+                ready_at: None,
+                deadline: None,
+                watchdog_deadline: None,
+                watchdog_armed: false,
+                status_text: None,
+                errno: None,
+            },
+        );
+        self.push(Action::Spawn {
+            worker: id,
+            generation,
+            slot,
+            spec,
+        });
+    }
+
+    fn clear_slot(&mut self, generation: GenId, slot: usize, worker: WorkerId) {
+        if let Some(s) = self.gens.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) {
+            if s.worker == Some(worker) {
+                s.worker = None;
+            }
+        }
+    }
+
+    /// Sends the stop signal and arms the kill deadline. Idempotent.
+    fn retire_worker(&mut self, now: Instant, worker: WorkerId) {
+        let stop = self.policy_of(worker).map(|p| (p.stop_signal, p.stop_timeout));
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let (generation, slot) = (w.generation, w.slot);
+        if w.state == WorkerState::Stopping {
+            return;
+        }
+        if w.state == WorkerState::Spawning {
+            w.stop_pending = true;
+            self.clear_slot(generation, slot, worker);
+            return;
+        }
+        let Some((signal, timeout)) = stop else { return };
+        w.state = WorkerState::Stopping;
+        let deadline = now + timeout;
+        w.deadline = Some(deadline);
+        let target = w.signal_target();
+        self.clear_slot(generation, slot, worker);
+        if let Some(pid) = target {
+            self.push(Action::Signal { worker, pid, signal });
+        }
+        self.arm(deadline, Timer::Stop(worker));
+    }
+
+    fn retire_generation(&mut self, now: Instant, generation: GenId) {
+        let Some(g) = self.gens.get_mut(&generation) else {
+            return;
+        };
+        g.role = Role::Retiring;
+        for s in &mut g.slots {
+            s.restart_pending = false;
+        }
+        let ids: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.generation == generation)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.retire_worker(now, id);
+        }
+        self.after_exit(now, generation);
+    }
+
+    fn live_workers(&self, generation: GenId) -> impl Iterator<Item = (&WorkerId, &Worker)> {
+        self.workers
+            .iter()
+            .filter(move |(_, w)| w.generation == generation && w.state != WorkerState::Stopping && !w.stop_pending)
+    }
+
+    fn became_ready(&mut self, now: Instant, worker: WorkerId) {
+        let watchdog = self.policy_of(worker).and_then(|p| p.watchdog);
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        w.state = WorkerState::Ready;
+        w.ready_at = Some(now);
+        w.deadline = None;
+        let (generation, slot) = (w.generation, w.slot);
+        if let Some(interval) = watchdog {
+            w.watchdog_deadline = Some(now + interval);
+            if !w.watchdog_armed {
+                w.watchdog_armed = true;
+                self.arm(now + interval, Timer::Watchdog(worker));
+            }
+        }
+        if Some(generation) == self.candidate {
+            let reverting = self.reload.as_ref().is_some_and(|r| r.reverting.is_some());
+            if reverting {
+                return;
+            }
+            let rolling = self.reload.is_some()
+                && self.gens.get(&generation).map(|g| g.spec.policy.strategy) == Some(ReloadStrategy::Rolling);
+            if rolling {
+                self.progress(format!("worker {slot} of generation {generation} is ready"));
+                self.hand_over(now, slot);
+                self.roll_next(now);
+            } else if self.all_ready(generation) {
+                self.promote(now);
+            }
+        } else if Some(generation) == self.serving {
+            self.check_revert(now);
+        }
+    }
+
+    fn all_ready(&self, generation: GenId) -> bool {
+        let Some(g) = self.gens.get(&generation) else {
+            return false;
+        };
+        g.slots.iter().all(|s| {
+            s.worker
+                .and_then(|id| self.workers.get(&id))
+                .is_some_and(|w| w.state == WorkerState::Ready)
+        })
+    }
+
+    /// Rolling: the candidate's `slot` is ready, so the old one retires.
+    fn hand_over(&mut self, now: Instant, slot: usize) {
+        let Some(old) = self.serving else { return };
+        let old_worker = self
+            .gens
+            .get_mut(&old)
+            .and_then(|g| g.slots.get_mut(slot))
+            .and_then(|s| {
+                s.handed_over = true;
+                s.restart_pending = false;
+                s.worker
+            });
+        if let Some(id) = old_worker {
+            self.retire_worker(now, id);
+        }
+    }
+
+    /// Rolling: start the next slot, or finish when all are ready.
+    fn roll_next(&mut self, now: Instant) {
+        let Some(generation) = self.candidate else { return };
+        let count = self.slot_count(generation);
+        let Some(reload) = self.reload.as_mut() else { return };
+        let next = reload.next_slot;
+        if next < count {
+            reload.next_slot += 1;
+            self.spawn(now, generation, next);
+        } else {
+            self.promote(now);
+        }
+    }
+
+    /// The candidate is ready: it serves, the old generation retires.
+    fn promote(&mut self, now: Instant) {
+        let Some(generation) = self.candidate.take() else {
+            return;
+        };
+        if let Some(g) = self.gens.get_mut(&generation) {
+            g.role = Role::Serving;
+        }
+        let old = self.serving.replace(generation);
+        if let Some(old) = old {
+            self.retire_generation(now, old);
+        }
+        if self.reload.is_some() {
+            let elapsed_ms = self.reload.as_ref().map_or(0, |r| (now - r.started).as_millis() as u64);
+            let ok = ReloadOk { generation, elapsed_ms };
+            let waiting: Vec<Waiter> = self
+                .reload
+                .as_ref()
+                .map(|r| r.waiters.iter().filter(|w| w.wait).copied().collect())
+                .unwrap_or_default();
+            if !waiting.is_empty() {
+                self.progress(format!(
+                    "generation {generation} is serving; waiting for the old one to exit"
+                ));
+            }
+            match old.and_then(|o| self.gens.get_mut(&o)) {
+                Some(g) => g.drain_waiters.extend(waiting.iter().map(|w| (w.client, ok.clone()))),
+                None => {
+                    if !waiting.is_empty() {
+                        self.push(Action::ReloadDone {
+                            clients: waiting.iter().map(|w| w.client).collect(),
+                            result: Ok(ok.clone()),
+                        });
+                    }
+                }
+            }
+            if let Some(r) = self.reload.as_mut() {
+                r.waiters.retain(|w| !w.wait);
+            }
+            self.finish_reload(now, Ok(ok));
+        } else {
+            self.set_phase(Phase::Ready);
+            self.start_queued(now);
+        }
+        if let Some(old) = old {
+            self.after_exit(now, old);
+        }
+    }
+
+    fn begin_reload(&mut self, now: Instant, waiters: Vec<Waiter>) {
+        self.reload = Some(Reload {
+            waiters,
+            started: now,
+            generation: None,
+            next_slot: 0,
+            reverting: None,
+        });
+        self.set_phase(Phase::Reloading);
+        self.push(Action::LoadConfig);
+    }
+
+    fn start_queued(&mut self, now: Instant) {
+        if self.reload.is_some() || self.stopping || self.exit_code.is_some() {
+            return;
+        }
+        if let Some(waiters) = self.queued.take() {
+            self.begin_reload(now, waiters);
+        }
+    }
+
+    fn finish_reload(&mut self, now: Instant, result: ReloadResult) {
+        let Some(reload) = self.reload.take() else { return };
+        let elapsed_ms = (now - reload.started).as_millis() as u64;
+        self.last_reload = Some(LastReload {
+            generation: match &result {
+                Ok(ok) => Some(ok.generation),
+                Err(_) => reload.generation,
+            },
+            ok: result.is_ok(),
+            message: match &result {
+                Ok(ok) => format!("generation {} serving", ok.generation),
+                Err(e) => e.to_string(),
+            },
+            finished: now,
+            elapsed_ms,
+        });
+        let clients: Vec<ClientId> = reload.waiters.iter().map(|w| w.client).collect();
+        if !clients.is_empty() {
+            self.push(Action::ReloadDone { clients, result });
+        }
+        if !self.stopping {
+            self.set_phase(Phase::Ready);
+        }
+        self.start_queued(now);
+    }
+
+    /// A live worker failed without exiting (timeout, watchdog): stop it and
+    /// treat it like a crash.
+    fn fail_live_worker(&mut self, now: Instant, worker: WorkerId, failure: Failure) {
+        let Some(w) = self.workers.get(&worker) else { return };
+        let fault = Fault {
+            worker,
+            generation: w.generation,
+            slot: w.slot,
+            pid: w.signal_target(),
+            failure,
+            errno: w.errno,
+        };
+        self.retire_worker(now, worker);
+        self.on_failure(now, fault);
+    }
+
+    /// The worker behind `fault` is gone or going; decide what that means
+    /// for its generation.
+    fn on_failure(&mut self, now: Instant, fault: Fault) {
+        let generation = fault.generation;
+        if Some(generation) == self.candidate {
+            if self.reload.is_none() {
+                self.push(Action::WorkerFailed {
+                    fault: fault.clone(),
+                    context: "the first generation failed to start",
+                });
+                // The first start failed: nothing to fall back to.
+                self.exit_code.get_or_insert(1);
+                self.shut_everything_down(now);
+                return;
+            }
+            if self.reload.as_ref().is_some_and(|r| r.reverting.is_some()) {
+                self.check_revert(now);
+                return;
+            }
+            self.push(Action::WorkerFailed {
+                fault: fault.clone(),
+                context: "the new generation failed; the old one keeps serving",
+            });
+            self.fail_reload(now, ReloadError::Worker { fault });
+            return;
+        }
+        if Some(generation) == self.serving && !self.stopping {
+            self.push(Action::WorkerFailed {
+                fault: fault.clone(),
+                context: "restarting it",
+            });
+            self.crashed(now, generation, fault.slot);
+        }
+    }
+
+    fn fail_reload(&mut self, now: Instant, error: ReloadError) {
+        let Some(candidate) = self.candidate else {
+            self.finish_reload(now, Err(error));
+            return;
+        };
+        let handed_over: Vec<usize> = self
+            .serving
+            .and_then(|s| self.gens.get(&s))
+            .map(|g| {
+                g.slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.handed_over)
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if handed_over.is_empty() {
+            self.candidate = None;
+            self.retire_generation(now, candidate);
+            self.finish_reload(now, Err(error));
+            self.check_lost(now);
+            return;
+        }
+        // Rolling reload failed midway: the candidate's ready workers keep
+        // serving until the old slots they replaced are ready again.
+        self.progress(format!(
+            "{error}; restoring {} worker{} of generation {}",
+            handed_over.len(),
+            if handed_over.len() == 1 { "" } else { "s" },
+            self.serving.unwrap_or_default()
+        ));
+        if let Some(r) = self.reload.as_mut() {
+            r.reverting = Some(error);
+        }
+        let not_ready: Vec<WorkerId> = self
+            .live_workers(candidate)
+            .filter(|(_, w)| w.state != WorkerState::Ready)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in not_ready {
+            self.retire_worker(now, id);
+        }
+        if let Some(old) = self.serving {
+            for slot in handed_over {
+                if let Some(s) = self.gens.get_mut(&old).and_then(|g| g.slots.get_mut(slot)) {
+                    s.handed_over = false;
+                }
+                self.spawn(now, old, slot);
+            }
+        }
+        self.check_revert(now);
+    }
+
+    /// Rolling revert: retire each candidate worker whose old slot is back.
+    fn check_revert(&mut self, now: Instant) {
+        let (Some(candidate), Some(old)) = (self.candidate, self.serving) else {
+            return;
+        };
+        if !self.reload.as_ref().is_some_and(|r| r.reverting.is_some()) {
+            return;
+        }
+        let restored: Vec<WorkerId> = self
+            .live_workers(candidate)
+            .filter(|(_, w)| {
+                self.gens.get(&old).and_then(|g| g.slots.get(w.slot)).is_some_and(|s| {
+                    s.gave_up
+                        || s.worker
+                            .and_then(|id| self.workers.get(&id))
+                            .is_some_and(|ow| ow.state == WorkerState::Ready)
+                })
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in restored {
+            self.retire_worker(now, id);
+        }
+        if self.live_workers(candidate).next().is_none() {
+            self.candidate = None;
+            self.retire_generation(now, candidate);
+            let error = self
+                .reload
+                .as_mut()
+                .and_then(|r| r.reverting.take())
+                .unwrap_or(ReloadError::Stopping);
+            self.finish_reload(now, Err(error));
+            self.check_lost(now);
+        }
+    }
+
+    fn crashed(&mut self, now: Instant, generation: GenId, slot: usize) {
+        let Some(g) = self.gens.get_mut(&generation) else {
+            return;
+        };
+        let policy = g.spec.policy.restart.clone();
+        let Some(s) = g.slots.get_mut(slot) else { return };
+        if s.handed_over || s.gave_up {
+            return;
+        }
+        s.restarts += 1;
+        s.crashes.push_back(now);
+        while s
+            .crashes
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > policy.window)
+        {
+            s.crashes.pop_front();
+        }
+        let recent = s.crashes.len() as u32;
+        if recent > policy.limit {
+            s.gave_up = true;
+            tracing::error!(
+                generation,
+                slot,
+                "worker {slot} of generation {generation} crashed {recent} times within {}; giving up on it",
+                humantime::format_duration(policy.window)
+            );
+            self.check_revert(now);
+            self.check_lost(now);
+            return;
+        }
+        let factor = 1u32.checked_shl(recent.saturating_sub(1)).unwrap_or(u32::MAX);
+        let delay = policy.delay.saturating_mul(factor).min(policy.max_delay);
+        s.restart_pending = true;
+        self.arm(now + delay, Timer::Restart { generation, slot });
+    }
+
+    fn restart_slot(&mut self, now: Instant, generation: GenId, slot: usize) {
+        if self.stopping || self.exit_code.is_some() || Some(generation) != self.serving {
+            return;
+        }
+        let Some(s) = self.gens.get(&generation).and_then(|g| g.slots.get(slot)) else {
+            return;
+        };
+        if !s.restart_pending || s.worker.is_some() || s.gave_up || s.handed_over {
+            return;
+        }
+        self.spawn(now, generation, slot);
+    }
+
+    /// STOPPING=1: the worker is leaving on its own.
+    fn worker_stopping(&mut self, now: Instant, worker: WorkerId) {
+        let Some(w) = self.workers.get(&worker) else { return };
+        if w.state == WorkerState::Stopping {
+            return;
+        }
+        let (generation, slot) = (w.generation, w.slot);
+        if Some(generation) == self.candidate {
+            self.fail_live_worker(now, worker, Failure::StoppedEarly);
+            return;
+        }
+        self.retire_worker(now, worker);
+        if Some(generation) == self.serving && !self.stopping {
+            // Its replacement starts now, while it drains.
+            if let Some(s) = self.gens.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) {
+                if !s.handed_over {
+                    s.restarts += 1;
+                    s.restart_pending = true;
+                }
+            }
+            self.restart_slot(now, generation, slot);
+        }
+    }
+
+    /// The serving generation lost every worker with nothing to restart.
+    fn check_lost(&mut self, now: Instant) {
+        if self.stopping || self.reload.is_some() || self.exit_code.is_some() {
+            return;
+        }
+        let Some(serving) = self.serving else { return };
+        let Some(g) = self.gens.get(&serving) else { return };
+        let recovering = g.slots.iter().any(|s| s.restart_pending);
+        if recovering || self.live_workers(serving).next().is_some() {
+            return;
+        }
+        tracing::error!(
+            generation = serving,
+            "generation {serving} has no worker left and its restarts are exhausted; exiting"
+        );
+        self.exit_code = Some(1);
+        self.shut_everything_down(now);
+    }
+
+    fn shut_everything_down(&mut self, now: Instant) {
+        if let Some(reload) = self.reload.take() {
+            let clients: Vec<ClientId> = reload.waiters.iter().map(|w| w.client).collect();
+            if !clients.is_empty() {
+                self.push(Action::ReloadDone {
+                    clients,
+                    result: Err(ReloadError::Stopping),
+                });
+            }
+        }
+        if let Some(queued) = self.queued.take() {
+            let clients: Vec<ClientId> = queued.iter().map(|w| w.client).collect();
+            if !clients.is_empty() {
+                self.push(Action::ReloadDone {
+                    clients,
+                    result: Err(ReloadError::Stopping),
+                });
+            }
+        }
+        self.candidate = None;
+        let gens: Vec<GenId> = self.gens.keys().copied().collect();
+        for g in gens {
+            self.retire_generation(now, g);
+        }
+        self.check_exit();
+    }
+
+    /// Bookkeeping after a worker of `generation` left.
+    fn after_exit(&mut self, now: Instant, generation: GenId) {
+        let gone = self.gens.get(&generation).is_some_and(|g| g.role == Role::Retiring)
+            && !self.workers.values().any(|w| w.generation == generation);
+        if gone {
+            if let Some(g) = self.gens.remove(&generation) {
+                let mut by_result: Vec<(ClientId, ReloadOk)> = g.drain_waiters;
+                for (client, ok) in by_result.drain(..) {
+                    self.push(Action::ReloadDone {
+                        clients: vec![client],
+                        result: Ok(ok),
+                    });
+                }
+            }
+        }
+        let _ = now;
+        self.check_exit();
+    }
+
+    fn check_exit(&mut self) {
+        if let Some(code) = self.exit_code {
+            if self.workers.is_empty() && !self.exited {
+                self.exited = true;
+                self.push(Action::Exit(code));
+            }
+        }
+    }
+
+    /// A picture of everything, for `baton status`.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let generations = self
+            .gens
+            .iter()
+            .map(|(&id, g)| {
+                let mut workers: Vec<WorkerSnapshot> = self
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| w.generation == id)
+                    .map(|(&wid, w)| WorkerSnapshot {
+                        id: wid,
+                        slot: w.slot,
+                        pid: w.signal_target(),
+                        state: w.state,
+                        uptime_ms: now.duration_since(w.started).as_millis() as u64,
+                        ready_ms: w.ready_at.map(|r| now.duration_since(r).as_millis() as u64),
+                        restarts: g.slots.get(w.slot).map_or(0, |s| s.restarts),
+                        status: w.status_text.clone(),
+                        rss_bytes: None,
+                    })
+                    .collect();
+                workers.sort_by_key(|w| (w.slot, w.id));
+                let role = if Some(id) == self.serving {
+                    Role::Serving
+                } else {
+                    g.role
+                };
+                GenerationSnapshot {
+                    id,
+                    role,
+                    age_ms: now.duration_since(g.created).as_millis() as u64,
+                    slots: g.slots.len(),
+                    ready: g
+                        .slots
+                        .iter()
+                        .filter(|s| {
+                            s.worker
+                                .and_then(|id| self.workers.get(&id))
+                                .is_some_and(|w| w.state == WorkerState::Ready)
+                        })
+                        .count(),
+                    restarts: g.slots.iter().map(|s| s.restarts).sum(),
+                    given_up: g
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.gave_up)
+                        .map(|(i, _)| i)
+                        .collect(),
+                    workers,
+                    command: g.spec.launch.argv.clone(),
+                    directory: g.spec.launch.directory.clone(),
+                }
+            })
+            .collect();
+        Snapshot {
+            phase: self.phase,
+            serving: self.serving,
+            candidate: self.candidate,
+            reload_in_progress: self.reload.is_some(),
+            reload_queued: self.queued.is_some(),
+            generations,
+            last_reload: self.last_reload.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerSnapshot {
+    pub id: WorkerId,
+    pub slot: usize,
+    pub pid: Option<i32>,
+    pub state: WorkerState,
+    pub uptime_ms: u64,
+    pub ready_ms: Option<u64>,
+    pub restarts: u32,
+    pub status: Option<String>,
+    pub rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationSnapshot {
+    pub id: GenId,
+    pub role: Role,
+    pub age_ms: u64,
+    pub slots: usize,
+    pub ready: usize,
+    pub restarts: u32,
+    pub given_up: Vec<usize>,
+    pub workers: Vec<WorkerSnapshot>,
+    pub command: Vec<String>,
+    pub directory: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub phase: Phase,
+    pub serving: Option<GenId>,
+    pub candidate: Option<GenId>,
+    pub reload_in_progress: bool,
+    pub reload_queued: bool,
+    pub generations: Vec<GenerationSnapshot>,
+    pub last_reload: Option<LastReload>,
+}
