@@ -1353,3 +1353,6 @@ pub struct Snapshot {
     pub generations: Vec<GenerationSnapshot>,
     pub last_reload: Option<LastReload>,
 }
+
+#[cfg(test)]
+mod tests;
