@@ -108,6 +108,9 @@ struct Driver {
     started: Instant,
     started_wall: SystemTime,
     phase: watch::Sender<Phase>,
+    /// One pending task per timer; re-arming replaces it, and a worker's
+    /// timers are dropped when it exits, so nothing piles up over reloads.
+    timers: HashMap<Timer, tokio::task::AbortHandle>,
 }
 
 /// Supervises until stopped. Returns the exit code (DESIGN 1.1).
@@ -163,6 +166,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         started_wall: SystemTime::now(),
         phase,
         ctx,
+        timers: HashMap::new(),
     };
     driver.core.start(Instant::now(), Arc::new(spec));
 
@@ -205,8 +209,21 @@ impl Driver {
     fn handle(&mut self, event: Event) {
         let now = Instant::now();
         match event {
-            Event::Timer(t) => self.core.timer(now, t),
+            Event::Timer(t) => {
+                self.timers.remove(&t);
+                self.core.timer(now, t);
+            }
             Event::Exit { worker, status } => {
+                for t in [
+                    Timer::Ready(worker),
+                    Timer::Delay(worker),
+                    Timer::Stop(worker),
+                    Timer::Watchdog(worker),
+                ] {
+                    if let Some(task) = self.timers.remove(&t) {
+                        task.abort();
+                    }
+                }
                 if let Some(io) = self.workers.remove(&worker) {
                     io.notify.abort();
                     self.old_tails.push_back((worker, io.tail));
@@ -292,10 +309,13 @@ impl Driver {
                 }
                 Action::Arm { at, timer } => {
                     let events = self.events.clone();
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         tokio::time::sleep_until(at).await;
                         let _ = events.send(Event::Timer(timer));
                     });
+                    if let Some(old) = self.timers.insert(timer, task.abort_handle()) {
+                        old.abort();
+                    }
                 }
                 Action::LoadConfig => {
                     let result = self.load_spec();

@@ -57,12 +57,25 @@ pub enum SpecError {
     NotFound { program: String, path: String },
     #[error("command {path} is not an executable file")]
     NotExecutable { path: PathBuf },
+    #[error("{0} is not supported by this version of baton yet; remove it")]
+    Unsupported(&'static str),
 }
 
 impl GenSpec {
     /// Resolves the directory and the program now, so that a missing binary
     /// or directory fails the reload before any worker is started.
     pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec, SpecError> {
+        // Accepted by the parser because they are part of the config format,
+        // refused here so that nobody relies on a setting that does nothing.
+        if config.readiness.mode == ReadinessMode::NodeIpc {
+            return Err(SpecError::Unsupported("[readiness] mode = \"node-ipc\""));
+        }
+        if config.stop.message.is_some() {
+            return Err(SpecError::Unsupported("[stop] message"));
+        }
+        if config.memory_limit.is_some() {
+            return Err(SpecError::Unsupported("[limits] memory"));
+        }
         let directory = match &config.directory {
             Some(dir) => Some(std::fs::canonicalize(dir).map_err(|source| SpecError::Directory {
                 path: dir.clone(),

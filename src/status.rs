@@ -97,7 +97,7 @@ pub fn render(v: &serde_json::Value) -> String {
             n(&g["restarts"]),
             g["command"]
                 .as_array()
-                .map(|a| a.iter().map(|x| s(x)).collect::<Vec<_>>().join(" "))
+                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" "))
                 .unwrap_or_default()
         );
         if let Some(given_up) = g["given_up"].as_array().filter(|a| !a.is_empty()) {

@@ -1,0 +1,301 @@
+//! A real `baton run` process in a temp dir, and the client commands
+//! pointed at it. Each test gets its own runtime dir (BATON_RUNTIME_DIR), so
+//! control sockets never collide, and its own loopback port.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{baton_bin, free_port, wait_until};
+
+pub struct Baton {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub config: PathBuf,
+    log: Arc<Mutex<String>>,
+    /// Output readers still running (stdout, stderr).
+    readers: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The `[[listen]]` + `command` part every test needs; `extra` is appended.
+pub fn config_text(port: u16, command: &[&str], workers: usize, extra: &str) -> String {
+    let argv: Vec<String> = command.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "name = \"app\"\ncommand = [{}]\nworkers = {workers}\n\n[[listen]]\nname = \"http\"\naddress = \"127.0.0.1:{port}\"\n\n{extra}\n",
+        argv.join(", ")
+    )
+}
+
+impl Baton {
+    /// Starts `baton run --config` with `config` (see [`config_text`]) and
+    /// waits until the first generation serves.
+    pub fn start(port: u16, config: &str) -> Baton {
+        let b = Baton::spawn(port, config);
+        assert!(
+            b.wait_serving(1, Duration::from_secs(30)),
+            "baton did not become ready; its log:\n{}",
+            b.log()
+        );
+        b
+    }
+
+    /// Starts it without waiting.
+    pub fn spawn(port: u16, config: &str) -> Baton {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("app.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(baton_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("BATON_RUNTIME_DIR", dir.path().join("run"))
+            .env("BATON_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start baton");
+        let log = Arc::new(Mutex::new(String::new()));
+        let readers = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (log, readers) = (log.clone(), readers.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if std::env::var_os("BATON_TEST_ECHO").is_some() {
+                        eprintln!("{line}");
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                readers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        Baton {
+            child,
+            dir,
+            port,
+            config: path,
+            log,
+            readers,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything baton and its workers printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("rewrite config");
+    }
+
+    /// Runs a client subcommand (`reload`, `status`, ...) against this baton.
+    pub fn client(&self, args: &[&str]) -> Output {
+        Command::new(baton_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("BATON_RUNTIME_DIR", self.dir.path().join("run"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run baton client")
+    }
+
+    pub fn reload(&self) -> Output {
+        self.client(&["reload"])
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.client(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn try_status(&self) -> Option<serde_json::Value> {
+        let out = self.client(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    /// Waits until generation `generation` is serving with every worker ready.
+    pub fn wait_serving(&self, generation: u64, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.try_status().is_some_and(|s| {
+                let sup = &s["supervisor"];
+                sup["serving"].as_u64() == Some(generation)
+                    && sup["generations"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|g| g["id"].as_u64() == Some(generation) && g["ready"] == g["slots"])
+            })
+        })
+    }
+
+    /// pids of the workers of `generation` (any state).
+    pub fn worker_pids(&self, generation: u64) -> Vec<i32> {
+        let s = self.status();
+        s["supervisor"]["generations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["id"].as_u64() == Some(generation))
+            .flat_map(|g| g["workers"].as_array().cloned().unwrap_or_default())
+            .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+            .collect()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal baton");
+    }
+
+    /// Waits for baton to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the readers pass on baton's last lines before anyone
+                // looks at the log.
+                wait_until(Duration::from_secs(5), || {
+                    self.readers.load(std::sync::atomic::Ordering::SeqCst) == 0
+                });
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::SIGTERM);
+            if self.wait_exit(Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with(|c| c != 'Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Zombie children of `parent`.
+pub fn zombies_of(parent: i32) -> Vec<i32> {
+    children_of(parent)
+        .into_iter()
+        .filter(|&(_, state)| state == 'Z')
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// (pid, state) of every child of `parent`.
+pub fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: i32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if ppid == parent {
+            out.push((pid, state));
+        }
+    }
+    out
+}
+
+/// Number of open fds of a process.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `fd -> target` of every open fd of a process.
+pub fn fd_targets(pid: i32) -> Vec<(i32, String)> {
+    let mut out: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_string_lossy().parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((fd, target.display().to_string()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// VmRSS of a process in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A small executable script in `dir`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, body).expect("write script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod script");
+    path
+}
+
+pub fn port() -> u16 {
+    free_port()
+}

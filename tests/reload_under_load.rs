@@ -1,0 +1,77 @@
+//! Issue 2, integration test 1: reloads under continuous load lose nothing.
+//! A real baton, real `hello` workers, and a load client that opens a new
+//! connection per request and counts every failure.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::baton::{Baton, config_text, port};
+use common::example_bin;
+use common::load::Load;
+
+fn hello() -> String {
+    example_bin("hello").display().to_string()
+}
+
+fn reload_many(strategy: &str, workers: usize, reloads: usize) {
+    let port = port();
+    let hello = hello();
+    let extra = format!("[reload]\nstrategy = \"{strategy}\"\n\n[stop]\ntimeout = \"10s\"\n");
+    let baton = Baton::start(port, &config_text(port, &[&hello], workers, &extra));
+    let load = Load::start(baton.addr(), "/", 8);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..reloads {
+        let out = baton.reload();
+        assert!(
+            out.status.success(),
+            "reload {i} failed: {}\n{}\nbaton log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            baton.log()
+        );
+        // Let some requests land on the new generation before the next.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    eprintln!("{strategy}: {reloads} reloads, {workers} workers: {stats}");
+    assert_eq!(
+        stats.failed, 0,
+        "failed requests during reloads: {stats}\n{:?}",
+        stats.first_errors
+    );
+    assert!(stats.ok > 100, "too little load to mean anything: {stats}");
+    // Requests were answered by many generations, the last one included.
+    let last = (reloads + 1).to_string();
+    assert!(
+        stats.generations_seen.contains(&last),
+        "never saw generation {last}: {stats}"
+    );
+    assert!(stats.generations_seen.len() >= reloads / 2, "{stats}");
+    let status = baton.status();
+    assert_eq!(status["supervisor"]["serving"].as_u64(), Some(reloads as u64 + 1));
+}
+
+#[test]
+fn twenty_parallel_reloads_of_four_workers_under_load_fail_no_request() {
+    reload_many("parallel", 4, 20);
+}
+
+#[test]
+fn rolling_reloads_under_load_fail_no_request() {
+    reload_many("rolling", 3, 8);
+}
+
+#[test]
+fn sighup_reloads_like_baton_reload() {
+    let port = port();
+    let hello = hello();
+    let baton = Baton::start(port, &config_text(port, &[&hello], 2, ""));
+    baton.signal(nix::sys::signal::SIGHUP);
+    assert!(baton.wait_serving(2, Duration::from_secs(20)), "{}", baton.log());
+    baton.signal(nix::sys::signal::SIGHUP);
+    assert!(baton.wait_serving(3, Duration::from_secs(20)), "{}", baton.log());
+}

@@ -1,0 +1,109 @@
+//! Crash restarts with backoff, `status` showing them, and exit 1 when the
+//! serving generation is lost with its restarts exhausted.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::baton::{Baton, alive, config_text, port, script};
+use common::example_bin;
+use common::load::Load;
+
+#[test]
+fn a_killed_worker_is_restarted_and_status_counts_it() {
+    let port = port();
+    let hello = example_bin("hello").display().to_string();
+    let baton = Baton::start(port, &config_text(port, &[&hello], 2, ""));
+    let load = Load::start(baton.addr(), "/", 2);
+    let before = baton.worker_pids(1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), nix::sys::signal::SIGKILL).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            let s = baton.status();
+            let g = &s["supervisor"]["generations"][0];
+            g["restarts"] == 1 && g["ready"] == 2
+        }),
+        "{:#}",
+        baton.status()
+    );
+    let after = baton.worker_pids(1);
+    assert!(
+        !after.contains(&before[0]) && after.contains(&before[1]),
+        "{before:?} -> {after:?}"
+    );
+    let stats = load.stop();
+    // The other worker kept serving; the kernel queue held what arrived
+    // for the dead one. Only requests the killed process had accepted and
+    // not yet answered can fail, and these requests are instant.
+    eprintln!("during crash: {stats}");
+    assert!(stats.ok > 0);
+    let text = baton.client(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("restarts 1"), "{text}");
+    assert!(baton.log().contains("killed by SIGKILL"), "{}", baton.log());
+}
+
+#[test]
+fn exhausted_restarts_of_the_serving_generation_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = script(
+        dir.path(),
+        "flaky.sh",
+        "#!/bin/sh\nsystemd-notify --ready\nsleep 0.2\necho 'flaky: giving up' >&2\nexit 7\n",
+    )
+    .display()
+    .to_string();
+    let port = port();
+    let extra = "[restart]\ndelay = \"50ms\"\nmax_delay = \"200ms\"\nlimit = 2\nwindow = \"60s\"\n";
+    let mut baton = Baton::spawn(port, &config_text(port, &[&worker], 1, extra));
+    let status = baton.wait_exit(Duration::from_secs(30)).expect("baton did not give up");
+    let log = baton.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("exited with status 7"), "{log}");
+    assert!(log.contains("giving up"), "{log}");
+    assert!(log.contains("restarts are exhausted"), "{log}");
+}
+
+#[test]
+fn a_first_generation_that_never_gets_ready_exits_1_and_leaves_nothing() {
+    let port = port();
+    let hello = example_bin("hello").display().to_string();
+    let extra = "[readiness]\ntimeout = \"1s\"\n\n[stop]\ntimeout = \"1s\"\n\n[environment]\nHELLO_NO_READY = \"1\"\n";
+    let mut baton = Baton::spawn(port, &config_text(port, &[&hello], 2, extra));
+    std::thread::sleep(Duration::from_millis(300));
+    let pids: Vec<i32> = common::baton::children_of(baton.pid())
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let status = baton.wait_exit(Duration::from_secs(20)).expect("baton did not exit");
+    assert_eq!(status.code(), Some(1), "{}", baton.log());
+    assert!(baton.log().contains("readiness timeout"), "{}", baton.log());
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} outlived baton");
+    }
+}
+
+#[test]
+fn a_missing_binary_at_start_is_a_clear_error() {
+    let port = port();
+    let mut baton = Baton::spawn(port, &config_text(port, &["/opt/nowhere/app"], 1, ""));
+    let status = baton.wait_exit(Duration::from_secs(10)).expect("baton did not exit");
+    assert_eq!(status.code(), Some(1));
+    assert!(baton.log().contains("command not found"), "{}", baton.log());
+}
+
+#[test]
+fn an_invalid_config_at_start_exits_78_with_positions() {
+    let port = port();
+    let mut baton = Baton::spawn(
+        port,
+        "command = [\"x\"]\nworkers = \"many\"\n[stop]\nsignal = \"SIGFOO\"\n",
+    );
+    let status = baton.wait_exit(Duration::from_secs(10)).expect("baton did not exit");
+    assert_eq!(status.code(), Some(78), "{}", baton.log());
+    let log = baton.log();
+    assert!(log.contains("app.toml:2:11"), "{log}");
+    assert!(log.contains("app.toml:4:10"), "{log}");
+}
