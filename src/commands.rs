@@ -107,9 +107,13 @@ fn control_target(target: &Target) -> Result<(PathBuf, String), control::Control
         (Some(name), _) => name.clone(),
         (None, Some(file)) => match config::load(&Source::File(file.clone()), &Overrides::default()) {
             Ok(c) => c.name,
-            Err(_) => file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
+            // A reload of a broken file must still reach the right
+            // supervisor (to be told the file is broken): read just `name`.
+            Err(_) => std::fs::read_to_string(file)
+                .ok()
+                .and_then(|text| text.parse::<toml_edit::DocumentMut>().ok())
+                .and_then(|doc| doc.get("name")?.as_str().map(str::to_owned))
+                .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
                 .unwrap_or_default(),
         },
         (None, None) => {
