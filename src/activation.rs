@@ -58,17 +58,6 @@ pub enum ActivationError {
     Nothing,
 }
 
-/// The variables baton consumes from its own environment. They are removed
-/// so nothing baton starts inherits them by accident.
-const CONSUMED: &[&str] = &[
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-];
-
 /// Reads and consumes systemd's variables. Call from `main` while baton is
 /// still single-threaded: it edits the environment.
 pub fn take_inherited() -> Result<Inherited, ActivationError> {
@@ -104,7 +93,8 @@ pub fn take_inherited() -> Result<Inherited, ActivationError> {
         None
     };
     let path = std::env::var("PATH").ok();
-    crate::sys::remove_env_vars_single_threaded(CONSUMED);
+    // Consumed: nothing baton starts inherits them by accident.
+    crate::sys::remove_env_vars_single_threaded(crate::spawn::RESERVED_ENV);
     Ok(Inherited {
         sockets,
         notify_socket,

@@ -26,6 +26,8 @@ use std::{
 use nix::sys::signal::Signal;
 use toml_edit::{Document, Item, TableLike, Value};
 
+use crate::spawn::RESERVED_ENV;
+
 /// The largest `workers` accepted.
 pub const MAX_WORKERS: usize = 1024;
 /// Where `baton NAME` looks for `NAME.toml` unless `BATON_CONFIG_DIR` is set.
@@ -389,20 +391,6 @@ const STOP_KEYS: &[&str] = &["signal", "timeout", "message"];
 const RESTART_KEYS: &[&str] = &["delay", "max_delay", "limit", "window"];
 const WATCHDOG_KEYS: &[&str] = &["timeout"];
 const LIMITS_KEYS: &[&str] = &["memory"];
-
-/// Variables baton sets for every worker (DESIGN 1.3); `[environment]` may
-/// not replace them.
-const RESERVED_ENV: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "BATON_NAME",
-    "BATON_GENERATION",
-    "BATON_WORKER",
-];
 
 /// A value with where it was written.
 #[derive(Debug, Clone)]

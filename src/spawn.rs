@@ -9,9 +9,10 @@ use crate::activation::Listener;
 use crate::spec::GenSpec;
 use crate::sys::{self, SpawnError};
 
-/// Variables of baton's own environment that never reach a worker: they
-/// describe baton's relationship with systemd, not the worker's with baton.
-const PRIVATE: &[&str] = &[
+/// The variables baton sets for every worker (DESIGN 1.3). baton's own
+/// copies (its relationship with systemd, or with an outer baton) never reach
+/// a worker, and `[environment]` may not set them.
+pub const RESERVED_ENV: &[&str] = &[
     "LISTEN_PID",
     "LISTEN_FDS",
     "LISTEN_FDNAMES",
@@ -35,7 +36,7 @@ pub fn command(
     let launch = &spec.launch;
     let mut env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| !PRIVATE.contains(&k.as_str()))
+        .filter(|(k, _)| !RESERVED_ENV.contains(&k.as_str()))
         .collect();
     env.extend(launch.environment.iter().cloned());
     env.insert("LISTEN_FDS".into(), listeners.len().to_string());

@@ -30,18 +30,7 @@ fn strangers_and_garbage_on_a_notify_socket_are_ignored() {
         1,
         &format!("{extra}\n[environment]\nHELLO_NO_READY = \"1\"\n"),
     ));
-    let reload = std::thread::spawn({
-        let cfg = baton.config.clone();
-        let rt = baton.dir.path().join("run");
-        move || {
-            std::process::Command::new(common::baton_bin())
-                .args(["reload", "--config"])
-                .arg(cfg)
-                .env("BATON_RUNTIME_DIR", rt)
-                .output()
-                .unwrap()
-        }
-    });
+    let reload = baton.reload_in_background();
     // Find generation 2's notify socket from its environment.
     let mut socket = None;
     assert!(wait_until(Duration::from_secs(5), || {
@@ -104,31 +93,9 @@ fn reloads_requested_during_a_reload_are_coalesced_into_one() {
     let slow = "[environment]\nHELLO_READY_DELAY_MS = \"1500\"\n";
     let baton = Baton::start(port, &config_text(port, &[&hello], 2, slow));
     let load = Load::start(baton.addr(), "/", 4);
-    let first = {
-        let (cfg, rt) = (baton.config.clone(), baton.dir.path().join("run"));
-        std::thread::spawn(move || {
-            std::process::Command::new(common::baton_bin())
-                .args(["reload", "--config"])
-                .arg(cfg)
-                .env("BATON_RUNTIME_DIR", rt)
-                .output()
-                .unwrap()
-        })
-    };
+    let first = baton.reload_in_background();
     std::thread::sleep(Duration::from_millis(400));
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let (cfg, rt) = (baton.config.clone(), baton.dir.path().join("run"));
-            std::thread::spawn(move || {
-                std::process::Command::new(common::baton_bin())
-                    .args(["reload", "--config"])
-                    .arg(cfg)
-                    .env("BATON_RUNTIME_DIR", rt)
-                    .output()
-                    .unwrap()
-            })
-        })
-        .collect();
+    let followers: Vec<_> = (0..3).map(|_| baton.reload_in_background()).collect();
     let first = first.join().unwrap();
     assert!(first.status.success());
     assert!(String::from_utf8_lossy(&first.stdout).contains("generation 2 is serving"));
@@ -160,17 +127,7 @@ fn sigterm_in_the_middle_of_a_reload_answers_the_client_and_stops_cleanly() {
         2,
         "[environment]\nHELLO_READY_DELAY_MS = \"3000\"\n",
     ));
-    let reload = {
-        let (cfg, rt) = (baton.config.clone(), baton.dir.path().join("run"));
-        std::thread::spawn(move || {
-            std::process::Command::new(common::baton_bin())
-                .args(["reload", "--config"])
-                .arg(cfg)
-                .env("BATON_RUNTIME_DIR", rt)
-                .output()
-                .unwrap()
-        })
-    };
+    let reload = baton.reload_in_background();
     assert!(wait_until(
         Duration::from_secs(5),
         || baton.status()["supervisor"]["reload_in_progress"] == true

@@ -125,6 +125,20 @@ impl Baton {
             .expect("run baton client")
     }
 
+    /// `baton reload` on another thread, for signals and requests mid-reload.
+    pub fn reload_in_background(&self) -> std::thread::JoinHandle<Output> {
+        let (config, runtime) = (self.config.clone(), self.dir.path().join("run"));
+        std::thread::spawn(move || {
+            Command::new(baton_bin())
+                .args(["reload", "--config"])
+                .arg(config)
+                .env("BATON_RUNTIME_DIR", runtime)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run baton reload")
+        })
+    }
+
     pub fn reload(&self) -> Output {
         self.client(&["reload"])
     }
