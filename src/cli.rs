@@ -91,6 +91,42 @@ generation is still serving (the reason and the failing worker's last output are
         #[arg(long)]
         json: bool,
     },
+    /// Write NAME.toml, NAME.socket and NAME.service for systemd
+    #[command(
+        long_about = "Write /etc/baton/NAME.toml, /etc/systemd/system/NAME.socket and NAME.service, \
+then run `systemctl daemon-reload`. Start it with `systemctl enable --now NAME.socket`: the first \
+connection starts NAME.service. Existing files are never overwritten without --force.",
+        after_help = "Example:\n  baton init myapp --listen 0.0.0.0:8080 --workers 4 --user www-data \\\n    \
+--directory /srv/myapp/current -- node server.js\n  systemctl enable --now myapp.socket"
+    )]
+    Init {
+        /// App name: the unit names and /etc/baton/NAME.toml
+        name: String,
+        /// Address the socket unit listens on (repeatable): 0.0.0.0:8080, [::]:8080, /run/NAME.sock, @abstract
+        #[arg(long, short = 'l', value_name = "ADDR", required = true)]
+        listen: Vec<String>,
+        /// Number of workers, or "auto" for one per CPU
+        #[arg(long, short = 'w', value_name = "N")]
+        workers: Option<String>,
+        /// Run the service as this user (User= in the unit)
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// The app's working directory (a symlink is resolved per generation)
+        #[arg(long, value_name = "DIR")]
+        directory: Option<PathBuf>,
+        /// Where to write the units
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+        /// Where to write NAME.toml
+        #[arg(long, value_name = "DIR", default_value = "/etc/baton")]
+        config_dir: PathBuf,
+        /// Overwrite existing files
+        #[arg(long)]
+        force: bool,
+        /// The app's command
+        #[arg(last = true, value_name = "CMD ARGS", required = true)]
+        command: Vec<String>,
+    },
     /// Validate the config and print every problem with file:line:column
     #[command(after_help = "Exit codes: 0 valid · 78 invalid (safe as ExecStartPre=).")]
     Check {

@@ -46,8 +46,14 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited) -> i32 {
     };
     let (listeners, socket_activated) = match inherited.sockets {
         Some(sockets) => {
-            if !config.listen.is_empty() {
-                tracing::warn!("systemd passed sockets, so the [[listen]] entries in the config are not used");
+            let wanted: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
+            let got: Vec<String> = sockets.iter().map(|s| s.address.clone()).collect();
+            if !wanted.is_empty() && wanted != got {
+                tracing::warn!(
+                    "systemd passed sockets on {}; the config's [[listen]] ({}) is used only without systemd",
+                    got.join(", "),
+                    wanted.join(", ")
+                );
             }
             (sockets, true)
         }
@@ -76,6 +82,8 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited) -> i32 {
         path: inherited.path,
         control,
         sink: Arc::new(StderrSink),
+        notify_socket: inherited.notify_socket,
+        watchdog: inherited.watchdog_usec.map(std::time::Duration::from_micros),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -244,6 +252,37 @@ pub fn check(target: Target) -> i32 {
         Err(e) => {
             eprintln!("{e}");
             EX_CONFIG
+        }
+    }
+}
+
+/// `baton init`.
+pub fn init(req: crate::init::Request) -> i32 {
+    let default_units = req.unit_dir == std::path::Path::new("/etc/systemd/system");
+    let name = req.name.clone();
+    match crate::init::write(&req) {
+        Ok(paths) => {
+            for p in &paths {
+                println!("wrote {}", p.display());
+            }
+            // `systemctl enable` reloads too, but a plain `start` would not.
+            if default_units && std::path::Path::new("/run/systemd/system").exists() {
+                match std::process::Command::new("systemctl").arg("daemon-reload").status() {
+                    Ok(s) if s.success() => println!("ran systemctl daemon-reload"),
+                    _ => eprintln!("baton init: `systemctl daemon-reload` failed; run it yourself"),
+                }
+            }
+            println!("next: systemctl enable --now {name}.socket");
+            println!("then: systemctl reload {name}   ·   journalctl -u {name}   ·   baton status {name}");
+            EX_OK
+        }
+        Err(e @ crate::init::InitError::Invalid(_)) => {
+            eprintln!("baton init: {}", chain(&e));
+            EX_CONFIG
+        }
+        Err(e) => {
+            eprintln!("baton init: {}", chain(&e));
+            EX_FAILED
         }
     }
 }

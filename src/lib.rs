@@ -9,6 +9,8 @@
 //! - `notify`: each worker's sd_notify endpoint.
 //! - `output`: worker stdout/stderr.
 //! - `control`: the control socket behind `baton reload` and `status`.
+//! - `systemd`: what baton tells systemd (READY, RELOADING, STATUS, WATCHDOG).
+//! - `init`: `baton init`, the config and units for systemd.
 #![deny(unsafe_code)]
 
 pub mod activation;
@@ -16,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod init;
 pub mod notify;
 pub mod output;
 pub mod runtime;
@@ -25,3 +28,4 @@ pub mod status;
 pub mod supervisor;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod systemd;

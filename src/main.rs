@@ -41,6 +41,33 @@ fn main() {
             init_logging("warn");
             commands::status(target, json)
         }
+        Cmd::Init {
+            name,
+            listen,
+            workers,
+            user,
+            directory,
+            unit_dir,
+            config_dir,
+            force,
+            command,
+        } => {
+            init_logging("warn");
+            commands::init(baton::init::Request {
+                name,
+                listen,
+                workers,
+                user,
+                directory,
+                unit_dir,
+                config_dir,
+                command,
+                force,
+                baton: std::env::current_exe()
+                    .and_then(|p| p.canonicalize())
+                    .unwrap_or_else(|_| "/usr/bin/baton".into()),
+            })
+        }
         Cmd::Check { target } => {
             init_logging("warn");
             commands::check(target)

@@ -33,6 +33,7 @@ use crate::status;
 use crate::supervisor::{
     Action, ClientId, ExitStatus, Fault, Notify, Phase, ReloadError, ReloadResult, Supervisor, Timer, Waiter, WorkerId,
 };
+use crate::systemd::Notifier;
 
 /// Everything `run` needs, prepared by `main` before the runtime started.
 pub struct Context {
@@ -46,6 +47,10 @@ pub struct Context {
     pub path: Option<String>,
     pub control: PathBuf,
     pub sink: Arc<dyn LogSink>,
+    /// systemd's NOTIFY_SOCKET, if baton runs under it.
+    pub notify_socket: Option<String>,
+    /// systemd's WATCHDOG_USEC for baton itself.
+    pub watchdog: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,10 @@ struct WorkerIo {
     output_done: Option<mpsc::Receiver<()>>,
 }
 
+/// How often EXTEND_TIMEOUT_USEC is sent while busy, and by how much.
+const EXTEND_EVERY: Duration = Duration::from_secs(5);
+const EXTEND_BY: Duration = Duration::from_secs(20);
+
 /// How many exited workers' last lines are kept for reports.
 const KEEP_TAILS: usize = 64;
 
@@ -111,6 +120,9 @@ struct Driver {
     /// One pending task per timer; re-arming replaces it, and a worker's
     /// timers are dropped when it exits, so nothing piles up over reloads.
     timers: HashMap<Timer, tokio::task::AbortHandle>,
+    systemd: Option<Notifier>,
+    /// The last STATUS= sent, to send only changes.
+    status_line: String,
 }
 
 /// Supervises until stopped. Returns the exit code (DESIGN 1.1).
@@ -165,9 +177,22 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         started: Instant::now(),
         started_wall: SystemTime::now(),
         phase,
+        systemd: Notifier::new(ctx.notify_socket.as_deref()),
         ctx,
         timers: HashMap::new(),
+        status_line: String::new(),
     };
+    if driver.systemd.is_some() {
+        tracing::debug!("notifying systemd");
+    }
+    // WATCHDOG=1 goes out from this loop itself: a wedged loop stops pinging
+    // and systemd's watchdog catches it.
+    let mut watchdog = tokio::time::interval(driver.ctx.watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While starting, reloading or stopping, ask systemd to keep waiting;
+    // baton's own readiness and stop deadlines bound these phases.
+    let mut extend = tokio::time::interval(EXTEND_EVERY);
+    extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     driver.core.start(Instant::now(), Arc::new(spec));
 
     let code = loop {
@@ -184,8 +209,18 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
             _ = sigterm.recv() => driver.stop("SIGTERM"),
             _ = sigint.recv() => driver.stop("SIGINT"),
             _ = shutdown.cancelled(), if !driver.core_stopping() => driver.stop("shutdown requested"),
+            _ = watchdog.tick(), if driver.ctx.watchdog.is_some() => {
+                if let Some(n) = &driver.systemd {
+                    n.watchdog();
+                }
+            }
+            _ = extend.tick() => driver.extend_timeout(),
         }
+        driver.update_status();
     };
+    if let Some(n) = &driver.systemd {
+        n.status(&format!("stopped (exit code {code})"));
+    }
     server.abort();
     forward.abort();
     let _ = std::fs::remove_file(&control_path);
@@ -193,6 +228,38 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
 }
 
 impl Driver {
+    fn status_summary(&self) -> String {
+        let now = Instant::now();
+        let snapshot = self.core.snapshot(now);
+        let at = snapshot
+            .last_reload
+            .as_ref()
+            .map(|r| humantime::format_rfc3339_seconds(SystemTime::now() - now.duration_since(r.finished)).to_string());
+        status::summary(&snapshot, at.as_deref())
+    }
+
+    /// Sends STATUS= when the summary changed.
+    fn update_status(&mut self) {
+        if self.systemd.is_none() {
+            return;
+        }
+        let line = self.status_summary();
+        if line != self.status_line {
+            if let Some(n) = &self.systemd {
+                n.status(&line);
+            }
+            self.status_line = line;
+        }
+    }
+
+    fn extend_timeout(&self) {
+        if let Some(n) = &self.systemd {
+            if self.core.phase() != Phase::Ready {
+                n.extend_timeout(EXTEND_BY);
+            }
+        }
+    }
+
     fn core_stopping(&self) -> bool {
         matches!(self.core.phase(), Phase::Stopping)
     }
@@ -334,6 +401,11 @@ impl Driver {
                 Action::Phase(p) => {
                     tracing::debug!("phase: {p:?}");
                     self.phase.send_replace(p);
+                    let line = self.status_summary();
+                    if let Some(n) = &self.systemd {
+                        n.phase(p, &line);
+                    }
+                    self.status_line = line;
                 }
                 Action::Exit(code) => return Some(code),
             }

@@ -36,6 +36,52 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     Some(pages * page as u64)
 }
 
+/// The one-line STATUS= for systemd, e.g.
+/// `gen 3: 4/4 ready · last reload 12:03:04 UTC ok in 1.2s`.
+pub fn summary(snapshot: &Snapshot, last_reload_at: Option<&str>) -> String {
+    let count = |id: Option<u64>| {
+        snapshot
+            .generations
+            .iter()
+            .find(|g| Some(g.id) == id)
+            .map(|g| format!("gen {}: {}/{} ready", g.id, g.ready, g.slots))
+    };
+    let mut line = count(snapshot.serving).unwrap_or_else(|| match snapshot.phase {
+        crate::supervisor::Phase::Stopping => "stopping".to_owned(),
+        _ => "starting".to_owned(),
+    });
+    if snapshot.serving.is_some() {
+        if let Some(candidate) = count(snapshot.candidate) {
+            let _ = write!(line, " · reloading → {candidate}");
+        }
+    } else if let Some(candidate) = count(snapshot.candidate) {
+        line = format!("starting {candidate}");
+    }
+    if snapshot.phase == crate::supervisor::Phase::Stopping && snapshot.serving.is_some() {
+        line.push_str(" · stopping");
+    }
+    if let Some(r) = &snapshot.last_reload {
+        // "2026-11-21T12:03:04Z" → "12:03:04 UTC"
+        let at = last_reload_at
+            .and_then(|t| t.get(11..19))
+            .map(|t| format!("{t} UTC"))
+            .unwrap_or_default();
+        let took = Duration::from_millis(r.elapsed_ms);
+        if r.ok {
+            let _ = write!(line, " · last reload {at} ok in {:.1}s", took.as_secs_f64());
+        } else {
+            let first = r.message.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let _ = write!(line, " · last reload {at} FAILED: {first}");
+            // A config error's first line only says "invalid config"; the
+            // first problem is the useful part.
+            if let Some(problem) = r.message.lines().nth(1).filter(|l| !l.trim().is_empty()) {
+                let _ = write!(line, " {}", problem.trim());
+            }
+        }
+    }
+    line
+}
+
 fn ms(ms: u64) -> String {
     // Whole seconds read better at 3 a.m. than "1m 3s 412ms 3us".
     let d = Duration::from_secs(ms / 1000);

@@ -45,6 +45,11 @@ impl Baton {
 
     /// Starts it without waiting.
     pub fn spawn(port: u16, config: &str) -> Baton {
+        Baton::spawn_with_env(port, config, &[])
+    }
+
+    /// Starts it without waiting, with extra environment (NOTIFY_SOCKET...).
+    pub fn spawn_with_env(port: u16, config: &str, env: &[(&str, &str)]) -> Baton {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("app.toml");
         std::fs::write(&path, config).expect("write config");
@@ -53,6 +58,7 @@ impl Baton {
             .arg(&path)
             .env("BATON_RUNTIME_DIR", dir.path().join("run"))
             .env("BATON_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
