@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +11,7 @@ use crate::activation::{self, Inherited};
 use crate::cli::Target;
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::{self, Reply, Request};
-use crate::output::StderrSink;
+use crate::output::{self, JournalSink, LogSink, StderrSink};
 use crate::runtime::{self, Context};
 use crate::supervisor::Phase;
 
@@ -30,8 +29,9 @@ fn source_of(target: &Target, quick: bool) -> Option<Source> {
     }
 }
 
-/// `baton run`. `inherited` was taken in `main` before any thread existed.
-pub fn run(target: Target, overrides: Overrides, inherited: Inherited) -> i32 {
+/// `baton run`. `inherited` was taken in `main` before any thread existed;
+/// `journal` says whether baton's stderr is connected to journald.
+pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: bool) -> i32 {
     let quick = !overrides.command.is_empty();
     let Some(source) = source_of(&target, quick) else {
         eprintln!("baton run: say what to run: an app NAME (/etc/baton/NAME.toml), --config FILE, or -- CMD ARGS");
@@ -73,6 +73,18 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited) -> i32 {
         .control
         .clone()
         .unwrap_or_else(|| control::control_path(&config.name));
+    let sink: Box<dyn LogSink> = if journal {
+        Box::new(JournalSink::default())
+    } else {
+        Box::new(StderrSink)
+    };
+    let (log, log_thread) = match output::spawn_writer(sink) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("baton: cannot start the log writer thread: {e}");
+            return EX_FAILED;
+        }
+    };
     let ctx = Context {
         config,
         source,
@@ -81,7 +93,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited) -> i32 {
         socket_activated,
         path: inherited.path,
         control,
-        sink: Arc::new(StderrSink),
+        log,
         notify_socket: inherited.notify_socket,
         watchdog: inherited.watchdog_usec.map(std::time::Duration::from_micros),
     };
@@ -97,13 +109,18 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited) -> i32 {
         }
     };
     let (phase, _) = tokio::sync::watch::channel(Phase::Starting);
-    match runtime.block_on(runtime::run(ctx, CancellationToken::new(), phase)) {
+    let code = match runtime.block_on(runtime::run(ctx, CancellationToken::new(), phase)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("baton: {}", chain(&e));
             EX_FAILED
         }
-    }
+    };
+    // Dropping the runtime drops the pumps, and with them the last handles
+    // on the writer, which then writes what is queued and ends.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let _ = log_thread.join();
+    code
 }
 
 /// The control socket a client command should talk to.

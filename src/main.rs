@@ -24,21 +24,22 @@ fn main() {
                     std::process::exit(commands::EX_FAILED);
                 }
             };
-            init_logging("info");
+            let journal = journal_connected();
+            init_logging("info", journal);
             let overrides = Overrides {
                 name: app_name,
                 listen,
                 workers,
                 command,
             };
-            commands::run(target, overrides, inherited)
+            commands::run(target, overrides, inherited, journal)
         }
         Cmd::Reload { target, wait } => {
-            init_logging("warn");
+            init_logging("warn", false);
             commands::reload(target, wait)
         }
         Cmd::Status { target, json } => {
-            init_logging("warn");
+            init_logging("warn", false);
             commands::status(target, json)
         }
         Cmd::Init {
@@ -52,7 +53,7 @@ fn main() {
             force,
             command,
         } => {
-            init_logging("warn");
+            init_logging("warn", false);
             commands::init(baton::init::Request {
                 name,
                 listen,
@@ -69,20 +70,52 @@ fn main() {
             })
         }
         Cmd::Check { target } => {
-            init_logging("warn");
+            init_logging("warn", false);
             commands::check(target)
         }
     };
     std::process::exit(code);
 }
 
-fn init_logging(default: &str) {
+/// Whether stderr is systemd's journal stream: JOURNAL_STREAM names the
+/// device and inode of the stream systemd connected, and stderr must be it
+/// (a redirected stderr keeps the variable but is not the journal).
+fn journal_connected() -> bool {
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (d, i) = v.split_once(':')?;
+        Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+}
+
+/// baton's own events: structured journal entries under systemd (INFO as
+/// priority 6, not tracing-journald's default 5), else plain stderr.
+fn init_logging(default: &str, journal: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let registry = tracing_subscriber::registry().with(filter);
+    if journal {
+        if let Ok(layer) = tracing_journald::layer() {
+            use tracing_journald::{Priority, PriorityMappings};
+            let layer = layer.with_priority_mappings(PriorityMappings {
+                info: Priority::Informational,
+                debug: Priority::Debug,
+                ..PriorityMappings::new()
+            });
+            registry.with(layer).init();
+            return;
+        }
+    }
+    registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
 }

@@ -27,7 +27,7 @@ use crate::activation::Listener;
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::{self, Command, ReloadAnswer, Reply};
 use crate::notify::{self, Endpoint, RateLimit, Received};
-use crate::output::{self, LogSink, Origin, Stream, Tail};
+use crate::output::{self, Origin, Stream, Tail, Writer};
 use crate::spec::GenSpec;
 use crate::status;
 use crate::supervisor::{
@@ -46,7 +46,8 @@ pub struct Context {
     /// PATH as baton found it, for finding the app.
     pub path: Option<String>,
     pub control: PathBuf,
-    pub sink: Arc<dyn LogSink>,
+    /// Where worker lines go (stderr or the journal).
+    pub log: Writer,
     /// systemd's NOTIFY_SOCKET, if baton runs under it.
     pub notify_socket: Option<String>,
     /// systemd's WATCHDOG_USEC for baton itself.
@@ -537,9 +538,9 @@ impl Driver {
         let tail = Tail::default();
         let (done_tx, done_rx) = mpsc::channel::<()>(1);
         for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
-            let (origin, sink, tail, done) = (origin.clone(), self.ctx.sink.clone(), tail.clone(), done_tx.clone());
+            let (origin, log, tail, done) = (origin.clone(), self.ctx.log.clone(), tail.clone(), done_tx.clone());
             tokio::spawn(async move {
-                output::pump(fd, stream, origin, sink, tail).await;
+                output::pump(fd, stream, origin, log, tail).await;
                 drop(done);
             });
         }

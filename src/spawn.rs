@@ -9,6 +9,9 @@ use crate::activation::Listener;
 use crate::spec::GenSpec;
 use crate::sys::{self, SpawnError};
 
+/// JOURNAL_STREAM is dropped too: it describes baton's stderr, while a
+/// worker's stderr is a pipe to baton.
+///
 /// The variables baton sets for every worker (DESIGN 1.3). baton's own
 /// copies (its relationship with systemd, or with an outer baton) never reach
 /// a worker, and `[environment]` may not set them.
@@ -36,7 +39,7 @@ pub fn command(
     let launch = &spec.launch;
     let mut env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| !RESERVED_ENV.contains(&k.as_str()))
+        .filter(|(k, _)| !RESERVED_ENV.contains(&k.as_str()) && k != "JOURNAL_STREAM")
         .collect();
     env.extend(launch.environment.iter().cloned());
     env.insert("LISTEN_FDS".into(), listeners.len().to_string());

@@ -95,8 +95,8 @@ pub enum Timer {
     Delay(WorkerId),
     /// A retiring worker gets SIGKILL (to its group) at its deadline.
     Stop(WorkerId),
-    /// Respawn a crashed slot.
-    Restart { generation: GenId, slot: usize },
+    /// Respawn a crashed slot; `seq` tells a stale timer from the current one.
+    Restart { generation: GenId, slot: usize, seq: u64 },
     /// A worker must ping (WATCHDOG=1) by its deadline.
     Watchdog(WorkerId),
 }
@@ -288,6 +288,8 @@ struct Slot {
     crashes: VecDeque<Instant>,
     restarts: u32,
     restart_pending: bool,
+    /// Bumped at every armed restart; only the newest timer counts.
+    restart_seq: u64,
     gave_up: bool,
     /// Rolling reload: this slot's role passed to the candidate.
     handed_over: bool,
@@ -442,6 +444,8 @@ impl Supervisor {
             Ok(spec) => spec,
             Err(message) => {
                 self.finish_reload(now, Err(ReloadError::Config { message }));
+                // The serving generation may have been lost while the config loaded.
+                self.check_lost(now);
                 return;
             }
         };
@@ -602,7 +606,7 @@ impl Supervisor {
                     _ => {}
                 }
             }
-            Timer::Restart { generation, slot } => self.restart_slot(now, generation, slot),
+            Timer::Restart { generation, slot, seq } => self.restart_slot(now, generation, slot, seq),
             Timer::Watchdog(id) => {
                 let Some(w) = self.workers.get_mut(&id) else { return };
                 if w.state != WorkerState::Ready {
@@ -1002,11 +1006,26 @@ impl Supervisor {
             return;
         }
         if Some(generation) == self.serving && !self.stopping {
-            self.push(Action::WorkerFailed {
-                fault: fault.clone(),
-                context: "restarting it",
-            });
-            self.crashed(now, generation, fault.slot);
+            let slot = fault.slot;
+            let index = self.actions.len();
+            self.crashed(now, generation, slot);
+            let gave_up = self
+                .gens
+                .get(&generation)
+                .and_then(|g| g.slots.get(slot))
+                .is_some_and(|s| s.gave_up);
+            // Logged before whatever the crash led to (restart, exit).
+            self.actions.insert(
+                index,
+                Action::WorkerFailed {
+                    fault,
+                    context: if gave_up {
+                        "it crashed too often; giving up on it"
+                    } else {
+                        "restarting it"
+                    },
+                },
+            );
         }
     }
 
@@ -1055,10 +1074,15 @@ impl Supervisor {
         }
         if let Some(old) = self.serving {
             for slot in handed_over {
-                if let Some(s) = self.gens.get_mut(&old).and_then(|g| g.slots.get_mut(slot)) {
-                    s.handed_over = false;
+                let Some(s) = self.gens.get_mut(&old).and_then(|g| g.slots.get_mut(slot)) else {
+                    continue;
+                };
+                s.handed_over = false;
+                // A slot given up before the reload stays given up: a worker
+                // there would have no restarts and nobody to notice it is lost.
+                if !s.gave_up {
+                    self.spawn(now, old, slot);
                 }
-                self.spawn(now, old, slot);
             }
         }
         self.check_revert(now);
@@ -1069,13 +1093,14 @@ impl Supervisor {
         let (Some(candidate), Some(old)) = (self.candidate, self.serving) else {
             return;
         };
-        if !self.reload.as_ref().is_some_and(|r| r.reverting.is_some()) {
+        if self.reload.as_ref().is_none_or(|r| r.reverting.is_none()) {
             return;
         }
         let restored: Vec<WorkerId> = self
             .live_workers(candidate)
             .filter(|(_, w)| {
-                self.gens.get(&old).and_then(|g| g.slots.get(w.slot)).is_some_and(|s| {
+                // A slot the old generation never had has nothing to wait for.
+                self.gens.get(&old).and_then(|g| g.slots.get(w.slot)).is_none_or(|s| {
                     s.gave_up
                         || s.worker
                             .and_then(|id| self.workers.get(&id))
@@ -1134,17 +1159,19 @@ impl Supervisor {
         let factor = 1u32.checked_shl(recent.saturating_sub(1)).unwrap_or(u32::MAX);
         let delay = policy.delay.saturating_mul(factor).min(policy.max_delay);
         s.restart_pending = true;
-        self.arm(now + delay, Timer::Restart { generation, slot });
+        s.restart_seq += 1;
+        let seq = s.restart_seq;
+        self.arm(now + delay, Timer::Restart { generation, slot, seq });
     }
 
-    fn restart_slot(&mut self, now: Instant, generation: GenId, slot: usize) {
+    fn restart_slot(&mut self, now: Instant, generation: GenId, slot: usize, seq: u64) {
         if self.stopping || self.exit_code.is_some() || Some(generation) != self.serving {
             return;
         }
         let Some(s) = self.gens.get(&generation).and_then(|g| g.slots.get(slot)) else {
             return;
         };
-        if !s.restart_pending || s.worker.is_some() || s.gave_up || s.handed_over {
+        if !s.restart_pending || s.restart_seq != seq || s.worker.is_some() || s.gave_up || s.handed_over {
             return;
         }
         self.spawn(now, generation, slot);
@@ -1163,14 +1190,10 @@ impl Supervisor {
         }
         self.retire_worker(now, worker);
         if Some(generation) == self.serving && !self.stopping {
-            // Its replacement starts now, while it drains.
-            if let Some(s) = self.gens.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) {
-                if !s.handed_over {
-                    s.restarts += 1;
-                    s.restart_pending = true;
-                }
-            }
-            self.restart_slot(now, generation, slot);
+            // Its replacement starts after the usual restart delay while it
+            // drains. It counts toward the restart limit like a crash, so a
+            // worker that keeps announcing STOPPING=1 cannot fork-loop.
+            self.crashed(now, generation, slot);
         }
     }
 
@@ -1194,6 +1217,7 @@ impl Supervisor {
     }
 
     fn shut_everything_down(&mut self, now: Instant) {
+        self.set_phase(Phase::Stopping);
         if let Some(reload) = self.reload.take() {
             let clients: Vec<ClientId> = reload.waiters.iter().map(|w| w.client).collect();
             if !clients.is_empty() {
@@ -1271,11 +1295,7 @@ impl Supervisor {
                     })
                     .collect();
                 workers.sort_by_key(|w| (w.slot, w.id));
-                let role = if Some(id) == self.serving {
-                    Role::Serving
-                } else {
-                    g.role
-                };
+                let role = g.role;
                 GenerationSnapshot {
                     id,
                     role,
