@@ -107,3 +107,35 @@ fn an_invalid_config_at_start_exits_78_with_positions() {
     assert!(log.contains("app.toml:2:11"), "{log}");
     assert!(log.contains("app.toml:4:10"), "{log}");
 }
+
+#[test]
+fn a_worker_that_stops_pinging_its_watchdog_is_replaced() {
+    let port = port();
+    let hello = example_bin("hello").display().to_string();
+    let extra = "[watchdog]\ntimeout = \"1s\"\n\n[environment]\nHELLO_NO_WATCHDOG = \"1\"\n";
+    let baton = Baton::start(port, &config_text(port, &[&hello], 1, extra));
+    let first = baton.worker_pids(1);
+    let (_, env) = common::http_get(baton.addr(), "/env", Duration::from_secs(5)).unwrap();
+    assert!(env.contains("WATCHDOG_USEC=1000000\n"), "{env}");
+    assert!(env.contains(&format!("WATCHDOG_PID={}\n", first[0])), "{env}");
+    assert!(
+        common::wait_until(Duration::from_secs(15), || {
+            let s = baton.status();
+            s["supervisor"]["generations"][0]["restarts"].as_u64() >= Some(1)
+        }),
+        "{:#}",
+        baton.status()
+    );
+    assert!(
+        baton.log().contains("stopped sending watchdog pings"),
+        "{}",
+        baton.log()
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || baton
+            .worker_pids(1)
+            .iter()
+            .any(|p| !first.contains(p))),
+        "no replacement worker"
+    );
+}
