@@ -269,6 +269,38 @@ mod tests {
         assert!(!service.contains("%i"));
     }
 
+    /// units/example/ holds what `baton init` writes, for people who read
+    /// units before running tools. `BATON_BLESS=1 cargo test` refreshes it.
+    #[test]
+    fn the_example_units_are_what_init_writes() {
+        let req = Request {
+            name: "myapp".into(),
+            listen: vec!["0.0.0.0:8080".into()],
+            workers: Some("4".into()),
+            user: Some("www-data".into()),
+            directory: Some("/srv/myapp/current".into()),
+            unit_dir: "units/example".into(),
+            config_dir: "units/example".into(),
+            command: vec!["node".into(), "server.js".into()],
+            force: true,
+            baton: "/usr/bin/baton".into(),
+        };
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (path, text) in render(&req).unwrap() {
+            let path = root.join(path);
+            if std::env::var_os("BATON_BLESS").is_some() {
+                std::fs::write(&path, &text).unwrap();
+            }
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                committed,
+                text,
+                "{} is stale: run BATON_BLESS=1 cargo test",
+                path.display()
+            );
+        }
+    }
+
     #[test]
     fn refuses_to_overwrite_without_force() {
         let dir = tempfile::tempdir().unwrap();
