@@ -40,6 +40,37 @@ pub struct Target {
     pub control: Option<PathBuf>,
 }
 
+/// `baton init`'s flags.
+#[derive(Debug, Args, Clone)]
+pub struct InitArgs {
+    /// App name: the unit names and /etc/baton/NAME.toml
+    pub name: String,
+    /// Address the socket unit listens on (repeatable): 0.0.0.0:8080, [::]:8080, /run/NAME.sock, @abstract
+    #[arg(long, short = 'l', value_name = "ADDR", required = true)]
+    pub listen: Vec<String>,
+    /// Number of workers, or "auto" for one per CPU
+    #[arg(long, short = 'w', value_name = "N")]
+    pub workers: Option<String>,
+    /// Run the service as this user (User= in the unit)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The app's working directory (a symlink is resolved per generation)
+    #[arg(long, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+    /// Where to write the units
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    pub unit_dir: PathBuf,
+    /// Where to write NAME.toml
+    #[arg(long, value_name = "DIR", default_value = "/etc/baton")]
+    pub config_dir: PathBuf,
+    /// Overwrite existing files
+    #[arg(long)]
+    pub force: bool,
+    /// The app's command
+    #[arg(last = true, value_name = "CMD ARGS", required = true)]
+    pub command: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Supervise the app in the foreground (what systemd's ExecStart runs)
@@ -99,34 +130,7 @@ connection starts NAME.service. Existing files are never overwritten without --f
         after_help = "Example:\n  baton init myapp --listen 0.0.0.0:8080 --workers 4 --user www-data \\\n    \
 --directory /srv/myapp/current -- node server.js\n  systemctl enable --now myapp.socket"
     )]
-    Init {
-        /// App name: the unit names and /etc/baton/NAME.toml
-        name: String,
-        /// Address the socket unit listens on (repeatable): 0.0.0.0:8080, [::]:8080, /run/NAME.sock, @abstract
-        #[arg(long, short = 'l', value_name = "ADDR", required = true)]
-        listen: Vec<String>,
-        /// Number of workers, or "auto" for one per CPU
-        #[arg(long, short = 'w', value_name = "N")]
-        workers: Option<String>,
-        /// Run the service as this user (User= in the unit)
-        #[arg(long, value_name = "USER")]
-        user: Option<String>,
-        /// The app's working directory (a symlink is resolved per generation)
-        #[arg(long, value_name = "DIR")]
-        directory: Option<PathBuf>,
-        /// Where to write the units
-        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
-        unit_dir: PathBuf,
-        /// Where to write NAME.toml
-        #[arg(long, value_name = "DIR", default_value = "/etc/baton")]
-        config_dir: PathBuf,
-        /// Overwrite existing files
-        #[arg(long)]
-        force: bool,
-        /// The app's command
-        #[arg(last = true, value_name = "CMD ARGS", required = true)]
-        command: Vec<String>,
-    },
+    Init(InitArgs),
     /// Validate the config and print every problem with file:line:column
     #[command(after_help = "Exit codes: 0 valid · 78 invalid (safe as ExecStartPre=).")]
     Check {

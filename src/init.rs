@@ -14,6 +14,23 @@ use crate::config::{self, ListenAddress, Overrides};
 
 const SERVICE_TEMPLATE: &str = include_str!("../units/baton@.service");
 
+impl crate::cli::InitArgs {
+    pub fn into_request(self, baton: PathBuf) -> Request {
+        Request {
+            name: self.name,
+            listen: self.listen,
+            workers: self.workers,
+            user: self.user,
+            directory: self.directory,
+            unit_dir: self.unit_dir,
+            config_dir: self.config_dir,
+            command: self.command,
+            force: self.force,
+            baton,
+        }
+    }
+}
+
 /// What `baton init` was asked for.
 #[derive(Debug, Clone)]
 pub struct Request {

@@ -42,32 +42,13 @@ fn main() {
             init_logging("warn", false);
             commands::status(target, json)
         }
-        Cmd::Init {
-            name,
-            listen,
-            workers,
-            user,
-            directory,
-            unit_dir,
-            config_dir,
-            force,
-            command,
-        } => {
+        Cmd::Init(args) => {
             init_logging("warn", false);
-            commands::init(baton::init::Request {
-                name,
-                listen,
-                workers,
-                user,
-                directory,
-                unit_dir,
-                config_dir,
-                command,
-                force,
-                baton: std::env::current_exe()
-                    .and_then(|p| p.canonicalize())
-                    .unwrap_or_else(|_| "/usr/bin/baton".into()),
-            })
+            // The units run this very binary (/usr/bin/baton once packaged).
+            let baton = std::env::current_exe()
+                .and_then(|p| p.canonicalize())
+                .unwrap_or_else(|_| "/usr/bin/baton".into());
+            commands::init(args.into_request(baton))
         }
         Cmd::Check { target } => {
             init_logging("warn", false);
