@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod baton;
+pub mod container;
 pub mod load;
 
 use std::collections::hash_map::RandomState;

@@ -1,0 +1,621 @@
+//! A real systemd (the host's, 252 on Debian 12) booted in a container, for
+//! the system tests, following DESIGN §4:
+//!
+//! - an overlay with `lowerdir=/` on a temp dir, so the container sees the
+//!   host's files (this checkout's `target/debug/baton`, the examples) at the
+//!   same absolute paths, and everything it writes lands in the overlay only;
+//! - `systemd-nspawn -D root --register=no --keep-unit -M baton-test-<random> -b`,
+//!   booting a small target (journald, sysinit and sockets; no getty, no
+//!   services that would bind ports on the shared host network);
+//! - commands run inside with `nsenter -t <container's systemd> -a`;
+//! - host networking is shared, so a port listened on inside is reachable
+//!   from the test on 127.0.0.1.
+//!
+//! Dropping a [`Container`] powers it off (SIGTERM to nspawn, bounded, then
+//! SIGKILL to nspawn and to the container's init), unmounts the overlay (lazily
+//! if it must) and removes the temp dir, also when a test panics. nspawn is
+//! started with a parent-death signal, so even a killed test process doesn't
+//! leave a container running; a later run removes the overlay such a run left
+//! behind.
+//!
+//! [`Container::boot`] returns `None`, after printing `SKIPPED: <reason>`
+//! to the real stderr, only when not running as root or when systemd-nspawn
+//! is missing and `apt-get install -y systemd-container` could not install it.
+//! Anything else that goes wrong is a test failure.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// PATH for every command run inside (and for the tools run on the host).
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Prefix of the temp dirs (`<tmp>/baton-systest-XXXX`).
+const DIR_PREFIX: &str = "baton-systest-";
+/// The target the container boots: journald (and what every service needs,
+/// sysinit and sockets), without timers, gettys or the host's daemons
+/// (postgres, sshd...) that multi-user.target would start on the shared network.
+const TARGET_NAME: &str = "baton-test.target";
+const TARGET_UNIT: &str = "\
+[Unit]
+Description=baton system tests: sysinit, sockets and journald only
+Requires=sysinit.target sockets.target systemd-journald.service
+Wants=dbus.socket
+After=sysinit.target sockets.target systemd-journald.service dbus.socket
+AllowIsolate=yes
+";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A booted container. See the module documentation.
+pub struct Container {
+    name: String,
+    dir: PathBuf,
+    root: PathBuf,
+    mounted: bool,
+    nspawn: Option<Child>,
+    /// Host pid of the container's systemd, and its start time (to never
+    /// signal a recycled pid).
+    init: Option<(i32, u64)>,
+    /// From spawning nspawn to `is-system-running` saying running/degraded.
+    pub boot_time: Duration,
+}
+
+/// Writes straight to the process's stderr, past the test harness's output
+/// capture, so that CI logs always show it.
+pub fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+    let _ = err.flush();
+}
+
+/// Why the system tests can't run here, after trying to install what is
+/// missing; `None` when they can.
+pub fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("the system tests boot systemd in a container and need root".to_owned());
+    }
+    for tool in ["nsenter", "setpriv", "mount", "umount", "timeout"] {
+        if which(tool).is_none() {
+            return Some(format!("`{tool}` is not installed (util-linux / coreutils)"));
+        }
+    }
+    if which("systemd-nspawn").is_none() {
+        say("system tests: systemd-nspawn is missing; running `apt-get install -y systemd-container`");
+        let install = |args: &[&str]| {
+            let mut cmd = Command::new("apt-get");
+            cmd.args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null());
+            run_bounded(cmd, Duration::from_secs(600))
+        };
+        let mut out = install(&["install", "-y", "-qq", "systemd-container"]);
+        if !out.status.success() {
+            let _ = install(&["update", "-qq"]);
+            out = install(&["install", "-y", "-qq", "systemd-container"]);
+        }
+        if which("systemd-nspawn").is_none() {
+            return Some(format!(
+                "systemd-nspawn is missing and `apt-get install -y systemd-container` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    None
+}
+
+impl Container {
+    /// Boots a container, or prints `SKIPPED: <reason>` and returns `None`
+    /// (see [`skip_reason`]). Panics if the boot itself fails.
+    pub fn boot() -> Option<Container> {
+        if let Some(reason) = skip_reason() {
+            let bar = "!".repeat(78);
+            say(&format!("\n{bar}\nSKIPPED: {reason}\n{bar}\n"));
+            return None;
+        }
+        remove_stale_overlays();
+
+        let started = Instant::now();
+        let random = RandomState::new().hash_one((std::process::id(), Instant::now()));
+        let name = format!("baton-test-{:012x}", random & 0xffff_ffff_ffff);
+        let dir = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir()
+            .expect("creating the container's temp dir")
+            .keep();
+        let mut c = Container {
+            name,
+            root: dir.join("root"),
+            dir,
+            mounted: false,
+            nspawn: None,
+            init: None,
+            boot_time: Duration::ZERO,
+        };
+        // From here on, a panic drops `c`, which cleans up whatever exists.
+        std::fs::write(c.dir.join("owner"), std::process::id().to_string()).expect("writing the owner file");
+        for sub in ["upper", "work", "root"] {
+            std::fs::create_dir(c.dir.join(sub)).expect("creating the overlay dirs");
+        }
+        let options = format!(
+            "lowerdir=/,upperdir={},workdir={}",
+            c.dir.join("upper").display(),
+            c.dir.join("work").display()
+        );
+        let mut mount = Command::new("mount");
+        mount
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(&c.root)
+            .env("PATH", PATH);
+        let out = run_bounded(mount, Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "mounting the overlay on {} failed: {}",
+            c.root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.mounted = true;
+        c.write_file(&format!("/etc/systemd/system/{TARGET_NAME}"), TARGET_UNIT);
+
+        let log = std::fs::File::create(c.dir.join("nspawn.log")).expect("creating nspawn.log");
+        // setpriv: if the thread that started it dies (a killed test run),
+        // nspawn gets SIGTERM and powers the container off.
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "SIGTERM", "--", "systemd-nspawn", "-D"])
+            .arg(&c.root)
+            .args(["--register=no", "--keep-unit", "-M", &c.name, "-b"])
+            .arg(format!("systemd.unit={TARGET_NAME}"))
+            .env_clear()
+            .env("PATH", PATH)
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting systemd-nspawn");
+        let nspawn_pid = child.id() as i32;
+        c.nspawn = Some(child);
+        let _ = std::fs::write(c.dir.join("nspawn.pid"), nspawn_pid.to_string());
+
+        // The container's systemd: the child of nspawn that is pid 1 of its
+        // namespace and has exec'd systemd.
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let init = loop {
+            if let Some(status) = c.nspawn.as_mut().and_then(|n| n.try_wait().ok().flatten()) {
+                panic!(
+                    "systemd-nspawn exited ({status}) during boot; its log:\n{}",
+                    c.boot_log()
+                );
+            }
+            let found = super::baton::children_of(nspawn_pid)
+                .into_iter()
+                .map(|(pid, _)| pid)
+                .find(|&pid| is_container_init(pid));
+            if let Some(pid) = found {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no systemd appeared under systemd-nspawn (pid {nspawn_pid}) within {BOOT_TIMEOUT:?}; its log:\n{}",
+                c.boot_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        c.init = Some((init, proc_starttime(init).unwrap_or(0)));
+
+        let mut state = String::new();
+        while Instant::now() < deadline {
+            if let Some(status) = c.nspawn.as_mut().and_then(|n| n.try_wait().ok().flatten()) {
+                panic!(
+                    "systemd-nspawn exited ({status}) during boot; its log:\n{}",
+                    c.boot_log()
+                );
+            }
+            let out = c.exec(&["systemctl", "is-system-running"], Duration::from_secs(10));
+            state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if state == "running" || state == "degraded" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if state != "running" && state != "degraded" {
+            let jobs = c.systemctl(&["list-jobs", "--no-pager"]);
+            panic!(
+                "the container's systemd is not up after {BOOT_TIMEOUT:?} (is-system-running: {state:?}); jobs:\n{}\nnspawn log:\n{}",
+                String::from_utf8_lossy(&jobs.stdout),
+                c.boot_log()
+            );
+        }
+        c.boot_time = started.elapsed();
+        if state == "degraded" {
+            let failed = c.systemctl(&["--failed", "--no-pager", "--no-legend"]);
+            say(&format!(
+                "container {}: degraded; failed units:\n{}",
+                c.name,
+                String::from_utf8_lossy(&failed.stdout)
+            ));
+        }
+        Some(c)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The container's root as seen from the host (the overlay mount).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Host pid of the container's systemd.
+    pub fn init_pid(&self) -> i32 {
+        self.init.map(|(pid, _)| pid).unwrap_or(0)
+    }
+
+    /// What nspawn printed (the container's console).
+    pub fn boot_log(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("nspawn.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Runs `argv` inside the container (all its namespaces, its root and
+    /// cwd), with a clean environment, killed after `timeout`.
+    pub fn exec(&self, argv: &[&str], timeout: Duration) -> Output {
+        let secs = timeout.as_secs().max(1).to_string();
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.init_pid().to_string(), "-a", "timeout", "-k", "5", &secs])
+            .args(argv)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("LANG", "C.UTF-8")
+            .env("TERM", "dumb")
+            .env("SYSTEMD_PAGER", "")
+            .env("SYSTEMD_COLORS", "0")
+            .stdin(Stdio::null());
+        run_bounded(cmd, timeout + Duration::from_secs(10))
+    }
+
+    /// `sh -c script` inside, bounded to a minute.
+    pub fn sh(&self, script: &str) -> Output {
+        self.exec(&["sh", "-c", script], DEFAULT_TIMEOUT)
+    }
+
+    pub fn systemctl(&self, args: &[&str]) -> Output {
+        let mut argv = vec!["systemctl"];
+        argv.extend_from_slice(args);
+        self.exec(&argv, DEFAULT_TIMEOUT)
+    }
+
+    pub fn journalctl(&self, args: &[&str]) -> Output {
+        let mut argv = vec!["journalctl", "--no-pager"];
+        argv.extend_from_slice(args);
+        self.exec(&argv, DEFAULT_TIMEOUT)
+    }
+
+    /// `systemctl show -p PROP --value UNIT`.
+    pub fn show(&self, unit: &str, prop: &str) -> String {
+        stdout(&self.systemctl(&["show", "-p", prop, "--value", unit]))
+            .trim()
+            .to_owned()
+    }
+
+    /// Where `path` (absolute, inside) is on the host, refusing paths that
+    /// leave the container's root through a symlink. Only for the container's
+    /// root filesystem (/etc, /opt, /srv, ...), not for the tmpfs mounts
+    /// (/run, /tmp) that exist only in its namespace.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        assert!(path.starts_with('/'), "{path} is not absolute");
+        let host = self.root.join(path.trim_start_matches('/'));
+        let parent = host.parent().expect("a parent dir").to_owned();
+        std::fs::create_dir_all(&parent).unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
+        let real = parent.canonicalize().expect("canonicalize");
+        assert!(
+            real.starts_with(&self.root),
+            "{path} leads out of the container's root (to {})",
+            real.display()
+        );
+        host
+    }
+
+    /// Writes `path` (absolute, inside) through the overlay.
+    pub fn write_file(&self, path: &str, contents: &str) {
+        let host = self.host_path(path);
+        std::fs::write(&host, contents).unwrap_or_else(|e| panic!("writing {}: {e}", host.display()));
+    }
+
+    /// [`Container::write_file`], mode 0755.
+    pub fn write_executable(&self, path: &str, contents: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        self.write_file(path, contents);
+        std::fs::set_permissions(self.host_path(path), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    pub fn read_file(&self, path: &str) -> String {
+        let host = self.host_path(path);
+        std::fs::read_to_string(&host).unwrap_or_else(|e| panic!("reading {}: {e}", host.display()))
+    }
+
+    pub fn remove_file(&self, path: &str) {
+        let host = self.host_path(path);
+        if let Err(e) = std::fs::remove_file(&host) {
+            assert!(
+                e.kind() == std::io::ErrorKind::NotFound,
+                "removing {}: {e}",
+                host.display()
+            );
+        }
+    }
+
+    /// Checks that a host file (a binary of this build) is visible inside at
+    /// the same absolute path, through the overlay's `lowerdir=/`, then pins
+    /// that version in the overlay: a `cargo build` on the host while the
+    /// suite runs must not swap the binary under the running units (a new
+    /// `baton reload` talking to an old `baton run`).
+    pub fn pin_host_file(&self, host_file: &Path) {
+        let path = host_file.to_str().expect("a UTF-8 path");
+        let meta = std::fs::metadata(host_file).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let inside = self.exec(&["stat", "-L", "-c", "%s %Y", path], Duration::from_secs(10));
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        assert_eq!(
+            stdout(&inside).trim(),
+            format!("{} {mtime}", meta.len()),
+            "{path} is not visible inside the container as it is on the host: {}",
+            stderr(&inside)
+        );
+        let host = self.host_path(path);
+        let tmp = host.with_extension("baton-systest-pin");
+        std::fs::copy(host_file, &tmp).unwrap_or_else(|e| panic!("copying {path} into the overlay: {e}"));
+        std::fs::rename(&tmp, &host).unwrap_or_else(|e| panic!("pinning {path} in the overlay: {e}"));
+    }
+
+    fn nspawn_running(&mut self) -> bool {
+        self.nspawn
+            .as_mut()
+            .is_some_and(|n| n.try_wait().ok().flatten().is_none())
+    }
+
+    fn wait_nspawn(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.nspawn_running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        !self.nspawn_running()
+    }
+
+    fn init_alive(&self) -> bool {
+        self.init
+            .is_some_and(|(pid, start)| proc_starttime(pid) == Some(start) && super::baton::alive(pid))
+    }
+
+    fn teardown(&mut self) {
+        if let Some(pid) = self.nspawn.as_ref().map(|n| n.id() as i32) {
+            if self.nspawn_running() {
+                // nspawn asks the container's systemd to power off.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                if !self.wait_nspawn(Duration::from_secs(15)) {
+                    say(&format!(
+                        "container {}: nspawn ignored SIGTERM for 15s, killing it",
+                        self.name
+                    ));
+                    if self.init_alive() {
+                        let _ = kill(Pid::from_raw(self.init_pid()), Signal::SIGKILL);
+                    }
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    self.wait_nspawn(Duration::from_secs(10));
+                }
+            }
+        }
+        // Killing the namespace's pid 1 takes every process of it along.
+        if self.init_alive() {
+            let _ = kill(Pid::from_raw(self.init_pid()), Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.init_alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if self.mounted {
+            self.mounted = !unmount(&self.root);
+        }
+        if self.mounted {
+            say(&format!(
+                "container {}: could not unmount {}; leaving {} in place",
+                self.name,
+                self.root.display(),
+                self.dir.display()
+            ));
+        } else {
+            remove_dir(&self.dir);
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `exit N`, its stdout and its stderr, for messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "{}; stdout: {:?}; stderr: {:?}",
+        out.status,
+        stdout(out).trim(),
+        stderr(out).trim()
+    )
+}
+
+/// Runs `cmd` with its output captured, killing it after `timeout`.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let readers: Vec<_> = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .map(|stream| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut s) = stream {
+                let _ = s.read_to_end(&mut buf);
+            }
+            buf
+        })
+    })
+    .collect();
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut outputs = readers.into_iter().map(|r| r.join().unwrap_or_default());
+    Output {
+        status,
+        stdout: outputs.next().unwrap_or_default(),
+        stderr: outputs.next().unwrap_or_default(),
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    PATH.split(':')
+        .map(|dir| Path::new(dir).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks.
+fn proc_starttime(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // rest starts at field 3 (state); starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// pid 1 of its own pid namespace, running systemd.
+fn is_container_init(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let ns_pid_one = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .is_some_and(|ids| ids.split_whitespace().last() == Some("1"));
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    ns_pid_one && comm.trim() == "systemd"
+}
+
+/// Mount points (in this mount namespace) at or below `path`.
+fn mounts_under(path: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(path))
+        .collect()
+}
+
+/// Unmounts `root`, lazily if it stays busy. Returns whether it is gone.
+fn unmount(root: &Path) -> bool {
+    for attempt in 0..20 {
+        if mounts_under(root).is_empty() {
+            return true;
+        }
+        let mut cmd = Command::new("umount");
+        cmd.arg(root).env("PATH", PATH);
+        if attempt == 19 {
+            cmd = Command::new("umount");
+            cmd.arg("-l").arg(root).env("PATH", PATH);
+        }
+        let _ = run_bounded(cmd, Duration::from_secs(30));
+        if mounts_under(root).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    mounts_under(root).is_empty()
+}
+
+/// Removes a container's temp dir, but never while anything is mounted below
+/// it: removing recursively through the overlay would walk the host's root.
+fn remove_dir(dir: &Path) {
+    if !mounts_under(dir).is_empty() {
+        say(&format!(
+            "not removing {}: something is mounted below it",
+            dir.display()
+        ));
+        return;
+    }
+    for sub in ["upper", "work"] {
+        let _ = std::fs::remove_dir_all(dir.join(sub));
+    }
+    // Not recursive: the mount point must be empty by now.
+    let _ = std::fs::remove_dir(dir.join("root"));
+    for file in ["owner", "nspawn.pid", "nspawn.log"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        say(&format!("could not remove {}: {e}", dir.display()));
+    }
+}
+
+/// Overlays left by runs that were killed (their owner and their nspawn are
+/// gone): unmount and remove them.
+fn remove_stale_overlays() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let pid_in = |file: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+        };
+        let owner_alive = pid_in("owner").is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        let nspawn_alive = pid_in("nspawn.pid").is_some_and(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
+                .unwrap_or(false)
+        });
+        if owner_alive || nspawn_alive {
+            continue;
+        }
+        say(&format!("removing a stale system-test overlay: {}", dir.display()));
+        if unmount(&dir.join("root")) {
+            remove_dir(&dir);
+        }
+    }
+}

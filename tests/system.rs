@@ -1,0 +1,1083 @@
+//! System tests (issue 3, "Tests"): a real systemd 252, booted in a container
+//! by the test itself ([`common::container`], DESIGN §4), runs the units that
+//! `baton init` writes, driven with `systemctl` and `journalctl` the way a
+//! user would. Requests come from the host, through the shared network, with
+//! the load client that counts every failed request.
+//!
+//! One container is booted and the scenarios run in sequence on it (they
+//! build on each other: scenario 3 reads the journal of the generation 2
+//! that scenario 2's reloads made). Each prints its result and figures; a
+//! failing scenario doesn't stop the others, and the test fails at the end
+//! with every failure, each with `systemctl status`, the unit's journal and
+//! `baton status`.
+//!
+//! 1. `systemctl enable --now myapp.socket`: the first request starts the service.
+//! 2. `systemctl reload myapp` 6 times under load: 0 failed requests, and each
+//!    reload returns only once the new generation serves.
+//! 3. `journalctl -u myapp BATON_GENERATION=2`: generation 2's worker lines,
+//!    with SYSLOG_PID, BATON_WORKER, BATON_STREAM, PRIORITY, `<N>` prefixes.
+//! 4. A broken release: the reload fails, StatusText says why, the old
+//!    generation keeps serving.
+//! 5. `kill -STOP` on baton: systemd's watchdog restarts the service, and
+//!    requests wait in the socket's queue meanwhile.
+//! 6. A worker that stops heartbeating is replaced.
+//! 7. `systemctl stop` lets an in-flight slow request finish and leaves the
+//!    unit's cgroup empty.
+//!
+//! Skipped (loudly) only when not root, or when systemd-nspawn is missing and
+//! cannot be installed.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::container::{Container, describe, say, stdout};
+use common::load::Load;
+use common::{GetError, baton_bin, example_bin, free_port, get, wait_until};
+use serde_json::Value;
+
+const APP: &str = "myapp";
+const SERVICE: &str = "myapp.service";
+const CONFIG: &str = "/etc/baton/myapp.toml";
+const DROP_IN: &str = "/etc/systemd/system/myapp.service.d/override.conf";
+const WORKERS: u64 = 2;
+const RELOADS: u64 = 6;
+const LOAD_THREADS: usize = 4;
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn systemd_runs_baton_units_in_a_container() {
+    let started = Instant::now();
+    let Some(container) = Container::boot() else {
+        return;
+    };
+    say(&format!(
+        "system tests: container {} booted in {:.2}s (systemd pid {} on the host)",
+        container.name(),
+        container.boot_time.as_secs_f64(),
+        container.init_pid()
+    ));
+    let boot_time = container.boot_time;
+    let baton = baton_bin();
+    let hello = example_bin("hello");
+    container.pin_host_file(&baton);
+    container.pin_host_file(&hello);
+
+    let system = System {
+        c: container,
+        baton: baton.display().to_string(),
+        hello: hello.display().to_string(),
+        port: free_port(),
+        gen2_pids: Mutex::new(Vec::new()),
+    };
+    let scenarios: [(&str, Scenario); 8] = [
+        (
+            "1 socket activation: the first request starts the service",
+            socket_activation,
+        ),
+        ("2 systemctl reload x6 under load", reloads_under_load),
+        (
+            "3 journald: one entry per worker line, per generation",
+            journal_per_generation,
+        ),
+        (
+            "4 a broken release: the reload fails, the old generation serves",
+            broken_release,
+        ),
+        (
+            "5 kill -STOP baton: systemd's watchdog restarts it",
+            supervisor_watchdog,
+        ),
+        ("6 a worker that stops heartbeating is replaced", worker_watchdog),
+        (
+            "7 systemctl stop: the slow request completes, the cgroup empties",
+            stop_drains,
+        ),
+        (
+            "8 journald: a burst of lines and a 200 KB line lose nothing",
+            journal_burst,
+        ),
+    ];
+    let mut results: Vec<(&str, Duration, Result<String, String>)> = Vec::new();
+    for (i, (name, scenario)) in scenarios.iter().enumerate() {
+        if i > 0 && results[0].2.is_err() {
+            results.push((
+                name,
+                Duration::ZERO,
+                Err("not run: scenario 1 set up the app".to_owned()),
+            ));
+            continue;
+        }
+        say(&format!("\n=== scenario {name}"));
+        let t = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| scenario(&system)));
+        let took = t.elapsed();
+        let outcome = match outcome {
+            Ok(figures) => {
+                say(&format!("--- ok ({:.1}s): {figures}", took.as_secs_f64()));
+                Ok(figures)
+            }
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                let report = format!("{message}\n{}", system.diagnostics());
+                say(&format!(
+                    "--- FAILED ({:.1}s): {message}\n(systemctl status, journal and baton status are in the failure report)",
+                    took.as_secs_f64()
+                ));
+                Err(report)
+            }
+        };
+        results.push((name, took, outcome));
+    }
+    let scenarios_took = started.elapsed();
+    let t = Instant::now();
+    drop(system);
+    let teardown = t.elapsed();
+
+    say("\n=== system tests: summary");
+    for (name, took, outcome) in &results {
+        let verdict = if outcome.is_ok() { "ok    " } else { "FAILED" };
+        say(&format!("{verdict} {:>5.1}s  scenario {name}", took.as_secs_f64()));
+    }
+    say(&format!(
+        "boot {:.2}s · boot + scenarios {:.1}s · teardown {:.1}s · total {:.1}s",
+        boot_time.as_secs_f64(),
+        scenarios_took.as_secs_f64(),
+        teardown.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ));
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(name, _, outcome)| outcome.as_ref().err().map(|e| format!("scenario {name}: {e}")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} system scenarios failed:\n\n{}",
+        failures.len(),
+        results.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// A scenario returns its figures, or panics.
+type Scenario = fn(&System) -> String;
+
+/// One request's outcome and how long it took.
+type Timed = (Result<(u16, String), GetError>, Duration);
+
+/// The booted container and what the scenarios share.
+struct System {
+    c: Container,
+    baton: String,
+    hello: String,
+    port: u16,
+    /// Generation 2's worker pids, seen by scenario 2 right after the reload
+    /// that made it, for scenario 3.
+    gen2_pids: Mutex<Vec<i64>>,
+}
+
+impl System {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `baton ARGS` inside the container.
+    fn baton(&self, args: &[&str]) -> std::process::Output {
+        let mut argv = vec![self.baton.as_str()];
+        argv.extend_from_slice(args);
+        self.c.exec(&argv, COMMAND_TIMEOUT)
+    }
+
+    /// `systemctl ARGS`, which must succeed.
+    fn systemctl_ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.c.systemctl(args);
+        assert!(out.status.success(), "systemctl {}: {}", args.join(" "), describe(&out));
+        out
+    }
+
+    /// `baton status NAME --json`, if it answers.
+    fn status_of(&self, name: &str) -> Option<Value> {
+        let out = self.baton(&["status", name, "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn status(&self) -> Value {
+        let out = self.baton(&["status", APP, "--json"]);
+        assert!(out.status.success(), "baton status {APP} --json: {}", describe(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("baton status JSON: {e}: {}", stdout(&out)))
+    }
+
+    /// Waits until a generation serves with every worker ready.
+    fn wait_serving(&self, timeout: Duration) -> Value {
+        let mut last = None;
+        let ok = wait_until(timeout, || {
+            last = self.status_of(APP);
+            last.as_ref()
+                .and_then(serving)
+                .is_some_and(|(_, ready, slots)| ready == slots)
+        });
+        assert!(
+            ok,
+            "no generation of {APP} serving with all workers ready within {timeout:?}; last status: {last:?}"
+        );
+        last.unwrap()
+    }
+
+    fn main_pid(&self) -> i64 {
+        self.c.show(SERVICE, "MainPID").parse().unwrap_or(0)
+    }
+
+    fn is_active(&self, unit: &str) -> String {
+        stdout(&self.c.systemctl(&["is-active", unit])).trim().to_owned()
+    }
+
+    /// Rewrites /etc/baton/NAME.toml inside (through the overlay).
+    fn edit_config(&self, path: &str, edit: impl FnOnce(&mut toml_edit::DocumentMut)) {
+        let mut doc: toml_edit::DocumentMut = self.c.read_file(path).parse().expect("the config is TOML");
+        edit(&mut doc);
+        self.c.write_file(path, &doc.to_string());
+    }
+
+    /// `journalctl ARGS -o json`, one value per entry.
+    fn journal(&self, args: &[&str]) -> Vec<Value> {
+        let _ = self.c.journalctl(&["--sync"]);
+        let mut argv = args.to_vec();
+        argv.extend_from_slice(&["-o", "json"]);
+        let out = self.c.journalctl(&argv);
+        stdout(&out)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// What a failure report carries: the units' status, their journal and
+    /// baton's own view.
+    fn diagnostics(&self) -> String {
+        let status = self
+            .c
+            .systemctl(&["status", SERVICE, "myapp.socket", "--no-pager", "-l", "-n", "0"]);
+        let journal = self.c.journalctl(&["-u", APP, "-n", "50"]);
+        let baton = self.baton(&["status", APP]);
+        format!(
+            "--- systemctl status {SERVICE} myapp.socket:\n{}{}\n--- journalctl -u {APP} -n 50:\n{}\n--- baton status {APP}: {}\n{}{}",
+            stdout(&status),
+            String::from_utf8_lossy(&status.stderr),
+            stdout(&journal),
+            baton.status,
+            stdout(&baton),
+            String::from_utf8_lossy(&baton.stderr),
+        )
+    }
+}
+
+/// (serving generation, its ready workers, its slots).
+fn serving(status: &Value) -> Option<(u64, u64, u64)> {
+    let sup = &status["supervisor"];
+    let id = sup["serving"].as_u64()?;
+    let g = generation(status, id)?;
+    Some((id, g["ready"].as_u64()?, g["slots"].as_u64()?))
+}
+
+fn generation(status: &Value, id: u64) -> Option<&Value> {
+    status["supervisor"]["generations"]
+        .as_array()?
+        .iter()
+        .find(|g| g["id"].as_u64() == Some(id))
+}
+
+/// (slot, pid, restarts) of a generation's workers.
+fn workers(status: &Value, id: u64) -> Vec<(u64, i64, u64)> {
+    generation(status, id)
+        .and_then(|g| g["workers"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|w| {
+            Some((
+                w["slot"].as_u64()?,
+                w["pid"].as_i64()?,
+                w["restarts"].as_u64().unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+fn pids(status: &Value, id: u64) -> Vec<i64> {
+    workers(status, id).into_iter().map(|(_, pid, _)| pid).collect()
+}
+
+/// A journal field as text (journald gives binary values as byte arrays).
+fn field(entry: &Value, name: &str) -> Option<String> {
+    match &entry[name] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) if items.iter().all(Value::is_u64) => Some(
+            String::from_utf8_lossy(
+                &items
+                    .iter()
+                    .filter_map(|b| b.as_u64().map(|b| b as u8))
+                    .collect::<Vec<_>>(),
+            )
+            .into_owned(),
+        ),
+        Value::Array(items) => items.first().and_then(|v| v.as_str().map(str::to_owned)),
+        _ => None,
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(a panic without a message)".to_owned())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// 1. `baton init`, `systemctl enable --now myapp.socket`: nothing runs until
+///    the first request, which starts the service and gets answered.
+fn socket_activation(s: &System) -> String {
+    let listen = format!("127.0.0.1:{}", s.port);
+    let out = s.baton(&["init", APP, "--listen", &listen, "--workers", "2", "--", &s.hello]);
+    assert!(out.status.success(), "baton init: {}", describe(&out));
+    let service = s.c.read_file("/etc/systemd/system/myapp.service");
+    let socket = s.c.read_file("/etc/systemd/system/myapp.socket");
+    assert!(
+        socket.lines().any(|l| l == format!("ListenStream={listen}")),
+        "myapp.socket does not listen on {listen}:\n{socket}"
+    );
+    for line in [
+        "Type=notify",
+        &format!("ExecStart={} run {APP}", s.baton),
+        &format!("ExecReload={} reload {APP}", s.baton),
+        "KillMode=mixed",
+        "Restart=on-failure",
+        "WatchdogSec=30s",
+        "RuntimeDirectory=baton/myapp",
+    ] {
+        assert!(
+            service.lines().any(|l| l == line),
+            "{line:?} missing from myapp.service:\n{service}"
+        );
+    }
+
+    s.systemctl_ok(&["enable", "--now", "myapp.socket"]);
+    assert_eq!(s.is_active("myapp.socket"), "active", "myapp.socket is not active");
+    let before = s.is_active(SERVICE);
+    assert_eq!(before, "inactive", "myapp.service runs before any request");
+    assert_eq!(s.main_pid(), 0, "myapp.service has a main pid before any request");
+
+    let t = Instant::now();
+    let answer = get(s.addr(), "/", Duration::from_secs(30));
+    let first = t.elapsed();
+    let body = match answer {
+        Ok((200, body)) => body,
+        other => panic!("the first request (which should start {SERVICE}) got {other:?}"),
+    };
+    assert!(
+        body.starts_with("hello from generation 1 worker"),
+        "unexpected answer to the first request: {body:?}"
+    );
+    let mut state = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            state = s.is_active(SERVICE);
+            state == "active"
+        }),
+        "after the first request was answered, `systemctl is-active {SERVICE}` says {state:?}"
+    );
+    let status = s.wait_serving(Duration::from_secs(10));
+    assert_eq!(
+        status["socket_activated"],
+        Value::Bool(true),
+        "baton did not use systemd's socket: {status}"
+    );
+    assert_eq!(serving(&status), Some((1, WORKERS, WORKERS)), "status: {status}");
+    format!(
+        "service inactive until the first request; it was answered in {} ({:?}); then is-active: active, MainPID {}",
+        ms(first),
+        body.trim(),
+        s.main_pid()
+    )
+}
+
+/// 2. `systemctl reload` under continuous load (a new connection per request).
+fn reloads_under_load(s: &System) -> String {
+    let status = s.wait_serving(Duration::from_secs(30));
+    let (mut current, _, _) = serving(&status).unwrap();
+    let load = Load::start(s.addr(), "/", LOAD_THREADS);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut took = Vec::new();
+    for i in 1..=RELOADS {
+        let t = Instant::now();
+        let out = s.c.systemctl(&["reload", APP]);
+        let elapsed = t.elapsed();
+        // Right after it returned: no waiting here.
+        let status = s.status();
+        assert!(
+            out.status.success(),
+            "reload {i}: systemctl reload {APP}: {}; load so far: {}",
+            describe(&out),
+            load.snapshot()
+        );
+        let (id, ready, slots) =
+            serving(&status).unwrap_or_else(|| panic!("reload {i}: nothing serving right after it: {status}"));
+        assert_eq!(
+            id,
+            current + 1,
+            "reload {i}: right after `systemctl reload` returned, generation {id} serves, not the new {}: {status}",
+            current + 1
+        );
+        assert_eq!(
+            (ready, slots),
+            (WORKERS, WORKERS),
+            "reload {i}: right after `systemctl reload` returned, generation {id} has {ready}/{slots} workers ready"
+        );
+        if id == 2 {
+            *s.gen2_pids.lock().unwrap() = pids(&status, 2);
+        }
+        current = id;
+        took.push(elapsed);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    assert_eq!(stats.failed, 0, "failed requests across {RELOADS} reloads: {stats}");
+    assert!(
+        stats.ok >= 100,
+        "too few requests got through to mean anything: {stats}"
+    );
+    assert!(
+        stats.generations_seen.contains(&current.to_string()),
+        "the load never saw the last generation {current}: {stats}"
+    );
+    let times: Vec<String> = took.iter().map(|d| ms(*d)).collect();
+    format!(
+        "{RELOADS} reloads, all exit 0, each followed at once by the new generation serving {WORKERS}/{WORKERS} \
+         (generations 2..={current}); reload times {}; load: {stats}",
+        times.join(" ")
+    )
+}
+
+/// 3. journald: `journalctl -u myapp BATON_GENERATION=2`, and a shell app's
+///    `<3>` prefix and stderr.
+fn journal_per_generation(s: &System) -> String {
+    let gen2 = s.gen2_pids.lock().unwrap().clone();
+    assert_eq!(
+        gen2.len() as u64,
+        WORKERS,
+        "scenario 2 did not record generation 2's workers: {gen2:?}"
+    );
+    let gen2_text: Vec<String> = gen2.iter().map(i64::to_string).collect();
+    let mut entries = Vec::new();
+    let mut lines: Vec<Value> = Vec::new();
+    let complete = wait_until(Duration::from_secs(10), || {
+        entries = s.journal(&["-u", APP, "BATON_GENERATION=2"]);
+        lines = entries
+            .iter()
+            .filter(|e| field(e, "BATON_STREAM").is_some())
+            .cloned()
+            .collect();
+        gen2_text.iter().all(|pid| {
+            lines.iter().any(|e| {
+                field(e, "SYSLOG_PID").as_ref() == Some(pid) && field(e, "BATON_STREAM").as_deref() == Some("stdout")
+            })
+        })
+    });
+    let shown: Vec<String> = entries.iter().take(20).map(Value::to_string).collect();
+    assert!(
+        complete,
+        "`journalctl -u {APP} BATON_GENERATION=2 -o json` has no stdout line (with BATON_STREAM and SYSLOG_PID) \
+         from each of generation 2's workers {gen2:?}; it returned {} entries:\n{}",
+        entries.len(),
+        shown.join("\n")
+    );
+    for e in &lines {
+        let message = field(e, "MESSAGE").unwrap_or_default();
+        let pid = field(e, "SYSLOG_PID").unwrap_or_default();
+        assert!(
+            gen2_text.contains(&pid),
+            "SYSLOG_PID {pid} is not a worker of generation 2 {gen2:?}: {e}"
+        );
+        assert_eq!(field(e, "BATON_GENERATION").as_deref(), Some("2"), "{e}");
+        assert_eq!(field(e, "SYSLOG_IDENTIFIER").as_deref(), Some(APP), "{e}");
+        let worker = field(e, "BATON_WORKER").unwrap_or_default();
+        assert!(["0", "1"].contains(&worker.as_str()), "BATON_WORKER {worker:?}: {e}");
+        let stream = field(e, "BATON_STREAM").unwrap_or_default();
+        let priority = field(e, "PRIORITY").unwrap_or_default();
+        match stream.as_str() {
+            "stdout" => assert_eq!(priority, "6", "a stdout line's PRIORITY: {e}"),
+            "stderr" => assert_eq!(priority, "4", "a stderr line's PRIORITY: {e}"),
+            _ => panic!("BATON_STREAM {stream:?}: {e}"),
+        }
+        if message.starts_with("hello: generation") {
+            assert!(
+                message.starts_with(&format!("hello: generation 2 worker {worker} pid {pid} listening on")),
+                "the start line does not match its fields: {e}"
+            );
+        }
+    }
+    for pid in &gen2_text {
+        assert!(
+            lines.iter().any(|e| field(e, "SYSLOG_PID").as_ref() == Some(pid)
+                && field(e, "MESSAGE").is_some_and(|m| m.starts_with("hello: generation 2 worker"))),
+            "no start line from generation 2's worker pid {pid}"
+        );
+    }
+    let own = entries.len() - lines.len();
+
+    // A second app: a shell worker with a `<3>` prefix and a stderr line.
+    let port = free_port();
+    let script = "/opt/baton-systest/shout.sh";
+    s.c.write_executable(
+        script,
+        "#!/bin/sh\n\
+         echo \"<3>shout: something failed in generation $BATON_GENERATION\"\n\
+         echo \"shout: a plain line from worker $BATON_WORKER\"\n\
+         echo \"shout: a line on stderr\" >&2\n\
+         exec sleep infinity\n",
+    );
+    let listen = format!("127.0.0.1:{port}");
+    let out = s.baton(&["init", "shout", "--listen", &listen, "--workers", "1", "--", script]);
+    assert!(out.status.success(), "baton init shout: {}", describe(&out));
+    s.edit_config("/etc/baton/shout.toml", |doc| {
+        doc["readiness"]["mode"] = toml_edit::value("delay");
+        doc["readiness"]["delay"] = toml_edit::value("200ms");
+    });
+    let start = s.c.systemctl(&["start", "shout.service"]);
+    let mut shout = Vec::new();
+    let seen = start.status.success()
+        && wait_until(Duration::from_secs(10), || {
+            shout = s
+                .journal(&["-u", "shout"])
+                .into_iter()
+                .filter(|e| field(e, "BATON_STREAM").is_some())
+                .collect();
+            shout.len() >= 3
+        });
+    let worker_pid = s
+        .status_of("shout")
+        .and_then(|st| st["supervisor"]["serving"].as_u64().map(|id| pids(&st, id)))
+        .unwrap_or_default();
+    let shout_status = s.c.systemctl(&["status", "shout.service", "--no-pager", "-l"]);
+    let _ = s.c.systemctl(&["stop", "shout.service", "shout.socket"]);
+    assert!(
+        start.status.success(),
+        "systemctl start shout.service: {}",
+        describe(&start)
+    );
+    let shown: Vec<String> = shout.iter().map(Value::to_string).collect();
+    assert!(
+        seen,
+        "the shell worker's 3 lines did not reach `journalctl -u shout` with BATON_STREAM; got:\n{}\n{}",
+        shown.join("\n"),
+        stdout(&shout_status)
+    );
+    let find = |text: &str| {
+        shout
+            .iter()
+            .find(|e| field(e, "MESSAGE").is_some_and(|m| m.contains(text)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no shout line with {text:?} in:\n{}", shown.join("\n")))
+    };
+    let error = find("shout: something failed");
+    assert_eq!(
+        field(&error, "MESSAGE").as_deref(),
+        Some("shout: something failed in generation 1"),
+        "the <3> prefix was not stripped: {error}"
+    );
+    assert_eq!(
+        field(&error, "PRIORITY").as_deref(),
+        Some("3"),
+        "the <3> prefix: {error}"
+    );
+    assert_eq!(field(&error, "BATON_STREAM").as_deref(), Some("stdout"), "{error}");
+    let plain = find("shout: a plain line from worker 0");
+    assert_eq!(field(&plain, "PRIORITY").as_deref(), Some("6"), "{plain}");
+    let err_line = find("shout: a line on stderr");
+    assert_eq!(field(&err_line, "PRIORITY").as_deref(), Some("4"), "{err_line}");
+    assert_eq!(
+        field(&err_line, "BATON_STREAM").as_deref(),
+        Some("stderr"),
+        "{err_line}"
+    );
+    for e in [&error, &plain, &err_line] {
+        assert_eq!(field(e, "SYSLOG_IDENTIFIER").as_deref(), Some("shout"), "{e}");
+        assert_eq!(field(e, "BATON_GENERATION").as_deref(), Some("1"), "{e}");
+        assert_eq!(field(e, "BATON_WORKER").as_deref(), Some("0"), "{e}");
+        if let [pid] = worker_pid[..] {
+            assert_eq!(field(e, "SYSLOG_PID"), Some(pid.to_string()), "{e}");
+        }
+    }
+    assert!(
+        !shout
+            .iter()
+            .any(|e| field(e, "MESSAGE").is_some_and(|m| m.starts_with('<'))),
+        "a MESSAGE kept its <N> prefix:\n{}",
+        shown.join("\n")
+    );
+    format!(
+        "{} worker lines of generation 2 (pids {gen2:?}), each with SYSLOG_PID, BATON_WORKER, BATON_STREAM, \
+         PRIORITY 6/4, SYSLOG_IDENTIFIER={APP}, plus {own} of baton's own entries; \
+         shell worker: `<3>` line has PRIORITY=3 and no prefix, stderr PRIORITY=4",
+        lines.len()
+    )
+}
+
+/// 4. A release that exits 3 before it is ready.
+/// 8. 20,000 lines as fast as a shell can write them and one 200 KB line:
+///    every line is one journal entry, in order; the long line arrives in
+///    64 KiB entries whose concatenation is the whole line.
+fn journal_burst(s: &System) -> String {
+    const LINES: usize = 20_000;
+    const LONG: usize = 200_000;
+    let port = free_port();
+    let script = "/opt/baton-systest/burst.sh";
+    s.c.write_executable(
+        script,
+        &format!(
+            "#!/bin/sh\n\
+             seq 1 {LINES} | sed 's/^/burst /'\n\
+             head -c {LONG} /dev/zero | tr '\\0' 'x'; echo\n\
+             echo 'burst done'\n\
+             systemd-notify --ready\n\
+             exec sleep infinity\n"
+        ),
+    );
+    let listen = format!("127.0.0.1:{port}");
+    let out = s.baton(&["init", "burst", "--listen", &listen, "--", script]);
+    assert!(out.status.success(), "baton init burst: {}", describe(&out));
+    let start = s.c.systemctl(&["start", "burst.service"]);
+    assert!(
+        start.status.success(),
+        "systemctl start burst.service: {}",
+        describe(&start)
+    );
+    // --all: journalctl prints fields over 4096 bytes as null without it.
+    let mut entries = Vec::new();
+    let done = wait_until(Duration::from_secs(60), || {
+        entries = s.journal(&["-u", "burst", "--all", "BATON_STREAM=stdout"]);
+        entries
+            .iter()
+            .any(|e| field(e, "MESSAGE").as_deref() == Some("burst done"))
+    });
+    let _ = s.c.systemctl(&["stop", "burst.service", "burst.socket"]);
+    assert!(
+        done,
+        "`burst done` never reached the journal ({} entries)",
+        entries.len()
+    );
+    let messages: Vec<String> = entries.iter().filter_map(|e| field(e, "MESSAGE")).collect();
+    let numbers: Vec<usize> = messages
+        .iter()
+        .filter_map(|m| m.strip_prefix("burst ")?.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), LINES, "burst lines lost in the journal");
+    assert!(
+        numbers.iter().enumerate().all(|(i, &n)| n == i + 1),
+        "burst lines out of order"
+    );
+    let long: Vec<usize> = messages
+        .iter()
+        .filter(|m| !m.is_empty() && m.bytes().all(|b| b == b'x'))
+        .map(String::len)
+        .collect();
+    assert_eq!(long.iter().sum::<usize>(), LONG, "the long line's pieces: {long:?}");
+    format!(
+        "{LINES} burst lines in order, and a {LONG}-byte line in {} entries of {:?} bytes",
+        long.len(),
+        long
+    )
+}
+
+fn broken_release(s: &System) -> String {
+    let status = s.wait_serving(Duration::from_secs(30));
+    let (old, _, _) = serving(&status).unwrap();
+    let old_pids = pids(&status, old);
+    let original = s.c.read_file(CONFIG);
+    let load = Load::start(s.addr(), "/", LOAD_THREADS);
+    std::thread::sleep(Duration::from_millis(300));
+    s.edit_config(CONFIG, |doc| {
+        doc["environment"]["HELLO_FAIL_START"] =
+            toml_edit::value("FATAL: cannot connect to the database (system test)");
+    });
+    let t = Instant::now();
+    let out = s.c.systemctl(&["reload", APP]);
+    let took = t.elapsed();
+    s.c.write_file(CONFIG, &original);
+    assert!(
+        !out.status.success(),
+        "`systemctl reload {APP}` of a release that exits 3 exited 0: {}",
+        describe(&out)
+    );
+    let mut text = String::new();
+    let says_why = wait_until(Duration::from_secs(5), || {
+        text = s.c.show(SERVICE, "StatusText");
+        text.contains("FAILED") && text.contains("exited with status 3")
+    });
+    assert!(
+        says_why,
+        "`systemctl show -p StatusText {APP}` does not say why the reload failed: {text:?}"
+    );
+    let after = s.status();
+    assert_eq!(
+        serving(&after),
+        Some((old, WORKERS, WORKERS)),
+        "the old generation {old} is not serving at full strength after the failed reload: {after}"
+    );
+    assert_eq!(pids(&after, old), old_pids, "the old generation's workers changed");
+    match get(s.addr(), "/", Duration::from_secs(10)) {
+        Ok((200, body)) if body.starts_with(&format!("hello from generation {old} ")) => {}
+        other => panic!("after the failed reload, GET / answered {other:?}, not generation {old}"),
+    }
+    assert_eq!(
+        s.is_active(SERVICE),
+        "active",
+        "a failed reload must leave the service active"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = load.stop();
+    assert_eq!(stats.failed, 0, "failed requests around the failed reload: {stats}");
+
+    // The config is back: the next reload works.
+    let fixed = s.c.systemctl(&["reload", APP]);
+    assert!(
+        fixed.status.success(),
+        "reload after restoring the config: {}",
+        describe(&fixed)
+    );
+    let now = s.status();
+    let (id, ready, slots) = serving(&now).unwrap();
+    assert!(id > old && ready == slots, "after the good reload: {now}");
+    format!(
+        "systemctl reload exited {} after {}; StatusText {text:?}; generation {old} kept serving; \
+         load: {stats}; restored config reloaded to generation {id}",
+        out.status.code().unwrap_or(-1),
+        ms(took)
+    )
+}
+
+/// Requests started together, each timed (for the ones sent while nothing
+/// serves).
+fn probes(addr: SocketAddr, n: usize) -> Vec<JoinHandle<Timed>> {
+    (0..n)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = get(addr, "/", Duration::from_secs(30));
+                (r, t.elapsed())
+            })
+        })
+        .collect()
+}
+
+/// 5. `kill -STOP` baton under a 3 s WatchdogSec.
+fn supervisor_watchdog(s: &System) -> String {
+    s.c.write_file(DROP_IN, "[Service]\nWatchdogSec=3s\n");
+    let result = catch_unwind(AssertUnwindSafe(|| supervisor_watchdog_with_drop_in(s)));
+    // systemd keeps a running service's watchdog timeout across
+    // daemon-reload; the restart gives baton WATCHDOG_USEC=30s again.
+    s.c.remove_file(DROP_IN);
+    let reloaded = s.c.systemctl(&["daemon-reload"]);
+    let restarted = s.c.systemctl(&["restart", SERVICE]);
+    let figures = match result {
+        Ok(figures) => figures,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    assert!(reloaded.status.success(), "daemon-reload: {}", describe(&reloaded));
+    assert!(
+        restarted.status.success(),
+        "restart without the drop-in: {}",
+        describe(&restarted)
+    );
+    s.wait_serving(Duration::from_secs(30));
+    assert_eq!(
+        s.c.show(SERVICE, "WatchdogUSec"),
+        "30s",
+        "WatchdogSec after removing the drop-in"
+    );
+    figures
+}
+
+fn supervisor_watchdog_with_drop_in(s: &System) -> String {
+    s.systemctl_ok(&["daemon-reload"]);
+    // baton reads WATCHDOG_USEC when it starts.
+    s.systemctl_ok(&["restart", SERVICE]);
+    let status = s.wait_serving(Duration::from_secs(30));
+    assert_eq!(s.c.show(SERVICE, "WatchdogUSec"), "3s", "the drop-in did not apply");
+    let main = s.main_pid();
+    assert!(main > 0, "no MainPID after the restart");
+    let restarts_before: u64 = s.c.show(SERVICE, "NRestarts").parse().unwrap_or(0);
+
+    // A healthy baton keeps the watchdog fed.
+    std::thread::sleep(Duration::from_millis(4500));
+    assert_eq!(
+        (s.main_pid(), s.is_active(SERVICE).as_str()),
+        (main, "active"),
+        "a healthy baton was not kept alive by its own WATCHDOG=1 pings under WatchdogSec=3s"
+    );
+    let (id, _, _) = serving(&status).unwrap();
+    let old_workers = pids(&status, id);
+
+    // Everything, for the record only: it includes the requests that
+    // systemd's SIGKILL of the old workers cuts off (see below).
+    let whole = Load::start(s.addr(), "/", 1);
+    let stop = s.c.sh(&format!("kill -STOP {main}"));
+    let stopped_at = Instant::now();
+    assert!(stop.status.success(), "kill -STOP {main}: {}", describe(&stop));
+
+    // While baton is stopped its workers serve on. systemd's watchdog fires
+    // 3s after the last ping, which was at most 1.5s before the STOP: this
+    // window ends before it.
+    let while_stopped = Load::start(s.addr(), "/", 2);
+    std::thread::sleep(Duration::from_millis(800));
+    let stopped_stats = while_stopped.stop();
+    let state = stdout(&s.c.sh(&format!("cut -d' ' -f3 /proc/{main}/stat")))
+        .trim()
+        .to_owned();
+    assert_eq!(
+        state, "T",
+        "baton (pid {main}) is not stopped 0.8s after kill -STOP (state {state:?})"
+    );
+    assert_eq!(
+        stopped_stats.failed, 0,
+        "requests failed while baton was stopped and its workers should serve on: {stopped_stats}"
+    );
+    assert!(
+        stopped_stats.ok > 0,
+        "no request answered while baton was stopped: {stopped_stats}"
+    );
+
+    // systemd's watchdog: SIGABRT to baton, then (KillMode=mixed) SIGKILL to
+    // the rest of the cgroup, then Restart=on-failure after RestartSec=1s.
+    // auto-restart means the old cgroup is empty.
+    let mut seen = String::new();
+    let killed = wait_until(Duration::from_secs(20), || {
+        let sub = s.c.show(SERVICE, "SubState");
+        let pid = s.main_pid();
+        seen = format!("SubState={sub} MainPID={pid}");
+        sub == "auto-restart" || (pid != 0 && pid != main)
+    });
+    let killed_after = stopped_at.elapsed();
+    assert!(
+        killed,
+        "systemd's watchdog did not kill the stopped baton within 20s ({seen})"
+    );
+
+    // Requests that start after the kill: nothing accepts them until the new
+    // generation is up, so they wait in myapp.socket's queue.
+    let timed = probes(s.addr(), 4);
+    let after_kill = Load::start(s.addr(), "/", 2);
+    let mut new_main = 0;
+    let restarted = wait_until(Duration::from_secs(30), || {
+        new_main = s.main_pid();
+        new_main != 0 && new_main != main
+    });
+    assert!(restarted, "no new MainPID after the watchdog killed baton ({seen})");
+    let restarted_after = stopped_at.elapsed();
+    s.wait_serving(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let after_stats = after_kill.stop();
+    let whole_stats = whole.stop();
+    let mut waits = Vec::new();
+    for probe in timed {
+        let (result, took) = probe.join().unwrap();
+        assert!(
+            matches!(&result, Ok((200, _))),
+            "a request sent while the service restarted got {result:?} after {took:?}"
+        );
+        waits.push(ms(took));
+    }
+    assert_eq!(
+        after_stats.failed, 0,
+        "requests sent after the watchdog kill failed instead of waiting in the socket's queue: {after_stats}"
+    );
+    assert!(after_stats.ok > 0, "{after_stats}");
+
+    let journal = stdout(&s.c.journalctl(&["-u", SERVICE, "-o", "cat", "-n", "300"]));
+    let line = journal
+        .lines()
+        .find(|l| l.contains("Watchdog timeout"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("systemd did not log a watchdog timeout for {SERVICE}:\n{journal}"));
+    let lingering: Vec<i64> = old_workers
+        .iter()
+        .copied()
+        .filter(|pid| s.c.sh(&format!("test -e /proc/{pid}")).status.success())
+        .collect();
+    assert!(
+        lingering.is_empty(),
+        "old workers {lingering:?} outlived the watchdog kill of their baton (of {old_workers:?})"
+    );
+    let restarts: u64 = s.c.show(SERVICE, "NRestarts").parse().unwrap_or(0);
+    assert!(
+        restarts > restarts_before,
+        "NRestarts {restarts_before} -> {restarts}: Restart=on-failure did not restart it"
+    );
+    format!(
+        "MainPID {main} stopped; {line:?} after {:.1}s; new MainPID {new_main} after {:.1}s; NRestarts {restarts_before} -> {restarts}; \
+         while stopped: {stopped_stats}; sent after the kill: {after_stats}; queued probes answered after {}; \
+         one thread across everything (not asserted: requests in flight on the workers systemd SIGKILLs fail): {whole_stats}",
+        killed_after.as_secs_f64(),
+        restarted_after.as_secs_f64(),
+        waits.join(" ")
+    )
+}
+
+/// 6. Workers under `[watchdog] timeout = "2s"` that never ping.
+fn worker_watchdog(s: &System) -> String {
+    s.wait_serving(Duration::from_secs(30));
+    let original = s.c.read_file(CONFIG);
+    let load = Load::start(s.addr(), "/", 2);
+    s.edit_config(CONFIG, |doc| {
+        doc["watchdog"]["timeout"] = toml_edit::value("2s");
+        doc["environment"]["HELLO_NO_WATCHDOG"] = toml_edit::value("1");
+    });
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let out = s.c.systemctl(&["reload", APP]);
+        assert!(
+            out.status.success(),
+            "reload to the non-pinging release: {}",
+            describe(&out)
+        );
+        let status = s.status();
+        let (id, _, _) = serving(&status).unwrap();
+        let first: Vec<(u64, i64, u64)> = workers(&status, id);
+        let t = Instant::now();
+        let mut last = Value::Null;
+        let mut replaced = None;
+        let ok = wait_until(Duration::from_secs(20), || {
+            let Some(now) = s.status_of(APP) else { return false };
+            let gen_restarts = generation(&now, id).and_then(|g| g["restarts"].as_u64()).unwrap_or(0);
+            for (slot, pid, restarts) in workers(&now, id) {
+                let was = first.iter().find(|w| w.0 == slot).map(|w| w.1);
+                if was.is_some_and(|was| was != pid) && (restarts >= 1 || gen_restarts >= 1) {
+                    replaced = Some((slot, was.unwrap(), pid, restarts, gen_restarts));
+                }
+            }
+            last = now;
+            replaced.is_some()
+        });
+        assert!(
+            ok,
+            "no worker of generation {id} (first {first:?}) was replaced with restarts >= 1 within 20s \
+             of the reload, although none pings a 2s watchdog; last status: {last}"
+        );
+        (id, replaced.unwrap(), t.elapsed())
+    }));
+    s.c.write_file(CONFIG, &original);
+    let fixed = s.c.systemctl(&["reload", APP]);
+    let stats = load.stop();
+    let (id, (slot, was, now, restarts, gen_restarts), after) = match result {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    assert!(
+        fixed.status.success(),
+        "reload after restoring the config: {}",
+        describe(&fixed)
+    );
+    s.wait_serving(Duration::from_secs(30));
+    let journal = stdout(&s.c.journalctl(&["-u", SERVICE, "-o", "cat", "-n", "300"]));
+    let why = journal
+        .lines()
+        .find(|l| l.contains(&format!("pid {was}")) && l.contains("watchdog"))
+        .unwrap_or("(no journal line names the watchdog)");
+    format!(
+        "generation {id} worker {slot}: pid {was} replaced by {now} {} after the reload ({why:?}); \
+         restarts: worker {restarts}, generation {gen_restarts}; load meanwhile (not asserted): {stats}",
+        ms(after)
+    )
+}
+
+/// 7. `systemctl stop myapp.service` with a 3 s request in flight.
+fn stop_drains(s: &System) -> String {
+    let status = s.wait_serving(Duration::from_secs(30));
+    let (id, _, _) = serving(&status).unwrap();
+    let cgroup = s.c.show(SERVICE, "ControlGroup");
+    assert!(!cgroup.is_empty(), "{SERVICE} has no ControlGroup");
+    let main = s.main_pid();
+    let mut processes = pids(&status, id);
+    processes.push(main);
+
+    // Lists the unit's cgroup in whichever hierarchy the container has
+    // (unified, or hybrid with /sys/fs/cgroup/{unified,systemd}).
+    let cgroup_listing = || {
+        stdout(&s.c.sh(&format!(
+            "for root in /sys/fs/cgroup /sys/fs/cgroup/unified /sys/fs/cgroup/systemd; do \
+               f=$root{cgroup}/cgroup.procs; if [ -e $f ]; then echo \"$f:\"; cat $f; fi; done; \
+             systemd-cgls --no-pager -u {SERVICE} 2>&1; true"
+        )))
+    };
+    let left_in = |listing: &str| -> Vec<String> {
+        listing
+            .lines()
+            .filter(|l| l.trim().parse::<u32>().is_ok() || l.contains('─'))
+            .map(str::to_owned)
+            .collect()
+    };
+    // The probe sees the running service's processes (so that an empty
+    // answer after the stop means something).
+    let before = cgroup_listing();
+    assert!(
+        before.lines().any(|l| l.trim() == main.to_string()) && !left_in(&before).is_empty(),
+        "the cgroup probe does not see baton (pid {main}) in {cgroup}:\n{before}"
+    );
+
+    let addr = s.addr();
+    let slow = std::thread::spawn(move || {
+        let t = Instant::now();
+        (get(addr, "/slow?ms=3000", Duration::from_secs(30)), t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let out = s.c.systemctl(&["stop", SERVICE]);
+    let stop_took = t.elapsed();
+    let (answer, slow_took) = slow.join().unwrap();
+    assert!(out.status.success(), "systemctl stop {SERVICE}: {}", describe(&out));
+    match &answer {
+        Ok((200, body)) if body.starts_with("slow done") => {}
+        other => panic!("the slow request in flight during `systemctl stop` got {other:?} after {slow_took:?}"),
+    }
+    assert_eq!(s.is_active(SERVICE), "inactive", "after systemctl stop");
+    let result = s.c.show(SERVICE, "Result");
+    let exit = s.c.show(SERVICE, "ExecMainStatus");
+    assert_eq!(
+        (result.as_str(), exit.as_str()),
+        ("success", "0"),
+        "baton's stop: Result, ExecMainStatus"
+    );
+
+    let listing = cgroup_listing();
+    let left = left_in(&listing);
+    assert!(
+        left.is_empty(),
+        "processes left in {cgroup} after systemctl stop:\n{listing}"
+    );
+    let alive: Vec<i64> = processes
+        .iter()
+        .copied()
+        .filter(|pid| s.c.sh(&format!("test -e /proc/{pid}")).status.success())
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "processes of the stopped service still exist: {alive:?} (of baton {main} and workers {processes:?})"
+    );
+    format!(
+        "slow request answered 200 after {}; systemctl stop took {}; Result=success, ExecMainStatus=0; \
+         cgroup {cgroup} empty ({}), baton {main} and workers gone",
+        ms(slow_took),
+        ms(stop_took),
+        listing.lines().next().unwrap_or("no cgroup left").trim()
+    )
+}
