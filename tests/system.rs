@@ -66,13 +66,13 @@ fn systemd_runs_baton_units_in_a_container() {
     let boot_time = container.boot_time;
     let baton = baton_bin();
     let hello = example_bin("hello");
-    container.pin_host_file(&baton);
-    container.pin_host_file(&hello);
+    let baton = container.install_host_file(&baton);
+    let hello = container.install_host_file(&hello);
 
     let system = System {
         c: container,
-        baton: baton.display().to_string(),
-        hello: hello.display().to_string(),
+        baton,
+        hello,
         port: free_port(),
         gen2_pids: Mutex::new(Vec::new()),
     };

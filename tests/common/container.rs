@@ -353,31 +353,30 @@ impl Container {
         }
     }
 
-    /// Checks that a host file (a binary of this build) is visible inside at
-    /// the same absolute path, through the overlay's `lowerdir=/`, then pins
-    /// that version in the overlay: a `cargo build` on the host while the
-    /// suite runs must not swap the binary under the running units (a new
-    /// `baton reload` talking to an old `baton run`).
-    pub fn pin_host_file(&self, host_file: &Path) {
-        let path = host_file.to_str().expect("a UTF-8 path");
-        let meta = std::fs::metadata(host_file).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let inside = self.exec(&["stat", "-L", "-c", "%s %Y", path], Duration::from_secs(10));
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+    /// Copies a host file (a binary of this build) into the container at
+    /// `/opt/baton-systest/bin/NAME` and returns that path. A copy, not the
+    /// host path seen through `lowerdir=/`: the checkout may live under
+    /// /tmp, which is a fresh tmpfs inside the container, and a `cargo build`
+    /// on the host while the suite runs must not swap the binary under the
+    /// running units (a new `baton reload` talking to an old `baton run`).
+    pub fn install_host_file(&self, host_file: &Path) -> String {
+        let name = host_file.file_name().and_then(|n| n.to_str()).expect("a file name");
+        let inside = format!("/opt/baton-systest/bin/{name}");
+        let host = self.host_path(&inside);
+        if let Some(dir) = host.parent() {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        }
+        std::fs::copy(host_file, &host)
+            .unwrap_or_else(|e| panic!("copying {} into the overlay: {e}", host_file.display()));
+        let meta = std::fs::metadata(host_file).unwrap_or_else(|e| panic!("{}: {e}", host_file.display()));
+        let seen = self.exec(&["stat", "-L", "-c", "%s", &inside], Duration::from_secs(10));
         assert_eq!(
-            stdout(&inside).trim(),
-            format!("{} {mtime}", meta.len()),
-            "{path} is not visible inside the container as it is on the host: {}",
-            stderr(&inside)
+            stdout(&seen).trim(),
+            meta.len().to_string(),
+            "{inside} is not visible inside the container: {}",
+            stderr(&seen)
         );
-        let host = self.host_path(path);
-        let tmp = host.with_extension("baton-systest-pin");
-        std::fs::copy(host_file, &tmp).unwrap_or_else(|e| panic!("copying {path} into the overlay: {e}"));
-        std::fs::rename(&tmp, &host).unwrap_or_else(|e| panic!("pinning {path} in the overlay: {e}"));
+        inside
     }
 
     fn nspawn_running(&mut self) -> bool {
