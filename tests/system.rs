@@ -76,7 +76,7 @@ fn systemd_runs_baton_units_in_a_container() {
         port: free_port(),
         gen2_pids: Mutex::new(Vec::new()),
     };
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 9] = [
         (
             "1 socket activation: the first request starts the service",
             socket_activation,
@@ -102,6 +102,10 @@ fn systemd_runs_baton_units_in_a_container() {
         (
             "8 journald: a burst of lines and a 200 KB line lose nothing",
             journal_burst,
+        ),
+        (
+            "9 EXTEND_TIMEOUT_USEC: a start slower than TimeoutStartSec succeeds",
+            extend_timeout,
         ),
     ];
     let mut results: Vec<(&str, Duration, Result<String, String>)> = Vec::new();
@@ -698,6 +702,50 @@ fn journal_burst(s: &System) -> String {
         long.len(),
         long
     )
+}
+
+/// 9. The app needs 6 s to get ready, the unit allows 3 s to start: only
+///    baton's EXTEND_TIMEOUT_USEC keeps systemd from failing the start.
+fn extend_timeout(s: &System) -> String {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = s.baton(&["init", "slowstart", "--listen", &listen, "--", &s.hello]);
+    assert!(out.status.success(), "baton init slowstart: {}", describe(&out));
+    s.edit_config("/etc/baton/slowstart.toml", |doc| {
+        doc["environment"]["HELLO_READY_DELAY_MS"] = toml_edit::value("6000");
+    });
+    s.c.write_file(
+        "/etc/systemd/system/slowstart.service.d/override.conf",
+        "[Service]\nTimeoutStartSec=3s\n",
+    );
+    s.systemctl_ok(&["daemon-reload"]);
+    let t = Instant::now();
+    let start = s.c.systemctl(&["start", "slowstart.service"]);
+    let took = t.elapsed();
+    let journal: Vec<String> = s
+        .journal(&["-u", "slowstart"])
+        .iter()
+        .filter_map(|e| field(e, "MESSAGE"))
+        .collect();
+    let active = stdout(&s.c.systemctl(&["is-active", "slowstart.service"]));
+    let _ = s.c.systemctl(&["stop", "slowstart.service", "slowstart.socket"]);
+    assert!(
+        start.status.success(),
+        "start failed after {took:?} despite EXTEND_TIMEOUT_USEC: {}\n{}",
+        describe(&start),
+        journal.join("\n")
+    );
+    assert_eq!(active.trim(), "active");
+    assert!(
+        took >= Duration::from_secs(5),
+        "the app was ready too early to prove anything: {took:?}"
+    );
+    assert!(
+        !journal.iter().any(|m| m.contains("timed out")),
+        "systemd timed out: {}",
+        journal.join("\n")
+    );
+    format!("TimeoutStartSec=3s, ready after {}: started", ms(took))
 }
 
 fn broken_release(s: &System) -> String {
