@@ -131,6 +131,12 @@ connection starts NAME.service. Existing files are never overwritten without --f
 --directory /srv/myapp/current -- node server.js\n  systemctl enable --now myapp.socket"
     )]
     Init(InitArgs),
+    /// Write man pages and shell completions into DIR (used by the package build)
+    #[command(hide = true, name = "generate-docs")]
+    GenerateDocs {
+        /// Output directory; man/ and completions/ are created in it
+        dir: PathBuf,
+    },
     /// Validate the config and print every problem with file:line:column
     #[command(after_help = "Exit codes: 0 valid · 78 invalid (safe as ExecStartPre=).")]
     Check {

@@ -191,7 +191,10 @@ fn socket_unit(name: &str, addrs: &[&ListenAddress]) -> String {
         t,
         "# fds to every generation of {name}, so the port never closes on reload."
     );
-    let _ = writeln!(t, "[Unit]\nDescription=Sockets of {name} (baton)\n\n[Socket]");
+    let _ = writeln!(
+        t,
+        "[Unit]\nDescription=Sockets of {name} (baton)\nDocumentation=man:baton(1)\n\n[Socket]"
+    );
     for a in addrs {
         let _ = writeln!(t, "ListenStream={}", listen_stream(a));
     }

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod docs;
 pub mod init;
 pub mod notify;
 pub mod output;

@@ -50,6 +50,18 @@ fn main() {
                 .unwrap_or_else(|_| "/usr/bin/baton".into());
             commands::init(args.into_request(baton))
         }
+        Cmd::GenerateDocs { dir } => match baton::docs::generate(&dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("baton generate-docs: {e}");
+                1
+            }
+        },
         Cmd::Check { target } => {
             init_logging("warn", false);
             commands::check(target)
