@@ -27,16 +27,19 @@ baton_upgrade_note() {
         fi
     done
     [ -n "$running" ] || return 0
-    echo "baton: upgraded. These apps keep running the previous baton until their next restart:$running"
+    echo "baton: installed over an earlier version. These apps keep running the earlier baton until their next restart:$running"
     echo "baton: they keep serving meanwhile; 'systemctl reload' keeps working. To switch one over:"
     echo "baton:   systemctl restart NAME.service   (its socket stays open: connections wait, none is refused)"
 }
 
 # Before removal: what stays behind.
 baton_remove_note() {
-    apps=$(baton_apps | tr '\n' ' ')
+    apps=""
+    for app in $(baton_apps); do
+        apps="$apps $app"
+    done
     [ -n "$apps" ] || return 0
-    echo "baton: removing the package leaves the apps you set up with 'baton init' in place: $apps"
+    echo "baton: removing the package leaves the apps you set up with 'baton init' in place:$apps"
     echo "baton: their configs in /etc/baton/ and units in /etc/systemd/system/ are yours and are kept."
     echo "baton: running ones keep running, but reloads and restarts need baton. To retire one:"
     echo "baton:   systemctl disable --now NAME.socket NAME.service"
