@@ -71,6 +71,35 @@ pub struct InitArgs {
     pub command: Vec<String>,
 }
 
+/// `baton import-pm2`'s flags.
+#[derive(Debug, Args, Clone)]
+pub struct ImportPm2Args {
+    /// The PM2 ecosystem file: ecosystem.config.js, .cjs, .mjs or .json (node evaluates it, as PM2 does)
+    pub file: PathBuf,
+    /// Address for the socket unit (repeatable), instead of 0.0.0.0:PORT from the app's env.PORT.
+    /// Only for a file with exactly one app
+    #[arg(long, short = 'l', value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Merge each app's env_NAME over its env, like `pm2 start --env NAME`
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
+    /// Run the services as this user (User= in the unit) when an app sets no uid
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Where to write the units
+    #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+    pub unit_dir: PathBuf,
+    /// Where to write NAME.toml
+    #[arg(long, value_name = "DIR", default_value = "/etc/baton")]
+    pub config_dir: PathBuf,
+    /// Overwrite existing files that differ
+    #[arg(long)]
+    pub force: bool,
+    /// Print the files that would be written, and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Supervise the app in the foreground (what systemd's ExecStart runs)
@@ -131,6 +160,28 @@ connection starts NAME.service. Existing files are never overwritten without --f
 --directory /srv/myapp/current -- node server.js\n  systemctl enable --now myapp.socket"
     )]
     Init(InitArgs),
+    /// Turn a PM2 ecosystem file into a baton config and units for each app
+    #[command(
+        name = "import-pm2",
+        long_about = "Evaluate a PM2 ecosystem file with node and write, for each app, \
+/etc/baton/NAME.toml, /etc/systemd/system/NAME.socket and NAME.service, exactly as `baton init` \
+would. The socket unit needs each app's port: it is 0.0.0.0:PORT from the app's env.PORT (or \
+port), or --listen for a file with one app. Stdout says, one line each, what was written, \
+`NAME: note: KEY: ...` for a key mapped with a difference, and `NAME: not mapped: KEY: why` for \
+every key baton does not carry over. Errors go to stderr as `NAME: error: ...`; nothing is \
+written for that app, and the others are still imported. Existing files that differ are never \
+overwritten without --force. Nothing is enabled, started or reloaded: review the files, then \
+follow the `next:` lines.",
+        after_help = "Exit codes: 0 every app written (not-mapped keys are warnings) · 1 an app could not be \
+imported, or node could not evaluate the file · 2 usage error, unreadable file, or node missing.\n\n\
+Examples:\n  baton import-pm2 --dry-run /srv/myapp/ecosystem.config.js\n  \
+baton import-pm2 /srv/myapp/ecosystem.config.js --env production --user www-data\n  \
+baton import-pm2 ecosystem.config.js --listen 127.0.0.1:3000\n  \
+systemctl daemon-reload && systemctl enable --now myapp.socket\n\n\
+Every PM2 key and command, and what it becomes: \"Migrating from PM2\" in \
+/usr/share/doc/baton/README.md."
+    )]
+    ImportPm2(ImportPm2Args),
     /// Write man pages and shell completions into DIR (used by the package build)
     #[command(hide = true, name = "generate-docs")]
     GenerateDocs {

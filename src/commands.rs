@@ -304,6 +304,11 @@ pub fn init(req: crate::init::Request) -> i32 {
     }
 }
 
+/// `baton import-pm2`.
+pub fn import_pm2(req: crate::pm2::Request) -> i32 {
+    crate::pm2::run(&req)
+}
+
 /// What `check` adds on top of parsing: the program and directory exist.
 fn validate_runnable(config: &Config) -> Result<(), String> {
     let path = std::env::var("PATH").ok();

@@ -100,7 +100,7 @@ pub fn write(req: &Request) -> Result<Vec<PathBuf>, InitError> {
     Ok(files.into_iter().map(|(p, _)| p).collect())
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), InitError> {
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), InitError> {
     let err = |source| InitError::Write {
         path: path.to_owned(),
         source,
@@ -181,7 +181,7 @@ fn listen_stream(addr: &ListenAddress) -> String {
     }
 }
 
-fn socket_unit(name: &str, addrs: &[&ListenAddress]) -> String {
+pub(crate) fn socket_unit(name: &str, addrs: &[&ListenAddress]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -203,7 +203,7 @@ fn socket_unit(name: &str, addrs: &[&ListenAddress]) -> String {
     t
 }
 
-fn service_unit(req: &Request, stop_timeout: Duration) -> String {
+pub(crate) fn service_unit(req: &Request, stop_timeout: Duration) -> String {
     let baton = req.baton.display().to_string();
     let mut t = String::from("# Written by `baton init` from baton@.service.\n");
     for line in SERVICE_TEMPLATE.lines() {

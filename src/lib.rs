@@ -6,7 +6,7 @@
 //! - `runtime`: the tokio driver that runs the state machine's actions.
 //! - `supervisor`: the state machine (generations, reloads, restarts).
 //! - `spawn` + `sys`: starting a worker with exactly the right fds and env.
-//! - `notify`: each worker's sd_notify endpoint.
+//! - `notify`: each worker's sd_notify endpoint; `ipc`: Node's IPC channel.
 //! - `output`: worker stdout/stderr.
 //! - `control`: the control socket behind `baton reload` and `status`.
 //! - `systemd`: what baton tells systemd (READY, RELOADING, STATUS, WATCHDOG).
@@ -20,8 +20,10 @@ pub mod config;
 pub mod control;
 pub mod docs;
 pub mod init;
+pub mod ipc;
 pub mod notify;
 pub mod output;
+pub mod pm2;
 pub mod runtime;
 pub mod spawn;
 pub mod spec;

@@ -50,6 +50,13 @@ fn main() {
                 .unwrap_or_else(|_| "/usr/bin/baton".into());
             commands::init(args.into_request(baton))
         }
+        Cmd::ImportPm2(args) => {
+            init_logging("warn", false);
+            let baton = std::env::current_exe()
+                .and_then(|p| p.canonicalize())
+                .unwrap_or_else(|_| "/usr/bin/baton".into());
+            commands::import_pm2(args.into_request(baton))
+        }
         Cmd::GenerateDocs { dir } => match baton::docs::generate(&dir) {
             Ok(files) => {
                 for f in files {

@@ -179,7 +179,7 @@ pub async fn pump(fd: OwnedFd, stream: Stream, origin: Origin, writer: Writer, t
     let mut buf = Vec::with_capacity(1024);
     loop {
         buf.clear();
-        let n = match read_line_capped(&mut reader, &mut buf).await {
+        let n = match read_line_capped(&mut reader, &mut buf, MAX_LINE).await {
             Ok(n) => n,
             Err(_) => break,
         };
@@ -207,20 +207,24 @@ pub async fn pump(fd: OwnedFd, stream: Stream, origin: Origin, writer: Writer, t
     }
 }
 
-/// Like `read_until(b'\n')` but stops at [`MAX_LINE`] bytes, so one huge
-/// line cannot grow baton's memory without bound.
-async fn read_line_capped<R: AsyncBufReadExt + Unpin>(reader: &mut R, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+/// Like `read_until(b'\n')` but stops at `max` bytes, so one huge line
+/// cannot grow baton's memory without bound.
+pub(crate) async fn read_line_capped<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
     let mut total = 0;
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
             return Ok(total);
         }
-        let room = MAX_LINE - buf.len();
+        let room = max - buf.len();
         let window = &available[..available.len().min(room)];
         let (used, done) = match window.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
-            None => (window.len(), buf.len() + window.len() >= MAX_LINE),
+            None => (window.len(), buf.len() + window.len() >= max),
         };
         buf.extend_from_slice(&window[..used]);
         reader.consume(used);

@@ -73,6 +73,10 @@ enum Event {
         worker: WorkerId,
         received: Received,
     },
+    /// `process.send('ready')` on the worker's Node IPC channel.
+    IpcReady {
+        worker: WorkerId,
+    },
     /// The worker's main process was reaped and its output drained.
     Exit {
         worker: WorkerId,
@@ -92,11 +96,24 @@ struct WorkerIo {
     notify: JoinHandle<()>,
     /// Closed when both output pumps have hit EOF.
     output_done: Option<mpsc::Receiver<()>>,
+    /// Node IPC channel (readiness mode "node-ipc"): messages to send.
+    ipc: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    ipc_task: Option<JoinHandle<()>>,
+    /// `[limits] memory` of its generation, and how many samples in a row
+    /// found the worker above it.
+    memory_limit: Option<u64>,
+    over_limit: u32,
+    stop_message: Option<String>,
 }
 
 /// How often EXTEND_TIMEOUT_USEC is sent while busy, and by how much.
 const EXTEND_EVERY: Duration = Duration::from_secs(5);
 const EXTEND_BY: Duration = Duration::from_secs(20);
+
+/// Memory is sampled this often; a worker above its limit this many times
+/// in a row is replaced (a short spike is not enough).
+const MEMORY_SAMPLE: Duration = Duration::from_secs(1);
+const MEMORY_STRIKES: u32 = 3;
 
 /// How many exited workers' last lines are kept for reports.
 const KEEP_TAILS: usize = 64;
@@ -194,6 +211,8 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     // baton's own readiness and stop deadlines bound these phases.
     let mut extend = tokio::time::interval(EXTEND_EVERY);
     extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut memory = tokio::time::interval(MEMORY_SAMPLE);
+    memory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     driver.core.start(Instant::now(), Arc::new(spec));
 
     let code = loop {
@@ -216,6 +235,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
                 }
             }
             _ = extend.tick() => driver.extend_timeout(),
+            _ = memory.tick() => driver.sample_memory(),
         }
         driver.update_status();
     };
@@ -286,6 +306,7 @@ impl Driver {
                     Timer::Ready(worker),
                     Timer::Delay(worker),
                     Timer::Stop(worker),
+                    Timer::Escalate(worker),
                     Timer::Watchdog(worker),
                 ] {
                     if let Some(task) = self.timers.remove(&t) {
@@ -294,6 +315,9 @@ impl Driver {
                 }
                 if let Some(io) = self.workers.remove(&worker) {
                     io.notify.abort();
+                    if let Some(task) = &io.ipc_task {
+                        task.abort();
+                    }
                     self.old_tails.push_back((worker, io.tail));
                     if self.old_tails.len() > KEEP_TAILS {
                         self.old_tails.pop_front();
@@ -302,6 +326,7 @@ impl Driver {
                 self.core.exited(now, worker, status);
             }
             Event::Notify { worker, received } => self.notified(now, worker, received),
+            Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
             Event::Control(Command::Status { reply }) => {
                 let _ = reply.send(self.status_json(now));
             }
@@ -371,6 +396,7 @@ impl Driver {
                 Action::Signal { pid, signal, .. } => {
                     let _ = kill(Pid::from_raw(pid), signal);
                 }
+                Action::StopMessage { worker } => self.send_stop_message(worker),
                 Action::KillGroup { worker, pgid } => {
                     tracing::warn!("worker #{worker} (pid {pgid}) did not stop in time; killing its process group");
                     let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
@@ -522,12 +548,35 @@ impl Driver {
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
+        let channel = match spec.launch.node_ipc {
+            true => Some(crate::ipc::channel().map_err(|e| format!("Node IPC channel: {e}"))?),
+            false => None,
+        };
         let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
             .map_err(|e| e.to_string())?;
         let mut fds = vec![self.devnull.as_fd(), out_w.as_fd(), err_w.as_fd()];
         fds.extend(self.listeners.iter().map(|l| l.fd()));
+        fds.extend(channel.as_ref().map(|c| c.child.as_fd()));
         let pid = cmd.spawn(&fds).map_err(|e| e.to_string())?.as_raw();
         drop((out_w, err_w));
+        let (ipc, ipc_task) = match channel {
+            Some(channel) => {
+                drop(channel.child);
+                let (tx, rx) = mpsc::unbounded_channel();
+                let events = self.events.clone();
+                let task = tokio::spawn(async move {
+                    let dropped = crate::ipc::serve(channel.parent, rx, || {
+                        let _ = events.send(Event::IpcReady { worker });
+                    })
+                    .await;
+                    if dropped > 0 {
+                        tracing::debug!("worker #{worker}: ignored {dropped} other IPC messages");
+                    }
+                });
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
 
         let origin = Origin {
             name: self.name.clone(),
@@ -569,6 +618,11 @@ impl Driver {
                 tail,
                 notify,
                 output_done: Some(done_rx),
+                ipc,
+                ipc_task,
+                memory_limit: spec.policy.memory_limit,
+                over_limit: 0,
+                stop_message: spec.launch.stop_message.clone(),
             },
         );
         Ok(pid)
@@ -618,11 +672,50 @@ impl Driver {
         }
     }
 
+    /// `[stop] message` over the worker's IPC channel.
+    fn send_stop_message(&self, worker: WorkerId) {
+        let Some(io) = self.workers.get(&worker) else { return };
+        if let (Some(tx), Some(message)) = (&io.ipc, &io.stop_message) {
+            let _ = tx.send(crate::ipc::encode(message));
+        }
+    }
+
+    /// Samples every worker's memory (its whole process group) against its
+    /// generation's `[limits] memory`.
+    fn sample_memory(&mut self) {
+        if self.workers.values().all(|io| io.memory_limit.is_none()) {
+            return;
+        }
+        let rss = status::rss_by_group();
+        let mut over = Vec::new();
+        for (&worker, io) in &mut self.workers {
+            let Some(limit) = io.memory_limit else { continue };
+            let used = rss.get(&io.leader).copied().unwrap_or(0);
+            if used > limit {
+                io.over_limit += 1;
+                if io.over_limit == MEMORY_STRIKES {
+                    over.push((worker, io.leader, used, limit));
+                }
+            } else {
+                io.over_limit = 0;
+            }
+        }
+        for (worker, pid, used, limit) in over {
+            tracing::warn!(
+                "worker #{worker} (pid {pid}) uses {} with its children, above [limits] memory = {}, for {MEMORY_STRIKES} samples",
+                status::mib(used),
+                status::mib(limit)
+            );
+            self.core.memory_exceeded(Instant::now(), worker);
+        }
+    }
+
     fn status_json(&self, now: Instant) -> serde_json::Value {
         let mut snapshot = self.core.snapshot(now);
+        let rss = status::rss_by_group();
         for g in &mut snapshot.generations {
             for w in &mut g.workers {
-                w.rss_bytes = w.pid.and_then(status::rss_bytes);
+                w.rss_bytes = self.workers.get(&w.id).and_then(|io| rss.get(&io.leader).copied());
             }
         }
         let report = status::Report {

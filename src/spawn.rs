@@ -28,7 +28,8 @@ pub const RESERVED_ENV: &[&str] = &[
 ];
 
 /// The command for worker `slot` of `generation`. Its fds must be passed to
-/// `spawn` as `[/dev/null, stdout pipe, stderr pipe, sockets...]`.
+/// `spawn` as `[/dev/null, stdout pipe, stderr pipe, sockets..., IPC]`, the
+/// Node IPC channel last and only in readiness mode "node-ipc".
 pub fn command(
     spec: &GenSpec,
     listeners: &[Listener],
@@ -51,6 +52,12 @@ pub fn command(
     env.insert("BATON_NAME".into(), launch.name.clone());
     env.insert("BATON_GENERATION".into(), generation.to_string());
     env.insert("BATON_WORKER".into(), slot.to_string());
+    // PM2 sets it to the instance index; migrated apps rely on it.
+    env.insert("NODE_APP_INSTANCE".into(), slot.to_string());
+    if launch.node_ipc {
+        env.insert("NODE_CHANNEL_FD".into(), (3 + listeners.len()).to_string());
+        env.insert("NODE_CHANNEL_SERIALIZATION_MODE".into(), "json".into());
+    }
     env.insert("LISTEN_PID".into(), sys::pid_placeholder().to_owned());
     if let Some(watchdog) = spec.policy.watchdog {
         env.insert("WATCHDOG_USEC".into(), watchdog.as_micros().to_string());

@@ -23,6 +23,11 @@ pub struct Policy {
     pub stop_timeout: Duration,
     pub restart: Restart,
     pub watchdog: Option<Duration>,
+    /// `[stop] message` is set: it goes first, the stop signal follows at
+    /// half the stop timeout.
+    pub stop_message: bool,
+    /// `[limits] memory`, bytes.
+    pub memory_limit: Option<u64>,
 }
 
 /// How to start a worker of this generation.
@@ -37,6 +42,11 @@ pub struct Launch {
     pub directory: Option<PathBuf>,
     /// The `[environment]` table.
     pub environment: Vec<(String, String)>,
+    /// Readiness mode "node-ipc": a Node IPC channel on the fd after the
+    /// sockets (NODE_CHANNEL_FD).
+    pub node_ipc: bool,
+    /// `[stop] message`, sent over the IPC channel when the worker retires.
+    pub stop_message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,25 +67,12 @@ pub enum SpecError {
     NotFound { program: String, path: String },
     #[error("command {path} is not an executable file")]
     NotExecutable { path: PathBuf },
-    #[error("{0} is not supported by this version of baton yet; remove it")]
-    Unsupported(&'static str),
 }
 
 impl GenSpec {
     /// Resolves the directory and the program now, so that a missing binary
     /// or directory fails the reload before any worker is started.
     pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec, SpecError> {
-        // Accepted by the parser because they are part of the config format,
-        // refused here so that nobody relies on a setting that does nothing.
-        if config.readiness.mode == ReadinessMode::NodeIpc {
-            return Err(SpecError::Unsupported("[readiness] mode = \"node-ipc\""));
-        }
-        if config.stop.message.is_some() {
-            return Err(SpecError::Unsupported("[stop] message"));
-        }
-        if config.memory_limit.is_some() {
-            return Err(SpecError::Unsupported("[limits] memory"));
-        }
         let directory = match &config.directory {
             Some(dir) => Some(std::fs::canonicalize(dir).map_err(|source| SpecError::Directory {
                 path: dir.clone(),
@@ -105,6 +102,8 @@ impl GenSpec {
             stop_timeout: config.stop.timeout,
             restart: config.restart.clone(),
             watchdog: config.watchdog,
+            stop_message: config.stop.message.is_some(),
+            memory_limit: config.memory_limit,
         };
         Ok(GenSpec {
             policy,
@@ -114,6 +113,8 @@ impl GenSpec {
                 argv: config.command.clone(),
                 directory,
                 environment: config.environment.clone(),
+                node_ipc: config.readiness.mode == ReadinessMode::NodeIpc,
+                stop_message: config.stop.message.clone(),
             },
         })
     }

@@ -28,12 +28,38 @@ pub struct Report {
     pub supervisor: Snapshot,
 }
 
-/// Resident memory of one process, from /proc/PID/statm.
-pub fn rss_bytes(pid: i32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
-    Some(pages * page as u64)
+/// Resident memory per process group (a worker leads its own group, so
+/// this is a worker with its children), from one pass over /proc.
+pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    let mut groups = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return groups;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let (Ok(stat), Ok(statm)) = (
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+            std::fs::read_to_string(format!("/proc/{pid}/statm")),
+        ) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces and parens):
+        // state, ppid, pgrp.
+        let pgrp = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
+        let pages = statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok());
+        if let (Some(pgrp), Some(pages)) = (pgrp, pages) {
+            *groups.entry(pgrp).or_insert(0) += pages * page;
+        }
+    }
+    groups
 }
 
 /// The one-line STATUS= for systemd, e.g.
@@ -92,7 +118,7 @@ fn ms(ms: u64) -> String {
     }
 }
 
-fn mib(bytes: u64) -> String {
+pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 

@@ -24,6 +24,10 @@
 //! serving generation has no live worker left and nothing to restart, baton
 //! exits 1 so that systemd's `Restart=` decides what happens next.
 //!
+//! A worker whose memory stays above `[limits] memory` gets a *successor* in
+//! its slot; the successor must be ready before the old worker retires, so
+//! the slot never goes empty.
+//!
 //! The driver (`runtime.rs`) feeds events in (`start`, `spawned`,
 //! `exited`, `message`, `timer`, ...) with the current time, and executes the
 //! [`Action`]s that come out of [`Supervisor::poll_action`]. Timers carry the
@@ -95,6 +99,8 @@ pub enum Timer {
     Delay(WorkerId),
     /// A retiring worker gets SIGKILL (to its group) at its deadline.
     Stop(WorkerId),
+    /// `[stop] message` went first; now the stop signal follows.
+    Escalate(WorkerId),
     /// Respawn a crashed slot; `seq` tells a stale timer from the current one.
     Restart { generation: GenId, slot: usize, seq: u64 },
     /// A worker must ping (WATCHDOG=1) by its deadline.
@@ -224,6 +230,8 @@ pub enum Action {
     },
     /// Send a signal to one process.
     Signal { worker: WorkerId, pid: i32, signal: Signal },
+    /// Send `[stop] message` over the worker's IPC channel.
+    StopMessage { worker: WorkerId },
     /// SIGKILL a worker's whole process group.
     KillGroup { worker: WorkerId, pgid: i32 },
     /// Call `timer` at `at`.
@@ -293,6 +301,8 @@ struct Slot {
     gave_up: bool,
     /// Rolling reload: this slot's role passed to the candidate.
     handed_over: bool,
+    /// A replacement started while `worker` still serves (memory limit).
+    successor: Option<WorkerId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -606,6 +616,17 @@ impl Supervisor {
                     _ => {}
                 }
             }
+            Timer::Escalate(id) => {
+                let signal = self.policy_of(id).map(|p| p.stop_signal);
+                let Some(w) = self.workers.get(&id) else { return };
+                if let (WorkerState::Stopping, Some(pid), Some(signal)) = (w.state, w.signal_target(), signal) {
+                    self.push(Action::Signal {
+                        worker: id,
+                        pid,
+                        signal,
+                    });
+                }
+            }
             Timer::Restart { generation, slot, seq } => self.restart_slot(now, generation, slot, seq),
             Timer::Watchdog(id) => {
                 let Some(w) = self.workers.get_mut(&id) else { return };
@@ -620,6 +641,67 @@ impl Supervisor {
                         self.fail_live_worker(now, id, Failure::WatchdogTimeout);
                     }
                 }
+            }
+        }
+    }
+
+    /// The driver saw `worker` stay above `[limits] memory`. It is replaced
+    /// gracefully: a successor starts in its slot, and only once that is
+    /// ready does the old worker retire (PM2's max_memory_restart, without
+    /// the gap). Ignored while a reload runs (it replaces every worker
+    /// anyway) or while a successor is already on its way.
+    pub fn memory_exceeded(&mut self, now: Instant, worker: WorkerId) {
+        let Some(w) = self.workers.get(&worker) else { return };
+        let (generation, slot) = (w.generation, w.slot);
+        if w.state != WorkerState::Ready
+            || Some(generation) != self.serving
+            || self.reload.is_some()
+            || self.stopping
+            || self.exit_code.is_some()
+        {
+            return;
+        }
+        let eligible = self.gens.get(&generation).is_some_and(|g| {
+            let restart = &g.spec.policy.restart;
+            g.slots.get(slot).is_some_and(|s| {
+                // Successors that keep failing pause the replacements until
+                // their crashes age out of the restart window.
+                let recent = s
+                    .crashes
+                    .iter()
+                    .filter(|&&t| now.duration_since(t) <= restart.window)
+                    .count();
+                s.worker == Some(worker)
+                    && s.successor.is_none()
+                    && !s.gave_up
+                    && !s.handed_over
+                    && recent as u32 <= restart.limit
+            })
+        });
+        if eligible {
+            tracing::warn!(
+                generation,
+                slot,
+                "worker {slot} of generation {generation} stays above its memory limit; starting its replacement"
+            );
+            self.spawn_into(now, generation, slot, true);
+        }
+    }
+
+    /// A successor is ready: the worker it replaces retires.
+    fn successor_ready(&mut self, now: Instant, generation: GenId, slot: usize, worker: WorkerId) {
+        let Some(s) = self.gens.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) else {
+            return;
+        };
+        if s.successor != Some(worker) {
+            return;
+        }
+        s.restarts += 1;
+        match s.worker {
+            Some(old) => self.retire_worker(now, old),
+            None => {
+                s.worker = s.successor.take();
+                s.restart_pending = false;
             }
         }
     }
@@ -698,14 +780,24 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, now: Instant, generation: GenId, slot: usize) {
+        self.spawn_into(now, generation, slot, false);
+    }
+
+    /// Starts a worker in `slot`: as the slot's worker, or as the successor
+    /// of the one still serving there.
+    fn spawn_into(&mut self, now: Instant, generation: GenId, slot: usize, successor: bool) {
         let Some(g) = self.gens.get_mut(&generation) else {
             return;
         };
         let Some(s) = g.slots.get_mut(slot) else { return };
         let id = self.next_worker;
         self.next_worker += 1;
-        s.worker = Some(id);
-        s.restart_pending = false;
+        if successor {
+            s.successor = Some(id);
+        } else {
+            s.worker = Some(id);
+            s.restart_pending = false;
+        }
         let spec = g.spec.clone();
         self.workers.insert(
             id,
@@ -736,14 +828,19 @@ impl Supervisor {
     fn clear_slot(&mut self, generation: GenId, slot: usize, worker: WorkerId) {
         if let Some(s) = self.gens.get_mut(&generation).and_then(|g| g.slots.get_mut(slot)) {
             if s.worker == Some(worker) {
-                s.worker = None;
+                // A successor already on its way takes the slot over.
+                s.worker = s.successor.take();
+            } else if s.successor == Some(worker) {
+                s.successor = None;
             }
         }
     }
 
     /// Sends the stop signal and arms the kill deadline. Idempotent.
     fn retire_worker(&mut self, now: Instant, worker: WorkerId) {
-        let stop = self.policy_of(worker).map(|p| (p.stop_signal, p.stop_timeout));
+        let stop = self
+            .policy_of(worker)
+            .map(|p| (p.stop_signal, p.stop_timeout, p.stop_message));
         let Some(w) = self.workers.get_mut(&worker) else { return };
         let (generation, slot) = (w.generation, w.slot);
         if w.state == WorkerState::Stopping {
@@ -754,13 +851,18 @@ impl Supervisor {
             self.clear_slot(generation, slot, worker);
             return;
         }
-        let Some((signal, timeout)) = stop else { return };
+        let Some((signal, timeout, message)) = stop else { return };
         w.state = WorkerState::Stopping;
         let deadline = now + timeout;
         w.deadline = Some(deadline);
         let target = w.signal_target();
         self.clear_slot(generation, slot, worker);
-        if let Some(pid) = target {
+        if message {
+            // PM2's shutdown_with_message: the message first, the signal at
+            // half time, SIGKILL at the deadline, all within one timeout.
+            self.push(Action::StopMessage { worker });
+            self.arm(now + timeout / 2, Timer::Escalate(worker));
+        } else if let Some(pid) = target {
             self.push(Action::Signal { worker, pid, signal });
         }
         self.arm(deadline, Timer::Stop(worker));
@@ -821,6 +923,7 @@ impl Supervisor {
                 self.promote(now);
             }
         } else if Some(generation) == self.serving {
+            self.successor_ready(now, generation, slot, worker);
             self.check_revert(now);
         }
     }
@@ -1134,8 +1237,16 @@ impl Supervisor {
         if s.handed_over || s.gave_up {
             return;
         }
-        s.restarts += 1;
         s.crashes.push_back(now);
+        if s.worker.is_some() {
+            // The slot still has a live worker: a memory successor failed
+            // (the old worker keeps serving), or the old worker died while
+            // its successor was starting (which now holds the slot). The
+            // crash is recorded, which paces further replacements, but
+            // there is nothing to restart and no reason to give up.
+            return;
+        }
+        s.restarts += 1;
         while s
             .crashes
             .front()

@@ -49,6 +49,8 @@ fn policy(workers: usize, strategy: ReloadStrategy) -> Policy {
             window: secs(60),
         },
         watchdog: None,
+        stop_message: false,
+        memory_limit: None,
     }
 }
 
@@ -61,6 +63,8 @@ fn spec_of(tag: &str, policy: Policy) -> Arc<GenSpec> {
             argv: vec!["server".into(), tag.into()],
             directory: Some(format!("/srv/app/releases/{tag}").into()),
             environment: vec![("RELEASE".into(), tag.into())],
+            node_ipc: false,
+            stop_message: None,
         },
     })
 }
@@ -92,6 +96,8 @@ enum Ev {
         worker: WorkerId,
         pgid: i32,
     },
+    /// `[stop] message` sent over IPC.
+    Message(WorkerId),
     LoadConfig,
     Progress(Vec<ClientId>),
     Done(Vec<ClientId>, Result<GenId, Why>),
@@ -229,6 +235,8 @@ struct H {
     /// The next spawn in this (generation, slot) fails.
     fail_spawns: BTreeSet<(GenId, usize)>,
     signalled: BTreeSet<WorkerId>,
+    /// Workers told to stop with `[stop] message` (their stop request).
+    messaged: BTreeSet<WorkerId>,
     killed: BTreeSet<WorkerId>,
     /// LoadConfig not yet answered.
     loads: usize,
@@ -259,6 +267,7 @@ impl H {
             deferred: VecDeque::new(),
             fail_spawns: BTreeSet::new(),
             signalled: BTreeSet::new(),
+            messaged: BTreeSet::new(),
             killed: BTreeSet::new(),
             loads: 0,
             clients: BTreeSet::new(),
@@ -384,8 +393,8 @@ impl H {
                     "kill of worker {worker}, which is not running"
                 );
                 assert!(
-                    self.signalled.contains(&worker),
-                    "rule 6: SIGKILL before the stop signal"
+                    self.signalled.contains(&worker) || self.messaged.contains(&worker),
+                    "rule 6: SIGKILL before the stop signal (or message)"
                 );
                 assert_eq!(
                     pgid,
@@ -394,6 +403,18 @@ impl H {
                 );
                 self.killed.insert(worker);
                 self.events.push(Ev::KillGroup { worker, pgid });
+            }
+            Action::StopMessage { worker } => {
+                assert!(
+                    self.alive.contains_key(&worker),
+                    "stop message to worker {worker}, which is not running"
+                );
+                assert!(
+                    self.specs[&worker].policy.stop_message,
+                    "stop message without [stop] message"
+                );
+                assert!(self.messaged.insert(worker), "worker {worker} messaged twice");
+                self.events.push(Ev::Message(worker));
             }
             Action::Arm { at, timer } => {
                 assert!(at >= Self::now(), "timer {timer:?} armed in the past");
@@ -467,14 +488,15 @@ impl H {
             .collect();
         assert_eq!(known, ours, "supervisor and OS disagree on the workers");
 
-        // Every live worker sits in its slot, one per slot; retired ones in none.
+        // Every live worker sits in its slot (as its worker, or as the
+        // successor of the one there); retired ones in none.
         let mut live = 0;
         for (&id, w) in &sup.workers {
             let in_slot = sup
                 .gens
                 .get(&w.generation)
                 .and_then(|g| g.slots.get(w.slot))
-                .is_some_and(|s| s.worker == Some(id));
+                .is_some_and(|s| s.worker == Some(id) || s.successor == Some(id));
             let retired = w.state == WorkerState::Stopping || w.stop_pending;
             assert_eq!(
                 in_slot, !retired,
@@ -556,8 +578,12 @@ impl H {
                         .and_then(|s| s.worker)
                         .is_some_and(|cw| sup.workers[&cw].state == WorkerState::Ready)
                 });
+            // Memory limit: its ready successor took the slot.
+            let replaced = matches!(cause, Cause::Message(t)
+                if sup.gens[&w.generation].slots[w.slot].worker == Some(t)
+                    && sup.workers.get(&t).is_some_and(|x| x.state == WorkerState::Ready));
             assert!(
-                own || handed,
+                own || handed || replaced,
                 "serving worker {id} (slot {}) retired without cause ({cause:?})",
                 w.slot
             );
@@ -659,6 +685,11 @@ impl H {
         self.call(Cause::Other, |s, now| s.config_loaded(now, Err(message)));
     }
 
+    /// The driver saw `worker` above its memory limit.
+    fn memory(&mut self, worker: WorkerId) {
+        self.call(Cause::Other, |s, now| s.memory_exceeded(now, worker));
+    }
+
     fn stop(&mut self) {
         self.call(Cause::Other, |s, now| s.request_stop(now));
     }
@@ -682,7 +713,10 @@ impl H {
 
     /// A retiring worker that obeys its stop signal.
     fn exit_after_signal(&mut self, worker: WorkerId) {
-        assert!(self.signalled.contains(&worker), "worker {worker} was never signalled");
+        assert!(
+            self.signalled.contains(&worker) || self.messaged.contains(&worker),
+            "worker {worker} was never asked to stop"
+        );
         self.exit_worker(worker, TERMED);
     }
 
@@ -2019,6 +2053,12 @@ fn random_spec(rng: &mut Rng, version: u64) -> Arc<GenSpec> {
     if rng.chance(15) {
         p.watchdog = Some(secs(3));
     }
+    if rng.chance(30) {
+        p.memory_limit = Some(64 << 20);
+    }
+    if rng.chance(20) {
+        p.stop_message = true;
+    }
     spec_of(&format!("v{version}"), p)
 }
 
@@ -2110,7 +2150,7 @@ impl Run {
                 let retiring: Vec<WorkerId> = self
                     .alive()
                     .into_iter()
-                    .filter(|w| self.h.signalled.contains(w))
+                    .filter(|w| self.h.signalled.contains(w) || self.h.messaged.contains(w))
                     .collect();
                 if let Some(w) = self.rng.pick(&retiring) {
                     let status = if self.h.killed.contains(&w) { KILLED } else { TERMED };
@@ -2154,7 +2194,13 @@ impl Run {
                     self.h.release(w, error);
                 }
             }
-            96..=98 => {
+            96 => {
+                // The driver's memory sampler, at any worker, in any state.
+                if let Some(w) = self.rng.pick(&self.alive()) {
+                    self.h.memory(w);
+                }
+            }
+            97..=98 => {
                 if let Some(w) = self.rng.pick(&self.alive()) {
                     let msg = if self.rng.chance(50) {
                         Notify::Status("busy".into())
@@ -2308,4 +2354,141 @@ async fn randomized_event_sequences_keep_the_invariants() {
     assert!(cov.killgroup > 5, "{cov:?}");
     assert!(cov.exit0 > 20 && cov.exit1 > 5, "{cov:?}");
     assert!(cov.given_up > 5 && cov.stop_pending_spawns > 5, "{cov:?}");
+}
+
+// ---- issue 5: [stop] message and the memory limit ---------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
+    let mut p = policy(1, Parallel);
+    p.stop_message = true;
+    p.stop_timeout = secs(10);
+    let mut h = started_with(spec_of("v1", p.clone()));
+    h.reload(1);
+    h.load(spec_of("v2", p));
+    h.ready(2, 0);
+    // The old worker hears the message; no signal yet.
+    let events = h.take();
+    assert!(events.contains(&Ev::Message(1)), "{events:?}");
+    assert!(
+        !events.iter().any(|e| matches!(e, Ev::Signal { worker: 1, .. })),
+        "{events:?}"
+    );
+    h.advance(secs(5) - ms(1)).await;
+    h.expect(&[]);
+    h.advance(ms(1)).await;
+    h.expect(&[term(1)]);
+    h.advance(secs(5)).await;
+    h.expect(&[Ev::KillGroup {
+        worker: 1,
+        pgid: pid_of(1),
+    }]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_leaves_on_the_message_gets_no_signal() {
+    let mut p = policy(1, Parallel);
+    p.stop_message = true;
+    let mut h = started_with(spec_of("v1", p.clone()));
+    h.reload(1);
+    h.load(spec_of("v2", p));
+    h.ready(2, 0);
+    h.take();
+    h.exit_worker(1, ExitStatus::Code(0));
+    h.advance(secs(60)).await;
+    let events = h.take();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Ev::Signal { .. } | Ev::KillGroup { .. })),
+        "{events:?}"
+    );
+}
+
+fn limited(workers: usize) -> Arc<GenSpec> {
+    let mut p = policy(workers, Parallel);
+    p.memory_limit = Some(64 << 20);
+    spec_of("v1", p)
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_limit_replaces_the_worker_only_once_its_successor_is_ready() {
+    let mut h = started_with(limited(2));
+    h.memory(1);
+    // The successor starts in slot 0; the old worker is untouched.
+    h.expect(&[spawn(3, 1, 0)]);
+    assert_eq!(h.live(1), [1, 2, 3]);
+    assert_eq!(h.gen_snap(1).unwrap().ready, 2, "the old worker still counts");
+    // A second report while the successor starts changes nothing.
+    h.memory(1);
+    h.expect(&[]);
+    h.send(3, Notify::Ready);
+    h.expect(&[term(1)]);
+    h.exit_after_signal(1);
+    assert_eq!(h.live(1), [2, 3]);
+    let snap = h.gen_snap(1).unwrap();
+    assert_eq!(snap.ready, 2);
+    assert_eq!(snap.restarts, 1, "a memory replacement shows as a restart");
+    assert!(h.sup.gens[&1].slots[0].crashes.is_empty(), "and is not a crash");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_successor_that_fails_leaves_the_old_worker_serving() {
+    let mut h = started_with(limited(1));
+    h.memory(1);
+    h.expect(&[spawn(2, 1, 0)]);
+    h.exit_worker(2, ExitStatus::Code(1));
+    let events = h.take();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Ev::Failed {
+                generation: 1,
+                slot: 0,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(e, Ev::Signal { worker: 1, .. })),
+        "{events:?}"
+    );
+    assert_eq!(h.live(1), [1]);
+    // Its restart timer finds the slot occupied and starts nothing.
+    h.advance(secs(1)).await;
+    h.expect(&[]);
+    // A later report tries again.
+    h.memory(1);
+    h.expect(&[spawn(3, 1, 0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_old_worker_crashing_hands_the_slot_to_its_starting_successor() {
+    let mut h = started_with(limited(1));
+    h.memory(1);
+    h.expect(&[spawn(2, 1, 0)]);
+    h.crash(1, 0, FAIL);
+    h.take();
+    assert_eq!(h.at(1, 0), 2, "the successor holds the slot");
+    h.send(2, Notify::Ready);
+    h.advance(secs(1)).await;
+    let events = h.take();
+    assert!(
+        !events.iter().any(|e| matches!(e, Ev::Spawn { .. })),
+        "no extra worker: {events:?}"
+    );
+    assert_eq!(h.live(1), [2]);
+    assert_eq!(h.gen_snap(1).unwrap().ready, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
+    let mut h = started_with(limited(1));
+    h.reload(1);
+    h.load(limited(1));
+    h.take();
+    h.memory(1);
+    h.memory(2);
+    h.expect(&[]);
 }

@@ -1,0 +1,138 @@
+//! Node's IPC channel (readiness mode "node-ipc"), the way
+//! `child_process.fork` sets it up: a unix stream socketpair, the child's
+//! end at `NODE_CHANNEL_FD`, and with `NODE_CHANNEL_SERIALIZATION_MODE=json`
+//! one JSON value per line in each direction.
+//!
+//! `process.send('ready')` arrives as the line `"ready"`, which marks the
+//! worker ready (PM2's `wait_ready`). baton writes `[stop] message` the same
+//! way (PM2's `shutdown_with_message`). Everything else the app sends is
+//! read and dropped: junk, floods and huge messages must never crash or
+//! block the supervisor.
+
+#![forbid(unsafe_code)]
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Longest message read whole; longer lines are read and dropped in pieces.
+const MAX_MESSAGE: usize = 1024 * 1024;
+
+/// baton's end of a worker's channel, and the end the worker gets.
+pub struct Channel {
+    pub parent: UnixStream,
+    pub child: OwnedFd,
+}
+
+/// A fresh socketpair; both ends are close-on-exec (the spawner places the
+/// child's end at its fd number, which clears the flag there only).
+pub fn channel() -> std::io::Result<Channel> {
+    let (parent, child) = UnixStream::pair()?;
+    parent.set_nonblocking(true)?;
+    Ok(Channel {
+        parent,
+        child: child.into(),
+    })
+}
+
+/// One message, as Node's json serialization frames it.
+pub fn encode(message: &str) -> Vec<u8> {
+    let mut line = serde_json::Value::from(message).to_string().into_bytes();
+    line.push(b'\n');
+    line
+}
+
+/// Whether one line from the app is `process.send('ready')`.
+pub fn is_ready(line: &[u8]) -> bool {
+    matches!(serde_json::from_slice::<serde_json::Value>(line), Ok(serde_json::Value::String(s)) if s == "ready")
+}
+
+/// Serves one worker's channel until it closes: calls `ready` for each
+/// `'ready'`, writes whatever arrives on `outgoing`. Returns the number of
+/// other messages it dropped.
+pub async fn serve(parent: UnixStream, mut outgoing: mpsc::UnboundedReceiver<Vec<u8>>, mut ready: impl FnMut()) -> u64 {
+    let Ok(stream) = tokio::net::UnixStream::from_std(parent) else {
+        return 0;
+    };
+    let (read, mut write) = stream.into_split();
+    // Writes go through their own task: an app that never reads its
+    // channel must not stall the reading side.
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outgoing.recv().await {
+            if write.write_all(&message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut reader = BufReader::with_capacity(64 * 1024, read);
+    let mut line = Vec::new();
+    let mut dropped = 0u64;
+    loop {
+        line.clear();
+        match crate::output::read_line_capped(&mut reader, &mut line, MAX_MESSAGE).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if is_ready(line.trim_ascii()) {
+                    ready();
+                } else {
+                    dropped += 1;
+                }
+            }
+        }
+    }
+    writer.abort();
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::{BufRead, Write};
+
+    #[test]
+    fn frames_like_node() {
+        assert_eq!(encode("shutdown"), b"\"shutdown\"\n");
+        assert_eq!(encode("a \"quoted\"\nline"), b"\"a \\\"quoted\\\"\\nline\"\n");
+        assert!(is_ready(b"\"ready\""));
+        assert!(!is_ready(b"{\"type\":\"ready\"}"));
+        assert!(!is_ready(b"\"ready"));
+        assert!(!is_ready(b"\xff\xfe"));
+        assert!(!is_ready(b""));
+    }
+
+    #[tokio::test]
+    async fn junk_floods_and_huge_lines_are_dropped_and_ready_gets_through() {
+        let Channel { parent, child } = channel().unwrap();
+        let mut app = UnixStream::from(child);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        let server = tokio::spawn(serve(parent, rx, move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        let writer = std::thread::spawn(move || {
+            let mut reply = std::io::BufReader::new(app.try_clone().unwrap());
+            app.write_all(b"\x00\x01garbage\n{\"cmd\":\"NODE_HANDLE\"}\n42\n[1,[2,[3]]]\n")
+                .unwrap();
+            app.write_all(&vec![b'x'; 3 * MAX_MESSAGE]).unwrap();
+            app.write_all(b"\n").unwrap();
+            for _ in 0..10_000 {
+                app.write_all(b"{\"flood\":true}\n").unwrap();
+            }
+            app.write_all(b"\"ready\"\n").unwrap();
+            // baton writes back on the same channel.
+            let mut line = String::new();
+            reply.read_line(&mut line).unwrap();
+            drop(app);
+            line
+        });
+        tx.send(encode("shutdown")).unwrap();
+        let dropped = server.await.unwrap();
+        assert_eq!(writer.join().unwrap(), "\"shutdown\"\n");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(dropped >= 10_004, "{dropped}");
+    }
+}

@@ -1,0 +1,8 @@
+module.exports = {
+  apps: [
+    {
+      name: 'broken'
+      script: 'server.js',
+    },
+  ],
+};

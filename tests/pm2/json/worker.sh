@@ -1,0 +1,3 @@
+#!/bin/bash
+# Placeholder worker: the import only needs the file to exist.
+exec sleep infinity
