@@ -44,18 +44,11 @@ fn main() {
         }
         Cmd::Init(args) => {
             init_logging("warn", false);
-            // The units run this very binary (/usr/bin/baton once packaged).
-            let baton = std::env::current_exe()
-                .and_then(|p| p.canonicalize())
-                .unwrap_or_else(|_| "/usr/bin/baton".into());
-            commands::init(args.into_request(baton))
+            commands::init(args.into_request(this_binary()))
         }
         Cmd::ImportPm2(args) => {
             init_logging("warn", false);
-            let baton = std::env::current_exe()
-                .and_then(|p| p.canonicalize())
-                .unwrap_or_else(|_| "/usr/bin/baton".into());
-            commands::import_pm2(args.into_request(baton))
+            commands::import_pm2(args.into_request(this_binary()))
         }
         Cmd::GenerateDocs { dir } => match baton::docs::generate(&dir) {
             Ok(files) => {
@@ -75,6 +68,14 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// The units that `init` and `import-pm2` write run this very binary
+/// (/usr/bin/baton once packaged).
+fn this_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .unwrap_or_else(|_| "/usr/bin/baton".into())
 }
 
 /// Whether stderr is systemd's journal stream: JOURNAL_STREAM names the
