@@ -224,11 +224,14 @@ pub fn status(target: Target, json: bool) -> i32 {
     });
     match result {
         Ok(Reply::Status(v)) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
             } else {
-                print!("{}", crate::status::render(&v));
-            }
+                crate::status::render(&v)
+            };
+            // `baton status | head` closes the pipe early; that is not an error.
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
             EX_OK
         }
         Ok(other) => {

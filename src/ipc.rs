@@ -14,7 +14,7 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 /// Longest message read whole; longer lines are read and dropped in pieces.
@@ -46,7 +46,11 @@ pub fn encode(message: &str) -> Vec<u8> {
 
 /// Whether one line from the app is `process.send('ready')`.
 pub fn is_ready(line: &[u8]) -> bool {
-    matches!(serde_json::from_slice::<serde_json::Value>(line), Ok(serde_json::Value::String(s)) if s == "ready")
+    // Only a short line can be the string "ready" (JSON may escape it, as
+    // "\u0072eady"); skipping the parse for everything else keeps a flood
+    // of big messages cheap.
+    line.len() <= 64
+        && matches!(serde_json::from_slice::<serde_json::Value>(line), Ok(serde_json::Value::String(s)) if s == "ready")
 }
 
 /// Serves one worker's channel until it closes: calls `ready` for each
@@ -66,20 +70,48 @@ pub async fn serve(parent: UnixStream, mut outgoing: mpsc::UnboundedReceiver<Vec
             }
         }
     });
-    let mut reader = BufReader::with_capacity(64 * 1024, read);
+    // Not a BufReader: tokio takes a short read as "drained" and waits for
+    // the next edge, but a unix socket read also stops after a message that
+    // carried fds (SCM_RIGHTS), with data still queued: the channel would
+    // stall. Read until WouldBlock instead.
+    let mut buf = vec![0u8; 64 * 1024];
     let mut line = Vec::new();
+    let mut oversize = false;
     let mut dropped = 0u64;
-    loop {
-        line.clear();
-        match crate::output::read_line_capped(&mut reader, &mut line, MAX_MESSAGE).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                if is_ready(line.trim_ascii()) {
-                    ready();
-                } else {
-                    dropped += 1;
+    'outer: loop {
+        if read.readable().await.is_err() {
+            break;
+        }
+        loop {
+            let n = match read.try_read(&mut buf) {
+                Ok(0) => break 'outer,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break 'outer,
+            };
+            for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
+                let complete = piece.ends_with(b"\n");
+                if !oversize {
+                    if line.len() + piece.len() > MAX_MESSAGE {
+                        oversize = true;
+                        line.clear();
+                    } else {
+                        line.extend_from_slice(piece);
+                    }
+                }
+                if complete {
+                    if !oversize && is_ready(line.trim_ascii()) {
+                        ready();
+                    } else {
+                        dropped += 1;
+                    }
+                    line.clear();
+                    oversize = false;
                 }
             }
+            // A sender that never pauses must not hog this thread.
+            tokio::task::consume_budget().await;
         }
     }
     writer.abort();
@@ -101,6 +133,7 @@ mod tests {
         assert!(!is_ready(b"\"ready"));
         assert!(!is_ready(b"\xff\xfe"));
         assert!(!is_ready(b""));
+        assert!(is_ready(b"\"\\u0072eady\""));
     }
 
     #[tokio::test]

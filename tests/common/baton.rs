@@ -319,3 +319,85 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 pub fn port() -> u16 {
     free_port()
 }
+
+/// One line a worker printed, as baton passes it on standalone:
+/// `NAME[generation.slot pid]: text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerLine {
+    pub generation: u64,
+    pub slot: usize,
+    pub pid: i32,
+    pub text: String,
+}
+
+/// The worker lines of a baton log, in order; baton's own lines are skipped.
+pub fn worker_lines(log: &str) -> Vec<WorkerLine> {
+    log.lines()
+        .filter_map(|line| {
+            let (head, text) = line.split_once("]: ")?;
+            let (_, inside) = head.split_once('[')?;
+            let (gen_slot, pid) = inside.split_once(' ')?;
+            let (generation, slot) = gen_slot.split_once('.')?;
+            Some(WorkerLine {
+                generation: generation.parse().ok()?,
+                slot: slot.parse().ok()?,
+                pid: pid.parse().ok()?,
+                text: text.to_owned(),
+            })
+        })
+        .collect()
+}
+
+impl Baton {
+    /// Waits until the log satisfies `f`. Returns whether it did.
+    pub fn wait_log(&self, timeout: Duration, mut f: impl FnMut(&str) -> bool) -> bool {
+        wait_until(timeout, || f(&self.log()))
+    }
+}
+
+/// The cargo target directory (`target/`), from where cargo put `baton`.
+pub fn target_dir() -> PathBuf {
+    let bin = super::baton_bin();
+    // target/<profile>/baton, or target/<triple>/<profile>/baton
+    let profile_dir = bin.parent().expect("baton has a parent dir");
+    let up = profile_dir.parent().expect("profile dir has a parent");
+    if up.join("CACHEDIR.TAG").exists() || up.file_name().is_some_and(|n| n == "target") {
+        up.to_path_buf()
+    } else {
+        up.parent().map_or_else(|| up.to_path_buf(), Path::to_path_buf)
+    }
+}
+
+/// Runs `f` while holding an exclusive `flock` on `path` (created if
+/// missing), so that parallel tests, in this process or others, take turns.
+pub fn with_file_lock<T>(path: &Path, f: impl FnOnce() -> T) -> T {
+    use nix::fcntl::{Flock, FlockArg};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("create the lock's directory");
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open lock file {}: {e}", path.display()));
+    let _lock =
+        Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("flock {}: {e}", path.display()));
+    f()
+}
+
+/// Runs a setup command, and panics with its output unless it succeeds.
+pub fn run_setup(what: &str, command: &mut Command) {
+    eprintln!("setup: {what}: {command:?}");
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

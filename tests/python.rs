@@ -1,0 +1,267 @@
+//! Issue 5: the gunicorn example (`examples/python`) under baton. gunicorn
+//! takes the socket from LISTEN_FDS/LISTEN_PID, says READY=1 from its
+//! `when_ready` hook and drains on SIGTERM; 5 reloads under load fail no
+//! request.
+//!
+//! `python3` is required. The test makes a venv in
+//! `target/examples-python-venv` and installs `requirements.txt` into it
+//! when it is missing or was made from other requirements.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::baton::{Baton, children_of, fd_targets, port, run_setup, target_dir, with_file_lock, worker_lines};
+use common::load::Load;
+use common::{http_get, wait_until};
+
+fn python_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python")
+}
+
+/// The venv with requirements.txt installed; made once, under a file lock.
+fn provision_venv() -> PathBuf {
+    let version = Command::new("python3").arg("--version").output();
+    match version {
+        Ok(out) if out.status.success() => {}
+        other => panic!(
+            "python3 is required for tests/python.rs but `python3 --version` failed ({other:?}); \
+             install it (Debian: apt-get install python3 python3-venv)"
+        ),
+    }
+    let venv = target_dir().join("examples-python-venv");
+    let requirements = python_dir().join("requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    let marker = venv.join(".baton-installed-from-requirements.txt");
+    with_file_lock(&target_dir().join("examples-python-venv.lock"), || {
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+            return;
+        }
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv).unwrap();
+        }
+        run_setup(
+            "python3 -m venv",
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        );
+        run_setup(
+            "pip install -r examples/python/requirements.txt",
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--disable-pip-version-check", "--quiet", "-r"])
+                .arg(&requirements),
+        );
+        std::fs::write(&marker, &wanted).unwrap();
+    });
+    venv
+}
+
+/// Inodes of the listening TCP sockets on 127.0.0.1 (and 0.0.0.0), by port.
+fn listening_tcp() -> Vec<(u16, String)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ... inode (field 9)
+            let (_, port) = f.get(1)?.split_once(':')?;
+            (*f.get(3)? == "0A").then(|| Some((u16::from_str_radix(port, 16).ok()?, f.get(9)?.to_string())))?
+        })
+        .collect()
+}
+
+/// A process and all its descendants.
+fn tree(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        out.extend(children_of(out[i]).into_iter().map(|(p, _)| p));
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn gunicorn_five_reloads_under_load_fail_no_request() {
+    let venv = provision_venv();
+    const RELOADS: usize = 5;
+    let port = port();
+    // Where gunicorn would bind if it ignored the passed socket: nobody may
+    // listen there.
+    let canary = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = python_dir();
+    let shipped = std::fs::read_to_string(dir.join("baton.toml")).unwrap();
+    for needed in [
+        "command = [\".venv/bin/gunicorn\"",
+        "directory = \".\"",
+        "workers = 2\n",
+        "mode = \"notify\"",
+        "signal = \"SIGTERM\"",
+        "address = \"127.0.0.1:8081\"",
+        "[environment]\n",
+    ] {
+        assert!(shipped.contains(needed), "examples/python/baton.toml lacks {needed:?}");
+    }
+    let config = shipped
+        .replace(
+            "\".venv/bin/gunicorn\"",
+            &format!("{:?}", venv.join("bin/gunicorn").display().to_string()),
+        )
+        .replace(
+            "directory = \".\"",
+            &format!("directory = {:?}", dir.display().to_string()),
+        )
+        .replace(
+            "address = \"127.0.0.1:8081\"",
+            &format!("address = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            "[environment]\n",
+            &format!("[environment]\nBIND = \"127.0.0.1:{canary}\"\n"),
+        );
+    let baton = Baton::start(port, &config);
+
+    let load = Load::start(baton.addr(), "/", 8);
+    std::thread::sleep(Duration::from_millis(300));
+    // A request in flight across the first reload: gunicorn's graceful stop
+    // must finish it.
+    let addr = baton.addr();
+    let slow = std::thread::spawn(move || {
+        let answer = http_get(addr, "/slow?ms=3000", Duration::from_secs(30));
+        (answer, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+
+    let started = Instant::now();
+    let mut first_reload_done = None;
+    for i in 0..RELOADS {
+        let out = baton.reload();
+        first_reload_done.get_or_insert_with(Instant::now);
+        assert!(
+            out.status.success(),
+            "reload {i} failed: {}\n{}\nbaton log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            baton.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let reload_time = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // While the last generation serves: its gunicorn masters and their
+    // workers hold exactly one listening socket, baton's.
+    let status = baton.status();
+    assert_eq!(status["supervisor"]["serving"].as_u64(), Some(RELOADS as u64 + 1));
+    let masters = baton.worker_pids(RELOADS as u64 + 1);
+    assert_eq!(masters.len(), 2, "{status:#}");
+    let listening = listening_tcp();
+    let ours: BTreeSet<String> = listening
+        .iter()
+        .filter(|(p, _)| *p == port)
+        .map(|(_, inode)| format!("socket:[{inode}]"))
+        .collect();
+    assert_eq!(ours.len(), 1, "listening sockets on port {port}: {listening:?}");
+    assert!(
+        !listening.iter().any(|(p, _)| *p == canary),
+        "something listens on the canary port {canary}: gunicorn bound `bind` instead of using fd 3"
+    );
+    let listening_inodes: BTreeSet<String> = listening.iter().map(|(_, inode)| format!("socket:[{inode}]")).collect();
+    for &master in &masters {
+        let procs = tree(master);
+        assert!(procs.len() >= 3, "gunicorn {master} should have 2 workers: {procs:?}");
+        for pid in procs {
+            let held: BTreeSet<String> = fd_targets(pid)
+                .into_iter()
+                .map(|(_, t)| t)
+                .filter(|t| listening_inodes.contains(t))
+                .collect();
+            assert_eq!(held, ours, "listening sockets of pid {pid} (gunicorn {master})");
+        }
+    }
+    // READY=1 came from the when_ready hook, whose STATUS= baton shows.
+    let serving = status["supervisor"]["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == status["supervisor"]["serving"])
+        .unwrap();
+    for w in serving["workers"].as_array().unwrap() {
+        assert_eq!(w["state"], "ready", "{status:#}");
+        let text = w["status"].as_str().unwrap_or_default();
+        assert!(
+            text.starts_with(&format!("gunicorn {}: 2 workers on http://127.0.0.1:{port}", w["pid"])),
+            "status text not from the when_ready hook: {text:?}"
+        );
+    }
+
+    let stats = load.stop();
+    let (slow, slow_done) = slow.join().unwrap();
+    eprintln!(
+        "gunicorn: {RELOADS} reloads of 2 workers (2 gunicorn workers each) in {:.1}s under load: \
+         {} requests, {} failed; {stats}",
+        reload_time.as_secs_f64(),
+        stats.total(),
+        stats.failed
+    );
+    assert_eq!(stats.failed, 0, "failed requests: {stats}\n{:?}", stats.first_errors);
+    assert!(stats.ok > 100, "too little load to mean anything: {stats}");
+    let last = (RELOADS + 1).to_string();
+    assert!(
+        stats.generations_seen.contains(&last),
+        "never saw generation {last}: {stats}"
+    );
+    assert_eq!(
+        slow.as_ref().map(|(code, body)| (*code, body.as_str())),
+        Ok((200, "slow done after 3000 ms\n")),
+        "the request in flight during the first reload"
+    );
+    // It was answered after generation 1 had been told to stop.
+    assert!(
+        first_reload_done.is_some_and(|done| done < slow_done),
+        "the slow request finished before the first reload did"
+    );
+
+    // Every gunicorn master used the passed socket, and the retired ones
+    // shut down gracefully.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            baton.status()["supervisor"]["generations"].as_array().map(Vec::len) == Some(1)
+        }),
+        "old generations still around: {:#}",
+        baton.status()
+    );
+    let log = baton.log();
+    let lines = worker_lines(&log);
+    let pids: BTreeSet<i32> = lines.iter().map(|l| l.pid).collect();
+    assert_eq!(pids.len(), 2 * (RELOADS + 1), "gunicorn masters seen in the log");
+    for &pid in &pids {
+        let mine: Vec<&str> = lines.iter().filter(|l| l.pid == pid).map(|l| l.text.as_str()).collect();
+        let listening_at = format!("Listening at: http://127.0.0.1:{port} ({pid})");
+        assert!(
+            mine.iter().any(|t| t.ends_with(&listening_at)),
+            "gunicorn {pid} did not listen on the passed socket: {mine:#?}"
+        );
+        assert!(
+            !mine.iter().any(|t| t.contains(&format!(":{canary}"))),
+            "gunicorn {pid} mentions the canary port: {mine:#?}"
+        );
+        let generation = lines.iter().find(|l| l.pid == pid).unwrap().generation;
+        if generation <= RELOADS as u64 {
+            assert!(
+                mine.iter().any(|t| t.contains("Handling signal: term"))
+                    && mine.iter().any(|t| t.contains("Shutting down: Master")),
+                "gunicorn {pid} (generation {generation}) did not stop gracefully: {mine:#?}"
+            );
+        }
+    }
+}
