@@ -123,27 +123,11 @@ fn express_twenty_reloads_under_load_fail_no_request() {
     let load = Load::start(baton.addr(), "/", 8);
     std::thread::sleep(Duration::from_millis(300));
     // A request in flight across the first reload: the drain must finish it.
-    let addr = baton.addr();
-    let slow = std::thread::spawn(move || {
-        let answer = http_get(addr, "/slow?ms=3000", Duration::from_secs(30));
-        (answer, Instant::now())
-    });
+    let slow = common::slow_request_in_background(baton.addr(), 3000);
     std::thread::sleep(Duration::from_millis(200));
 
     let started = Instant::now();
-    let mut first_reload_done = None;
-    for i in 0..RELOADS {
-        let out = baton.reload();
-        first_reload_done.get_or_insert_with(Instant::now);
-        assert!(
-            out.status.success(),
-            "reload {i} failed: {}\n{}\nbaton log:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            baton.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let first_reload_done = baton.reload_times(RELOADS, Duration::from_millis(100));
     let reload_time = started.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.stop();
@@ -169,7 +153,7 @@ fn express_twenty_reloads_under_load_fail_no_request() {
     );
     // It was answered after generation 1 had been told to drain.
     assert!(
-        first_reload_done.is_some_and(|done| done < slow_done),
+        first_reload_done < slow_done,
         "the slow request finished before the first reload did"
     );
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::baton::{Baton, children_of, fd_targets, port, run_setup, target_dir, with_file_lock, worker_lines};
 use common::load::Load;
-use common::{http_get, wait_until};
+use common::wait_until;
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python")
@@ -134,27 +134,11 @@ fn gunicorn_five_reloads_under_load_fail_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     // A request in flight across the first reload: gunicorn's graceful stop
     // must finish it.
-    let addr = baton.addr();
-    let slow = std::thread::spawn(move || {
-        let answer = http_get(addr, "/slow?ms=3000", Duration::from_secs(30));
-        (answer, Instant::now())
-    });
+    let slow = common::slow_request_in_background(baton.addr(), 3000);
     std::thread::sleep(Duration::from_millis(200));
 
     let started = Instant::now();
-    let mut first_reload_done = None;
-    for i in 0..RELOADS {
-        let out = baton.reload();
-        first_reload_done.get_or_insert_with(Instant::now);
-        assert!(
-            out.status.success(),
-            "reload {i} failed: {}\n{}\nbaton log:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            baton.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let first_reload_done = baton.reload_times(RELOADS, Duration::from_millis(300));
     let reload_time = started.elapsed();
     std::thread::sleep(Duration::from_millis(300));
 
@@ -227,7 +211,7 @@ fn gunicorn_five_reloads_under_load_fail_no_request() {
     );
     // It was answered after generation 1 had been told to stop.
     assert!(
-        first_reload_done.is_some_and(|done| done < slow_done),
+        first_reload_done < slow_done,
         "the slow request finished before the first reload did"
     );
 

@@ -23,18 +23,7 @@ fn reload_many(strategy: &str, workers: usize, reloads: usize) {
     let baton = Baton::start(port, &config_text(port, &[&hello], workers, &extra));
     let load = Load::start(baton.addr(), "/", 8);
     std::thread::sleep(Duration::from_millis(300));
-    for i in 0..reloads {
-        let out = baton.reload();
-        assert!(
-            out.status.success(),
-            "reload {i} failed: {}\n{}\nbaton log:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            baton.log()
-        );
-        // Let some requests land on the new generation before the next.
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    baton.reload_times(reloads, Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.stop();
     eprintln!("{strategy}: {reloads} reloads, {workers} workers: {stats}");

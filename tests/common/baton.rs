@@ -145,6 +145,26 @@ impl Baton {
         })
     }
 
+    /// `baton reload` `count` times, each asserted to succeed (with the
+    /// output and baton's log on failure), pausing `pause` after each so
+    /// requests land on every generation. Returns when the first finished.
+    pub fn reload_times(&self, count: usize, pause: Duration) -> Instant {
+        let mut first_done = None;
+        for i in 0..count {
+            let out = self.reload();
+            first_done.get_or_insert_with(Instant::now);
+            assert!(
+                out.status.success(),
+                "reload {i} failed: {}\n{}\nbaton log:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+            std::thread::sleep(pause);
+        }
+        first_done.unwrap_or_else(Instant::now)
+    }
+
     pub fn reload(&self) -> Output {
         self.client(&["reload"])
     }

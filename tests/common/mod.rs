@@ -229,3 +229,15 @@ fn decode_chunked(mut rest: &[u8]) -> Result<Vec<u8>, String> {
 fn excerpt(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..raw.len().min(200)]).into_owned()
 }
+
+/// An HTTP answer and when it arrived.
+pub type TimedAnswer = (Result<(u16, String), String>, std::time::Instant);
+
+/// `GET /slow?ms=N` on another thread, for a request in flight across a
+/// reload or a stop.
+pub fn slow_request_in_background(addr: SocketAddr, ms: u64) -> std::thread::JoinHandle<TimedAnswer> {
+    std::thread::spawn(move || {
+        let answer = http_get(addr, &format!("/slow?ms={ms}"), Duration::from_secs(30));
+        (answer, std::time::Instant::now())
+    })
+}
