@@ -29,7 +29,7 @@ use common::baton::{
     Baton, WorkerLine, config_text, fd_targets, port, rss_kib, run_setup, target_dir, with_file_lock, worker_lines,
 };
 use common::load::Load;
-use common::{http_get, wait_until};
+use common::wait_until;
 
 fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node")
