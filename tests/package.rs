@@ -141,7 +141,7 @@ fn deb_installs_upgrades_and_removes_in_a_container() {
                     .push(format!("ok     {:>5.1}s  {name}", t.elapsed().as_secs_f64()));
             }
             Err(panic) => {
-                let message = panic_message(panic.as_ref());
+                let message = common::panic_message(panic.as_ref());
                 say(&format!(
                     "--- FAILED ({:.1}s): {message}\n(systemctl status and the journal are in the failure report)",
                     t.elapsed().as_secs_f64()
@@ -427,14 +427,6 @@ fn assert_offline(out: &Output, deb: &str) {
 /// scripts print).
 fn notes(text: &str) -> Vec<&str> {
     text.lines().filter(|l| l.starts_with("baton:")).collect()
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "(a panic without a message)".to_owned())
 }
 
 fn secs(d: Duration) -> String {

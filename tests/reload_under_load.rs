@@ -27,18 +27,8 @@ fn reload_many(strategy: &str, workers: usize, reloads: usize) {
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.stop();
     eprintln!("{strategy}: {reloads} reloads, {workers} workers: {stats}");
-    assert_eq!(
-        stats.failed, 0,
-        "failed requests during reloads: {stats}\n{:?}",
-        stats.first_errors
-    );
-    assert!(stats.ok > 100, "too little load to mean anything: {stats}");
     // Requests were answered by many generations, the last one included.
-    let last = (reloads + 1).to_string();
-    assert!(
-        stats.generations_seen.contains(&last),
-        "never saw generation {last}: {stats}"
-    );
+    stats.assert_served_through(100, reloads as u64 + 1);
     assert!(stats.generations_seen.len() >= reloads / 2, "{stats}");
     let status = baton.status();
     assert_eq!(status["supervisor"]["serving"].as_u64(), Some(reloads as u64 + 1));

@@ -128,7 +128,7 @@ fn systemd_runs_baton_units_in_a_container() {
                 Ok(figures)
             }
             Err(panic) => {
-                let message = panic_message(panic.as_ref());
+                let message = common::panic_message(panic.as_ref());
                 let report = format!("{message}\n{}", system.diagnostics());
                 say(&format!(
                     "--- FAILED ({:.1}s): {message}\n(systemctl status, journal and baton status are in the failure report)",
@@ -334,14 +334,6 @@ fn field(entry: &Value, name: &str) -> Option<String> {
         Value::Array(items) => items.first().and_then(|v| v.as_str().map(str::to_owned)),
         _ => None,
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "(a panic without a message)".to_owned())
 }
 
 fn ms(d: Duration) -> String {

@@ -47,6 +47,18 @@ pub struct LoadStats {
 }
 
 impl LoadStats {
+    /// The reload tests' verdict: nothing failed, the load was big enough
+    /// to mean something, and generation `last` answered.
+    pub fn assert_served_through(&self, min_ok: u64, last: u64) {
+        assert_eq!(self.failed, 0, "failed requests: {self}\n{:?}", self.first_errors);
+        assert!(self.ok > min_ok, "too little load to mean anything: {self}");
+        let last = last.to_string();
+        assert!(
+            self.generations_seen.contains(&last),
+            "never saw generation {last}: {self}"
+        );
+    }
+
     pub fn total(&self) -> u64 {
         self.ok + self.failed
     }

@@ -241,3 +241,12 @@ pub fn slow_request_in_background(addr: SocketAddr, ms: u64) -> std::thread::Joi
         (answer, std::time::Instant::now())
     })
 }
+
+/// What a caught panic said (scenario runners report it and go on).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(a panic without a message)".to_owned())
+}
