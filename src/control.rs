@@ -17,7 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 /// Longest request line accepted; anything longer is garbage.
-const MAX_REQUEST: usize = 4096;
+pub const MAX_REQUEST: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -202,6 +202,16 @@ pub async fn serve(listener: UnixListener, commands: mpsc::UnboundedSender<Comma
     }
 }
 
+/// Parses one request line as the server reads it (at most
+/// `MAX_REQUEST + 1` bytes, the newline included). The error is what the
+/// client is told.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST {
+        return Err("request too long".to_owned());
+    }
+    serde_json::from_slice::<Request>(line.trim_ascii()).map_err(|e| format!("bad request: {e}"))
+}
+
 async fn handle(stream: UnixStream, commands: mpsc::UnboundedSender<Command>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
@@ -210,8 +220,7 @@ async fn handle(stream: UnixStream, commands: mpsc::UnboundedSender<Command>) ->
     let request = match read {
         Err(_) => Err("no request within 10s".to_owned()),
         Ok(Err(e)) => Err(format!("unreadable request: {e}")),
-        Ok(Ok(_)) if line.len() > MAX_REQUEST => Err("request too long".to_owned()),
-        Ok(Ok(_)) => serde_json::from_slice::<Request>(line.trim_ascii()).map_err(|e| format!("bad request: {e}")),
+        Ok(Ok(_)) => parse_request(&line),
     };
     let request = match request {
         Ok(r) => r,
@@ -298,6 +307,14 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn request_lines_are_bounded_and_trimmed() {
+        assert_eq!(parse_request(b"  {\"cmd\":\"status\"}\r\n"), Ok(Request::Status {}));
+        let long = format!("{{\"cmd\":\"status\"}}{}\n", " ".repeat(MAX_REQUEST));
+        assert_eq!(parse_request(long.as_bytes()), Err("request too long".to_owned()));
+        assert!(parse_request(b"\xff\n").unwrap_err().starts_with("bad request: "));
     }
 
     #[tokio::test]
