@@ -25,7 +25,7 @@
 //!    unit's cgroup empty.
 //!
 //! Skipped (loudly) only when not root, or when systemd-nspawn is missing and
-//! cannot be installed.
+//! cannot be installed; under `CI=true` either is a failure.
 
 #![allow(clippy::unwrap_used)]
 
