@@ -26,8 +26,7 @@
 //! stop timeout. When a worker's main process exits, its cgroup is killed too
 //! (KillMode=mixed semantics). `cgroup.kill` reaches every process in the
 //! cgroup whatever it did with sessions and process groups; the empty cgroup
-//! is then removed. Leftover worker cgroups of an earlier baton in the same
-//! unit are killed and removed at start.
+//! is then removed.
 //!
 //! Memory per worker is `memory.current` when the memory controller is
 //! available on cgroup2 (baton enables it in the unit's `subtree_control`),
@@ -95,7 +94,7 @@ pub struct Tree {
     path: String,
     /// Whether worker cgroups have `memory.current` and `memory.events`.
     memory: bool,
-    /// Leftover worker cgroups found (and removed) at start.
+    /// Empty worker cgroups of an earlier baton, removed at start.
     pub stale: usize,
 }
 
@@ -137,27 +136,15 @@ impl Tree {
         write_file(&leaf.join("cgroup.procs"), std::process::id().to_string().as_bytes())
             .map_err(|e| format!("cannot move baton into {}: {e}", leaf.display()))?;
 
+        // systemd removes the whole subtree when the unit stops, so worker
+        // cgroups left here are empty ones of an earlier baton that was
+        // exec'd in place; rmdir fails on any that still holds a process,
+        // which stays as it is.
         let mut stale = 0;
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.filter_map(Result::ok) {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if entry.path().is_dir() && name.starts_with("gen") {
-                    let old = WorkerCgroup {
-                        dir: entry.path(),
-                        path: format!("{path}/{name}"),
-                        memory: false,
-                    };
-                    old.kill();
+                if entry.file_name().to_string_lossy().starts_with("gen") && std::fs::remove_dir(entry.path()).is_ok() {
                     stale += 1;
-                    // Best effort: its processes take a moment to die, and
-                    // a busy directory only costs an inode.
-                    for _ in 0..20 {
-                        if old.remove().is_ok() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
                 }
             }
         }
@@ -192,11 +179,7 @@ impl Tree {
     pub fn worker(&self, generation: u64, slot: usize, id: u64) -> io::Result<(Arc<WorkerCgroup>, OwnedFd)> {
         let name = format!("gen{generation}-worker{slot}-id{id}");
         let dir = self.dir.join(&name);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
+        std::fs::create_dir(&dir)?;
         let procs = std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
         let cgroup = WorkerCgroup {
             dir,

@@ -181,7 +181,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
             );
             tracing::info!("worker memory: {}", t.memory_source());
             if t.stale > 0 {
-                tracing::warn!("killed and removed {} worker cgroups an earlier baton left", t.stale);
+                tracing::info!("removed {} empty worker cgroups an earlier baton left", t.stale);
             }
         }
         Err(why) => tracing::info!("process tree: a process group per worker ({why})"),

@@ -27,7 +27,10 @@ fn standalone_baton_uses_process_groups_and_says_so() {
     );
     let generations = status["supervisor"]["generations"].as_array().unwrap();
     for w in generations.iter().flat_map(|g| g["workers"].as_array().unwrap()) {
-        assert!(w["cgroup"].is_null(), "a worker has a cgroup in process-group mode: {w}");
+        assert!(
+            w["cgroup"].is_null(),
+            "a worker has a cgroup in process-group mode: {w}"
+        );
         assert!(w["rss_bytes"].as_u64().is_some_and(|b| b > 0), "no memory figure: {w}");
     }
 
