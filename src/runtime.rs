@@ -87,6 +87,11 @@ enum Event {
     Control(Command),
     /// A memory sample, measured off the event loop.
     Memory(HashMap<WorkerId, u64>),
+    /// `baton status`, its memory figures measured off the event loop.
+    Status {
+        reply: tokio::sync::oneshot::Sender<serde_json::Value>,
+        memory: HashMap<WorkerId, u64>,
+    },
 }
 
 /// Per-worker I/O the driver owns.
@@ -370,7 +375,10 @@ impl Driver {
             }
             Event::Notify { worker, received } => self.notified(now, worker, received),
             Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
-            Event::Control(Command::Status { reply }) => self.status(now, reply),
+            Event::Control(Command::Status { reply }) => self.measure_for_status(reply),
+            Event::Status { reply, memory } => {
+                let _ = reply.send(self.status_json(now, &memory));
+            }
             Event::Memory(used) => self.memory_sampled(used),
             Event::Control(Command::Reload { wait, replies }) => {
                 let client = self.next_client;
@@ -836,27 +844,24 @@ impl Driver {
         }
     }
 
-    /// Answers `baton status`. The memory figures come from /proc or
-    /// cgroupfs, so the report is finished on the blocking pool.
-    fn status(&self, now: Instant, reply: tokio::sync::oneshot::Sender<serde_json::Value>) {
-        let mut report = self.status_report(now);
+    /// `baton status`, first step: the memory figures come from /proc or
+    /// cgroupfs, so they are measured on the blocking pool, and the report
+    /// is made when they are back. Measuring before the snapshot means a
+    /// worker the snapshot shows was alive when it was measured.
+    fn measure_for_status(&self, reply: tokio::sync::oneshot::Sender<serde_json::Value>) {
         let probes = self.probes(false);
+        let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
-            let rss = cgroup::measure(&probes);
-            for g in &mut report.supervisor.generations {
-                for w in &mut g.workers {
-                    w.rss_bytes = rss.get(&w.id).copied();
-                }
-            }
-            let json = serde_json::to_value(report).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
-            let _ = reply.send(json);
+            let memory = cgroup::measure(&probes);
+            let _ = events.send(Event::Status { reply, memory });
         });
     }
 
-    fn status_report(&self, now: Instant) -> status::Report {
+    fn status_json(&self, now: Instant, memory: &HashMap<WorkerId, u64>) -> serde_json::Value {
         let mut snapshot = self.core.snapshot(now);
         for g in &mut snapshot.generations {
             for w in &mut g.workers {
+                w.rss_bytes = memory.get(&w.id).copied();
                 w.cgroup = self
                     .workers
                     .get(&w.id)
@@ -864,7 +869,7 @@ impl Driver {
                     .map(|cg| cg.path().to_owned());
             }
         }
-        status::Report {
+        let report = status::Report {
             name: self.name.to_string(),
             pid: std::process::id(),
             uptime_ms: now.duration_since(self.started).as_millis() as u64,
@@ -891,7 +896,8 @@ impl Driver {
             },
             memory_source: self.memory_source(),
             supervisor: snapshot,
-        }
+        };
+        serde_json::to_value(report).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
     }
 
     /// Before exit: waits (bounded) until the exited workers' cgroups are

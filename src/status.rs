@@ -37,7 +37,8 @@ pub struct Report {
 }
 
 /// Resident memory per process group (a worker leads its own group, so
-/// this is a worker with its children), from one pass over /proc.
+/// this is a worker with its children), from one pass over /proc. It reads
+/// a file per process: call it off the event loop (`spawn_blocking`).
 pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
@@ -58,9 +59,10 @@ pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
             continue;
         };
         // Fields after the command name (which may hold spaces and parens):
-        // state, ppid, pgrp.
+        // state, ppid, pgrp. A zombie has no memory left to count.
         let pgrp = stat
             .rsplit_once(')')
+            .filter(|(_, rest)| !rest.trim_start().starts_with('Z'))
             .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
         let pages = statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok());
         if let (Some(pgrp), Some(pages)) = (pgrp, pages) {
