@@ -480,6 +480,14 @@ mod tests {
     }
 
     #[test]
+    fn an_oom_kill_says_so() {
+        assert_eq!(
+            crate::supervisor::ExitStatus::OomKilled.to_string(),
+            "killed by the OOM killer"
+        );
+    }
+
+    #[test]
     fn mode_names_for_status() {
         assert_eq!(serde_json::to_value(Mode::Cgroup).unwrap(), "cgroup");
         assert_eq!(serde_json::to_value(Mode::ProcessGroup).unwrap(), "process-group");

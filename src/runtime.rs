@@ -5,6 +5,12 @@
 //! subreaper, so orphaned grandchildren come here too), turns signals into
 //! intents (HUP → reload, TERM/INT → stop), and hears from per-worker tasks:
 //! notify sockets, output pumps and timers, plus control-socket clients.
+//!
+//! Each worker's process tree is a cgroup of its own when systemd delegated
+//! baton's cgroup, a process group otherwise (see `cgroup`). Whatever reads
+//! /proc (the memory sampler, the memory figures of `status`) runs on the
+//! blocking pool and reports back through the event channel, so the loop,
+//! and with it the WATCHDOG=1 ping, never waits on it.
 
 #![forbid(unsafe_code)]
 

@@ -7,6 +7,9 @@
 //! async-signal-safe system calls. `LISTEN_PID` and `WATCHDOG_PID` must hold
 //! the child's own pid, which is unknown before `fork`, so their entries are
 //! reserved with room for the digits and the child writes them in place.
+//! A worker with a cgroup of its own (see `cgroup`) joins it first thing
+//! after `fork`, by writing "0" to a `cgroup.procs` descriptor opened
+//! before, so nothing it runs ever executes outside that cgroup.
 
 use std::ffi::{CString, c_char};
 use std::io::{self, Read};
