@@ -451,7 +451,7 @@ impl Container {
             // Empty once the container's processes are gone; the kernel
             // may take a moment to notice.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while std::fs::remove_dir(&cg).is_err() && cg.exists() && Instant::now() < deadline {
+            while !remove_cgroup_tree(&cg) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -642,6 +642,20 @@ fn remove_dir(dir: &Path) {
 
 /// Overlays left by runs that were killed (their owner and their nspawn are
 /// gone): unmount and remove them.
+/// rmdir of a cgroup and everything below it, deepest first (a cgroup
+/// with children cannot be removed). True once it is gone.
+fn remove_cgroup_tree(cg: &Path) -> bool {
+    if let Ok(entries) = std::fs::read_dir(cg) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(cg);
+    !cg.exists()
+}
+
 fn remove_stale_overlays() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
