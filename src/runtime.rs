@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::activation::Listener;
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::{self, Command, ReloadAnswer, Reply};
-use crate::notify::{self, Endpoint, RateLimit, Received};
+use crate::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
 use crate::output::{self, Origin, Stream, Tail, Writer};
 use crate::spec::GenSpec;
 use crate::status;
@@ -132,6 +132,8 @@ struct Driver {
     clients: BTreeMap<ClientId, mpsc::UnboundedSender<Reply>>,
     next_client: ClientId,
     rejected: RateLimit,
+    /// Receive errors of the workers' notify sockets, all workers together.
+    notify_errors: SharedRateLimit,
     started: Instant,
     started_wall: SystemTime,
     phase: watch::Sender<Phase>,
@@ -192,6 +194,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         clients: BTreeMap::new(),
         next_client: 1,
         rejected: RateLimit::new(Duration::from_secs(10)),
+        notify_errors: SharedRateLimit::new(Duration::from_secs(10)),
         started: Instant::now(),
         started_wall: SystemTime::now(),
         phase,
@@ -374,11 +377,7 @@ impl Driver {
     fn reject(&mut self, worker: WorkerId, pid: Option<i32>, reason: &str) {
         if let Some(suppressed) = self.rejected.allow(std::time::Instant::now()) {
             let from = pid.map_or_else(|| "unknown sender".to_owned(), |p| format!("pid {p}"));
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} similar messages suppressed)")
-            } else {
-                String::new()
-            };
+            let more = notify::suppressed_note(suppressed);
             tracing::warn!("ignored a notify datagram for worker #{worker} from {from}: {reason}{more}");
         }
     }
@@ -594,20 +593,15 @@ impl Driver {
             });
         }
         let events = self.events.clone();
+        let errors = self.notify_errors.clone();
         let notify = tokio::spawn(async move {
-            loop {
-                match endpoint.recv(pid).await {
-                    Ok(received) => {
-                        if events.send(Event::Notify { worker, received }).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("notify socket of worker #{worker}: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
+            notify::forward(
+                worker,
+                errors,
+                || endpoint.recv(pid),
+                |received| events.send(Event::Notify { worker, received }).is_ok(),
+            )
+            .await;
         });
         self.pids.insert(pid, worker);
         self.workers.insert(
