@@ -278,12 +278,38 @@ pub fn check(target: Target) -> i32 {
 
 /// `baton init`.
 pub fn init(req: crate::init::Request) -> i32 {
+    use crate::init::Account;
     let default_units = req.unit_dir == std::path::Path::new("/etc/systemd/system");
+    let default_sysusers = req.sysusers_dir == std::path::Path::new(crate::init::DEFAULT_SYSUSERS_DIR);
     let name = req.name.clone();
+    let account = crate::init::account(&req);
     match crate::init::write(&req) {
         Ok(paths) => {
             for p in &paths {
                 println!("wrote {}", p.display());
+            }
+            match account {
+                Ok(Account::Dedicated(user)) if default_sysusers => {
+                    let entry = req.sysusers_dir.join(format!("baton-{user}.conf"));
+                    match std::process::Command::new("systemd-sysusers").arg(&entry).status() {
+                        Ok(s) if s.success() => println!("ran systemd-sysusers: {name} runs as system user {user}"),
+                        _ => eprintln!(
+                            "baton init: `systemd-sysusers {}` failed; run it yourself, or {name}.service cannot start (no user {user})",
+                            entry.display()
+                        ),
+                    }
+                }
+                Ok(Account::Dedicated(user)) => {
+                    println!(
+                        "{name} runs as system user {user}: create it with `systemd-sysusers` from the entry above"
+                    )
+                }
+                Ok(Account::Root) => eprintln!(
+                    "baton init: WARNING: {name} will run as root. A flaw in the app then hands root to \
+                     whoever exploits it (the sandbox drops every capability, but root still owns most \
+                     of the system's files). Prefer the default (a system user of its own) or --user USER."
+                ),
+                _ => {}
             }
             // `systemctl enable` reloads too, but a plain `start` would not.
             if default_units && std::path::Path::new("/run/systemd/system").exists() {
