@@ -1365,7 +1365,6 @@ fn the_sandboxed_unit_runs_every_example_app() {
         &|| config_dir_elsewhere(&s),
         &|| s.diagnostics("elsewhere"),
     );
-    drop(run);
     drop(s);
     say("\n=== sandbox tests: summary");
     for (name, outcome) in &results {
