@@ -264,13 +264,20 @@ fn check_chain(dir: &Path, owner: u32) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// The directory a socket path lives in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        Some(_) => Path::new("."),
+        None => Path::new("/"),
+    }
+}
+
 /// Binds the control socket, replacing a stale one but never stealing one
 /// that a live supervisor still answers on.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     use nix::sys::stat::{Mode, umask};
-    if let Some(dir) = path.parent() {
-        secure_dir(dir, nix::unistd::Uid::current().as_raw())?;
-    }
+    secure_dir(parent_dir(path), nix::unistd::Uid::current().as_raw())?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ControlError::AlreadyRunning { path: path.to_owned() });
@@ -301,7 +308,7 @@ pub fn check_server(path: &Path, stream: &UnixStream) -> Result<(), ControlError
     if peer == me || peer == 0 {
         return Ok(());
     }
-    let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
+    let dir = parent_dir(path).to_owned();
     if me == 0 && check_chain(&dir, peer).is_ok() {
         return Ok(());
     }
