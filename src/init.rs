@@ -385,6 +385,7 @@ mod tests {
             "Type=notify",
             "ExecReload=/usr/bin/baton reload myapp",
             "KillMode=mixed",
+            "Delegate=yes",
             "Restart=on-failure",
             "WatchdogSec=30s",
             "RuntimeDirectory=baton/myapp",
