@@ -30,6 +30,13 @@ use crate::spawn::RESERVED_ENV;
 
 /// The largest `workers` accepted.
 pub const MAX_WORKERS: usize = 1024;
+/// The longest duration any key accepts. Generous for every timeout and
+/// backoff an app needs, and far from where adding it to a clock overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// How [`MAX_DURATION`] is written in messages and the README.
+const MAX_DURATION_TEXT: &str = "24h";
+/// The largest `[restart] limit`: each slot remembers that many crash times.
+pub const MAX_RESTART_LIMIT: u32 = 1000;
 /// Where `baton NAME` looks for `NAME.toml` unless `BATON_CONFIG_DIR` is set.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/baton";
 /// Overrides [`DEFAULT_CONFIG_DIR`] (tests use it).
@@ -127,6 +134,7 @@ pub struct Restart {
     /// At least `delay`.
     pub max_delay: Duration,
     /// More crashes than this within `window` and the worker slot is given up.
+    /// At most [`MAX_RESTART_LIMIT`].
     pub limit: u32,
     /// Always > 0.
     pub window: Duration,
@@ -972,13 +980,10 @@ impl<'t> Walker<'t> {
                 "limit" => {
                     let found = self.describe(f.item);
                     match f.item.as_integer().map(u32::try_from) {
-                        Some(Ok(limit)) => raw.restart_limit = Some(limit),
+                        Some(Ok(limit)) if limit <= MAX_RESTART_LIMIT => raw.restart_limit = Some(limit),
                         _ => self.report(
                             f.span(),
-                            format!(
-                                "[restart] limit must be a whole number from 0 to {}, found {found}",
-                                u32::MAX
-                            ),
+                            format!("[restart] limit must be a whole number from 0 to {MAX_RESTART_LIMIT}, found {found}"),
                         ),
                     }
                 }
@@ -994,7 +999,11 @@ impl<'t> Walker<'t> {
             Some(Value::String(s)) => {
                 let text = s.value().trim();
                 match humantime::parse_duration(text) {
-                    Ok(d) => return Some(d),
+                    Ok(d) if d <= MAX_DURATION => return Some(d),
+                    Ok(_) => format!(
+                        "{} must be at most {MAX_DURATION_TEXT}, found {found}",
+                        field.label
+                    ),
                     Err(_) if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) => {
                         format!(
                             r#"{} must be {LIKE}, found {found}: add a unit, e.g. "{text}s""#,
@@ -1725,7 +1734,7 @@ address = "8080"
                 r#"/etc/baton/myapp.toml:3:11: workers must be a positive integer or "auto", found 0"#,
                 r#"/etc/baton/myapp.toml:6:10: [stop] signal "SIGKIL" is not a signal name; use a name like SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 or SIGUSR2"#,
                 r#"/etc/baton/myapp.toml:7:11: [stop] timeout must be a duration like "30s", "250ms" or "1m 30s", found 30: a bare number has no unit; write "30s" for seconds or "30ms" for milliseconds"#,
-                r#"/etc/baton/myapp.toml:10:9: [restart] limit must be a whole number from 0 to 4294967295, found -1"#,
+                r#"/etc/baton/myapp.toml:10:9: [restart] limit must be a whole number from 0 to 1000, found -1"#,
                 r#"/etc/baton/myapp.toml:13:11: [[listen]] address "8080" is not valid: a bare port is not an address: write "0.0.0.0:8080" (all IPv4 interfaces) or "[::]:8080" (all interfaces)"#,
             ]
         );
@@ -1847,6 +1856,69 @@ timeout = "10s"
         assert!(
             problem("command = [\"x\"]\n[restart]\nwindow = \"0s\"\n")
                 .contains("[restart] window must be greater than 0")
+        );
+    }
+
+    #[test]
+    fn every_duration_is_bounded() {
+        // 2^64-1 seconds parses as a Duration, and adding it to a clock
+        // panics: each key must reject it, with its position.
+        let huge = "\"18446744073709551615s\"";
+        for (section, key) in [
+            ("readiness", "timeout"),
+            ("readiness", "delay"),
+            ("stop", "timeout"),
+            ("restart", "delay"),
+            ("restart", "max_delay"),
+            ("restart", "window"),
+            ("watchdog", "timeout"),
+        ] {
+            let mode = if key == "delay" && section == "readiness" {
+                "mode = \"delay\"\n"
+            } else {
+                ""
+            };
+            let text = format!("command = [\"x\"]\n[{section}]\n{mode}{key} = {huge}\n");
+            let line = if mode.is_empty() { 3 } else { 4 };
+            assert_eq!(
+                problems(&text),
+                vec![format!(
+                    "/etc/baton/myapp.toml:{line}:{}: [{section}] {key} must be at most 24h, found {}",
+                    key.len() + 4,
+                    huge
+                )],
+                "{text}"
+            );
+            // The bound itself is accepted...
+            let text = format!("command = [\"x\"]\n[{section}]\n{mode}{key} = \"24h\"\n");
+            let text = text.replace("[restart]\ndelay", "[restart]\nmax_delay = \"24h\"\ndelay");
+            ok(&text);
+            // ...and one nanosecond more is not.
+            let text = format!("command = [\"x\"]\n[{section}]\n{mode}{key} = \"24h 1ns\"\n");
+            assert!(problem(&text).contains("must be at most 24h"), "{text}");
+        }
+        assert_eq!(MAX_DURATION, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        assert_eq!(ok("command = [\"x\"]\nrestart.limit = 1000\n").restart.limit, 1000);
+        assert_eq!(
+            problem("command = [\"x\"]\nrestart.limit = 1001\n"),
+            "/etc/baton/myapp.toml:2:17: [restart] limit must be a whole number from 0 to 1000, found 1001"
+        );
+        assert_eq!(
+            problem("command = [\"x\"]\nrestart.limit = 4294967296\n"),
+            "/etc/baton/myapp.toml:2:17: [restart] limit must be a whole number from 0 to 1000, found 4294967296"
+        );
+        assert_eq!(ok("command = [\"x\"]\nworkers = 1024\n").workers, 1024);
+        assert_eq!(
+            problem("command = [\"x\"]\nworkers = 1025\n"),
+            "/etc/baton/myapp.toml:2:11: workers must be at most 1024, found 1025"
+        );
+        assert_eq!(
+            problem("command = [\"x\"]\nworkers = 9223372036854775807\n"),
+            "/etc/baton/myapp.toml:2:11: workers must be at most 1024, found 9223372036854775807"
         );
     }
 

@@ -47,6 +47,17 @@ use tokio::time::Instant;
 use crate::config::ReloadStrategy;
 use crate::spec::GenSpec;
 
+/// `now + d`, saturating at a far-off instant instead of panicking.
+///
+/// The config bounds its durations, but a worker's EXTEND_TIMEOUT_USEC is
+/// any u64, and no input may overflow the clock. About 30 years is what
+/// tokio itself uses for "never"; a monotonic clock (time since boot) is
+/// nowhere near overflowing with that added, so the fallback is unreachable.
+pub fn after(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    now.checked_add(d.min(FAR)).unwrap_or(now)
+}
+
 pub type GenId = u64;
 pub type WorkerId = u64;
 /// A control-socket client waiting for a reload's answer.
@@ -495,14 +506,14 @@ impl Supervisor {
             return;
         }
         let Some(policy) = self.policy_of(worker) else { return };
-        let ready_at = now + policy.ready_timeout;
+        let ready_at = after(now, policy.ready_timeout);
         let delay = policy.ready_delay;
         if let Some(w) = self.workers.get_mut(&worker) {
             w.deadline = Some(ready_at);
         }
         self.arm(ready_at, Timer::Ready(worker));
         if let Some(delay) = delay {
-            self.arm(now + delay, Timer::Delay(worker));
+            self.arm(after(now, delay), Timer::Delay(worker));
         }
     }
 
@@ -539,7 +550,7 @@ impl Supervisor {
             Notify::MainPid(pid) => w.main_pid = Some(pid),
             Notify::ExtendTimeout(by) => {
                 if matches!(w.state, WorkerState::Starting | WorkerState::Stopping) {
-                    let extended = now + by;
+                    let extended = after(now, by);
                     if w.deadline.is_none_or(|d| d < extended) {
                         w.deadline = Some(extended);
                     }
@@ -548,7 +559,7 @@ impl Supervisor {
             Notify::Watchdog => {
                 if let Some(interval) = self.policy_of(worker).and_then(|p| p.watchdog) {
                     if let Some(w) = self.workers.get_mut(&worker) {
-                        w.watchdog_deadline = Some(now + interval);
+                        w.watchdog_deadline = Some(after(now, interval));
                     }
                 }
             }
@@ -853,7 +864,7 @@ impl Supervisor {
         }
         let Some((signal, timeout, message)) = stop else { return };
         w.state = WorkerState::Stopping;
-        let deadline = now + timeout;
+        let deadline = after(now, timeout);
         w.deadline = Some(deadline);
         let target = w.signal_target();
         self.clear_slot(generation, slot, worker);
@@ -861,7 +872,7 @@ impl Supervisor {
             // PM2's shutdown_with_message: the message first, the signal at
             // half time, SIGKILL at the deadline, all within one timeout.
             self.push(Action::StopMessage { worker });
-            self.arm(now + timeout / 2, Timer::Escalate(worker));
+            self.arm(after(now, timeout / 2), Timer::Escalate(worker));
         } else if let Some(pid) = target {
             self.push(Action::Signal { worker, pid, signal });
         }
@@ -902,10 +913,10 @@ impl Supervisor {
         w.deadline = None;
         let (generation, slot) = (w.generation, w.slot);
         if let Some(interval) = watchdog {
-            w.watchdog_deadline = Some(now + interval);
+            w.watchdog_deadline = Some(after(now, interval));
             if !w.watchdog_armed {
                 w.watchdog_armed = true;
-                self.arm(now + interval, Timer::Watchdog(worker));
+                self.arm(after(now, interval), Timer::Watchdog(worker));
             }
         }
         if Some(generation) == self.candidate {
@@ -1272,7 +1283,7 @@ impl Supervisor {
         s.restart_pending = true;
         s.restart_seq += 1;
         let seq = s.restart_seq;
-        self.arm(now + delay, Timer::Restart { generation, slot, seq });
+        self.arm(after(now, delay), Timer::Restart { generation, slot, seq });
     }
 
     fn restart_slot(&mut self, now: Instant, generation: GenId, slot: usize, seq: u64) {

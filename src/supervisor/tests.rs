@@ -2492,3 +2492,71 @@ async fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
     h.memory(2);
     h.expect(&[]);
 }
+
+// ---- bounded time ----------------------------------------------------------
+
+/// Durations far beyond what the config accepts (2^64 s), and a worker's
+/// EXTEND_TIMEOUT_USEC of u64::MAX µs: every deadline saturates instead of
+/// overflowing the clock, which used to panic baton ("overflow when adding
+/// duration to instant") at start, at the first crash, and when a reload
+/// retired the generation that pinned them.
+#[tokio::test(start_paused = true)]
+async fn huge_durations_saturate_instead_of_panicking() {
+    let huge = Duration::MAX;
+    let mut p = policy(2, Parallel);
+    p.ready_timeout = huge;
+    p.stop_timeout = huge;
+    p.restart.delay = huge;
+    p.restart.max_delay = huge;
+    p.restart.window = huge;
+    p.watchdog = Some(huge);
+    p.stop_message = true;
+    let mut h = H::new();
+    h.start(spec_of("v1", p.clone()));
+    h.take();
+    let far = Instant::now() + secs(20 * 365 * 24 * 3600);
+    assert!(h.armed(Timer::Ready(1)).is_some_and(|at| at > far));
+    h.send(1, Notify::ExtendTimeout(Duration::from_micros(u64::MAX)));
+    h.ready(1, 0);
+    h.ready(1, 1);
+    assert_eq!(h.sup.serving, Some(1));
+    h.send(1, Notify::Watchdog);
+    assert!(h.armed(Timer::Watchdog(1)).is_some_and(|at| at > far));
+
+    // A crash arms its restart in the far future.
+    h.crash(1, 1, FAIL);
+    h.take();
+    assert!(
+        h.timers
+            .iter()
+            .any(|(at, _, t)| matches!(t, Timer::Restart { .. }) && *at > far)
+    );
+
+    // A reload retires generation 1: its stop message and deadlines too.
+    h.reload(1);
+    let mut p2 = p.clone();
+    p2.ready_delay = Some(huge);
+    h.load(spec_of("v2", p2));
+    h.ready(2, 0);
+    h.ready(2, 1);
+    assert_eq!(h.sup.serving, Some(2));
+    assert!(h.armed(Timer::Stop(1)).is_some_and(|at| at > far));
+    assert!(h.armed(Timer::Escalate(1)).is_some_and(|at| at > far));
+    h.advance(secs(3600)).await;
+    h.exit_worker(1, TERMED);
+    h.stop();
+    h.exit_signalled();
+    let left: Vec<WorkerId> = h.alive.keys().copied().collect();
+    for w in left {
+        h.exit_worker(w, TERMED);
+    }
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn after_saturates() {
+    let now = Instant::now();
+    assert_eq!(after(now, secs(5)), now + secs(5));
+    assert!(after(now, Duration::MAX) > now + secs(20 * 365 * 24 * 3600));
+    assert_eq!(after(now, Duration::MAX), after(now, Duration::from_secs(u64::MAX / 2)));
+}
