@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
@@ -95,7 +96,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         control,
         log,
         notify_socket: inherited.notify_socket,
-        watchdog: inherited.watchdog_usec.map(std::time::Duration::from_micros),
+        watchdog: inherited.watchdog_usec.and_then(watchdog_timeout),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -118,9 +119,26 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
     };
     // Dropping the runtime drops the pumps, and with them the last handles
     // on the writer, which then writes what is queued and ends.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    runtime.shutdown_timeout(Duration::from_secs(1));
     let _ = log_thread.join();
     code
+}
+
+/// systemd's WATCHDOG_USEC for baton, as a timeout baton can keep.
+///
+/// 0 and u64::MAX (USEC_INFINITY) mean "no watchdog" to sd_watchdog_enabled(3),
+/// and so here; a zero timeout once made a zero-length ping interval, which
+/// panics tokio. Other values are clamped to 20 ms..2 h: baton pings at half
+/// the timeout, and pinging more often than asked is harmless, while a
+/// sub-millisecond interval would only spin.
+pub fn watchdog_timeout(usec: u64) -> Option<Duration> {
+    const MIN: Duration = Duration::from_millis(20);
+    const MAX: Duration = Duration::from_secs(2 * 60 * 60);
+    if usec == 0 || usec == u64::MAX {
+        tracing::warn!("ignoring WATCHDOG_USEC={usec}: it means no watchdog");
+        return None;
+    }
+    Some(Duration::from_micros(usec).clamp(MIN, MAX))
 }
 
 /// The control socket a client command should talk to.
@@ -338,4 +356,18 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_usec_zero_and_infinity_are_off_and_the_rest_is_clamped() {
+        assert_eq!(watchdog_timeout(0), None);
+        assert_eq!(watchdog_timeout(u64::MAX), None);
+        assert_eq!(watchdog_timeout(1), Some(Duration::from_millis(20)));
+        assert_eq!(watchdog_timeout(30_000_000), Some(Duration::from_secs(30)));
+        assert_eq!(watchdog_timeout(u64::MAX - 1), Some(Duration::from_secs(7200)));
+    }
 }

@@ -143,6 +143,14 @@ struct Driver {
     status_line: String,
 }
 
+/// The wall-clock time `ago` before now; a clock set back near 1970 (a
+/// board without RTC) must not make the subtraction panic.
+fn wall_clock_ago(ago: Duration) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 /// Supervises until stopped. Returns the exit code (DESIGN 1.1).
 ///
 /// `shutdown` is the same as SIGTERM; tests use it to stop an in-process
@@ -205,7 +213,10 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     }
     // WATCHDOG=1 goes out from this loop itself: a wedged loop stops pinging
     // and systemd's watchdog catches it.
-    let mut watchdog = tokio::time::interval(driver.ctx.watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
+    // A zero period panics tokio; `commands::watchdog_timeout` keeps it far
+    // from that, and this keeps it so for any caller.
+    let ping = driver.ctx.watchdog.map_or(Duration::from_secs(3600), |w| w / 2);
+    let mut watchdog = tokio::time::interval(ping.max(Duration::from_millis(1)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // While starting, reloading or stopping, ask systemd to keep waiting;
     // baton's own readiness and stop deadlines bound these phases.
@@ -255,7 +266,7 @@ impl Driver {
         let at = snapshot
             .last_reload
             .as_ref()
-            .map(|r| humantime::format_rfc3339_seconds(SystemTime::now() - now.duration_since(r.finished)).to_string());
+            .map(|r| humantime::format_rfc3339_seconds(wall_clock_ago(now.duration_since(r.finished))).to_string());
         status::summary(&snapshot, at.as_deref())
     }
 
@@ -733,7 +744,7 @@ impl Driver {
                 .collect(),
             last_reload_at: snapshot.last_reload.as_ref().map(|r| {
                 let ago = now.duration_since(r.finished);
-                humantime::format_rfc3339_seconds(SystemTime::now() - ago).to_string()
+                humantime::format_rfc3339_seconds(wall_clock_ago(ago)).to_string()
             }),
             supervisor: snapshot,
         };
