@@ -41,7 +41,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
     let config = match config::load(&source, &overrides) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("baton: {e}");
+            eprintln!("baton: {}", chain(&e));
             return EX_CONFIG;
         }
     };
@@ -61,7 +61,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         None => match activation::bind_all(&config.listen) {
             Ok(l) => (l, false),
             Err(e @ activation::ActivationError::Nothing) => {
-                eprintln!("baton: {e}");
+                eprintln!("baton: {}", chain(&e));
                 return EX_CONFIG;
             }
             Err(e) => {
@@ -288,7 +288,7 @@ pub fn check(target: Target) -> i32 {
             EX_CONFIG
         }
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", chain(&e));
             EX_CONFIG
         }
     }
@@ -337,16 +337,19 @@ fn validate_runnable(config: &Config) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| {
             format!(
-                "{}: {e}",
+                "{}: {}",
                 config
                     .source
                     .as_ref()
-                    .map_or("command line".into(), |p| p.display().to_string())
+                    .map_or("command line".into(), |p| p.display().to_string()),
+                chain(&e)
             )
         })
 }
 
-/// An error and its causes on one line, ripgrep style.
+/// An error and its causes on one line, ripgrep style: the one reporter for
+/// every command, so each cause is printed exactly once (the error enums'
+/// messages never repeat their `#[source]`).
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

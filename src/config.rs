@@ -35,6 +35,8 @@ pub const MAX_WORKERS: usize = 1024;
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// How [`MAX_DURATION`] is written in messages and the README.
 const MAX_DURATION_TEXT: &str = "24h";
+/// The largest config file read, in bytes.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// The largest `[restart] limit`: each slot remembers that many crash times.
 pub const MAX_RESTART_LIMIT: u32 = 1000;
 /// Where `baton NAME` looks for `NAME.toml` unless `BATON_CONFIG_DIR` is set.
@@ -193,12 +195,16 @@ pub enum Source {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The reason (missing, permissions, a directory...) is the source:
+    /// print the error with `commands::chain`.
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {path}: it is larger than {max} bytes, which no config needs", max = MAX_CONFIG_BYTES)]
+    TooLarge { path: PathBuf },
     /// Every problem found, sorted by position.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
@@ -232,10 +238,7 @@ impl fmt::Display for Problem {
 pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, ConfigError> {
     match source {
         Source::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text = read(path)?;
             parse(&text, path, overrides)
         }
         Source::Quick => {
@@ -243,6 +246,43 @@ pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, ConfigErro
             build(&mut walker, Raw::default(), Origin::Quick, overrides)
         }
     }
+}
+
+/// A config file's text. Bytes that are not UTF-8 are a problem with a
+/// position, like any other; the size is capped so that `--config /dev/zero`
+/// cannot eat the memory of a running supervisor on reload.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        // The prefix is valid UTF-8, so positions count characters there.
+        let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        let (line, column) = position(prefix, valid);
+        ConfigError::Invalid(vec![Problem {
+            file: path.display().to_string(),
+            line,
+            column,
+            message: format!(
+                "invalid UTF-8 (byte 0x{:02x}); a config file must be UTF-8 text",
+                bytes.get(valid).copied().unwrap_or_default()
+            ),
+        }])
+    })
 }
 
 /// Parse text that came from `path` (used for messages, the default name and
@@ -983,7 +1023,9 @@ impl<'t> Walker<'t> {
                         Some(Ok(limit)) if limit <= MAX_RESTART_LIMIT => raw.restart_limit = Some(limit),
                         _ => self.report(
                             f.span(),
-                            format!("[restart] limit must be a whole number from 0 to {MAX_RESTART_LIMIT}, found {found}"),
+                            format!(
+                                "[restart] limit must be a whole number from 0 to {MAX_RESTART_LIMIT}, found {found}"
+                            ),
                         ),
                     }
                 }
@@ -1000,10 +1042,7 @@ impl<'t> Walker<'t> {
                 let text = s.value().trim();
                 match humantime::parse_duration(text) {
                     Ok(d) if d <= MAX_DURATION => return Some(d),
-                    Ok(_) => format!(
-                        "{} must be at most {MAX_DURATION_TEXT}, found {found}",
-                        field.label
-                    ),
+                    Ok(_) => format!("{} must be at most {MAX_DURATION_TEXT}, found {found}", field.label),
                     Err(_) if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) => {
                         format!(
                             r#"{} must be {LIKE}, found {found}: add a unit, e.g. "{text}s""#,
@@ -2558,8 +2597,50 @@ DEBUG = false
         let missing = dir.path().join("missing.toml");
         let err = load(&Source::File(missing.clone()), &Overrides::default()).unwrap_err();
         assert!(matches!(&err, ConfigError::Read { path, .. } if *path == missing));
-        assert_eq!(err.to_string(), format!("cannot read {}", missing.display()));
-        assert!(std::error::Error::source(&err).is_some());
+        assert_eq!(
+            crate::commands::chain(&err),
+            format!(
+                "cannot read {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+
+        let err = load(&Source::File(dir.path().to_owned()), &Overrides::default()).unwrap_err();
+        assert_eq!(
+            crate::commands::chain(&err),
+            format!("cannot read {}: Is a directory (os error 21)", dir.path().display())
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_has_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, b"command = [\"x\"]\n# caf\xc3\xa9 \xff\xfe\n").unwrap();
+        let err = load(&Source::File(path.clone()), &Overrides::default()).unwrap_err();
+        assert_eq!(
+            crate::commands::chain(&err),
+            format!(
+                "{}:2:8: invalid UTF-8 (byte 0xff); a config file must be UTF-8 text",
+                path.display()
+            )
+        );
+        // A truncated sequence at the very end too.
+        std::fs::write(&path, b"command = [\"x\"]\xe2\x82").unwrap();
+        let err = load(&Source::File(path.clone()), &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(":1:16: invalid UTF-8 (byte 0xe2); a config file must be UTF-8 text")
+        );
+    }
+
+    #[test]
+    fn huge_files_are_refused_without_reading_them_whole() {
+        let err = load(&Source::File("/dev/zero".into()), &Overrides::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read /dev/zero: it is larger than 16777216 bytes, which no config needs"
+        );
     }
 
     #[test]

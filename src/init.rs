@@ -55,7 +55,7 @@ pub enum InitError {
     NoCommand,
     #[error("at least one --listen ADDR is needed (the socket unit listens there)")]
     NoListen,
-    #[error("the generated config is invalid:\n{0}")]
+    #[error("the generated config is invalid")]
     Invalid(#[source] config::ConfigError),
     #[error("cannot write {path}")]
     Write {

@@ -64,7 +64,7 @@ pub enum RunError {
     Control(#[from] control::ControlError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
 }
 
@@ -146,9 +146,7 @@ struct Driver {
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
 /// board without RTC) must not make the subtraction panic.
 fn wall_clock_ago(ago: Duration) -> SystemTime {
-    SystemTime::now()
-        .checked_sub(ago)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
+    SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// Supervises until stopped. Returns the exit code (DESIGN 1.1).
@@ -453,7 +451,7 @@ impl Driver {
 
     /// Re-reads the config for a reload. The sockets stay as they are.
     fn load_spec(&self) -> Result<Arc<GenSpec>, String> {
-        let config = config::load(&self.ctx.source, &self.ctx.overrides).map_err(|e| e.to_string())?;
+        let config = config::load(&self.ctx.source, &self.ctx.overrides).map_err(|e| crate::commands::chain(&e))?;
         if !self.ctx.socket_activated {
             let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
             let before: Vec<String> = self.ctx.config.listen.iter().map(|l| l.address.to_string()).collect();
@@ -465,7 +463,7 @@ impl Driver {
         }
         GenSpec::resolve(&config, self.ctx.path.as_deref())
             .map(Arc::new)
-            .map_err(|e| e.to_string())
+            .map_err(|e| crate::commands::chain(&e))
     }
 
     fn tail_of(&self, worker: WorkerId) -> Vec<String> {
@@ -564,11 +562,11 @@ impl Driver {
             false => None,
         };
         let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::commands::chain(&e))?;
         let mut fds = vec![self.devnull.as_fd(), out_w.as_fd(), err_w.as_fd()];
         fds.extend(self.listeners.iter().map(|l| l.fd()));
         fds.extend(channel.as_ref().map(|c| c.child.as_fd()));
-        let pid = cmd.spawn(&fds).map_err(|e| e.to_string())?.as_raw();
+        let pid = cmd.spawn(&fds).map_err(|e| crate::commands::chain(&e))?.as_raw();
         drop((out_w, err_w));
         let (ipc, ipc_task) = match channel {
             Some(channel) => {

@@ -71,7 +71,10 @@ fn run_rejects_an_overflowing_stop_timeout_instead_of_panicking_later() {
     let status = baton.wait_exit(Duration::from_secs(10)).expect("baton did not exit");
     let log = baton.log();
     assert_eq!(status.code(), Some(78), "{log}");
-    assert!(log.contains("app.toml:10:11: [stop] timeout must be at most 24h"), "{log}");
+    assert!(
+        log.contains("app.toml:10:11: [stop] timeout must be at most 24h"),
+        "{log}"
+    );
     assert!(!log.contains("panicked"), "{log}");
 }
 
@@ -105,7 +108,10 @@ fn the_largest_durations_survive_reloads_crashes_and_a_rejected_reload() {
     let out = baton.reload();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("app.toml:10:11: [stop] timeout must be at most 24h"), "{stderr}");
+    assert!(
+        stderr.contains("app.toml:10:11: [stop] timeout must be at most 24h"),
+        "{stderr}"
+    );
     // Back to the largest durations: the next reload replaces generation 4.
     baton.write_config(&config);
     baton.reload_times(1, Duration::ZERO);
@@ -189,22 +195,19 @@ fn run_with_watchdog_usec(usec: &str) {
     );
     assert!(child.try_wait().unwrap().is_none(), "baton died:\n{}", log());
     let out = client(&["reload"]);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), log());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
     seen.extend(systemd.read_for(Duration::from_millis(500)));
     assert!(
         !seen.iter().any(|m| m.contains("WATCHDOG=1")),
         "WATCHDOG_USEC={usec} means no watchdog, yet baton pinged: {seen:?}"
     );
-    assert!(
-        log().contains(&format!("ignoring WATCHDOG_USEC={usec}")),
-        "{}",
-        log()
-    );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::SIGTERM,
-    )
-    .unwrap();
+    assert!(log().contains(&format!("ignoring WATCHDOG_USEC={usec}")), "{}", log());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
     let mut status = None;
     assert!(wait_until(Duration::from_secs(20), || {
         status = child.try_wait().unwrap();
