@@ -225,3 +225,24 @@ fn watchdog_usec_zero_means_no_watchdog() {
 fn watchdog_usec_infinity_means_no_watchdog() {
     run_with_watchdog_usec("18446744073709551615");
 }
+
+/// `check` runs as ExecStartPre: 100,000 unknown keys once took a minute
+/// (a quadratic position lookup) and printed 100,000 lines. The time is in
+/// docs/bench/check.md (bench/check.sh); here, the output is capped.
+#[test]
+fn check_of_100000_unknown_keys_shows_50_problems_and_counts_the_rest() {
+    let mut text = String::from("command = [\"sleep\", \"1\"]\n");
+    for i in 0..100_000 {
+        text.push_str(&format!("key{i:06} = 1\n"));
+    }
+    let out = check(&text);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{}", &stderr[..stderr.len().min(2000)]);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 51, "{}", &stderr[..stderr.len().min(2000)]);
+    for (i, line) in lines[..50].iter().enumerate() {
+        let want = format!("app.toml:{}:1: unknown key \"key{i:06}\" in the top level", i + 2);
+        assert!(line.contains(&want), "line {i}: {line}");
+    }
+    assert_eq!(lines[50], "... and 99950 more errors");
+}
