@@ -433,7 +433,12 @@ impl Driver {
                     }
                 }
                 Action::ReloadDone { clients, result } => self.reload_done(clients, result),
-                Action::WorkerFailed { fault, context } => self.log_fault(&fault, context),
+                Action::WorkerFailed { fault, context } => self.log_fault(&fault, &context),
+                Action::Log { level, text } => match level {
+                    tracing::Level::ERROR => tracing::error!("{text}"),
+                    tracing::Level::WARN => tracing::warn!("{text}"),
+                    _ => tracing::info!("{text}"),
+                },
                 Action::Phase(p) => {
                     tracing::debug!("phase: {p:?}");
                     self.phase.send_replace(p);
