@@ -5,6 +5,12 @@
 //! subreaper, so orphaned grandchildren come here too), turns signals into
 //! intents (HUP → reload, TERM/INT → stop), and hears from per-worker tasks:
 //! notify sockets, output pumps and timers, plus control-socket clients.
+//!
+//! Each worker's process tree is a cgroup of its own when systemd delegated
+//! baton's cgroup, a process group otherwise (see `cgroup`). Whatever reads
+//! /proc (the memory sampler, the memory figures of `status`) runs on the
+//! blocking pool and reports back through the event channel, so the loop,
+//! and with it the WATCHDOG=1 ping, never waits on it.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::activation::Listener;
+use crate::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::{self, Command, ReloadAnswer, Reply};
 use crate::notify::{self, Endpoint, RateLimit, Received};
@@ -84,6 +91,13 @@ enum Event {
     },
     Timer(Timer),
     Control(Command),
+    /// A memory sample, measured off the event loop.
+    Memory(HashMap<WorkerId, u64>),
+    /// `baton status`, its memory figures measured off the event loop.
+    Status {
+        reply: tokio::sync::oneshot::Sender<serde_json::Value>,
+        memory: HashMap<WorkerId, u64>,
+    },
 }
 
 /// Per-worker I/O the driver owns.
@@ -104,6 +118,8 @@ struct WorkerIo {
     memory_limit: Option<u64>,
     over_limit: u32,
     stop_message: Option<String>,
+    /// The worker's own cgroup, in cgroup mode.
+    cgroup: Option<Arc<WorkerCgroup>>,
 }
 
 /// How often EXTEND_TIMEOUT_USEC is sent while busy, and by how much.
@@ -141,6 +157,13 @@ struct Driver {
     systemd: Option<Notifier>,
     /// The last STATUS= sent, to send only changes.
     status_line: String,
+    /// baton's delegated cgroup (cgroup mode), or why process groups hold
+    /// the workers instead.
+    tree: Result<Arc<cgroup::Tree>, String>,
+    /// A memory sample is being measured.
+    sampling: bool,
+    /// Removals of emptied worker cgroups, awaited (bounded) before exit.
+    cleanup: tokio_util::task::TaskTracker,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -148,6 +171,10 @@ struct Driver {
 fn wall_clock_ago(ago: Duration) -> SystemTime {
     SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
 }
+
+/// How long an exited worker's cgroup may take to empty before baton
+/// leaves it to systemd.
+const CGROUP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Supervises until stopped. Returns the exit code (DESIGN 1.1).
 ///
@@ -157,6 +184,25 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     nix::sys::prctl::set_child_subreaper(true).map_err(RunError::Subreaper)?;
     let devnull = std::fs::File::open("/dev/null").map_err(RunError::DevNull)?.into();
     let spec = GenSpec::resolve(&ctx.config, ctx.path.as_deref())?;
+    let tree = tokio::task::spawn_blocking(cgroup::Tree::setup)
+        .await
+        .unwrap_or_else(|e| Err(format!("cgroup setup failed: {e}")))
+        .map(Arc::new);
+    match &tree {
+        Ok(t) => {
+            tracing::info!(
+                "process tree: a cgroup per worker under the delegated {} (baton in {}/{})",
+                t.path(),
+                t.path(),
+                cgroup::SUPERVISOR
+            );
+            tracing::info!("worker memory: {}", t.memory_source());
+            if t.stale > 0 {
+                tracing::info!("removed {} empty worker cgroups an earlier baton left", t.stale);
+            }
+        }
+        Err(why) => tracing::info!("process tree: a process group per worker ({why})"),
+    }
 
     // Signal handlers first: a SIGCHLD before they exist would be lost.
     let mut sigchld = signal(SignalKind::child()).map_err(RunError::Signals)?;
@@ -205,6 +251,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         ctx,
         timers: HashMap::new(),
         status_line: String::new(),
+        tree,
+        sampling: false,
+        cleanup: tokio_util::task::TaskTracker::new(),
     };
     if driver.systemd.is_some() {
         tracing::debug!("notifying systemd");
@@ -251,6 +300,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     if let Some(n) = &driver.systemd {
         n.status(&format!("stopped (exit code {code})"));
     }
+    driver.remove_cgroups(&mut sigchld).await;
     server.abort();
     forward.abort();
     let _ = std::fs::remove_file(&control_path);
@@ -323,6 +373,10 @@ impl Driver {
                     }
                 }
                 if let Some(io) = self.workers.remove(&worker) {
+                    if let Some(cg) = io.cgroup.clone() {
+                        self.cleanup
+                            .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
+                    }
                     io.notify.abort();
                     if let Some(task) = &io.ipc_task {
                         task.abort();
@@ -336,9 +390,11 @@ impl Driver {
             }
             Event::Notify { worker, received } => self.notified(now, worker, received),
             Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
-            Event::Control(Command::Status { reply }) => {
-                let _ = reply.send(self.status_json(now));
+            Event::Control(Command::Status { reply }) => self.measure_for_status(reply),
+            Event::Status { reply, memory } => {
+                let _ = reply.send(self.status_json(now, &memory));
             }
+            Event::Memory(used) => self.memory_sampled(used),
             Event::Control(Command::Reload { wait, replies }) => {
                 let client = self.next_client;
                 self.next_client += 1;
@@ -406,10 +462,20 @@ impl Driver {
                     let _ = kill(Pid::from_raw(pid), signal);
                 }
                 Action::StopMessage { worker } => self.send_stop_message(worker),
-                Action::KillGroup { worker, pgid } => {
-                    tracing::warn!("worker #{worker} (pid {pgid}) did not stop in time; killing its process group");
-                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-                }
+                Action::KillGroup { worker, pgid } => match self.workers.get(&worker).and_then(|io| io.cgroup.as_ref())
+                {
+                    Some(cg) => {
+                        tracing::warn!(
+                            "worker #{worker} (pid {pgid}) did not stop in time; killing its cgroup {}",
+                            cg.path()
+                        );
+                        cg.kill();
+                    }
+                    None => {
+                        tracing::warn!("worker #{worker} (pid {pgid}) did not stop in time; killing its process group");
+                        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                    }
+                },
                 Action::Arm { at, timer } => {
                     let events = self.events.clone();
                     let task = tokio::spawn(async move {
@@ -568,10 +634,34 @@ impl Driver {
         };
         let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
             .map_err(|e| crate::commands::chain(&e))?;
+        let cgroup = match &self.tree {
+            Ok(tree) => {
+                let (cg, procs) = tree
+                    .worker(generation, slot, worker)
+                    .map_err(|e| format!("cannot create its cgroup: {e}"))?;
+                Some((cg, procs))
+            }
+            Err(_) => None,
+        };
+        if let Some((_, procs)) = &cgroup {
+            cmd.join_cgroup(procs.as_fd());
+        }
         let mut fds = vec![self.devnull.as_fd(), out_w.as_fd(), err_w.as_fd()];
         fds.extend(self.listeners.iter().map(|l| l.fd()));
         fds.extend(channel.as_ref().map(|c| c.child.as_fd()));
-        let pid = cmd.spawn(&fds).map_err(|e| crate::commands::chain(&e))?.as_raw();
+        let spawned = cmd.spawn(&fds);
+        let cgroup = cgroup.map(|(cg, _procs)| cg);
+        let pid = match spawned {
+            Ok(pid) => pid.as_raw(),
+            Err(e) => {
+                if let Some(cg) = cgroup {
+                    // The child exits at once; the cgroup goes when it has.
+                    self.cleanup
+                        .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
+                }
+                return Err(crate::commands::chain(&e));
+            }
+        };
         drop((out_w, err_w));
         let (ipc, ipc_task) = match channel {
             Some(channel) => {
@@ -637,6 +727,7 @@ impl Driver {
                 memory_limit: spec.policy.memory_limit,
                 over_limit: 0,
                 stop_message: spec.launch.stop_message.clone(),
+                cgroup,
             },
         );
         Ok(pid)
@@ -666,10 +757,23 @@ impl Driver {
                 },
             };
             let worker = self.pids.remove(&pid.as_raw());
+            let mut status = status;
             if let Some(io) = worker.and_then(|w| self.workers.get(&w)) {
                 // KillMode=mixed semantics: the main process is gone, so
-                // whatever it left in its group goes too.
-                let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
+                // whatever it left in its cgroup (or group) goes too.
+                match &io.cgroup {
+                    Some(cg) => {
+                        cg.kill();
+                        let sigkill =
+                            matches!(status, ExitStatus::Signal { signal, .. } if signal == Signal::SIGKILL as i32);
+                        if sigkill && cg.oom_kills().is_some_and(|n| n > 0) {
+                            status = ExitStatus::OomKilled;
+                        }
+                    }
+                    None => {
+                        let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
+                    }
+                }
             }
             let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
             let Some(worker) = worker else { continue };
@@ -694,17 +798,53 @@ impl Driver {
         }
     }
 
-    /// Samples every worker's memory (its whole process group) against its
-    /// generation's `[limits] memory`.
+    /// What to measure for each worker: its cgroup, or its process group.
+    fn probes(&self, only_limited: bool) -> Vec<(WorkerId, Probe)> {
+        self.workers
+            .iter()
+            .filter(|(_, io)| !only_limited || io.memory_limit.is_some())
+            .map(|(&w, io)| {
+                let probe = match &io.cgroup {
+                    Some(cg) => Probe::Cgroup(cg.clone()),
+                    None => Probe::Group(io.leader),
+                };
+                (w, probe)
+            })
+            .collect()
+    }
+
+    fn memory_source(&self) -> MemorySource {
+        match &self.tree {
+            Ok(tree) => tree.memory_source(),
+            Err(_) => MemorySource::ProcessGroupRss,
+        }
+    }
+
+    /// Starts sampling every limited worker's memory (its whole cgroup or
+    /// process group) against its generation's `[limits] memory`. The
+    /// measuring reads /proc, so it runs on the blocking pool and reports
+    /// back with `Event::Memory`.
     fn sample_memory(&mut self) {
-        if self.workers.values().all(|io| io.memory_limit.is_none()) {
+        if self.sampling {
             return;
         }
-        let rss = status::rss_by_group();
+        let probes = self.probes(true);
+        if probes.is_empty() {
+            return;
+        }
+        self.sampling = true;
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = events.send(Event::Memory(cgroup::measure(&probes)));
+        });
+    }
+
+    fn memory_sampled(&mut self, rss: HashMap<WorkerId, u64>) {
+        self.sampling = false;
         let mut over = Vec::new();
         for (&worker, io) in &mut self.workers {
             let Some(limit) = io.memory_limit else { continue };
-            let used = rss.get(&io.leader).copied().unwrap_or(0);
+            let Some(&used) = rss.get(&worker) else { continue };
             if used > limit {
                 io.over_limit += 1;
                 if io.over_limit == MEMORY_STRIKES {
@@ -724,12 +864,29 @@ impl Driver {
         }
     }
 
-    fn status_json(&self, now: Instant) -> serde_json::Value {
+    /// `baton status`, first step: the memory figures come from /proc or
+    /// cgroupfs, so they are measured on the blocking pool, and the report
+    /// is made when they are back. Measuring before the snapshot means a
+    /// worker the snapshot shows was alive when it was measured.
+    fn measure_for_status(&self, reply: tokio::sync::oneshot::Sender<serde_json::Value>) {
+        let probes = self.probes(false);
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let memory = cgroup::measure(&probes);
+            let _ = events.send(Event::Status { reply, memory });
+        });
+    }
+
+    fn status_json(&self, now: Instant, memory: &HashMap<WorkerId, u64>) -> serde_json::Value {
         let mut snapshot = self.core.snapshot(now);
-        let rss = status::rss_by_group();
         for g in &mut snapshot.generations {
             for w in &mut g.workers {
-                w.rss_bytes = self.workers.get(&w.id).and_then(|io| rss.get(&io.leader).copied());
+                w.rss_bytes = memory.get(&w.id).copied();
+                w.cgroup = self
+                    .workers
+                    .get(&w.id)
+                    .and_then(|io| io.cgroup.as_ref())
+                    .map(|cg| cg.path().to_owned());
             }
         }
         let report = status::Report {
@@ -749,8 +906,35 @@ impl Driver {
                 let ago = now.duration_since(r.finished);
                 humantime::format_rfc3339_seconds(wall_clock_ago(ago)).to_string()
             }),
+            process_tree: match &self.tree {
+                Ok(_) => Mode::Cgroup,
+                Err(_) => Mode::ProcessGroup,
+            },
+            process_tree_detail: match &self.tree {
+                Ok(tree) => format!("delegated cgroup {}", tree.path()),
+                Err(why) => why.clone(),
+            },
+            memory_source: self.memory_source(),
             supervisor: snapshot,
         };
         serde_json::to_value(report).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    }
+
+    /// Before exit: waits (bounded) until the exited workers' cgroups are
+    /// empty and removed, reaping what dies meanwhile (baton is their
+    /// subreaper).
+    async fn remove_cgroups(&mut self, sigchld: &mut tokio::signal::unix::Signal) {
+        self.cleanup.close();
+        let deadline = tokio::time::sleep(CGROUP_PATIENCE + Duration::from_secs(1));
+        tokio::pin!(deadline);
+        loop {
+            self.reap();
+            tokio::select! {
+                _ = self.cleanup.wait() => break,
+                _ = sigchld.recv() => {}
+                _ = &mut deadline => break,
+            }
+        }
+        self.reap();
     }
 }

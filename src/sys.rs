@@ -7,6 +7,9 @@
 //! async-signal-safe system calls. `LISTEN_PID` and `WATCHDOG_PID` must hold
 //! the child's own pid, which is unknown before `fork`, so their entries are
 //! reserved with room for the digits and the child writes them in place.
+//! A worker with a cgroup of its own (see `cgroup`) joins it first thing
+//! after `fork`, by writing "0" to a `cgroup.procs` descriptor opened
+//! before, so nothing it runs ever executes outside that cgroup.
 
 use std::ffi::{CString, c_char};
 use std::io::{self, Read};
@@ -18,6 +21,7 @@ use nix::unistd::Pid;
 /// Where the child failed before `execve` replaced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    Cgroup,
     Fds,
     Chdir,
     Exec,
@@ -26,6 +30,7 @@ pub enum Stage {
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Stage::Cgroup => "joining its cgroup",
             Stage::Fds => "setting up file descriptors",
             Stage::Chdir => "changing directory",
             Stage::Exec => "executing the command",
@@ -56,6 +61,8 @@ pub struct Command {
     /// (index into `env`, length of the `KEY=` prefix) for pid entries.
     pid_slots: Vec<(usize, usize)>,
     dir: Option<CString>,
+    /// An open `cgroup.procs` the child writes "0" to, first thing.
+    cgroup: Option<RawFd>,
 }
 
 impl Command {
@@ -71,6 +78,7 @@ impl Command {
             env: Vec::new(),
             pid_slots: Vec::new(),
             dir: None,
+            cgroup: None,
         })
     }
 
@@ -98,6 +106,13 @@ impl Command {
         use std::os::unix::ffi::OsStrExt;
         self.dir = Some(CString::new(dir.as_os_str().as_bytes())?);
         Ok(())
+    }
+
+    /// The child joins this cgroup before anything else: `procs` is the
+    /// cgroup's `cgroup.procs`, opened for writing, and must stay open until
+    /// `spawn` returns.
+    pub fn join_cgroup(&mut self, procs: BorrowedFd<'_>) {
+        self.cgroup = Some(procs.as_raw_fd());
     }
 
     /// Fork and exec. `fds[i]` becomes fd `i` in the child (0, 1, 2, then the
@@ -133,6 +148,7 @@ impl Command {
             envp: envp.as_ptr(),
             pid_slots: &pid_slots,
             dir: self.dir.as_ref().map(|d| d.as_ptr()),
+            cgroup: self.cgroup,
             fds: &raw_fds,
             scratch: scratch.as_mut_ptr(),
             err_fd: err_write.as_raw_fd(),
@@ -168,6 +184,7 @@ impl Command {
             let stage = match report[0] {
                 0 => Stage::Fds,
                 1 => Stage::Chdir,
+                3 => Stage::Cgroup,
                 _ => Stage::Exec,
             };
             let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
@@ -184,6 +201,7 @@ struct ChildPlan<'a> {
     envp: *const *const c_char,
     pid_slots: &'a [(*mut u8, usize)],
     dir: Option<*const c_char>,
+    cgroup: Option<RawFd>,
     fds: &'a [RawFd],
     scratch: *mut RawFd,
     err_fd: RawFd,
@@ -202,6 +220,13 @@ impl ChildPlan<'_> {
         // SAFETY: every call below is an async-signal-safe system call on
         // memory prepared before fork; nothing allocates or takes a lock.
         unsafe {
+            // Into the worker's cgroup before it can fork anything, and
+            // before the fd shuffle below can overwrite this descriptor.
+            if let Some(procs) = self.cgroup {
+                if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                    self.fail(3);
+                }
+            }
             // The child inherits baton's signal mask and ignored signals (Rust
             // ignores SIGPIPE); an app expects a clean slate.
             let mut empty: libc::sigset_t = std::mem::zeroed();
