@@ -198,7 +198,7 @@ Every PM2 key and command, and what it becomes: \"Migrating from PM2\" in \
         /// Output directory; man/ and completions/ are created in it
         dir: PathBuf,
     },
-    /// Validate the config and print every problem with file:line:column
+    /// Validate the config and print its problems with file:line:column (the first 50, then a count)
     #[command(after_help = "Exit codes: 0 valid · 78 invalid (safe as ExecStartPre=).")]
     Check {
         #[command(flatten)]

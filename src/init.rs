@@ -69,7 +69,7 @@ pub enum InitError {
          digits, _ or -); pass --user USER to run the app as an existing user"
     )]
     UserName { name: String },
-    #[error("the generated config is invalid:\n{0}")]
+    #[error("the generated config is invalid")]
     Invalid(#[source] config::ConfigError),
     #[error("cannot write {path}")]
     Write {
