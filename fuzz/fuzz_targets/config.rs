@@ -88,6 +88,7 @@ impl Harness {
                 | Action::KillGroup { .. }
                 | Action::Progress { .. }
                 | Action::WorkerFailed { .. }
+                | Action::Log { .. }
                 | Action::Phase(_) => {}
             }
         }
