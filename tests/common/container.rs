@@ -97,6 +97,19 @@ pub fn skip(reason: &str) {
     ));
 }
 
+/// For a test that prepares things on the host before it boots a
+/// container: whether it can run here. If not, it has said SKIPPED (or
+/// panicked under CI, see [`skip`]) and the test returns.
+pub fn can_boot() -> bool {
+    match skip_reason() {
+        Some(reason) => {
+            skip(&reason);
+            false
+        }
+        None => true,
+    }
+}
+
 /// Why the system tests can't run here, after trying to install what is
 /// missing; `None` when they can.
 pub fn skip_reason() -> Option<String> {
