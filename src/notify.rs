@@ -9,11 +9,10 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, setsockopt, sockopt};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::supervisor::Notify;
 
@@ -150,28 +149,14 @@ impl Endpoint {
 
 fn receive(fd: std::os::fd::BorrowedFd<'_>, leader: i32) -> std::io::Result<Received> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; 16]);
-    let msg = socket::recvmsg::<()>(
-        fd.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
-    )?;
-    let mut pid = None;
-    // Held until the sender is authenticated, then closed (see `recv`).
-    let mut passed: Vec<std::os::fd::OwnedFd> = Vec::new();
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            match c {
-                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
-                ControlMessageOwned::ScmRights(fds) => passed.extend(fds.into_iter().map(crate::sys::adopt_fd)),
-                _ => {}
-            }
-        }
-    }
-    let len = msg.bytes;
-    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM;
+    // Passed fds are held until the sender is authenticated, then closed
+    // (see `recv`).
+    let crate::sys::Datagram {
+        len,
+        truncated,
+        pid,
+        fds: passed,
+    } = crate::sys::recv_with_credentials(fd, &mut buf)?;
     if truncated {
         return Ok(Received::Rejected {
             pid,
