@@ -408,11 +408,6 @@ impl ChildPlan<'_> {
                 }
             }
             libc::setpgid(0, 0);
-            if !self.nofile.is_null() {
-                // Lowering the soft limit cannot fail; if it did, the app
-                // would just get baton's higher limit.
-                libc::setrlimit(libc::RLIMIT_NOFILE, self.nofile);
-            }
 
             // Move every source out of the way first: a source may sit on a
             // target number (say the second socket is fd 3).
@@ -439,6 +434,13 @@ impl ChildPlan<'_> {
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
+
+            // Only now: the fd numbers above are baton's, which may lie
+            // beyond the app's limit during a wide reload. Lowering the soft
+            // limit cannot fail; if it did, the app would keep baton's.
+            if !self.nofile.is_null() {
+                libc::setrlimit(libc::RLIMIT_NOFILE, self.nofile);
+            }
 
             let pid = libc::getpid() as u64;
             for &(entry, prefix) in self.pid_slots {
