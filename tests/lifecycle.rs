@@ -300,3 +300,50 @@ fn workers_get_the_nofile_limit_baton_started_with_and_a_wide_reload_has_enough_
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{}", log());
 }
+
+/// Starts `sleep 1000` as a child of the test with pid `pid`, by setting
+/// the pid namespace's last pid just below it (root only). Other processes
+/// may take the pid first, hence the retries.
+fn process_with_pid(pid: i32) -> Option<std::process::Child> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("this test needs root, to write /proc/sys/kernel/ns_last_pid");
+        let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        if child.id() as i32 == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+#[test]
+fn a_signal_for_a_reaped_worker_never_hits_the_process_that_reuses_its_pid() {
+    let _turn = serial();
+    let port = port();
+    // A daemon outside the worker's process group keeps its output pipe
+    // open, so after the worker is reaped baton waits up to a second for
+    // its last lines before it reports the exit to the core: a window in
+    // which the core still thinks the worker runs and may signal it.
+    let body = format!("setsid sleep 5 & exec {}", hello());
+    let mut baton = Baton::start(port, &config_text(port, &["/bin/sh", "-c", &body], 1, ""));
+    let pid = baton.worker_pids(1)[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    // Reaped by baton, then the pid is taken by an unrelated process.
+    assert!(wait_until(Duration::from_secs(2), || !std::path::Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
+    let mut victim = process_with_pid(pid).expect("could not recycle the worker's pid");
+    // Stopping retires the worker the core still believes alive: its stop
+    // signal must not reach the victim.
+    baton.signal(nix::sys::signal::SIGTERM);
+    let status = baton.wait_exit(Duration::from_secs(20)).expect("baton did not exit");
+    assert_eq!(status.code(), Some(0), "{}", baton.log());
+    let hit = victim.try_wait().unwrap();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert_eq!(hit, None, "the process that took pid {pid} was signalled: {hit:?}");
+    reap_leftovers();
+}
