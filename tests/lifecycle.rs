@@ -347,3 +347,41 @@ fn a_signal_for_a_reaped_worker_never_hits_the_process_that_reuses_its_pid() {
     assert_eq!(hit, None, "the process that took pid {pid} was signalled: {hit:?}");
     reap_leftovers();
 }
+
+#[test]
+fn a_config_that_takes_long_to_read_does_not_stall_the_supervisor() {
+    let _turn = serial();
+    let port = port();
+    let hello = hello();
+    let text = config_text(port, &[&hello], 1, "");
+    let baton = Baton::start(port, &text);
+    // A FIFO blocks whoever opens it for reading until a writer comes.
+    std::fs::remove_file(&baton.config).unwrap();
+    nix::unistd::mkfifo(&baton.config, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    baton.signal(nix::sys::signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    // The client must not read the FIFO itself: it is told the socket.
+    let control = baton.dir.path().join("run").join("app").join("control.sock");
+    let status = {
+        let control = control.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let out = std::process::Command::new(common::baton_bin())
+                .args(["status", "--json", "--control"])
+                .arg(control)
+                .output()
+                .unwrap();
+            let _ = tx.send(out);
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+    };
+    // Let the reload read its config, whatever happened above; then a
+    // plain file again, for the clients below.
+    std::fs::write(&baton.config, &text).unwrap();
+    std::fs::remove_file(&baton.config).unwrap();
+    std::fs::write(&baton.config, &text).unwrap();
+    let out = status.expect("status got no answer while a reload was reading its config");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["supervisor"]["reload_in_progress"], true, "{s:#}");
+    assert!(baton.wait_serving(2, Duration::from_secs(20)), "{}", baton.log());
+}
