@@ -18,6 +18,12 @@
 //! generation is back at full strength. One reload runs at a time; requests
 //! that arrive meanwhile are coalesced into one follow-up (rule 3).
 //!
+//! Retiring a worker that was ready sends the stop signal and arms a kill
+//! deadline (`[stop] timeout`). A worker that never became ready has
+//! promised nothing and is killed at once, so a candidate that was given up
+//! cannot start serving late. When every worker of a retiring generation is
+//! gone, [`Action::Retired`] lets the driver kill what they left behind.
+//!
 //! A worker of a serving generation that dies unexpectedly is restarted
 //! from its own generation's spec with exponential backoff; a slot that
 //! crashes more than `limit` times within `window` is given up. When the
