@@ -273,6 +273,7 @@ mod tests {
             "ExecStart=/usr/bin/baton run myapp",
             "ExecReload=/usr/bin/baton reload myapp",
             "KillMode=mixed",
+            "Delegate=yes",
             "Restart=on-failure",
             "WatchdogSec=30s",
             "RuntimeDirectory=baton/myapp",

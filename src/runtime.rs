@@ -18,6 +18,12 @@
 //! orphaned it) and is killed when that generation retires; whatever is left
 //! is killed before baton exits, and baton reaps until it has no child left.
 //!
+//! Each worker's process tree is a cgroup of its own when systemd delegated
+//! baton's cgroup, a process group otherwise (see `cgroup`). Whatever reads
+//! /proc (the memory sampler, the memory figures of `status`) runs on the
+//! blocking pool and reports back through the event channel, so the loop,
+//! and with it the WATCHDOG=1 ping, never waits on it.
+//!
 //! Every task has an owner: a `TaskTracker` that is closed and awaited at
 //! exit. Channels fed by workers are bounded; a worker that floods waits.
 
@@ -41,6 +47,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::activation::Listener;
+use crate::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::{self, Command, ReloadAnswer, Reply};
 use crate::notify::{self, Endpoint, RateLimit, Received};
@@ -112,6 +119,13 @@ enum Event {
     },
     /// A reload's config, read on a blocking task.
     ConfigLoaded(Result<Arc<GenSpec>, String>),
+    /// A memory sample, measured off the event loop.
+    Memory(HashMap<WorkerId, u64>),
+    /// `baton status`, its memory figures measured off the event loop.
+    Status {
+        reply: tokio::sync::oneshot::Sender<serde_json::Value>,
+        memory: HashMap<WorkerId, u64>,
+    },
 }
 
 /// Room in the event channel. Per-worker tasks (notify, IPC, output) wait
@@ -132,6 +146,7 @@ struct Pending {
     ipc: Option<std::os::unix::net::UnixStream>,
     memory_limit: Option<u64>,
     stop_message: Option<String>,
+    cgroup: Option<Arc<WorkerCgroup>>,
 }
 
 /// A process baton adopted as subreaper that is not a worker.
@@ -166,6 +181,8 @@ struct WorkerIo {
     memory_limit: Option<u64>,
     over_limit: u32,
     stop_message: Option<String>,
+    /// The worker's own cgroup, in cgroup mode.
+    cgroup: Option<Arc<WorkerCgroup>>,
 }
 
 /// How often EXTEND_TIMEOUT_USEC is sent while busy, and by how much.
@@ -213,7 +230,18 @@ struct Driver {
     systemd: Option<Notifier>,
     /// The last STATUS= sent, to send only changes.
     status_line: String,
+    /// baton's delegated cgroup (cgroup mode), or why process groups hold
+    /// the workers instead.
+    tree: Result<Arc<cgroup::Tree>, String>,
+    /// A memory sample is being measured.
+    sampling: bool,
+    /// Removals of emptied worker cgroups, awaited (bounded) before exit.
+    cleanup: TaskTracker,
 }
+
+/// How long an exited worker's cgroup may take to empty before baton
+/// leaves it to systemd.
+const CGROUP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Supervises until stopped. Returns the exit code (DESIGN 1.1).
 ///
@@ -226,6 +254,26 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     nix::sys::prctl::set_child_subreaper(true).map_err(RunError::Subreaper)?;
     let devnull = std::fs::File::open("/dev/null").map_err(RunError::DevNull)?.into();
     let spec = GenSpec::resolve(&ctx.config, ctx.path.as_deref())?;
+    let tree = tokio::task::spawn_blocking(cgroup::Tree::setup)
+        .await
+        .unwrap_or_else(|e| Err(format!("cgroup setup failed: {e}")))
+        .map(Arc::new);
+    match &tree {
+        Ok(t) => {
+            tracing::info!(
+                "process tree: a cgroup per worker under the delegated {} (baton in {}/{})",
+                t.path(),
+                t.path(),
+                cgroup::SUPERVISOR
+            );
+            tracing::info!("worker memory: {}", t.memory_source());
+            if t.stale > 0 {
+                tracing::info!("removed {} empty worker cgroups an earlier baton left", t.stale);
+            }
+        }
+        Err(why) => tracing::info!("process tree: a process group per worker ({why})"),
+    }
+
     // A parallel reload holds several fds per worker; workers get back the
     // limit baton started with.
     let nofile = match sys::raise_nofile() {
@@ -298,6 +346,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         ctx,
         timers: HashMap::new(),
         status_line: String::new(),
+        tree,
+        sampling: false,
+        cleanup: TaskTracker::new(),
     };
     if driver.systemd.is_some() {
         tracing::debug!("notifying systemd");
@@ -338,6 +389,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         }
         driver.update_status();
     };
+    driver.remove_cgroups(&mut sigchld).await;
     driver.kill_everything_and_reap().await;
     if let Some(n) = &driver.systemd {
         n.status(&format!("stopped (exit code {code})"));
@@ -435,6 +487,10 @@ impl Driver {
                     }
                 }
                 if let Some(io) = self.workers.remove(&worker) {
+                    if let Some(cg) = io.cgroup.clone() {
+                        self.cleanup
+                            .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
+                    }
                     io.notify.abort();
                     if let Some(task) = &io.ipc_task {
                         task.abort();
@@ -451,9 +507,11 @@ impl Driver {
             Event::ConfigLoaded(result) => self.core.config_loaded(now, result),
             Event::Notify { worker, received } => self.notified(now, worker, received),
             Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
-            Event::Control(Command::Status { reply }) => {
-                let _ = reply.send(self.status_json(now));
+            Event::Control(Command::Status { reply }) => self.measure_for_status(reply),
+            Event::Status { reply, memory } => {
+                let _ = reply.send(self.status_json(now, &memory));
             }
+            Event::Memory(used) => self.memory_sampled(used),
             Event::Control(Command::Reload { wait, replies }) => {
                 let client = self.next_client;
                 self.next_client += 1;
@@ -534,7 +592,18 @@ impl Driver {
                 Action::StopMessage { worker } => self.send_stop_message(worker),
                 Action::Kill { worker, why } => {
                     if let Some(io) = self.workers.get(&worker) {
-                        tracing::warn!("worker #{worker} (pid {}) {why}; killing its process group", io.main);
+                        match &io.cgroup {
+                            Some(cg) => {
+                                tracing::warn!(
+                                    "worker #{worker} (pid {}) {why}; killing its cgroup {}",
+                                    io.main,
+                                    cg.path()
+                                )
+                            }
+                            None => {
+                                tracing::warn!("worker #{worker} (pid {}) {why}; killing its process group", io.main)
+                            }
+                        }
                     }
                     self.kill_tree(worker);
                 }
@@ -716,8 +785,18 @@ impl Driver {
             true => Some(crate::ipc::channel().map_err(|e| format!("Node IPC channel: {e}"))?),
             false => None,
         };
-        let cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
+        let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
             .map_err(|e| e.to_string())?;
+        let cgroup = match &self.tree {
+            Ok(tree) => {
+                let (cg, procs) = tree
+                    .worker(generation, slot, worker)
+                    .map_err(|e| format!("cannot create its cgroup: {e}"))?;
+                cmd.join_cgroup(procs);
+                Some(cg)
+            }
+            Err(_) => None,
+        };
         // The spawner thread gets its own copies; they close once the child
         // has them (the sockets themselves stay open: rule 1).
         let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| format!("dup: {e}"));
@@ -741,6 +820,7 @@ impl Driver {
             ipc,
             memory_limit: spec.policy.memory_limit,
             stop_message: spec.launch.stop_message.clone(),
+            cgroup,
         };
         Ok((cmd, fds, pending))
     }
@@ -758,6 +838,11 @@ impl Driver {
                     // Reaped (or to be reaped) as a stranger.
                     self.spawner.forget(pid);
                     self.early_exits.remove(&pid);
+                }
+                if let Some(cg) = pending.cgroup {
+                    // The child exits at once; the cgroup goes when it has.
+                    self.cleanup
+                        .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
                 }
                 tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
                 self.core.spawn_failed(now, worker, e.to_string());
@@ -846,6 +931,7 @@ impl Driver {
                 memory_limit: pending.memory_limit,
                 over_limit: 0,
                 stop_message: pending.stop_message,
+                cgroup: pending.cgroup,
             },
         );
         self.core.spawned(now, worker, pid);
@@ -875,12 +961,15 @@ impl Driver {
         }
     }
 
-    /// SIGKILLs everything the worker started: its process group, while the
-    /// leader is unreaped (so the group id is still its own), and its main
-    /// process. Daemons that left the group are orphans, killed when the
-    /// generation retires.
+    /// SIGKILLs everything the worker started: its cgroup (cgroup mode), its
+    /// process group while the leader is unreaped (so the group id is still
+    /// its own), and its main process. Without a cgroup, daemons that left
+    /// the group are orphans, killed when the generation retires.
     fn kill_tree(&self, worker: WorkerId) {
         let Some(io) = self.workers.get(&worker) else { return };
+        if let Some(cg) = &io.cgroup {
+            cg.kill();
+        }
         if !io.leader_reaped {
             let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
         }
@@ -918,10 +1007,21 @@ impl Driver {
                 .find(|(_, io)| io.leader == raw && !io.leader_reaped)
                 .map(|(&w, _)| w);
             let leader = self.spawner.forked(raw);
+            let mut status = status;
             if let Some(worker) = main_of {
                 // KillMode=mixed semantics: the main process is gone, so
-                // whatever it left in its group goes too.
+                // whatever it left in its cgroup (or group) goes too.
                 self.kill_tree(worker);
+                let sigkill = matches!(status, ExitStatus::Signal { signal, .. } if signal == Signal::SIGKILL as i32);
+                let oom = self
+                    .workers
+                    .get(&worker)
+                    .and_then(|io| io.cgroup.as_ref())
+                    .and_then(|cg| cg.oom_kills())
+                    .is_some_and(|n| n > 0);
+                if sigkill && oom {
+                    status = ExitStatus::OomKilled;
+                }
             } else if leader && leader_of.is_none() {
                 // A worker whose spawn is not answered yet.
                 let _ = killpg(pid, Signal::SIGKILL);
@@ -1047,17 +1147,53 @@ impl Driver {
         }
     }
 
-    /// Samples every worker's memory (its whole process group) against its
-    /// generation's `[limits] memory`.
+    /// What to measure for each worker: its cgroup, or its process group.
+    fn probes(&self, only_limited: bool) -> Vec<(WorkerId, Probe)> {
+        self.workers
+            .iter()
+            .filter(|(_, io)| !only_limited || io.memory_limit.is_some())
+            .map(|(&w, io)| {
+                let probe = match &io.cgroup {
+                    Some(cg) => Probe::Cgroup(cg.clone()),
+                    None => Probe::Group(io.leader),
+                };
+                (w, probe)
+            })
+            .collect()
+    }
+
+    fn memory_source(&self) -> MemorySource {
+        match &self.tree {
+            Ok(tree) => tree.memory_source(),
+            Err(_) => MemorySource::ProcessGroupRss,
+        }
+    }
+
+    /// Starts sampling every limited worker's memory (its whole cgroup or
+    /// process group) against its generation's `[limits] memory`. The
+    /// measuring reads /proc, so it runs on the blocking pool and reports
+    /// back with `Event::Memory`.
     fn sample_memory(&mut self) {
-        if self.workers.values().all(|io| io.memory_limit.is_none()) {
+        if self.sampling {
             return;
         }
-        let rss = status::rss_by_group();
+        let probes = self.probes(true);
+        if probes.is_empty() {
+            return;
+        }
+        self.sampling = true;
+        let events = self.events.clone();
+        self.tasks.spawn_blocking(move || {
+            let _ = events.blocking_send(Event::Memory(cgroup::measure(&probes)));
+        });
+    }
+
+    fn memory_sampled(&mut self, rss: HashMap<WorkerId, u64>) {
+        self.sampling = false;
         let mut over = Vec::new();
         for (&worker, io) in &mut self.workers {
             let Some(limit) = io.memory_limit else { continue };
-            let used = rss.get(&io.leader).copied().unwrap_or(0);
+            let Some(&used) = rss.get(&worker) else { continue };
             if used > limit {
                 io.over_limit += 1;
                 if io.over_limit == MEMORY_STRIKES {
@@ -1077,12 +1213,29 @@ impl Driver {
         }
     }
 
-    fn status_json(&self, now: Instant) -> serde_json::Value {
+    /// `baton status`, first step: the memory figures come from /proc or
+    /// cgroupfs, so they are measured on the blocking pool, and the report
+    /// is made when they are back. Measuring before the snapshot means a
+    /// worker the snapshot shows was alive when it was measured.
+    fn measure_for_status(&self, reply: tokio::sync::oneshot::Sender<serde_json::Value>) {
+        let probes = self.probes(false);
+        let events = self.events.clone();
+        self.tasks.spawn_blocking(move || {
+            let memory = cgroup::measure(&probes);
+            let _ = events.blocking_send(Event::Status { reply, memory });
+        });
+    }
+
+    fn status_json(&self, now: Instant, memory: &HashMap<WorkerId, u64>) -> serde_json::Value {
         let mut snapshot = self.core.snapshot(now);
-        let rss = status::rss_by_group();
         for g in &mut snapshot.generations {
             for w in &mut g.workers {
-                w.rss_bytes = self.workers.get(&w.id).and_then(|io| rss.get(&io.leader).copied());
+                w.rss_bytes = memory.get(&w.id).copied();
+                w.cgroup = self
+                    .workers
+                    .get(&w.id)
+                    .and_then(|io| io.cgroup.as_ref())
+                    .map(|cg| cg.path().to_owned());
             }
         }
         let report = status::Report {
@@ -1102,9 +1255,36 @@ impl Driver {
                 let ago = now.duration_since(r.finished);
                 humantime::format_rfc3339_seconds(SystemTime::now() - ago).to_string()
             }),
+            process_tree: match &self.tree {
+                Ok(_) => Mode::Cgroup,
+                Err(_) => Mode::ProcessGroup,
+            },
+            process_tree_detail: match &self.tree {
+                Ok(tree) => format!("delegated cgroup {}", tree.path()),
+                Err(why) => why.clone(),
+            },
+            memory_source: self.memory_source(),
             supervisor: snapshot,
         };
         serde_json::to_value(report).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    }
+
+    /// Before exit: waits (bounded) until the exited workers' cgroups are
+    /// empty and removed, reaping what dies meanwhile (baton is their
+    /// subreaper).
+    async fn remove_cgroups(&mut self, sigchld: &mut tokio::signal::unix::Signal) {
+        self.cleanup.close();
+        let deadline = tokio::time::sleep(CGROUP_PATIENCE + Duration::from_secs(1));
+        tokio::pin!(deadline);
+        loop {
+            self.reap();
+            tokio::select! {
+                _ = self.cleanup.wait() => break,
+                _ = sigchld.recv() => {}
+                _ = &mut deadline => break,
+            }
+        }
+        self.reap();
     }
 }
 

@@ -63,13 +63,20 @@ pub type ClientId = u64;
 #[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     Code(i32),
-    Signal { signal: i32, core_dumped: bool },
+    Signal {
+        signal: i32,
+        core_dumped: bool,
+    },
+    /// SIGKILL from the kernel's OOM killer (its cgroup's `memory.events`
+    /// counted the kill).
+    OomKilled,
 }
 
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             ExitStatus::Code(code) => write!(f, "exited with status {code}"),
+            ExitStatus::OomKilled => f.write_str("killed by the OOM killer"),
             ExitStatus::Signal { signal, core_dumped } => {
                 let name = Signal::try_from(signal)
                     .map(|s| s.as_str().to_owned())
@@ -1432,6 +1439,7 @@ impl Supervisor {
                         restarts: g.slots.get(w.slot).map_or(0, |s| s.restarts),
                         status: w.status_text.clone(),
                         rss_bytes: None,
+                        cgroup: None,
                     })
                     .collect();
                 workers.sort_by_key(|w| (w.slot, w.id));
@@ -1487,6 +1495,8 @@ pub struct WorkerSnapshot {
     pub restarts: u32,
     pub status: Option<String>,
     pub rss_bytes: Option<u64>,
+    /// The worker's own cgroup, in cgroup mode (filled in by the driver).
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

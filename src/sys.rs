@@ -16,6 +16,10 @@
 //! worker comes with a pidfd from the first instant: signals go through it
 //! and can never hit a recycled pid.
 //!
+//! A worker with a cgroup of its own (see `cgroup`) joins it first thing
+//! after the fork, by writing "0" to a `cgroup.procs` descriptor opened
+//! before, so nothing it runs ever executes outside that cgroup.
+//!
 //! Every public function here is safe to call with any argument: the
 //! preconditions of the unsafe calls are checked or established inside.
 
@@ -35,6 +39,7 @@ use nix::unistd::Pid;
 /// Where the child failed before `execve` replaced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    Cgroup,
     Fds,
     Chdir,
     Exec,
@@ -43,6 +48,7 @@ pub enum Stage {
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Stage::Cgroup => "joining its cgroup",
             Stage::Fds => "setting up file descriptors",
             Stage::Chdir => "changing directory",
             Stage::Exec => "executing the command",
@@ -76,6 +82,8 @@ pub struct Command {
     /// (index into `env`, length of the `KEY=` prefix) for pid entries.
     pid_slots: Vec<(usize, usize)>,
     dir: Option<CString>,
+    /// An open `cgroup.procs` the child writes "0" to, first thing.
+    cgroup: Option<OwnedFd>,
 }
 
 impl Command {
@@ -91,6 +99,7 @@ impl Command {
             env: Vec::new(),
             pid_slots: Vec::new(),
             dir: None,
+            cgroup: None,
         })
     }
 
@@ -118,6 +127,13 @@ impl Command {
         use std::os::unix::ffi::OsStrExt;
         self.dir = Some(CString::new(dir.as_os_str().as_bytes())?);
         Ok(())
+    }
+
+    /// The child joins this cgroup before anything else: `procs` is the
+    /// cgroup's `cgroup.procs`, opened for writing. It is closed once the
+    /// spawn is over.
+    pub fn join_cgroup(&mut self, procs: OwnedFd) {
+        self.cgroup = Some(procs);
     }
 }
 
@@ -275,6 +291,7 @@ fn fork_exec(
         envp: envp.as_ptr(),
         pid_slots: &pid_slots,
         dir: cmd.dir.as_ref().map(|d| d.as_ptr()),
+        cgroup: cmd.cgroup.as_ref().map(|fd| fd.as_raw_fd()),
         fds: &raw_fds,
         scratch: scratch.as_mut_ptr(),
         err_fd: err_write.as_raw_fd(),
@@ -354,6 +371,7 @@ fn fork_exec(
         let stage = match report[0] {
             0 => Stage::Fds,
             1 => Stage::Chdir,
+            3 => Stage::Cgroup,
             _ => Stage::Exec,
         };
         let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
@@ -369,6 +387,7 @@ struct ChildPlan<'a> {
     envp: *const *const c_char,
     pid_slots: &'a [(*mut u8, usize)],
     dir: Option<*const c_char>,
+    cgroup: Option<RawFd>,
     fds: &'a [RawFd],
     scratch: *mut RawFd,
     err_fd: RawFd,
@@ -391,6 +410,13 @@ impl ChildPlan<'_> {
         // SAFETY: every call below is an async-signal-safe system call on
         // memory prepared before fork; nothing allocates or takes a lock.
         unsafe {
+            // Into the worker's cgroup before it can fork anything, and
+            // before the fd shuffle below can overwrite this descriptor.
+            if let Some(procs) = self.cgroup {
+                if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                    self.fail(3);
+                }
+            }
             // A worker must not outlive baton, even a SIGKILLed one. If
             // baton died before this line, the signal will never come.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);

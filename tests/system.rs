@@ -24,6 +24,17 @@
 //! 7. `systemctl stop` lets an in-flight slow request finish and leaves the
 //!    unit's cgroup empty.
 //!
+//! Scenarios 10-12 are about the process tree (README, "Under systemd"), each
+//! with an app of its own:
+//!
+//! 10. Under `Delegate=yes`, `baton status` says "cgroup", baton runs in
+//!     `<unit>/supervisor` and each worker, with what it forks, in a cgroup of
+//!     its own.
+//! 11. Workers that leave a `setsid` daemon holding the listening socket:
+//!     after 3 reloads only the serving generation's processes are left, and
+//!     `systemctl stop` finds nothing for systemd to kill.
+//! 12. `[limits] memory` counts what a worker forked into a session of its own.
+//!
 //! Skipped (loudly) only when not root, or when systemd-nspawn is missing and
 //! cannot be installed.
 
@@ -76,7 +87,7 @@ fn systemd_runs_baton_units_in_a_container() {
         port: free_port(),
         gen2_pids: Mutex::new(Vec::new()),
     };
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 12] = [
         (
             "1 socket activation: the first request starts the service",
             socket_activation,
@@ -106,6 +117,18 @@ fn systemd_runs_baton_units_in_a_container() {
         (
             "9 EXTEND_TIMEOUT_USEC: a start slower than TimeoutStartSec succeeds",
             extend_timeout,
+        ),
+        (
+            "10 Delegate=yes: a cgroup per worker, baton in supervisor/",
+            cgroup_per_worker,
+        ),
+        (
+            "11 setsid daemons left by workers die with their generation",
+            daemons_die_with_their_generation,
+        ),
+        (
+            "12 [limits] memory counts a worker's whole cgroup",
+            memory_limit_counts_the_cgroup,
         ),
     ];
     let mut results: Vec<(&str, Duration, Result<String, String>)> = Vec::new();
@@ -1119,5 +1142,304 @@ fn stop_drains(s: &System) -> String {
         ms(slow_took),
         ms(stop_took),
         listing.lines().next().unwrap_or("no cgroup left").trim()
+    )
+}
+
+/// The app of scenarios 10 and 11: each worker leaves a daemon behind (a
+/// double fork into a session of its own, holding the listening socket on
+/// fd 3) and then becomes the hello server.
+const DAEMONS: &str = "daemons";
+
+/// `baton init`s app `name` with `script` as its command and starts it.
+fn start_app(
+    s: &System,
+    name: &str,
+    workers: u64,
+    script: &str,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut),
+) -> u16 {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let workers = workers.to_string();
+    let out = s.baton(&["init", name, "--listen", &listen, "--workers", &workers, "--", script]);
+    assert!(out.status.success(), "baton init {name}: {}", describe(&out));
+    s.edit_config(&format!("/etc/baton/{name}.toml"), edit);
+    let service = s.c.read_file(&format!("/etc/systemd/system/{name}.service"));
+    assert!(
+        service.lines().any(|l| l == "Delegate=yes"),
+        "baton init wrote no Delegate=yes:\n{service}"
+    );
+    s.systemctl_ok(&["start", &format!("{name}.socket"), &format!("{name}.service")]);
+    port
+}
+
+/// Waits until app `name` serves with all workers ready, and returns its status.
+fn wait_app(s: &System, name: &str) -> Value {
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        last = s.status_of(name);
+        last.as_ref()
+            .and_then(serving)
+            .is_some_and(|(_, ready, slots)| ready == slots)
+    });
+    assert!(
+        ok,
+        "{name} is not serving with all workers ready; last status: {last:?}"
+    );
+    last.unwrap()
+}
+
+/// Every process in `unit`'s cgroup tree on the cgroup2 hierarchy, as
+/// (sub-cgroup below the unit's, "/" for the unit's own; pid; comm).
+fn cgroup_processes(s: &System, unit: &str) -> Vec<(String, i64, String)> {
+    let cgroup = s.c.show(unit, "ControlGroup");
+    if cgroup.is_empty() {
+        return Vec::new();
+    }
+    let script = format!(
+        "root=/sys/fs/cgroup/unified; [ -e $root/cgroup.procs ] || root=/sys/fs/cgroup; dir=$root{cgroup}; \
+         [ -d $dir ] || exit 0; \
+         find $dir -name cgroup.procs | while read f; do sub=${{f#$dir}}; sub=${{sub%/cgroup.procs}}; \
+           for p in $(cat $f); do echo \"${{sub:-/}} $p $(cat /proc/$p/comm 2>/dev/null)\"; done; done"
+    );
+    stdout(&s.c.sh(&script))
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let sub = f.next()?.trim_start_matches('/').to_owned();
+            let pid = f.next()?.parse().ok()?;
+            Some((sub, pid, f.next().unwrap_or("").to_owned()))
+        })
+        .collect()
+}
+
+/// The sub-cgroups below `unit`'s (names only).
+fn sub_cgroups(s: &System, unit: &str) -> Vec<String> {
+    let cgroup = s.c.show(unit, "ControlGroup");
+    let out = s.c.sh(&format!(
+        "root=/sys/fs/cgroup/unified; [ -e $root/cgroup.procs ] || root=/sys/fs/cgroup; \
+         ls -A $root{cgroup} 2>/dev/null | while read d; do [ -d $root{cgroup}/$d ] && echo $d; done; true"
+    ));
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+fn show_processes(procs: &[(String, i64, String)]) -> String {
+    procs
+        .iter()
+        .map(|(sub, pid, comm)| format!("  /{sub} {pid} {comm}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn daemons_script(s: &System) -> String {
+    let script = "/opt/baton-systest/daemonizer.sh";
+    s.c.write_executable(
+        script,
+        &format!("#!/bin/sh\n( setsid sleep 100000 & )\nexec {}\n", s.hello),
+    );
+    script.to_owned()
+}
+
+/// 10. `baton status` says "cgroup"; baton is in `<unit>/supervisor`, each
+///     worker and its daemon in a cgroup of their own.
+fn cgroup_per_worker(s: &System) -> String {
+    let service = format!("{DAEMONS}.service");
+    let script = daemons_script(s);
+    start_app(s, DAEMONS, WORKERS, &script, |_| {});
+    let status = wait_app(s, DAEMONS);
+    let unit = s.c.show(&service, "ControlGroup");
+    assert_eq!(
+        status["process_tree"], "cgroup",
+        "baton status does not report cgroup mode under Delegate=yes: {status}"
+    );
+    assert_eq!(
+        status["process_tree_detail"],
+        format!("delegated cgroup {unit}"),
+        "{status}"
+    );
+    let text = stdout(&s.baton(&["status", DAEMONS]));
+    assert!(
+        text.contains("process tree: a cgroup per worker"),
+        "baton status (text) does not show the mode:\n{text}"
+    );
+    let main: i64 = s.c.show(&service, "MainPID").parse().unwrap_or(0);
+    let own = |pid: i64| {
+        stdout(&s.c.sh(&format!("cat /proc/{pid}/cgroup")))
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    assert_eq!(own(main), format!("{unit}/supervisor"), "baton's own cgroup");
+
+    let (id, _, _) = serving(&status).unwrap();
+    let mut seen = Vec::new();
+    for w in generation(&status, id).unwrap()["workers"].as_array().unwrap() {
+        let pid = w["pid"].as_i64().unwrap();
+        let cgroup = w["cgroup"]
+            .as_str()
+            .unwrap_or_else(|| panic!("worker without a cgroup: {w}"));
+        let slot = w["slot"].as_u64().unwrap();
+        assert_eq!(
+            cgroup,
+            format!("{unit}/gen{id}-worker{slot}-id{}", w["id"]),
+            "worker cgroup name: {w}"
+        );
+        assert_eq!(own(pid), cgroup, "worker pid {pid} is not in the cgroup status names");
+        seen.push(cgroup.to_owned());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len() as u64, WORKERS, "workers share a cgroup: {seen:?}");
+
+    // Each worker's daemon stayed in its worker's cgroup.
+    let mut procs = Vec::new();
+    let settled = wait_until(Duration::from_secs(5), || {
+        procs = cgroup_processes(s, &service);
+        procs.iter().filter(|p| p.2 == "sleep").count() as u64 == WORKERS
+    });
+    assert!(settled, "not one daemon per worker:\n{}", show_processes(&procs));
+    for (sub, pid, comm) in &procs {
+        let expected = match comm.as_str() {
+            "baton" => sub == "supervisor",
+            "sleep" | "hello" => sub.starts_with(&format!("gen{id}-worker")),
+            _ => false,
+        };
+        assert!(
+            expected,
+            "pid {pid} ({comm}) in /{sub}; the unit's processes:\n{}",
+            show_processes(&procs)
+        );
+    }
+    format!(
+        "process_tree \"cgroup\"; baton {main} in {unit}/supervisor; workers in {seen:?}, each with its daemon:\n{}",
+        show_processes(&procs)
+    )
+}
+
+/// 11. 3 reloads of 2 workers that each leave a `setsid` daemon holding
+///     the socket: only the serving generation's processes are left, the old
+///     cgroups are gone, and `systemctl stop` leaves systemd nothing to kill.
+fn daemons_die_with_their_generation(s: &System) -> String {
+    let service = format!("{DAEMONS}.service");
+    if s.is_active(&service) != "active" {
+        let script = daemons_script(s);
+        start_app(s, DAEMONS, WORKERS, &script, |_| {});
+    }
+    wait_app(s, DAEMONS);
+    for i in 1..=3 {
+        let out = s.c.systemctl(&["reload", DAEMONS]);
+        assert!(out.status.success(), "reload {i}: {}", describe(&out));
+    }
+    let status = wait_app(s, DAEMONS);
+    let (id, _, _) = serving(&status).unwrap();
+    let current = format!("gen{id}-worker");
+    let mut procs = Vec::new();
+    let mut subs = Vec::new();
+    // Retired workers exit after their stop signal; give them a moment.
+    let only_current = wait_until(Duration::from_secs(15), || {
+        procs = cgroup_processes(s, &service);
+        subs = sub_cgroups(s, &service);
+        procs
+            .iter()
+            .all(|(sub, _, comm)| (comm == "baton" && sub == "supervisor") || sub.starts_with(&current))
+            && subs
+                .iter()
+                .all(|d| d == "supervisor" || d == ".control" || d.starts_with(&current))
+    });
+    let daemons = procs.iter().filter(|p| p.2 == "sleep").count() as u64;
+    assert!(
+        only_current && daemons == WORKERS,
+        "after 3 reloads, {daemons} daemons (expected {WORKERS}, of generation {id}); the unit's processes:\n{}\n\
+         its cgroups: {subs:?}",
+        show_processes(&procs)
+    );
+    let left = show_processes(&procs);
+
+    let t = Instant::now();
+    let out = s.c.systemctl(&["stop", &service, &format!("{DAEMONS}.socket")]);
+    let took = t.elapsed();
+    assert!(out.status.success(), "systemctl stop: {}", describe(&out));
+    let result = s.c.show(&service, "Result");
+    assert_eq!(result, "success", "{service} Result after stop");
+    let after = cgroup_processes(s, &service);
+    assert!(after.is_empty(), "left after stop:\n{}", show_processes(&after));
+    let journal = stdout(&s.c.journalctl(&["-u", &service, "-o", "cat"]));
+    let killed: Vec<&str> = journal.lines().filter(|l| l.contains("Killing process")).collect();
+    assert!(
+        killed.is_empty(),
+        "baton left processes for systemd to kill at stop:\n{}",
+        killed.join("\n")
+    );
+    format!(
+        "after 3 reloads (generation {id}), the unit holds:\n{left}\nsystemctl stop took {}: Result=success, \
+         nothing left for systemd to kill",
+        ms(took)
+    )
+}
+
+/// 12. `[limits] memory = "48MiB"`, and the worker leaves a 96 MiB daemon
+///     in a session of its own: counting the worker's cgroup (not its
+///     process group) catches it, and the daemon dies with the worker.
+fn memory_limit_counts_the_cgroup(s: &System) -> String {
+    const APP: &str = "hog";
+    let service = format!("{APP}.service");
+    let script = "/opt/baton-systest/hog.sh";
+    // Only the first worker starts a hog (PrivateTmp keeps the marker for
+    // the life of the service), so the replacement stays under the limit.
+    s.c.write_executable(
+        script,
+        &format!(
+            "#!/bin/sh\n\
+             if mkdir /tmp/hog-started 2>/dev/null; then\n\
+               ( setsid python3 -c 'import time; b = bytearray(96 << 20); time.sleep(100000)' & )\n\
+             fi\n\
+             exec {}\n",
+            s.hello
+        ),
+    );
+    start_app(s, APP, 1, script, |doc| {
+        doc["limits"]["memory"] = toml_edit::value("48MiB");
+    });
+    let first = wait_app(s, APP);
+    let (id, _, _) = serving(&first).unwrap();
+    let first_pid = pids(&first, id)[0];
+    let t = Instant::now();
+    let mut last = Value::Null;
+    let mut peak = 0;
+    let replaced = wait_until(Duration::from_secs(30), || {
+        let Some(now) = s.status_of(APP) else { return false };
+        peak = peak.max(
+            generation(&now, id)
+                .and_then(|g| g["workers"][0]["rss_bytes"].as_u64())
+                .unwrap_or(0),
+        );
+        let pid = serving(&now).and_then(|(g, ready, _)| (ready == 1).then(|| pids(&now, g)));
+        last = now;
+        pid.is_some_and(|p| p.first() != Some(&first_pid))
+    });
+    let after = t.elapsed();
+    let source = last["memory_source"].clone();
+    let journal = stdout(&s.c.journalctl(&["-u", &service, "-o", "cat"]));
+    let hogs = stdout(&s.c.sh("pgrep -f 'bytearra[y]' || true")).trim().to_owned();
+    let _ = s.c.systemctl(&["stop", &service, &format!("{APP}.socket")]);
+    assert!(
+        replaced,
+        "the worker whose daemon holds 96 MiB was not replaced under [limits] memory = 48MiB within 30s \
+         (peak reported {} MiB); last status: {last}",
+        peak >> 20
+    );
+    let why = journal
+        .lines()
+        .find(|l| l.contains("above [limits] memory"))
+        .unwrap_or_else(|| panic!("no journal line says the memory limit was exceeded:\n{journal}"))
+        .to_owned();
+    assert!(
+        hogs.is_empty(),
+        "the 96 MiB daemon (pids {hogs}) outlived the worker replaced for it"
+    );
+    format!(
+        "peak {} MiB reported (memory_source {source}); worker pid {first_pid} replaced after {}: {why:?}; its daemon is gone",
+        peak >> 20,
+        ms(after)
     )
 }
