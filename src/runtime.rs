@@ -936,10 +936,12 @@ impl Driver {
         );
         self.core.spawned(now, worker, pid);
         if let Some(status) = self.early_exits.remove(&pid) {
-            // It exited before this answer came: judge it now.
+            // It exited before this answer came (the reaper killed its
+            // group then): its cgroup goes too, and it is judged now.
             if let Some(io) = self.workers.get_mut(&worker) {
                 io.leader_reaped = true;
             }
+            self.kill_tree(worker);
             self.pids.remove(&pid);
             self.report_exit(worker, status);
         }
