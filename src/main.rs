@@ -58,7 +58,7 @@ fn main() {
                 0
             }
             Err(e) => {
-                eprintln!("baton generate-docs: {e}");
+                eprintln!("baton generate-docs: {}", commands::chain(&e));
                 1
             }
         },

@@ -50,7 +50,7 @@ use crate::activation::Listener;
 use crate::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::{self, Command, ReloadAnswer, Reply};
-use crate::notify::{self, Endpoint, RateLimit, Received};
+use crate::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
 use crate::output::{self, Origin, Stream, Tail, Writer};
 use crate::spec::GenSpec;
 use crate::status;
@@ -92,7 +92,7 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     #[error("cannot start the spawner thread")]
     Spawner(#[source] std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
 }
 
@@ -221,6 +221,8 @@ struct Driver {
     clients: BTreeMap<ClientId, mpsc::UnboundedSender<Reply>>,
     next_client: ClientId,
     rejected: RateLimit,
+    /// Receive errors of the workers' notify sockets, all workers together.
+    notify_errors: SharedRateLimit,
     started: Instant,
     started_wall: SystemTime,
     phase: watch::Sender<Phase>,
@@ -237,6 +239,12 @@ struct Driver {
     sampling: bool,
     /// Removals of emptied worker cgroups, awaited (bounded) before exit.
     cleanup: TaskTracker,
+}
+
+/// The wall-clock time `ago` before now; a clock set back near 1970 (a
+/// board without RTC) must not make the subtraction panic.
+fn wall_clock_ago(ago: Duration) -> SystemTime {
+    SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// How long an exited worker's cgroup may take to empty before baton
@@ -339,6 +347,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         clients: BTreeMap::new(),
         next_client: 1,
         rejected: RateLimit::new(Duration::from_secs(10)),
+        notify_errors: SharedRateLimit::new(Duration::from_secs(10)),
         started: Instant::now(),
         started_wall: SystemTime::now(),
         phase,
@@ -355,7 +364,10 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     }
     // WATCHDOG=1 goes out from this loop itself: a wedged loop stops pinging
     // and systemd's watchdog catches it.
-    let mut watchdog = tokio::time::interval(driver.ctx.watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
+    // A zero period panics tokio; `commands::watchdog_timeout` keeps it far
+    // from that, and this keeps it so for any caller.
+    let ping = driver.ctx.watchdog.map_or(Duration::from_secs(3600), |w| w / 2);
+    let mut watchdog = tokio::time::interval(ping.max(Duration::from_millis(1)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // While starting, reloading or stopping, ask systemd to keep waiting;
     // baton's own readiness and stop deadlines bound these phases.
@@ -428,7 +440,7 @@ impl Driver {
         let at = snapshot
             .last_reload
             .as_ref()
-            .map(|r| humantime::format_rfc3339_seconds(SystemTime::now() - now.duration_since(r.finished)).to_string());
+            .map(|r| humantime::format_rfc3339_seconds(wall_clock_ago(now.duration_since(r.finished))).to_string());
         status::summary(&snapshot, at.as_deref())
     }
 
@@ -569,11 +581,7 @@ impl Driver {
     fn reject(&mut self, worker: WorkerId, pid: Option<i32>, reason: &str) {
         if let Some(suppressed) = self.rejected.allow(std::time::Instant::now()) {
             let from = pid.map_or_else(|| "unknown sender".to_owned(), |p| format!("pid {p}"));
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} similar messages suppressed)")
-            } else {
-                String::new()
-            };
+            let more = notify::suppressed_note(suppressed);
             tracing::warn!("ignored a notify datagram for worker #{worker} from {from}: {reason}{more}");
         }
     }
@@ -628,7 +636,12 @@ impl Driver {
                     }
                 }
                 Action::ReloadDone { clients, result } => self.reload_done(clients, result),
-                Action::WorkerFailed { fault, context } => self.log_fault(&fault, context),
+                Action::WorkerFailed { fault, context } => self.log_fault(&fault, &context),
+                Action::Log { level, text } => match level {
+                    tracing::Level::ERROR => tracing::error!("{text}"),
+                    tracing::Level::WARN => tracing::warn!("{text}"),
+                    _ => tracing::info!("{text}"),
+                },
                 Action::Phase(p) => {
                     tracing::debug!("phase: {p:?}");
                     self.phase.send_replace(p);
@@ -657,7 +670,7 @@ impl Driver {
         let tasks = self.tasks.clone();
         spawn_task(&self.tasks, &self.done, "load-config", async move {
             let load = tasks.spawn_blocking(move || {
-                let config = config::load(&source, &overrides).map_err(|e| e.to_string())?;
+                let config = config::load(&source, &overrides).map_err(|e| crate::commands::chain(&e))?;
                 if let Some(before) = before {
                     let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
                     if now != before {
@@ -668,7 +681,7 @@ impl Driver {
                 }
                 GenSpec::resolve(&config, path.as_deref())
                     .map(Arc::new)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| crate::commands::chain(&e))
             });
             let result = load
                 .await
@@ -786,7 +799,7 @@ impl Driver {
             false => None,
         };
         let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::commands::chain(&e))?;
         let cgroup = match &self.tree {
             Ok(tree) => {
                 let (cg, procs) = tree
@@ -844,8 +857,9 @@ impl Driver {
                     self.cleanup
                         .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
                 }
+                let e = crate::commands::chain(&e);
                 tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
-                self.core.spawn_failed(now, worker, e.to_string());
+                self.core.spawn_failed(now, worker, e);
                 return;
             }
         };
@@ -898,21 +912,19 @@ impl Driver {
             });
         }
         let events = self.events.clone();
+        let errors = self.notify_errors.clone();
         let endpoint = pending.endpoint;
         let notify = spawn_task(&self.tasks, &self.done, "notify", async move {
-            loop {
-                match endpoint.recv(pid).await {
-                    Ok(received) => {
-                        if events.send(Event::Notify { worker, received }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("notify socket of worker #{worker}: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
+            notify::forward(
+                worker,
+                errors,
+                || endpoint.recv(pid),
+                |received| {
+                    let events = events.clone();
+                    async move { events.send(Event::Notify { worker, received }).await.is_ok() }
+                },
+            )
+            .await;
         });
         self.pids.insert(pid, worker);
         self.workers.insert(
@@ -1255,7 +1267,7 @@ impl Driver {
                 .collect(),
             last_reload_at: snapshot.last_reload.as_ref().map(|r| {
                 let ago = now.duration_since(r.finished);
-                humantime::format_rfc3339_seconds(SystemTime::now() - ago).to_string()
+                humantime::format_rfc3339_seconds(wall_clock_ago(ago)).to_string()
             }),
             process_tree: match &self.tree {
                 Ok(_) => Mode::Cgroup,

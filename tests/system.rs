@@ -363,6 +363,491 @@ fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
+// ---------------------------------------------------------------------------
+// The sandboxed unit that `baton init` writes, with every example app.
+//
+// A container of its own, so these scenarios share nothing with the ones
+// above. Each app is deployed the way the README says: under /srv (the
+// sandbox makes /home and /root read-only, and the app's own user could not
+// read them anyway), with `baton init` and no --user, so it runs as a system
+// user named like the app.
+
+/// Reloads under load per app.
+const SANDBOX_RELOADS: u64 = 5;
+
+/// One example app, deployed inside the container.
+struct ExampleApp {
+    name: &'static str,
+    directory: &'static str,
+    command: Vec<String>,
+    /// TOML edits after `baton init` (readiness mode, environment...).
+    edit: fn(&mut toml_edit::DocumentMut),
+}
+
+/// The sandbox test's container and binaries.
+struct Sandbox {
+    c: Container,
+    baton: String,
+    hello: String,
+}
+
+impl Sandbox {
+    fn baton(&self, args: &[&str]) -> std::process::Output {
+        let mut argv = vec![self.baton.as_str()];
+        argv.extend_from_slice(args);
+        self.c.exec(&argv, COMMAND_TIMEOUT)
+    }
+
+    fn sh_ok(&self, script: &str) -> String {
+        let out = self.c.sh(script);
+        assert!(out.status.success(), "sh -c {script:?}: {}", describe(&out));
+        stdout(&out)
+    }
+
+    fn status_of(&self, name: &str) -> Option<Value> {
+        let out = self.baton(&["status", name, "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn edit_config(&self, path: &str, edit: impl FnOnce(&mut toml_edit::DocumentMut)) {
+        let mut doc: toml_edit::DocumentMut = self.c.read_file(path).parse().expect("the config is TOML");
+        edit(&mut doc);
+        self.c.write_file(path, &doc.to_string());
+    }
+
+    fn diagnostics(&self, name: &str) -> String {
+        let status = self
+            .c
+            .systemctl(&["status", &format!("{name}.service"), "--no-pager", "-l", "-n", "0"]);
+        let journal = self.c.journalctl(&["-u", name, "-n", "60"]);
+        format!(
+            "--- systemctl status {name}:\n{}\n--- journalctl -u {name} -n 60:\n{}",
+            stdout(&status),
+            stdout(&journal)
+        )
+    }
+}
+
+/// `npm ci` in examples/node unless node_modules matches package-lock.json
+/// (the same marker and lock as tests/node.rs, so the two share the work).
+fn provision_node_modules() -> std::path::PathBuf {
+    use common::baton::{run_setup, target_dir, with_file_lock};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).unwrap();
+    let marker = dir.join("node_modules/.baton-installed-from-package-lock.json");
+    with_file_lock(&target_dir().join("examples-node.lock"), || {
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == lock) {
+            return;
+        }
+        run_setup(
+            "npm ci in examples/node",
+            std::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+        );
+        std::fs::write(&marker, &lock).unwrap();
+    });
+    dir
+}
+
+/// Wheels for examples/python/requirements.txt, downloaded once into
+/// target/system-wheels with the system's python3 (what the container has),
+/// so that the container's venv installs offline.
+fn provision_wheels() -> std::path::PathBuf {
+    use common::baton::{run_setup, target_dir, with_file_lock};
+    let requirements = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    let wheels = target_dir().join("system-wheels");
+    let marker = wheels.join(".downloaded-from-requirements.txt");
+    with_file_lock(&target_dir().join("system-wheels.lock"), || {
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&wheels);
+        let pip_venv = wheels.join(".pip");
+        run_setup(
+            "/usr/bin/python3 -m venv (python3-venv)",
+            std::process::Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&pip_venv),
+        );
+        run_setup(
+            "pip download -r examples/python/requirements.txt",
+            std::process::Command::new(pip_venv.join("bin/pip"))
+                .args(["download", "--disable-pip-version-check", "--quiet", "-d"])
+                .arg(&wheels)
+                .arg("-r")
+                .arg(&requirements),
+        );
+        std::fs::write(&marker, &wanted).unwrap();
+    });
+    wheels
+}
+
+/// Copies a host directory into the container (through the overlay).
+fn copy_into(c: &Container, host: &std::path::Path, inside: &str) {
+    let target = c.host_path(inside);
+    std::fs::create_dir_all(&target).unwrap();
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", host.display()))
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp -a {} {}: {}",
+        host.display(),
+        target.display(),
+        describe(&out)
+    );
+}
+
+#[test]
+fn the_sandboxed_unit_runs_every_example_app() {
+    let node = provision_node_modules();
+    let wheels = provision_wheels();
+    let Some(c) = Container::boot() else {
+        return;
+    };
+    say(&format!("sandbox tests: container {} booted", c.name()));
+    let baton = c.install_host_file(&baton_bin());
+    let hello = c.install_host_file(&example_bin("hello"));
+
+    // The apps, deployed as root-owned, world-readable files under /srv.
+    copy_into(&c, &node, "/srv/nodeapp");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python");
+    copy_into(&c, &examples, "/srv/pyapp");
+    copy_into(&c, &wheels, "/srv/wheels");
+    let venv = c.exec(
+        &[
+            "sh",
+            "-c",
+            "rm -rf /srv/pyapp/.venv && /usr/bin/python3 -m venv /srv/pyapp/.venv && \
+             /srv/pyapp/.venv/bin/pip install --disable-pip-version-check --quiet --no-index \
+             --find-links /srv/wheels -r /srv/pyapp/requirements.txt",
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(venv.status.success(), "the venv in the container: {}", describe(&venv));
+
+    let s = Sandbox { c, baton, hello };
+    let apps = [
+        ExampleApp {
+            name: "hello",
+            directory: "/opt/baton-systest",
+            command: vec![s.hello.clone()],
+            edit: |_| {},
+        },
+        ExampleApp {
+            name: "express",
+            directory: "/srv/nodeapp",
+            command: vec!["node".into(), "server.js".into()],
+            edit: |doc| {
+                doc["environment"]["NODE_ENV"] = toml_edit::value("production");
+                doc["readiness"]["mode"] = toml_edit::value("node-ipc");
+                doc["stop"]["message"] = toml_edit::value("shutdown");
+            },
+        },
+        ExampleApp {
+            name: "gunicorn",
+            directory: "/srv/pyapp",
+            command: [
+                "/srv/pyapp/.venv/bin/gunicorn",
+                "--config",
+                "gunicorn.conf.py",
+                "app:app",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            edit: |doc| {
+                doc["environment"]["GUNICORN_WORKERS"] = toml_edit::value("2");
+                doc["environment"]["PYTHONUNBUFFERED"] = toml_edit::value("1");
+            },
+        },
+    ];
+    let mut results: Vec<(String, Result<String, String>)> = Vec::new();
+    let mut run = |name: String, f: &dyn Fn() -> String, diagnose: &dyn Fn() -> String| {
+        say(&format!("\n=== sandbox scenario {name}"));
+        let t = Instant::now();
+        let outcome = match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(figures) => {
+                say(&format!("--- ok ({:.1}s): {figures}", t.elapsed().as_secs_f64()));
+                Ok(figures)
+            }
+            Err(panic) => {
+                let message = common::panic_message(panic.as_ref());
+                say(&format!("--- FAILED ({:.1}s): {message}", t.elapsed().as_secs_f64()));
+                Err(format!("{message}\n{}", diagnose()))
+            }
+        };
+        results.push((name, outcome));
+    };
+    run(
+        "exposure: systemd-analyze security --offline=yes on what `baton init` writes".into(),
+        &|| exposure_of_the_default_unit(&s),
+        &|| String::new(),
+    );
+    for app in &apps {
+        run(
+            format!(
+                "{}: as its own user, socket activation, {SANDBOX_RELOADS} reloads under load, stop",
+                app.name
+            ),
+            &|| app_in_the_sandbox(&s, app),
+            &|| s.diagnostics(app.name),
+        );
+    }
+    run(
+        "baton init --config-dir: the unit reads the config there".into(),
+        &|| config_dir_elsewhere(&s),
+        &|| s.diagnostics("elsewhere"),
+    );
+    drop(s);
+    say("\n=== sandbox tests: summary");
+    for (name, outcome) in &results {
+        say(&format!("{} {name}", if outcome.is_ok() { "ok    " } else { "FAILED" }));
+    }
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(name, outcome)| outcome.as_ref().err().map(|e| format!("{name}: {e}")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} sandbox scenarios failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// `Overall exposure level for X.service: 1.9 OK`.
+fn exposure(report: &str) -> Option<f64> {
+    report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))?
+        .rsplit_once(": ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The default `baton init` unit scores at most 2.5; `--user root` is
+/// warned about (and scores worse, for the record).
+fn exposure_of_the_default_unit(s: &Sandbox) -> String {
+    let dir = "/srv/exposure";
+    let mut scores = Vec::new();
+    for (name, user) in [("scored", None), ("scoredroot", Some("root"))] {
+        let mut args = vec!["init", name, "--listen", "127.0.0.1:1", "--unit-dir", dir];
+        if let Some(user) = user {
+            args.extend_from_slice(&["--user", user]);
+        }
+        args.extend_from_slice(&["--", "/bin/true"]);
+        let out = s.baton(&args);
+        assert!(out.status.success(), "baton init {name}: {}", describe(&out));
+        let warned = String::from_utf8_lossy(&out.stderr).contains("WARNING");
+        assert_eq!(warned, user == Some("root"), "the root warning: {}", describe(&out));
+        let unit = format!("{dir}/{name}.service");
+        let report = s.c.exec(
+            &["systemd-analyze", "security", "--offline=yes", "--no-pager", &unit],
+            COMMAND_TIMEOUT,
+        );
+        let text = stdout(&report);
+        let score = exposure(&text)
+            .unwrap_or_else(|| panic!("no exposure level from systemd-analyze security: {}", describe(&report)));
+        scores.push(score);
+    }
+    assert!(
+        scores[0] <= 2.5,
+        "the unit `baton init` writes scores {} (at most 2.5 wanted)",
+        scores[0]
+    );
+    format!(
+        "default (a user of its own): {:.1}; --user root (warned about): {:.1}",
+        scores[0], scores[1]
+    )
+}
+
+/// The figures of one app under the sandbox.
+fn app_in_the_sandbox(s: &Sandbox, app: &ExampleApp) -> String {
+    let name = app.name;
+    let service = format!("{name}.service");
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "init",
+        name,
+        "--listen",
+        &listen,
+        "--workers",
+        "2",
+        "--directory",
+        app.directory,
+        "--",
+    ];
+    args.extend(app.command.iter().map(String::as_str));
+    let out = s.baton(&args);
+    assert!(out.status.success(), "baton init {name}: {}", describe(&out));
+    assert!(
+        stdout(&out).contains(&format!("{name} runs as system user {name}")),
+        "baton init did not create the app's user: {}",
+        describe(&out)
+    );
+    let unit = s.c.read_file(&format!("/etc/systemd/system/{service}"));
+    for line in [
+        format!("User={name}"),
+        "Delegate=yes".into(),
+        "CapabilityBoundingSet=".into(),
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "{line:?} missing from {service}:\n{unit}"
+        );
+    }
+    let passwd = s.sh_ok(&format!("getent passwd {name}"));
+    let uid: u32 = passwd.split(':').nth(2).and_then(|u| u.parse().ok()).unwrap();
+    assert!(uid > 0 && uid < 1000, "{name} is not a system user: {passwd}");
+    s.edit_config(&format!("/etc/baton/{name}.toml"), app.edit);
+
+    let out = s.c.systemctl(&["enable", "--now", &format!("{name}.socket")]);
+    assert!(out.status.success(), "enable --now {name}.socket: {}", describe(&out));
+    let t = Instant::now();
+    let first = get(addr, "/", Duration::from_secs(60));
+    let first_took = t.elapsed();
+    match &first {
+        Ok((200, body)) if body.starts_with("hello from generation 1 ") => {}
+        other => panic!("the first request (which starts {service}) got {other:?}"),
+    }
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            status = s.status_of(name);
+            status
+                .as_ref()
+                .and_then(serving)
+                .is_some_and(|(_, r, n)| r == n && n == 2)
+        }),
+        "{name} never served with 2/2 workers: {status:?}"
+    );
+    let status = status.unwrap();
+
+    // baton and every worker run as the app's user, inside the sandbox.
+    let main: i64 = s.c.show(&service, "MainPID").parse().unwrap();
+    let (id, _, _) = serving(&status).unwrap();
+    let mut processes = pids(&status, id);
+    processes.push(main);
+    for pid in &processes {
+        let st = s.sh_ok(&format!(
+            "grep -E '^(Uid|CapBnd|NoNewPrivs|Seccomp):' /proc/{pid}/status"
+        ));
+        let field = |key: &str| {
+            st.lines()
+                .find(|l| l.starts_with(key))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert!(field("Uid:").iter().all(|u| *u == uid.to_string()), "pid {pid}:\n{st}");
+        assert_eq!(field("CapBnd:"), ["0000000000000000"], "pid {pid}:\n{st}");
+        assert_eq!(field("NoNewPrivs:"), ["1"], "pid {pid}:\n{st}");
+        assert_eq!(field("Seccomp:"), ["2"], "pid {pid}:\n{st}");
+    }
+
+    let load = Load::start(addr, "/", LOAD_THREADS);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut times = Vec::new();
+    let mut current = id;
+    for i in 1..=SANDBOX_RELOADS {
+        let t = Instant::now();
+        let out = s.c.systemctl(&["reload", name]);
+        times.push(ms(t.elapsed()));
+        assert!(
+            out.status.success(),
+            "reload {i} of {name}: {}; load so far: {}",
+            describe(&out),
+            load.snapshot()
+        );
+        let now = s.status_of(name).expect("baton status after a reload");
+        let (id, ready, slots) = serving(&now).unwrap();
+        assert_eq!((id, ready, slots), (current + 1, 2, 2), "after reload {i}: {now}");
+        current = id;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    assert_eq!(
+        stats.failed, 0,
+        "{name}: failed requests across {SANDBOX_RELOADS} reloads: {stats}"
+    );
+    assert!(stats.ok >= 50, "{name}: too few requests to mean anything: {stats}");
+
+    let t = Instant::now();
+    let out = s.c.systemctl(&["stop", &service]);
+    let stop_took = t.elapsed();
+    assert!(out.status.success(), "systemctl stop {service}: {}", describe(&out));
+    let result = s.c.show(&service, "Result");
+    let active = stdout(&s.c.systemctl(&["is-active", &service])).trim().to_owned();
+    assert_eq!(
+        (result.as_str(), active.as_str()),
+        ("success", "inactive"),
+        "after stop"
+    );
+    let _ = s.c.systemctl(&["disable", "--now", &format!("{name}.socket")]);
+    format!(
+        "uid {uid} ({name}), CapBnd 0, NoNewPrivs, seccomp on baton and workers; first request (socket activation) {}; \
+         reloads {}; load: {stats}; stop {} Result=success",
+        ms(first_took),
+        times.join(" "),
+        ms(stop_took)
+    )
+}
+
+/// `baton init --config-dir /srv/elsewhere`: the unit names that config, so
+/// its ExecStartPre no longer exits 78 looking for /etc/baton/NAME.toml.
+fn config_dir_elsewhere(s: &Sandbox) -> String {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = s.baton(&[
+        "init",
+        "elsewhere",
+        "--listen",
+        &listen,
+        "--config-dir",
+        "/srv/elsewhere",
+        "--",
+        &s.hello,
+    ]);
+    assert!(out.status.success(), "baton init --config-dir: {}", describe(&out));
+    assert!(!s.c.host_path("/etc/baton/elsewhere.toml").exists());
+    let unit = s.c.read_file("/etc/systemd/system/elsewhere.service");
+    let pre = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStartPre="))
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        pre,
+        format!("ExecStartPre={} check --config /srv/elsewhere/elsewhere.toml", s.baton)
+    );
+    let out = s.c.systemctl(&["start", "elsewhere.service"]);
+    assert!(
+        out.status.success(),
+        "systemctl start elsewhere.service: {}",
+        describe(&out)
+    );
+    let answer = get(SocketAddr::from(([127, 0, 0, 1], port)), "/", Duration::from_secs(30));
+    assert!(matches!(&answer, Ok((200, _))), "GET / of elsewhere: {answer:?}");
+    let _ = s.c.systemctl(&["stop", "elsewhere.service", "elsewhere.socket"]);
+    format!("{pre}; started, and GET / answered 200")
+}
+
+// ---------------------------------------------------------------------------
+// The scenarios of `systemd_runs_baton_units_in_a_container`.
+
 /// 1. `baton init`, `systemctl enable --now myapp.socket`: nothing runs until
 ///    the first request, which starts the service and gets answered.
 fn socket_activation(s: &System) -> String {

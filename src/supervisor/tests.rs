@@ -248,6 +248,8 @@ struct H {
     /// Coverage of the randomized runs.
     saw_given_up: bool,
     stop_pending_answers: usize,
+    /// The lines baton would log (`WorkerFailed` and `Log`), in order.
+    log: Vec<String>,
 }
 
 impl H {
@@ -276,6 +278,7 @@ impl H {
             rng: None,
             saw_given_up: false,
             stop_pending_answers: 0,
+            log: Vec::new(),
         }
     }
 
@@ -450,11 +453,16 @@ impl H {
             }
             Action::WorkerFailed { fault, context } => {
                 assert!(!context.is_empty());
+                self.log.push(format!("{fault}; {context}"));
                 self.events.push(Ev::Failed {
                     generation: fault.generation,
                     slot: fault.slot,
                     failure: fault.failure,
                 });
+            }
+            Action::Log { text, .. } => {
+                assert!(!text.is_empty());
+                self.log.push(text);
             }
             Action::Phase(p) => self.events.push(Ev::Phase(p)),
             Action::Exit(code) => {
@@ -2489,4 +2497,143 @@ async fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
     h.memory(1);
     h.memory(2);
     h.expect(&[]);
+}
+
+// ---- bounded time ----------------------------------------------------------
+
+/// Durations far beyond what the config accepts (2^64 s), and a worker's
+/// EXTEND_TIMEOUT_USEC of u64::MAX µs: every deadline saturates instead of
+/// overflowing the clock, which used to panic baton ("overflow when adding
+/// duration to instant") at start, at the first crash, and when a reload
+/// retired the generation that pinned them.
+#[tokio::test(start_paused = true)]
+async fn huge_durations_saturate_instead_of_panicking() {
+    let huge = Duration::MAX;
+    let mut p = policy(2, Parallel);
+    p.ready_timeout = huge;
+    p.stop_timeout = huge;
+    p.restart.delay = huge;
+    p.restart.max_delay = huge;
+    p.restart.window = huge;
+    p.watchdog = Some(huge);
+    p.stop_message = true;
+    let mut h = H::new();
+    h.start(spec_of("v1", p.clone()));
+    h.take();
+    let far = Instant::now() + secs(20 * 365 * 24 * 3600);
+    assert!(h.armed(Timer::Ready(1)).is_some_and(|at| at > far));
+    h.send(1, Notify::ExtendTimeout(Duration::from_micros(u64::MAX)));
+    h.ready(1, 0);
+    h.ready(1, 1);
+    assert_eq!(h.sup.serving, Some(1));
+    h.send(1, Notify::Watchdog);
+    assert!(h.armed(Timer::Watchdog(1)).is_some_and(|at| at > far));
+
+    // A crash arms its restart in the far future.
+    h.crash(1, 1, FAIL);
+    h.take();
+    assert!(
+        h.timers
+            .iter()
+            .any(|(at, _, t)| matches!(t, Timer::Restart { .. }) && *at > far)
+    );
+
+    // A reload retires generation 1: its stop message and deadlines too.
+    h.reload(1);
+    let mut p2 = p.clone();
+    p2.ready_delay = Some(huge);
+    h.load(spec_of("v2", p2));
+    h.ready(2, 0);
+    h.ready(2, 1);
+    assert_eq!(h.sup.serving, Some(2));
+    assert!(h.armed(Timer::Stop(1)).is_some_and(|at| at > far));
+    assert!(h.armed(Timer::Escalate(1)).is_some_and(|at| at > far));
+    h.advance(secs(3600)).await;
+    h.exit_worker(1, TERMED);
+    h.stop();
+    h.exit_signalled();
+    let left: Vec<WorkerId> = h.alive.keys().copied().collect();
+    for w in left {
+        h.exit_worker(w, TERMED);
+    }
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn after_saturates() {
+    let now = Instant::now();
+    assert_eq!(after(now, secs(5)), now + secs(5));
+    assert!(after(now, Duration::MAX) > now + secs(20 * 365 * 24 * 3600));
+    assert_eq!(after(now, Duration::MAX), after(now, Duration::from_secs(u64::MAX / 2)));
+}
+
+// ---- what the log says happens next ------------------------------------------
+
+/// Every failure line says what happens next, and the last one, when baton
+/// gives up, says so: it once said "restarting it" while baton exited.
+#[tokio::test(start_paused = true)]
+async fn the_log_says_what_happens_next_down_to_the_exit() {
+    let mut p = policy(2, Parallel);
+    p.restart.limit = 1;
+    p.restart.window = secs(600);
+    let mut h = started_with(spec_of("v1", p));
+    let ok0 = ExitStatus::Code(0);
+    h.crash(1, 0, ok0);
+    h.advance(ms(100)).await;
+    h.crash(1, 0, ok0);
+    // Slot 1: a restarted worker that is never ready is stopped, then
+    // given up; that was the last slot, so baton exits.
+    h.crash(1, 1, FAIL);
+    h.advance(ms(100)).await;
+    h.advance(secs(60)).await;
+    h.exit_signalled();
+    assert_eq!(h.exit, Some(1), "{:#?}\n{:#?}", h.log, h.events);
+    assert_eq!(
+        h.log,
+        [
+            "worker 0 of generation 1 (pid 1001) exited with status 0; restarting it in 100ms",
+            "worker 0 of generation 1 (pid 1003) exited with status 0 before it became ready; \
+             that is 2 failures within 10m ([restart] limit = 1); giving up on slot 0, which stays empty",
+            "worker 1 of generation 1 (pid 1002) exited with status 1; restarting it in 100ms",
+            "worker 1 of generation 1 (pid 1004) was not ready after 1m (readiness timeout); stopping it; \
+             that is 2 failures within 10m ([restart] limit = 1); giving up on slot 1, which stays empty",
+            "generation 1 has no worker left and its restarts are exhausted; stopping and exiting with status 1",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_spawns_and_stopping_workers_say_what_happens_next() {
+    let mut h = started(1, Parallel);
+    h.fail_spawns.insert((1, 0));
+    h.crash(1, 0, FAIL);
+    h.advance(ms(100)).await;
+    h.advance(ms(200)).await;
+    let w = h.at(1, 0);
+    h.ready(1, 0);
+    h.send(w, Notify::Stopping);
+    assert_eq!(
+        h.log,
+        [
+            "worker 0 of generation 1 (pid 1001) exited with status 1; restarting it in 100ms".to_owned(),
+            format!(
+                "worker 0 of generation 1 could not be started: {}; trying again in 200ms",
+                h.actions
+                    .iter()
+                    .find_map(|a| match a {
+                        Action::WorkerFailed {
+                            fault:
+                                Fault {
+                                    failure: Failure::Spawn { error },
+                                    ..
+                                },
+                            ..
+                        } => Some(error.clone()),
+                        _ => None,
+                    })
+                    .unwrap()
+            ),
+            "worker 0 of generation 1 sent STOPPING=1; letting it drain; its replacement starts in 400ms".to_owned(),
+        ]
+    );
 }
