@@ -9,12 +9,11 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, setsockopt, sockopt};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::supervisor::Notify;
 
@@ -151,28 +150,14 @@ impl Endpoint {
 
 fn receive(fd: std::os::fd::BorrowedFd<'_>, leader: i32) -> std::io::Result<Received> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; 16]);
-    let msg = socket::recvmsg::<()>(
-        fd.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
-    )?;
-    let mut pid = None;
-    // Held until the sender is authenticated, then closed (see `recv`).
-    let mut passed: Vec<std::os::fd::OwnedFd> = Vec::new();
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            match c {
-                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
-                ControlMessageOwned::ScmRights(fds) => passed.extend(fds.into_iter().map(crate::sys::adopt_fd)),
-                _ => {}
-            }
-        }
-    }
-    let len = msg.bytes;
-    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM;
+    // Passed fds are held until the sender is authenticated, then closed
+    // (see `recv`).
+    let crate::sys::Datagram {
+        len,
+        truncated,
+        pid,
+        fds: passed,
+    } = crate::sys::recv_with_credentials(fd, &mut buf)?;
     if truncated {
         return Ok(Received::Rejected {
             pid,
@@ -270,22 +255,25 @@ impl SharedRateLimit {
 const ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Receives datagrams with `recv` and hands them to `deliver` until it
-/// returns false. A receive error is retried after [`ERROR_PAUSE`]; it is
+/// returns false. `deliver` may wait (a full event queue): the worker's
+/// datagrams then wait in its socket, which bounds what a flood costs. A receive error is retried after [`ERROR_PAUSE`]; it is
 /// logged through `errors`, which all workers share, so an error that
 /// persists costs one line per interval instead of ten a second per worker.
-pub async fn forward<F, Fut>(
+pub async fn forward<F, Fut, D, DFut>(
     worker: impl std::fmt::Display,
     errors: SharedRateLimit,
     mut recv: F,
-    mut deliver: impl FnMut(Received) -> bool,
+    mut deliver: D,
 ) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<Received>>,
+    D: FnMut(Received) -> DFut,
+    DFut: std::future::Future<Output = bool>,
 {
     loop {
         match recv().await {
             Ok(received) => {
-                if !deliver(received) {
+                if !deliver(received).await {
                     return;
                 }
             }
@@ -406,7 +394,7 @@ mod tests {
                     attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     std::future::ready(Err(std::io::Error::from_raw_os_error(libc::ENOBUFS)))
                 },
-                |_| true,
+                |_| std::future::ready(true),
             ));
         }
         let all = futures_join(tasks);

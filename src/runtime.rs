@@ -5,16 +5,31 @@
 //! subreaper, so orphaned grandchildren come here too), turns signals into
 //! intents (HUP → reload, TERM/INT → stop), and hears from per-worker tasks:
 //! notify sockets, output pumps and timers, plus control-socket clients.
+//! Nothing on that task blocks: fork and exec run on the spawner thread
+//! (`sys::Spawner`), a reload's config is read on a blocking task, and both
+//! answer through the event channel.
+//!
+//! The driver is the only place that knows pids. The core names workers;
+//! the driver signals a worker through the pidfd it got at fork, kills its
+//! whole process group only while the leader is unreaped (so the group id
+//! cannot have been reused), and tracks the *orphans* baton adopts as
+//! subreaper: daemons a worker left behind. Each orphan belongs to the
+//! generation in its `BATON_GENERATION` (or to the worker whose exit
+//! orphaned it) and is killed when that generation retires; whatever is left
+//! is killed before baton exits, and baton reaps until it has no child left.
 //!
 //! Each worker's process tree is a cgroup of its own when systemd delegated
 //! baton's cgroup, a process group otherwise (see `cgroup`). Whatever reads
 //! /proc (the memory sampler, the memory figures of `status`) runs on the
 //! blocking pool and reports back through the event channel, so the loop,
 //! and with it the WATCHDOG=1 ping, never waits on it.
+//!
+//! Every task has an owner: a `TaskTracker` that is closed and awaited at
+//! exit. Channels fed by workers are bounded; a worker that floods waits.
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +43,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::activation::Listener;
 use crate::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
@@ -38,8 +55,10 @@ use crate::output::{self, Origin, Stream, Tail, Writer};
 use crate::spec::GenSpec;
 use crate::status;
 use crate::supervisor::{
-    Action, ClientId, ExitStatus, Fault, Notify, Phase, ReloadError, ReloadResult, Supervisor, Timer, Waiter, WorkerId,
+    Action, ClientId, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor, Timer, Waiter,
+    WorkerId,
 };
+use crate::sys::{self, Spawner};
 use crate::systemd::Notifier;
 
 /// Everything `run` needs, prepared by `main` before the runtime started.
@@ -71,6 +90,8 @@ pub enum RunError {
     Control(#[from] control::ControlError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    #[error("cannot start the spawner thread")]
+    Spawner(#[source] std::io::Error),
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
 }
@@ -91,6 +112,13 @@ enum Event {
     },
     Timer(Timer),
     Control(Command),
+    /// The spawner thread's answer to a spawn.
+    Spawned {
+        worker: WorkerId,
+        result: Result<sys::Child, sys::SpawnError>,
+    },
+    /// A reload's config, read on a blocking task.
+    ConfigLoaded(Result<Arc<GenSpec>, String>),
     /// A memory sample, measured off the event loop.
     Memory(HashMap<WorkerId, u64>),
     /// `baton status`, its memory figures measured off the event loop.
@@ -100,12 +128,47 @@ enum Event {
     },
 }
 
+/// Room in the event channel. Per-worker tasks (notify, IPC, output) wait
+/// when it is full, so a flooding worker slows down instead of growing
+/// baton's memory.
+const EVENT_QUEUE: usize = 1024;
+
+/// How long tasks get to finish at exit, and baton to reap what it killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// What a spawn prepared on the loop, completed when the spawner answers.
+struct Pending {
+    generation: u64,
+    slot: usize,
+    endpoint: Endpoint,
+    out: OwnedFd,
+    err: OwnedFd,
+    ipc: Option<std::os::unix::net::UnixStream>,
+    memory_limit: Option<u64>,
+    stop_message: Option<String>,
+    cgroup: Option<Arc<WorkerCgroup>>,
+}
+
+/// A process baton adopted as subreaper that is not a worker.
+struct Orphan {
+    generation: Option<GenId>,
+    /// `None` only on kernels without pidfd_open; it is baton's unreaped
+    /// child, so its pid is safe to signal until the reaper takes it.
+    pidfd: Option<OwnedFd>,
+}
+
 /// Per-worker I/O the driver owns.
 struct WorkerIo {
+    generation: GenId,
     /// The pid we forked: the process group leader.
     leader: i32,
+    /// Set once the leader was reaped: its group id may then be reused, so
+    /// the group is no longer signalled.
+    leader_reaped: bool,
     /// The pid whose exit means the worker is gone (MAINPID= may move it).
     main: i32,
+    /// pidfd of `main`; signals go through it.
+    main_pidfd: Option<OwnedFd>,
     tail: Tail,
     notify: JoinHandle<()>,
     /// Closed when both output pumps have hit EOF.
@@ -140,10 +203,20 @@ struct Driver {
     name: Arc<str>,
     listeners: Arc<Vec<Listener>>,
     devnull: OwnedFd,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
+    spawner: Spawner,
+    tasks: TaskTracker,
+    /// Cancelled when the loop ends: every task stops.
+    done: CancellationToken,
+    pending: HashMap<WorkerId, Pending>,
+    /// Leaders that exited before their spawn was answered.
+    early_exits: HashMap<i32, ExitStatus>,
     workers: HashMap<WorkerId, WorkerIo>,
     /// Main pid → worker, for the reaper.
     pids: HashMap<i32, WorkerId>,
+    orphans: HashMap<i32, Orphan>,
+    /// Generations whose workers are all gone; their orphans die on sight.
+    retired: BTreeSet<GenId>,
     old_tails: VecDeque<(WorkerId, Tail)>,
     clients: BTreeMap<ClientId, mpsc::UnboundedSender<Reply>>,
     next_client: ClientId,
@@ -165,7 +238,7 @@ struct Driver {
     /// A memory sample is being measured.
     sampling: bool,
     /// Removals of emptied worker cgroups, awaited (bounded) before exit.
-    cleanup: tokio_util::task::TaskTracker,
+    cleanup: TaskTracker,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -182,6 +255,9 @@ const CGROUP_PATIENCE: Duration = Duration::from_secs(5);
 ///
 /// `shutdown` is the same as SIGTERM; tests use it to stop an in-process
 /// supervisor. `phase` reports lifecycle changes to whoever listens.
+///
+/// Before it returns, every process baton started or adopted is killed and
+/// reaped: nothing it started outlives it.
 pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender<Phase>) -> Result<i32, RunError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(RunError::Subreaper)?;
     let devnull = std::fs::File::open("/dev/null").map_err(RunError::DevNull)?.into();
@@ -206,6 +282,22 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         Err(why) => tracing::info!("process tree: a process group per worker ({why})"),
     }
 
+    // A parallel reload holds several fds per worker; workers get back the
+    // limit baton started with.
+    let nofile = match sys::raise_nofile() {
+        Ok(n) => {
+            if n.soft < n.hard {
+                tracing::debug!("raised RLIMIT_NOFILE from {} to {}", n.soft, n.hard);
+            }
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
+            None
+        }
+    };
+    let spawner = Spawner::start(nofile).map_err(RunError::Spawner)?;
+
     // Signal handlers first: a SIGCHLD before they exist would be lost.
     let mut sigchld = signal(SignalKind::child()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
@@ -214,19 +306,21 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
 
     let listener = control::bind(&ctx.control)?;
     let control_path = ctx.control.clone();
-    let (events, mut rx) = mpsc::unbounded_channel();
+    let tasks = TaskTracker::new();
+    let done = CancellationToken::new();
+    let (events, mut rx) = mpsc::channel(EVENT_QUEUE);
     let (commands_tx, mut commands_rx) = mpsc::unbounded_channel();
-    let server = tokio::spawn(control::serve(listener, commands_tx));
-    let forward = {
+    spawn_task(&tasks, &done, "control", control::serve(listener, commands_tx));
+    {
         let events = events.clone();
-        tokio::spawn(async move {
+        spawn_task(&tasks, &done, "control-forward", async move {
             while let Some(cmd) = commands_rx.recv().await {
-                if events.send(Event::Control(cmd)).is_err() {
+                if events.send(Event::Control(cmd)).await.is_err() {
                     break;
                 }
             }
-        })
-    };
+        });
+    }
 
     let name: Arc<str> = ctx.config.name.as_str().into();
     let mut ctx = ctx;
@@ -240,8 +334,15 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         listeners,
         devnull,
         events,
+        spawner,
+        tasks,
+        done,
+        pending: HashMap::new(),
+        early_exits: HashMap::new(),
         workers: HashMap::new(),
         pids: HashMap::new(),
+        orphans: HashMap::new(),
+        retired: BTreeSet::new(),
         old_tails: VecDeque::new(),
         clients: BTreeMap::new(),
         next_client: 1,
@@ -256,7 +357,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         status_line: String::new(),
         tree,
         sampling: false,
-        cleanup: tokio_util::task::TaskTracker::new(),
+        cleanup: TaskTracker::new(),
     };
     if driver.systemd.is_some() {
         tracing::debug!("notifying systemd");
@@ -300,14 +401,36 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         }
         driver.update_status();
     };
+    driver.remove_cgroups(&mut sigchld).await;
+    driver.kill_everything_and_reap().await;
     if let Some(n) = &driver.systemd {
         n.status(&format!("stopped (exit code {code})"));
     }
-    driver.remove_cgroups(&mut sigchld).await;
-    server.abort();
-    forward.abort();
+    driver.done.cancel();
+    driver.tasks.close();
+    drop(rx);
+    if tokio::time::timeout(EXIT_GRACE, driver.tasks.wait()).await.is_err() {
+        tracing::debug!("{} tasks did not finish in time", driver.tasks.len());
+    }
     let _ = std::fs::remove_file(&control_path);
     Ok(code)
+}
+
+/// Runs `task` on the tracker until it ends or `done` is cancelled.
+fn spawn_task<F>(tasks: &TaskTracker, done: &CancellationToken, name: &'static str, task: F) -> JoinHandle<()>
+where
+    F: std::future::Future + Send + 'static,
+{
+    let done = done.clone();
+    tasks.spawn(
+        async move {
+            tokio::select! {
+                _ = done.cancelled() => {}
+                _ = task => {}
+            }
+        }
+        .instrument(tracing::debug_span!("task", name)),
+    )
 }
 
 impl Driver {
@@ -384,6 +507,7 @@ impl Driver {
                     if let Some(task) = &io.ipc_task {
                         task.abort();
                     }
+                    self.pids.remove(&io.main);
                     self.old_tails.push_back((worker, io.tail));
                     if self.old_tails.len() > KEEP_TAILS {
                         self.old_tails.pop_front();
@@ -391,6 +515,8 @@ impl Driver {
                 }
                 self.core.exited(now, worker, status);
             }
+            Event::Spawned { worker, result } => self.spawned(now, worker, result),
+            Event::ConfigLoaded(result) => self.core.config_loaded(now, result),
             Event::Notify { worker, received } => self.notified(now, worker, received),
             Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
             Event::Control(Command::Status { reply }) => self.measure_for_status(reply),
@@ -419,19 +545,32 @@ impl Driver {
         let leader = io.leader;
         for msg in parsed.messages {
             if let Notify::MainPid(main) = msg {
-                if main == leader || !notify::belongs_to(main, leader) {
-                    if main != leader {
-                        self.reject(
-                            worker,
-                            Some(pid),
-                            &format!("MAINPID={main} is not in the worker's process tree"),
-                        );
+                if main == leader {
+                    continue;
+                }
+                // The pidfd first, then the check: if the pid was recycled in
+                // between, the check looks at the process the pidfd names.
+                let (pidfd, verified) = match sys::pidfd_open(main) {
+                    Ok(fd) => {
+                        let ok = notify::belongs_to(main, leader) && sys::pidfd_alive(fd.as_fd());
+                        (Some(fd), ok)
                     }
+                    // A kernel without pidfds: signalled by pid while unreaped.
+                    Err(nix::Error::ENOSYS) => (None, notify::belongs_to(main, leader)),
+                    Err(_) => (None, false),
+                };
+                if !verified {
+                    self.reject(
+                        worker,
+                        Some(pid),
+                        &format!("MAINPID={main} is not in the worker's process tree"),
+                    );
                     continue;
                 }
                 if let Some(io) = self.workers.get_mut(&worker) {
                     self.pids.remove(&io.main);
                     io.main = main;
+                    io.main_pidfd = pidfd;
                     self.pids.insert(main, worker);
                 }
             }
@@ -457,38 +596,37 @@ impl Driver {
                     slot,
                     spec,
                 } => self.spawn(worker, generation, slot, &spec),
-                Action::Signal { pid, signal, .. } => {
-                    let _ = kill(Pid::from_raw(pid), signal);
-                }
+                Action::Signal { worker, signal } => self.signal(worker, signal),
                 Action::StopMessage { worker } => self.send_stop_message(worker),
-                Action::KillGroup { worker, pgid } => match self.workers.get(&worker).and_then(|io| io.cgroup.as_ref())
-                {
-                    Some(cg) => {
-                        tracing::warn!(
-                            "worker #{worker} (pid {pgid}) did not stop in time; killing its cgroup {}",
-                            cg.path()
-                        );
-                        cg.kill();
+                Action::Kill { worker, why } => {
+                    if let Some(io) = self.workers.get(&worker) {
+                        match &io.cgroup {
+                            Some(cg) => {
+                                tracing::warn!(
+                                    "worker #{worker} (pid {}) {why}; killing its cgroup {}",
+                                    io.main,
+                                    cg.path()
+                                )
+                            }
+                            None => {
+                                tracing::warn!("worker #{worker} (pid {}) {why}; killing its process group", io.main)
+                            }
+                        }
                     }
-                    None => {
-                        tracing::warn!("worker #{worker} (pid {pgid}) did not stop in time; killing its process group");
-                        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-                    }
-                },
+                    self.kill_tree(worker);
+                }
+                Action::Retired { generation } => self.retired(generation),
                 Action::Arm { at, timer } => {
                     let events = self.events.clone();
-                    let task = tokio::spawn(async move {
+                    let task = spawn_task(&self.tasks, &self.done, "timer", async move {
                         tokio::time::sleep_until(at).await;
-                        let _ = events.send(Event::Timer(timer));
+                        let _ = events.send(Event::Timer(timer)).await;
                     });
                     if let Some(old) = self.timers.insert(timer, task.abort_handle()) {
                         old.abort();
                     }
                 }
-                Action::LoadConfig => {
-                    let result = self.load_spec();
-                    self.core.config_loaded(Instant::now(), result);
-                }
+                Action::LoadConfig => self.load_config(),
                 Action::Progress { clients, text } => {
                     tracing::info!("reload: {text}");
                     for c in clients {
@@ -519,21 +657,37 @@ impl Driver {
         None
     }
 
-    /// Re-reads the config for a reload. The sockets stay as they are.
-    fn load_spec(&self) -> Result<Arc<GenSpec>, String> {
-        let config = config::load(&self.ctx.source, &self.ctx.overrides).map_err(|e| crate::commands::chain(&e))?;
-        if !self.ctx.socket_activated {
-            let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
-            let before: Vec<String> = self.ctx.config.listen.iter().map(|l| l.address.to_string()).collect();
-            if now != before {
-                tracing::warn!(
-                    "[[listen]] changed; baton keeps its sockets across reloads, so the change takes effect only after a restart"
-                );
-            }
-        }
-        GenSpec::resolve(&config, self.ctx.path.as_deref())
-            .map(Arc::new)
-            .map_err(|e| crate::commands::chain(&e))
+    /// Re-reads the config for a reload on a blocking task (it reads files
+    /// and resolves paths); the answer comes back as `Event::ConfigLoaded`.
+    /// The sockets stay as they are.
+    fn load_config(&self) {
+        let source = self.ctx.source.clone();
+        let overrides = self.ctx.overrides.clone();
+        let path = self.ctx.path.clone();
+        let before: Option<Vec<String>> = (!self.ctx.socket_activated)
+            .then(|| self.ctx.config.listen.iter().map(|l| l.address.to_string()).collect());
+        let events = self.events.clone();
+        let tasks = self.tasks.clone();
+        spawn_task(&self.tasks, &self.done, "load-config", async move {
+            let load = tasks.spawn_blocking(move || {
+                let config = config::load(&source, &overrides).map_err(|e| crate::commands::chain(&e))?;
+                if let Some(before) = before {
+                    let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
+                    if now != before {
+                        tracing::warn!(
+                            "[[listen]] changed; baton keeps its sockets across reloads, so the change takes effect only after a restart"
+                        );
+                    }
+                }
+                GenSpec::resolve(&config, path.as_deref())
+                    .map(Arc::new)
+                    .map_err(|e| crate::commands::chain(&e))
+            });
+            let result = load
+                .await
+                .unwrap_or_else(|e| Err(format!("loading the config failed: {e}")));
+            let _ = events.send(Event::ConfigLoaded(result)).await;
+        });
     }
 
     fn tail_of(&self, worker: WorkerId) -> Vec<String> {
@@ -599,21 +753,35 @@ impl Driver {
         }
     }
 
+    /// Prepares a worker's pipes and sockets here, then hands the fork to
+    /// the spawner thread, which answers with `Event::Spawned`.
     fn spawn(&mut self, worker: WorkerId, generation: u64, slot: usize, spec: &GenSpec) {
-        let now = Instant::now();
-        match self.try_spawn(worker, generation, slot, spec) {
-            Ok(pid) => {
-                tracing::info!("started worker {slot} of generation {generation} (pid {pid})");
-                self.core.spawned(now, worker, pid);
+        match self.prepare(worker, generation, slot, spec) {
+            Ok((cmd, fds, pending)) => {
+                self.pending.insert(worker, pending);
+                let events = self.events.clone();
+                self.spawner.spawn(
+                    cmd,
+                    fds,
+                    Box::new(move |result| {
+                        let _ = events.blocking_send(Event::Spawned { worker, result });
+                    }),
+                );
             }
             Err(e) => {
                 tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
-                self.core.spawn_failed(now, worker, e);
+                self.core.spawn_failed(Instant::now(), worker, e);
             }
         }
     }
 
-    fn try_spawn(&mut self, worker: WorkerId, generation: u64, slot: usize, spec: &GenSpec) -> Result<i32, String> {
+    fn prepare(
+        &self,
+        worker: WorkerId,
+        generation: u64,
+        slot: usize,
+        spec: &GenSpec,
+    ) -> Result<(sys::Command, Vec<OwnedFd>, Pending), String> {
         let endpoint_name = format!(
             "baton/{}/{}/{}",
             std::process::id(),
@@ -626,7 +794,6 @@ impl Driver {
         let endpoint = Endpoint::bind(&endpoint_name).map_err(|e| format!("notify socket: {e}"))?;
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-
         let channel = match spec.launch.node_ipc {
             true => Some(crate::ipc::channel().map_err(|e| format!("Node IPC channel: {e}"))?),
             false => None,
@@ -638,43 +805,91 @@ impl Driver {
                 let (cg, procs) = tree
                     .worker(generation, slot, worker)
                     .map_err(|e| format!("cannot create its cgroup: {e}"))?;
-                Some((cg, procs))
+                cmd.join_cgroup(procs);
+                Some(cg)
             }
             Err(_) => None,
         };
-        if let Some((_, procs)) = &cgroup {
-            cmd.join_cgroup(procs.as_fd());
+        // The spawner thread gets its own copies; they close once the child
+        // has them (the sockets themselves stay open: rule 1).
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| format!("dup: {e}"));
+        let mut fds = vec![dup(self.devnull.as_fd())?, out_w, err_w];
+        for l in self.listeners.iter() {
+            fds.push(dup(l.fd())?);
         }
-        let mut fds = vec![self.devnull.as_fd(), out_w.as_fd(), err_w.as_fd()];
-        fds.extend(self.listeners.iter().map(|l| l.fd()));
-        fds.extend(channel.as_ref().map(|c| c.child.as_fd()));
-        let spawned = cmd.spawn(&fds);
-        let cgroup = cgroup.map(|(cg, _procs)| cg);
-        let pid = match spawned {
-            Ok(pid) => pid.as_raw(),
+        let ipc = match channel {
+            Some(c) => {
+                fds.push(c.child);
+                Some(c.parent)
+            }
+            None => None,
+        };
+        let pending = Pending {
+            generation,
+            slot,
+            endpoint,
+            out: out_r,
+            err: err_r,
+            ipc,
+            memory_limit: spec.policy.memory_limit,
+            stop_message: spec.launch.stop_message.clone(),
+            cgroup,
+        };
+        Ok((cmd, fds, pending))
+    }
+
+    /// The spawner's answer: start the worker's tasks, or report the failure.
+    fn spawned(&mut self, now: Instant, worker: WorkerId, result: Result<sys::Child, sys::SpawnError>) {
+        let Some(pending) = self.pending.remove(&worker) else {
+            return;
+        };
+        let (generation, slot) = (pending.generation, pending.slot);
+        let child = match result {
+            Ok(child) => child,
             Err(e) => {
-                if let Some(cg) = cgroup {
+                if let sys::SpawnError::Child { pid, .. } = e {
+                    // Reaped (or to be reaped) as a stranger.
+                    self.spawner.forget(pid);
+                    self.early_exits.remove(&pid);
+                }
+                if let Some(cg) = pending.cgroup {
                     // The child exits at once; the cgroup goes when it has.
                     self.cleanup
                         .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
                 }
-                return Err(crate::commands::chain(&e));
+                let e = crate::commands::chain(&e);
+                tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
+                self.core.spawn_failed(now, worker, e);
+                return;
             }
         };
-        drop((out_w, err_w));
-        let (ipc, ipc_task) = match channel {
-            Some(channel) => {
-                drop(channel.child);
+        let pid = child.pid;
+        tracing::info!("started worker {slot} of generation {generation} (pid {pid})");
+        let (ipc, ipc_task) = match pending.ipc {
+            Some(parent) => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let events = self.events.clone();
-                let task = tokio::spawn(async move {
-                    let dropped = crate::ipc::serve(channel.parent, rx, || {
-                        let _ = events.send(Event::IpcReady { worker });
-                    })
-                    .await;
-                    if dropped > 0 {
-                        tracing::debug!("worker #{worker}: ignored {dropped} other IPC messages");
-                    }
+                let task = spawn_task(&self.tasks, &self.done, "ipc", async move {
+                    // `ready` is called from the IPC reader; a full event
+                    // queue makes it wait rather than drop the message.
+                    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1);
+                    let forward = async {
+                        while ready_rx.recv().await.is_some() {
+                            if events.send(Event::IpcReady { worker }).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let serve = async move {
+                        let dropped = crate::ipc::serve(parent, rx, || {
+                            let _ = ready_tx.try_send(());
+                        })
+                        .await;
+                        if dropped > 0 {
+                            tracing::debug!("worker #{worker}: ignored {dropped} other IPC messages");
+                        }
+                    };
+                    tokio::join!(serve, forward);
                 });
                 (Some(tx), Some(task))
             }
@@ -689,21 +904,25 @@ impl Driver {
         };
         let tail = Tail::default();
         let (done_tx, done_rx) = mpsc::channel::<()>(1);
-        for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+        for (fd, stream) in [(pending.out, Stream::Stdout), (pending.err, Stream::Stderr)] {
             let (origin, log, tail, done) = (origin.clone(), self.ctx.log.clone(), tail.clone(), done_tx.clone());
-            tokio::spawn(async move {
+            spawn_task(&self.tasks, &self.done, "output", async move {
                 output::pump(fd, stream, origin, log, tail).await;
                 drop(done);
             });
         }
         let events = self.events.clone();
         let errors = self.notify_errors.clone();
-        let notify = tokio::spawn(async move {
+        let endpoint = pending.endpoint;
+        let notify = spawn_task(&self.tasks, &self.done, "notify", async move {
             notify::forward(
                 worker,
                 errors,
                 || endpoint.recv(pid),
-                |received| events.send(Event::Notify { worker, received }).is_ok(),
+                |received| {
+                    let events = events.clone();
+                    async move { events.send(Event::Notify { worker, received }).await.is_ok() }
+                },
             )
             .await;
         });
@@ -711,20 +930,64 @@ impl Driver {
         self.workers.insert(
             worker,
             WorkerIo {
+                generation,
                 leader: pid,
+                leader_reaped: false,
                 main: pid,
+                main_pidfd: child.pidfd,
                 tail,
                 notify,
                 output_done: Some(done_rx),
                 ipc,
                 ipc_task,
-                memory_limit: spec.policy.memory_limit,
+                memory_limit: pending.memory_limit,
                 over_limit: 0,
-                stop_message: spec.launch.stop_message.clone(),
-                cgroup,
+                stop_message: pending.stop_message,
+                cgroup: pending.cgroup,
             },
         );
-        Ok(pid)
+        self.core.spawned(now, worker, pid);
+        if let Some(status) = self.early_exits.remove(&pid) {
+            // It exited before this answer came (the reaper killed its
+            // group then): its cgroup goes too, and it is judged now.
+            if let Some(io) = self.workers.get_mut(&worker) {
+                io.leader_reaped = true;
+            }
+            self.kill_tree(worker);
+            self.pids.remove(&pid);
+            self.report_exit(worker, status);
+        }
+    }
+
+    /// Sends `signal` to the worker's main process through its pidfd.
+    fn signal(&self, worker: WorkerId, signal: Signal) {
+        let Some(io) = self.workers.get(&worker) else { return };
+        match &io.main_pidfd {
+            Some(fd) => {
+                let _ = sys::pidfd_signal(fd.as_fd(), signal);
+            }
+            // No pidfd (an old kernel): the pid is safe while the reaper
+            // has not taken it, which `pids` says.
+            None if self.pids.contains_key(&io.main) => {
+                let _ = kill(Pid::from_raw(io.main), signal);
+            }
+            None => {}
+        }
+    }
+
+    /// SIGKILLs everything the worker started: its cgroup (cgroup mode), its
+    /// process group while the leader is unreaped (so the group id is still
+    /// its own), and its main process. Without a cgroup, daemons that left
+    /// the group are orphans, killed when the generation retires.
+    fn kill_tree(&self, worker: WorkerId) {
+        let Some(io) = self.workers.get(&worker) else { return };
+        if let Some(cg) = &io.cgroup {
+            cg.kill();
+        }
+        if !io.leader_reaped {
+            let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
+        }
+        self.signal(worker, Signal::SIGKILL);
     }
 
     /// Reaps every exited child. A worker's process group is killed while
@@ -750,37 +1013,143 @@ impl Driver {
                     None => return,
                 },
             };
-            let worker = self.pids.remove(&pid.as_raw());
+            let raw = pid.as_raw();
+            let main_of = self.pids.remove(&raw);
+            let leader_of = self
+                .workers
+                .iter()
+                .find(|(_, io)| io.leader == raw && !io.leader_reaped)
+                .map(|(&w, _)| w);
+            let leader = self.spawner.forked(raw);
             let mut status = status;
-            if let Some(io) = worker.and_then(|w| self.workers.get(&w)) {
+            if let Some(worker) = main_of {
                 // KillMode=mixed semantics: the main process is gone, so
                 // whatever it left in its cgroup (or group) goes too.
-                match &io.cgroup {
-                    Some(cg) => {
-                        cg.kill();
-                        let sigkill =
-                            matches!(status, ExitStatus::Signal { signal, .. } if signal == Signal::SIGKILL as i32);
-                        if sigkill && cg.oom_kills().is_some_and(|n| n > 0) {
-                            status = ExitStatus::OomKilled;
-                        }
-                    }
-                    None => {
-                        let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
-                    }
+                self.kill_tree(worker);
+                let sigkill = matches!(status, ExitStatus::Signal { signal, .. } if signal == Signal::SIGKILL as i32);
+                let oom = self
+                    .workers
+                    .get(&worker)
+                    .and_then(|io| io.cgroup.as_ref())
+                    .and_then(|cg| cg.oom_kills())
+                    .is_some_and(|n| n > 0);
+                if sigkill && oom {
+                    status = ExitStatus::OomKilled;
                 }
+            } else if leader && leader_of.is_none() {
+                // A worker whose spawn is not answered yet.
+                let _ = killpg(pid, Signal::SIGKILL);
+                self.early_exits.insert(raw, status);
             }
             let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-            let Some(worker) = worker else { continue };
-            let done = self.workers.get_mut(&worker).and_then(|io| io.output_done.take());
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                // Let the pumps pass on the last lines before the exit is
-                // judged, so a failure report includes them.
-                if let Some(mut done) = done {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), done.recv()).await;
+            if leader {
+                self.spawner.forget(raw);
+            }
+            if let Some(io) = leader_of.and_then(|w| self.workers.get_mut(&w)) {
+                io.leader_reaped = true;
+            }
+            // Whatever this process had running was just handed to baton.
+            let exited_gen = match (main_of.or(leader_of), self.orphans.remove(&raw)) {
+                (Some(w), _) => self.workers.get(&w).map(|io| io.generation),
+                (None, Some(orphan)) => orphan.generation,
+                (None, None) => None,
+            };
+            self.adopt_orphans(exited_gen);
+            if let Some(worker) = main_of {
+                self.report_exit(worker, status);
+            }
+        }
+    }
+
+    /// Sends `Event::Exit` once the worker's output is drained.
+    fn report_exit(&mut self, worker: WorkerId, status: ExitStatus) {
+        let done = self.workers.get_mut(&worker).and_then(|io| io.output_done.take());
+        let events = self.events.clone();
+        spawn_task(&self.tasks, &self.done, "exit", async move {
+            // Let the pumps pass on the last lines before the exit is
+            // judged, so a failure report includes them.
+            if let Some(mut done) = done {
+                let _ = tokio::time::timeout(Duration::from_secs(1), done.recv()).await;
+            }
+            let _ = events.send(Event::Exit { worker, status }).await;
+        });
+    }
+
+    /// Records the children baton adopted since the last look. Each belongs
+    /// to the generation in its environment (daemons inherit it), else to
+    /// `fallback`: the generation of the process whose exit just orphaned
+    /// it. An orphan of a retired generation is killed at once.
+    fn adopt_orphans(&mut self, fallback: Option<GenId>) {
+        for pid in children() {
+            if self.orphans.contains_key(&pid) || self.pids.contains_key(&pid) || self.spawner.forked(pid) {
+                continue;
+            }
+            let generation = generation_of(pid, &self.name).or(fallback);
+            let pidfd = sys::pidfd_open(pid).ok();
+            tracing::debug!("adopted pid {pid} (generation {generation:?})");
+            let orphan = Orphan { generation, pidfd };
+            if generation.is_some_and(|g| self.retired.contains(&g)) {
+                kill_orphan(pid, &orphan);
+            }
+            self.orphans.insert(pid, orphan);
+        }
+    }
+
+    /// Every worker of `generation` is gone: so are its orphans.
+    fn retired(&mut self, generation: GenId) {
+        self.retired.insert(generation);
+        self.adopt_orphans(None);
+        let mut killed = 0;
+        for (&pid, orphan) in &self.orphans {
+            if orphan.generation == Some(generation) {
+                kill_orphan(pid, orphan);
+                killed += 1;
+            }
+        }
+        if killed > 0 {
+            tracing::warn!(
+                "generation {generation} left {killed} process{} behind; killed",
+                if killed == 1 { "" } else { "es" }
+            );
+        }
+    }
+
+    /// At exit: kills every child left (orphans, and any worker a second
+    /// stop request did not wait for), and reaps until there is none, so
+    /// nothing is left as a zombie of PID 1.
+    async fn kill_everything_and_reap(&mut self) {
+        let deadline = Instant::now() + EXIT_GRACE;
+        loop {
+            self.adopt_orphans(None);
+            for (&pid, orphan) in &self.orphans {
+                kill_orphan(pid, orphan);
+            }
+            let workers: Vec<WorkerId> = self.workers.keys().copied().collect();
+            for w in workers {
+                self.kill_tree(w);
+            }
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => break,
+                    Ok(status) => {
+                        if let Some(pid) = status.pid() {
+                            self.orphans.remove(&pid.as_raw());
+                            self.spawner.forget(pid.as_raw());
+                            if let Some(w) = self.pids.remove(&pid.as_raw()) {
+                                self.workers.remove(&w);
+                            }
+                        }
+                    }
+                    Err(nix::Error::EINTR) => {}
+                    // ECHILD: nothing left.
+                    Err(_) => return,
                 }
-                let _ = events.send(Event::Exit { worker, status });
-            });
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!("processes still running at exit: {:?}", children());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -828,8 +1197,8 @@ impl Driver {
         }
         self.sampling = true;
         let events = self.events.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ = events.send(Event::Memory(cgroup::measure(&probes)));
+        self.tasks.spawn_blocking(move || {
+            let _ = events.blocking_send(Event::Memory(cgroup::measure(&probes)));
         });
     }
 
@@ -865,9 +1234,9 @@ impl Driver {
     fn measure_for_status(&self, reply: tokio::sync::oneshot::Sender<serde_json::Value>) {
         let probes = self.probes(false);
         let events = self.events.clone();
-        tokio::task::spawn_blocking(move || {
+        self.tasks.spawn_blocking(move || {
             let memory = cgroup::measure(&probes);
-            let _ = events.send(Event::Status { reply, memory });
+            let _ = events.blocking_send(Event::Status { reply, memory });
         });
     }
 
@@ -931,4 +1300,51 @@ impl Driver {
         }
         self.reap();
     }
+}
+
+/// SIGKILL to an orphan and its process group (a daemon that called
+/// setsid leads one; its members are still in it while it is unreaped).
+fn kill_orphan(pid: i32, orphan: &Orphan) {
+    if nix::unistd::getpgid(Some(Pid::from_raw(pid))) == Ok(Pid::from_raw(pid)) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    match &orphan.pidfd {
+        Some(fd) => {
+            let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGKILL);
+        }
+        // baton's unreaped child: the pid is still its own.
+        None => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// baton's children: /proc/self/task/*/children (a child adopted as
+/// subreaper may belong to any of baton's threads).
+fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `BATON_GENERATION` from a process's environment, if it is one of this
+/// app's (`BATON_NAME`).
+fn generation_of(pid: i32, name: &str) -> Option<GenId> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let mut generation = None;
+    let mut ours = false;
+    for var in environ.split(|&b| b == 0) {
+        if let Some(v) = var.strip_prefix(b"BATON_GENERATION=") {
+            generation = std::str::from_utf8(v).ok()?.parse().ok();
+        } else if let Some(v) = var.strip_prefix(b"BATON_NAME=") {
+            ours = v == name.as_bytes();
+        }
+    }
+    generation.filter(|_| ours)
 }

@@ -18,6 +18,12 @@
 //! generation is back at full strength. One reload runs at a time; requests
 //! that arrive meanwhile are coalesced into one follow-up (rule 3).
 //!
+//! Retiring a worker that was ready sends the stop signal and arms a kill
+//! deadline (`[stop] timeout`). A worker that never became ready has
+//! promised nothing and is killed at once, so a candidate that was given up
+//! cannot start serving late. When every worker of a retiring generation is
+//! gone, [`Action::Retired`] lets the driver kill what they left behind.
+//!
 //! A worker of a serving generation that dies unexpectedly is restarted
 //! from its own generation's spec with exponential backoff; a slot that
 //! crashes more than `limit` times within `window` is given up. When the
@@ -299,12 +305,17 @@ pub enum Action {
         slot: usize,
         spec: Arc<GenSpec>,
     },
-    /// Send a signal to one process.
-    Signal { worker: WorkerId, pid: i32, signal: Signal },
+    /// Send a signal to the worker's main process. The driver resolves the
+    /// worker to its pidfd, and drops the signal if the process was reaped.
+    Signal { worker: WorkerId, signal: Signal },
     /// Send `[stop] message` over the worker's IPC channel.
     StopMessage { worker: WorkerId },
-    /// SIGKILL a worker's whole process group.
-    KillGroup { worker: WorkerId, pgid: i32 },
+    /// SIGKILL the worker's whole process tree (its process group, or its
+    /// cgroup where baton has one). `why` completes "worker N ...".
+    Kill { worker: WorkerId, why: &'static str },
+    /// Every worker of this generation has exited: whatever they left
+    /// behind (daemons baton adopted as subreaper) goes too.
+    Retired { generation: GenId },
     /// Call `timer` at `at`.
     Arm { at: Instant, timer: Timer },
     /// Read the config; answer with `config_loaded`.
@@ -687,19 +698,18 @@ impl Supervisor {
                 }
                 match (w.deadline, w.pid) {
                     (Some(d), _) if d > now => self.arm(d, Timer::Stop(id)),
-                    (_, Some(pgid)) => self.push(Action::KillGroup { worker: id, pgid }),
+                    (_, Some(_)) => self.push(Action::Kill {
+                        worker: id,
+                        why: "did not stop in time",
+                    }),
                     _ => {}
                 }
             }
             Timer::Escalate(id) => {
                 let signal = self.policy_of(id).map(|p| p.stop_signal);
                 let Some(w) = self.workers.get(&id) else { return };
-                if let (WorkerState::Stopping, Some(pid), Some(signal)) = (w.state, w.signal_target(), signal) {
-                    self.push(Action::Signal {
-                        worker: id,
-                        pid,
-                        signal,
-                    });
+                if let (WorkerState::Stopping, Some(_), Some(signal)) = (w.state, w.signal_target(), signal) {
+                    self.push(Action::Signal { worker: id, signal });
                 }
             }
             Timer::Restart { generation, slot, seq } => self.restart_slot(now, generation, slot, seq),
@@ -785,13 +795,17 @@ impl Supervisor {
     /// SIGTERM/SIGINT. A second request kills what is still running.
     pub fn request_stop(&mut self, now: Instant) {
         if self.stopping {
-            let groups: Vec<(WorkerId, i32)> = self
+            let started: Vec<WorkerId> = self
                 .workers
                 .iter()
-                .filter_map(|(&id, w)| w.pid.map(|p| (id, p)))
+                .filter(|(_, w)| w.pid.is_some())
+                .map(|(&id, _)| id)
                 .collect();
-            for (worker, pgid) in groups {
-                self.push(Action::KillGroup { worker, pgid });
+            for worker in started {
+                self.push(Action::Kill {
+                    worker,
+                    why: "is still running at a second stop request",
+                });
             }
             return;
         }
@@ -912,7 +926,8 @@ impl Supervisor {
         }
     }
 
-    /// Sends the stop signal and arms the kill deadline. Idempotent.
+    /// Sends the stop signal and arms the kill deadline; a worker that never
+    /// became ready is killed at once. Idempotent.
     fn retire_worker(&mut self, now: Instant, worker: WorkerId) {
         let stop = self
             .policy_of(worker)
@@ -929,6 +944,19 @@ impl Supervisor {
         }
         let Some((signal, timeout, message)) = stop else { return };
         w.state = WorkerState::Stopping;
+        if w.ready_at.is_none() {
+            // It never said it was ready, so it has promised nothing and
+            // nobody relies on it draining. Killed at once, it cannot start
+            // serving from the shared sockets after its generation was
+            // given up (an app still loading when its deadline passed).
+            w.deadline = None;
+            self.clear_slot(generation, slot, worker);
+            self.push(Action::Kill {
+                worker,
+                why: "never became ready, so it is not drained",
+            });
+            return;
+        }
         let deadline = after(now, timeout);
         w.deadline = Some(deadline);
         let target = w.signal_target();
@@ -938,8 +966,8 @@ impl Supervisor {
             // half time, SIGKILL at the deadline, all within one timeout.
             self.push(Action::StopMessage { worker });
             self.arm(after(now, timeout / 2), Timer::Escalate(worker));
-        } else if let Some(pid) = target {
-            self.push(Action::Signal { worker, pid, signal });
+        } else if target.is_some() {
+            self.push(Action::Signal { worker, signal });
         }
         self.arm(deadline, Timer::Stop(worker));
     }
@@ -1455,6 +1483,7 @@ impl Supervisor {
             && !self.workers.values().any(|w| w.generation == generation);
         if gone {
             if let Some(g) = self.gens.remove(&generation) {
+                self.push(Action::Retired { generation });
                 let mut by_result: Vec<(ClientId, ReloadOk)> = g.drain_waiters;
                 for (client, ok) in by_result.drain(..) {
                     self.push(Action::ReloadDone {
