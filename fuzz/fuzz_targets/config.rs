@@ -85,7 +85,8 @@ impl Harness {
                 Action::Exit(code) => self.exit = Some(code),
                 Action::Signal { .. }
                 | Action::StopMessage { .. }
-                | Action::KillGroup { .. }
+                | Action::Kill { .. }
+                | Action::Retired { .. }
                 | Action::Progress { .. }
                 | Action::WorkerFailed { .. }
                 | Action::Log { .. }
