@@ -120,44 +120,50 @@ pub async fn serve(parent: UnixStream, mut outgoing: mpsc::UnboundedReceiver<Vec
         return 0;
     };
     let (read, mut write) = stream.into_split();
-    // Writes go through their own task: an app that never reads its
-    // channel must not stall the reading side.
-    let writer = tokio::spawn(async move {
+    // Writes run beside the reads in this same task (no task of their own
+    // to own): an app that never reads its channel stalls only the writer.
+    let writer = async move {
         while let Some(message) = outgoing.recv().await {
             if write.write_all(&message).await.is_err() {
                 break;
             }
         }
-    });
+        std::future::pending::<std::convert::Infallible>().await
+    };
     // Not a BufReader: tokio takes a short read as "drained" and waits for
     // the next edge, but a unix socket read also stops after a message that
     // carried fds (SCM_RIGHTS), with data still queued: the channel would
     // stall. Read until WouldBlock instead.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut framer = Framer::new(MAX_MESSAGE);
-    let mut dropped = 0u64;
-    'outer: loop {
-        if read.readable().await.is_err() {
-            break;
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut framer = Framer::new(MAX_MESSAGE);
+        let mut dropped = 0u64;
+        'outer: loop {
+            if read.readable().await.is_err() {
+                break;
+            }
+            loop {
+                let n = match read.try_read(&mut buf) {
+                    Ok(0) => break 'outer,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break 'outer,
+                };
+                framer.push(&buf[..n], |frame| match frame {
+                    Frame::Ready => ready(),
+                    Frame::Other => dropped += 1,
+                });
+                // A sender that never pauses must not hog this thread.
+                tokio::task::consume_budget().await;
+            }
         }
-        loop {
-            let n = match read.try_read(&mut buf) {
-                Ok(0) => break 'outer,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break 'outer,
-            };
-            framer.push(&buf[..n], |frame| match frame {
-                Frame::Ready => ready(),
-                Frame::Other => dropped += 1,
-            });
-            // A sender that never pauses must not hog this thread.
-            tokio::task::consume_budget().await;
-        }
+        dropped
+    };
+    tokio::select! {
+        dropped = reader => dropped,
+        never = writer => match never {},
     }
-    writer.abort();
-    dropped
 }
 
 #[cfg(test)]
