@@ -103,7 +103,7 @@ pub enum ReadinessMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "types::Any")]
+#[serde(try_from = "toml::Value")]
 pub enum ReloadStrategy {
     /// Start a whole new generation, then retire the old one.
     Parallel,

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::de::{self, Deserialize, DeserializeOwned, Deserializer, Visitor};
 use toml::{
     Spanned,
     de::{DeTable, DeValue, ValueDeserializer},
@@ -17,8 +17,8 @@ use toml::{
 use super::{
     ListenAddress, Positions, Problem, ReloadStrategy,
     types::{
-        Any, Command, Directory, Dur, FOUND, FdName, ModeKind, Name, RestartLimit, Size, StopMessage, StopSignal,
-        Workers, check_env_name, closest,
+        Command, Directory, Dur, FOUND, FdName, ModeKind, Name, RestartLimit, Size, StopMessage, StopSignal, Workers,
+        check_env_name, closest,
     },
 };
 
@@ -313,12 +313,11 @@ impl<'t> Reader<'t> {
                 continue;
             }
             let span = value.span();
-            let parsed = Any::deserialize_from(value.clone());
-            let text = match parsed {
-                Some(Any::Str(s)) => s,
-                Some(Any::Int(i)) => i.to_string(),
-                Some(Any::Float(f)) => f.to_string(),
-                Some(Any::Bool(b)) => b.to_string(),
+            let text = match toml::Value::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(toml::Value::String(s)) => s,
+                Ok(toml::Value::Integer(i)) => i.to_string(),
+                Ok(toml::Value::Float(f)) => f.to_string(),
+                Ok(toml::Value::Boolean(b)) => b.to_string(),
                 _ => {
                     let message = format!("[environment] {name} must be a string, number or boolean, found {FOUND}");
                     let message = self.found(&message, &value);
@@ -382,12 +381,6 @@ impl<'t> Reader<'t> {
             }
         }
         listen
-    }
-}
-
-impl Any {
-    fn deserialize_from(value: Spanned<DeValue<'_>>) -> Option<Any> {
-        serde::Deserialize::deserialize(ValueDeserializer::from(value)).ok()
     }
 }
 

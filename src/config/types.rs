@@ -2,15 +2,16 @@
 //! (through serde) and, where the command line takes it too, from text
 //! (`FromStr`, which clap uses as the value parser).
 //!
-//! A file value is first read as [`Any`], and each type is built from that
-//! with `#[serde(try_from = "Any")]`, so that a wrong TOML type gets the same
+//! A file value is first read as a `toml::Value`, and each type is built from that
+//! with `#[serde(try_from = "Value")]`, so that a wrong TOML type gets the same
 //! helpful message as a wrong value. Messages hold [`FOUND`] where the value
 //! goes: the reader puts in how the value is written in the file.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use nix::sys::signal::Signal;
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+use toml::Value;
 
 use super::{MAX_DURATION, MAX_RESTART_LIMIT, MAX_WORKERS, ReloadStrategy};
 use crate::spawn::RESERVED_ENV;
@@ -18,62 +19,22 @@ use crate::spawn::RESERVED_ENV;
 /// Stands for the value as written in the file, in messages.
 pub(super) const FOUND: &str = "\u{e000}";
 
-/// Any TOML value, with only as much kept as the messages need.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Any {
-    Str(String),
-    Int(i128),
-    Float(f64),
-    Bool(bool),
-    /// An array, a table or a date.
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Any {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct AnyVisitor;
-        impl<'de> Visitor<'de> for AnyVisitor {
-            type Value = Any;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a TOML value")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Any, E> {
-                Ok(Any::Str(v.to_owned()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Any, E> {
-                Ok(Any::Int(v.into()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Any, E> {
-                Ok(Any::Int(v.into()))
-            }
-            fn visit_i128<E>(self, v: i128) -> Result<Any, E> {
-                Ok(Any::Int(v))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Any, E> {
-                Ok(Any::Float(v))
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Any, E> {
-                Ok(Any::Bool(v))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Any, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Any::Other)
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Any, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Any::Other)
-            }
-        }
-        d.deserialize_any(AnyVisitor)
-    }
-}
-
-/// The type of `#[serde(try_from = "Any")]` conversion errors.
+/// The type of `#[serde(try_from = "Value")]` conversion errors.
 type Msg = String;
 
-fn must_be_string(value: Any) -> Result<String, Msg> {
+/// `TryFrom<toml::Value>`, for `#[serde(try_from = "Value")]`.
+macro_rules! from_value {
+    ($ty:ty, |$value:ident| $body:block) => {
+        impl TryFrom<Value> for $ty {
+            type Error = Msg;
+            fn try_from($value: Value) -> Result<Self, Msg> $body
+        }
+    };
+}
+
+fn must_be_string(value: Value) -> Result<String, Msg> {
     match value {
-        Any::Str(s) => Ok(s),
+        Value::String(s) => Ok(s),
         _ => Err(format!("must be a string, found {FOUND}")),
     }
 }
@@ -83,22 +44,19 @@ fn must_be_string(value: Any) -> Result<String, Msg> {
 
 /// A duration from 0 to [`MAX_DURATION`], written like "30s" or "1m 30s".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub struct Dur(pub Duration);
 
 const DURATION_LIKE: &str = r#"a duration like "30s", "250ms" or "1m 30s""#;
 
-impl TryFrom<Any> for Dur {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        match value {
-            Any::Str(s) => s.parse(),
-            Any::Int(0..) => Err(bare_number()),
-            Any::Float(f) if !f.is_sign_negative() => Err(bare_number()),
-            _ => Err(format!("must be {DURATION_LIKE}, found {FOUND}")),
-        }
+from_value!(Dur, |value| {
+    match value {
+        Value::String(s) => s.parse(),
+        Value::Integer(0..) => Err(bare_number()),
+        Value::Float(f) if !f.is_sign_negative() => Err(bare_number()),
+        _ => Err(format!("must be {DURATION_LIKE}, found {FOUND}")),
     }
-}
+});
 
 fn bare_number() -> Msg {
     format!(
@@ -126,13 +84,13 @@ impl FromStr for Dur {
 
 /// `workers`: 1..=[`MAX_WORKERS`], or "auto" for one per CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub struct Workers(pub usize);
 
 const WORKERS_LIKE: &str = r#"must be a positive integer or "auto""#;
 
 impl Workers {
-    fn number(n: i128) -> Result<Self, Msg> {
+    fn number(n: i64) -> Result<Self, Msg> {
         match usize::try_from(n) {
             Ok(0) | Err(_) if n <= 0 => Err(format!("{WORKERS_LIKE}, found {n}")),
             Ok(n) if n <= MAX_WORKERS => Ok(Workers(n)),
@@ -149,20 +107,17 @@ impl Workers {
     }
 }
 
-impl TryFrom<Any> for Workers {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        match value {
-            Any::Int(n) => Workers::number(n),
-            Any::Str(s) if s == "auto" => Ok(Workers::auto()),
-            Any::Str(s) if s.trim().parse::<i64>().is_ok() => Err(format!(
-                "{WORKERS_LIKE}, found {FOUND}; write it without quotes: workers = {}",
-                s.trim()
-            )),
-            _ => Err(format!("{WORKERS_LIKE}, found {FOUND}")),
-        }
+from_value!(Workers, |value| {
+    match value {
+        Value::Integer(n) => Workers::number(n),
+        Value::String(s) if s == "auto" => Ok(Workers::auto()),
+        Value::String(s) if s.trim().parse::<i64>().is_ok() => Err(format!(
+            "{WORKERS_LIKE}, found {FOUND}; write it without quotes: workers = {}",
+            s.trim()
+        )),
+        _ => Err(format!("{WORKERS_LIKE}, found {FOUND}")),
     }
-}
+});
 
 /// `--workers`: a number or "auto", quoted or not.
 impl FromStr for Workers {
@@ -173,7 +128,7 @@ impl FromStr for Workers {
             return Ok(Workers::auto());
         }
         match text.parse::<i64>() {
-            Ok(n) => Workers::number(n.into()),
+            Ok(n) => Workers::number(n),
             Err(_) => Err(format!("{WORKERS_LIKE}, found {text:?}")),
         }
     }
@@ -181,50 +136,44 @@ impl FromStr for Workers {
 
 /// `[restart] limit`: 0..=[`MAX_RESTART_LIMIT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub struct RestartLimit(pub u32);
 
-impl TryFrom<Any> for RestartLimit {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        match value {
-            Any::Int(n) if (0..=i128::from(MAX_RESTART_LIMIT)).contains(&n) => {
-                Ok(RestartLimit(u32::try_from(n).unwrap_or(MAX_RESTART_LIMIT)))
-            }
-            _ => Err(format!(
-                "must be a whole number from 0 to {MAX_RESTART_LIMIT}, found {FOUND}"
-            )),
+from_value!(RestartLimit, |value| {
+    match value {
+        Value::Integer(n) if (0..=i64::from(MAX_RESTART_LIMIT)).contains(&n) => {
+            Ok(RestartLimit(u32::try_from(n).unwrap_or(MAX_RESTART_LIMIT)))
         }
+        _ => Err(format!(
+            "must be a whole number from 0 to {MAX_RESTART_LIMIT}, found {FOUND}"
+        )),
     }
-}
+});
 
 // ---------------------------------------------------------------------------
 // Sizes
 
 /// `[limits] memory`: a number of bytes greater than 0, or a size with a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub struct Size(pub u64);
 
 const SIZE_LIKE: &str = r#"a size like "512MiB", "1GiB", "500MB" or a number of bytes"#;
 
-impl TryFrom<Any> for Size {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        match value {
-            Any::Int(n) => match u64::try_from(n) {
-                Ok(0) | Err(_) => Err(format!(
-                    "must be {SIZE_LIKE} greater than 0, found {FOUND}; remove the key for no limit"
-                )),
-                Ok(bytes) => Ok(Size(bytes)),
-            },
-            Any::Str(s) => s
-                .parse()
-                .map_err(|why| format!("must be {SIZE_LIKE}, found {FOUND}: {why}")),
-            _ => Err(format!("must be {SIZE_LIKE}, found {FOUND}")),
-        }
+from_value!(Size, |value| {
+    match value {
+        Value::Integer(n) => match u64::try_from(n) {
+            Ok(0) | Err(_) => Err(format!(
+                "must be {SIZE_LIKE} greater than 0, found {FOUND}; remove the key for no limit"
+            )),
+            Ok(bytes) => Ok(Size(bytes)),
+        },
+        Value::String(s) => s
+            .parse()
+            .map_err(|why| format!("must be {SIZE_LIKE}, found {FOUND}: {why}")),
+        _ => Err(format!("must be {SIZE_LIKE}, found {FOUND}")),
     }
-}
+});
 
 /// A number with an optional unit. K, M, G and T (and KB, MB, ...) are
 /// powers of 1000, KiB, MiB, GiB and TiB powers of 1024, in any case. The
@@ -295,15 +244,10 @@ impl FromStr for Size {
 
 /// `[stop] signal`: a catchable signal, with or without the SIG prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub struct StopSignal(pub Signal);
 
-impl TryFrom<Any> for StopSignal {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        must_be_string(value)?.parse()
-    }
-}
+from_value!(StopSignal, |value| { must_be_string(value)?.parse() });
 
 impl FromStr for StopSignal {
     type Err = Msg;
@@ -333,15 +277,10 @@ impl FromStr for StopSignal {
 
 /// The app's name; matches `[A-Za-z0-9_.@-]+`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub struct Name(pub String);
 
-impl TryFrom<Any> for Name {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        must_be_string(value)?.parse()
-    }
-}
+from_value!(Name, |value| { must_be_string(value)?.parse() });
 
 impl FromStr for Name {
     type Err = Msg;
@@ -381,67 +320,58 @@ pub(super) fn is_name_char(c: char) -> bool {
 
 /// A `[[listen]] name`: systemd's rule for `FileDescriptorName=`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub struct FdName(pub String);
 
-impl TryFrom<Any> for FdName {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        let name = must_be_string(value)?;
-        let count = name.chars().count();
-        let why = if name.is_empty() {
-            "is empty".to_owned()
-        } else if count > 255 {
-            format!("is {count} characters long; the limit is 255")
-        } else if name.contains(':') {
-            "contains ':', which separates the names in LISTEN_FDNAMES".to_owned()
-        } else if let Some(bad) = name.chars().find(|c| !(' '..='~').contains(c)) {
-            format!("contains {bad:?}; only printable ASCII characters are allowed")
-        } else {
-            return Ok(FdName(name));
-        };
-        Err(format!("{name:?} {why}"))
-    }
-}
+from_value!(FdName, |value| {
+    let name = must_be_string(value)?;
+    let count = name.chars().count();
+    let why = if name.is_empty() {
+        "is empty".to_owned()
+    } else if count > 255 {
+        format!("is {count} characters long; the limit is 255")
+    } else if name.contains(':') {
+        "contains ':', which separates the names in LISTEN_FDNAMES".to_owned()
+    } else if let Some(bad) = name.chars().find(|c| !(' '..='~').contains(c)) {
+        format!("contains {bad:?}; only printable ASCII characters are allowed")
+    } else {
+        return Ok(FdName(name));
+    };
+    Err(format!("{name:?} {why}"))
+});
 
 /// `directory`: a path, relative to the config file's folder.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub struct Directory(pub String);
 
-impl TryFrom<Any> for Directory {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        let dir = must_be_string(value)?;
-        if dir.is_empty() {
-            Err("is empty; give a path, or remove the key to use baton's own working directory".to_owned())
-        } else if dir.contains('\0') {
-            Err("contains a NUL character".to_owned())
-        } else {
-            Ok(Directory(dir))
-        }
+from_value!(Directory, |value| {
+    let dir = must_be_string(value)?;
+    if dir.is_empty() {
+        Err("is empty; give a path, or remove the key to use baton's own working directory".to_owned())
+    } else if dir.contains('\0') {
+        Err("contains a NUL character".to_owned())
+    } else {
+        Ok(Directory(dir))
     }
-}
+});
 
 /// `[stop] message`: not empty.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub struct StopMessage(pub String);
 
-impl TryFrom<Any> for StopMessage {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        match must_be_string(value)? {
-            m if m.is_empty() => Err("is empty; remove it to send only [stop] signal".to_owned()),
-            m => Ok(StopMessage(m)),
-        }
+from_value!(StopMessage, |value| {
+    match must_be_string(value)? {
+        m if m.is_empty() => Err("is empty; remove it to send only [stop] signal".to_owned()),
+        m => Ok(StopMessage(m)),
     }
-}
+});
 
 /// `command`: an array; its items are checked one by one in `validate`, so
 /// that each bad one is reported at its own position.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Command(pub Vec<toml::Spanned<Any>>);
+pub struct Command(pub Vec<toml::Spanned<Value>>);
 
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -492,11 +422,11 @@ impl<'de> Deserialize<'de> for Command {
 }
 
 /// One of a fixed set of words, with a suggestion for a near miss.
-fn choice<T: Copy>(value: Any, allowed: &[(&str, T)]) -> Result<T, Msg> {
+fn choice<T: Copy>(value: Value, allowed: &[(&str, T)]) -> Result<T, Msg> {
     let words: Vec<&str> = allowed.iter().map(|(w, _)| *w).collect();
     let list = words.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
     let mut message = format!("must be one of {list}, found {FOUND}");
-    if let Any::Str(s) = value {
+    if let Value::String(s) = value {
         if let Some((_, hit)) = allowed.iter().find(|(w, _)| *w == s) {
             return Ok(*hit);
         }
@@ -509,7 +439,7 @@ fn choice<T: Copy>(value: Any, allowed: &[(&str, T)]) -> Result<T, Msg> {
 
 /// `[readiness] mode`, before `delay` is joined to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub enum ModeKind {
     Notify,
     Delay,
@@ -528,25 +458,17 @@ impl ModeKind {
     }
 }
 
-impl TryFrom<Any> for ModeKind {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        choice(value, Self::WORDS)
-    }
-}
+from_value!(ModeKind, |value| { choice(value, Self::WORDS) });
 
-impl TryFrom<Any> for ReloadStrategy {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        choice(
-            value,
-            &[
-                ("parallel", ReloadStrategy::Parallel),
-                ("rolling", ReloadStrategy::Rolling),
-            ],
-        )
-    }
-}
+from_value!(ReloadStrategy, |value| {
+    choice(
+        value,
+        &[
+            ("parallel", ReloadStrategy::Parallel),
+            ("rolling", ReloadStrategy::Rolling),
+        ],
+    )
+});
 
 /// `Err` completes `[environment] "x" ...`.
 pub(super) fn check_env_name(name: &str) -> Result<(), Msg> {
@@ -590,7 +512,7 @@ pub(super) fn closest<'a>(word: &str, allowed: &[&'a str]) -> Option<&'a str> {
 
 /// A socket address baton can bind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(try_from = "Any")]
+#[serde(try_from = "Value")]
 pub enum ListenAddress {
     /// `127.0.0.1:8080`, `[::1]:8080`
     Tcp(SocketAddr),
@@ -600,13 +522,10 @@ pub enum ListenAddress {
     Abstract(String),
 }
 
-impl TryFrom<Any> for ListenAddress {
-    type Error = Msg;
-    fn try_from(value: Any) -> Result<Self, Msg> {
-        let text = must_be_string(value)?;
-        text.parse().map_err(|why| format!("{text:?} is not valid: {why}"))
-    }
-}
+from_value!(ListenAddress, |value| {
+    let text = must_be_string(value)?;
+    text.parse().map_err(|why| format!("{text:?} is not valid: {why}"))
+});
 
 /// `sun_path` is 108 bytes including the terminating NUL (or, for abstract
 /// sockets, the leading one).

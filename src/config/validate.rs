@@ -42,13 +42,13 @@ pub fn validate(
         for (i, arg) in command.0.into_iter().enumerate() {
             let span = Some(arg.span());
             match arg.get_ref() {
-                super::types::Any::Str(s) if s.is_empty() && i == 0 => {
+                toml::Value::String(s) if s.is_empty() && i == 0 => {
                     reader.report(span, "command[0], the program, is empty");
                 }
-                super::types::Any::Str(s) if s.contains('\0') => {
+                toml::Value::String(s) if s.contains('\0') => {
                     reader.report(span, format!("command[{i}] contains a NUL character"));
                 }
-                super::types::Any::Str(s) => argv.push(s.clone()),
+                toml::Value::String(s) => argv.push(s.clone()),
                 _ => {
                     let found = reader.text_at(arg.span());
                     reader.report(span, format!("command[{i}] must be a string, found {found}; quote it"));
