@@ -23,8 +23,8 @@ impl crate::cli::InitArgs {
     pub fn into_request(self, baton: PathBuf) -> Request {
         Request {
             name: self.name,
-            listen: self.listen,
-            workers: self.workers,
+            listen: self.listen.iter().map(ToString::to_string).collect(),
+            workers: self.workers.map(|w| w.to_string()),
             user: self.user,
             directory: self.directory,
             unit_dir: self.unit_dir,

@@ -173,9 +173,8 @@ pub struct Overrides {
     /// Replaces the file's `name` (or the derived one in quick mode).
     pub name: Option<String>,
     /// Replaces the file's `[[listen]]` when non-empty.
-    pub listen: Vec<String>,
-    /// `"4"` or `"auto"`.
-    pub workers: Option<String>,
+    pub listen: Vec<ListenAddress>,
+    pub workers: Option<Workers>,
     /// Replaces `command` when non-empty.
     pub command: Vec<String>,
 }

@@ -590,7 +590,7 @@ fn duplicate_listen_addresses() {
         r#"/etc/baton/myapp.toml:5:11: [[listen]] address "127.0.0.1:80" is listed twice (first at line 3); each socket can be bound once"#
     );
     let overrides = Overrides {
-        listen: strings(&["@a", "@a"]),
+        listen: vec!["@a".parse().unwrap(), "@a".parse().unwrap()],
         ..Overrides::default()
     };
     assert_eq!(
@@ -885,8 +885,8 @@ fn invalid_names() {
 fn overrides_replace_listen_workers_and_command() {
     let overrides = Overrides {
         name: None,
-        listen: strings(&["[::]:9000", "/run/b.sock"]),
-        workers: Some("3".into()),
+        listen: vec!["[::]:9000".parse().unwrap(), "/run/b.sock".parse().unwrap()],
+        workers: Some(Workers::Count(3)),
         command: strings(&["python3", "app.py"]),
     };
     let config = parse(FULL, Path::new(FILE), &overrides).unwrap();
@@ -913,7 +913,7 @@ fn overrides_replace_listen_workers_and_command() {
     // The command line can supply a missing command.
     let overrides = Overrides {
         command: strings(&["x"]),
-        workers: Some("auto".into()),
+        workers: Some(Workers::Auto),
         name: Some("renamed".into()),
         ..Overrides::default()
     };
@@ -928,42 +928,41 @@ fn overrides_replace_listen_workers_and_command() {
 fn bad_overrides_are_command_line_problems() {
     let overrides = Overrides {
         name: Some("a b".into()),
-        listen: strings(&["8080"]),
-        workers: Some("0".into()),
-        command: vec![],
+        ..Overrides::default()
     };
     assert_eq!(
         problems_with("command = [\"x\"]\nworkers = 0\n", &overrides),
         vec![
             r#"command line: name "a b" contains ' '; a name may only use letters, digits and _ . @ - because it is used in paths and unit names"#,
-            r#"command line: --workers must be a positive integer or "auto", found 0"#,
-            r#"command line: --listen "8080" is not valid: a bare port is not an address: write "0.0.0.0:8080" (all IPv4 interfaces) or "[::]:8080" (all interfaces)"#,
             r#"/etc/baton/myapp.toml:2:11: workers must be a positive integer or "auto", found 0"#,
         ]
     );
-    let overrides = Overrides {
-        workers: Some("lots".into()),
-        ..Overrides::default()
-    };
+}
+
+/// `--workers` and `--listen` are parsed by clap with these.
+#[test]
+fn command_line_values() {
+    let workers = |s: &str| s.parse::<Workers>();
+    assert_eq!(workers("4"), Ok(Workers::Count(4)));
+    assert_eq!(workers("auto"), Ok(Workers::Auto));
+    assert_eq!(Workers::Auto.to_string(), "auto");
+    assert!(Workers::Auto.count() >= 1);
     assert_eq!(
-        problems_with("command = [\"x\"]\n", &overrides),
-        vec![r#"command line: --workers must be a positive integer or "auto", found "lots""#]
+        workers("0"),
+        Err(r#"must be a positive integer or "auto", found 0"#.to_owned())
     );
-    let overrides = Overrides {
-        workers: Some("2000".into()),
-        ..Overrides::default()
-    };
     assert_eq!(
-        problems_with("command = [\"x\"]\n", &overrides),
-        vec!["command line: --workers must be at most 1024, found 2000"]
+        workers("lots"),
+        Err(r#"must be a positive integer or "auto", found "lots""#.to_owned())
     );
+    assert_eq!(workers("2000"), Err("must be at most 1024, found 2000".to_owned()));
 }
 
 #[test]
 fn quick_mode() {
     let overrides = Overrides {
-        listen: strings(&["127.0.0.1:8080"]),
-        workers: Some("2".into()),
+        listen: vec!["127.0.0.1:8080".parse().unwrap()],
+        workers: Some(Workers::Count(2)),
         command: strings(&["/usr/bin/node", "server.js"]),
         ..Overrides::default()
     };

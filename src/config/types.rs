@@ -85,7 +85,10 @@ impl FromStr for Dur {
 /// `workers`: 1..=[`MAX_WORKERS`], or "auto" for one per CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "Value")]
-pub struct Workers(pub usize);
+pub enum Workers {
+    Auto,
+    Count(usize),
+}
 
 const WORKERS_LIKE: &str = r#"must be a positive integer or "auto""#;
 
@@ -93,24 +96,36 @@ impl Workers {
     fn number(n: i64) -> Result<Self, Msg> {
         match usize::try_from(n) {
             Ok(0) | Err(_) if n <= 0 => Err(format!("{WORKERS_LIKE}, found {n}")),
-            Ok(n) if n <= MAX_WORKERS => Ok(Workers(n)),
+            Ok(n) if n <= MAX_WORKERS => Ok(Workers::Count(n)),
             _ => Err(format!("must be at most {MAX_WORKERS}, found {n}")),
         }
     }
 
-    fn auto() -> Self {
-        Workers(
-            std::thread::available_parallelism()
+    /// How many workers to run: "auto" is one per CPU, at most [`MAX_WORKERS`].
+    pub fn count(self) -> usize {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => std::thread::available_parallelism()
                 .map_or(1, std::num::NonZeroUsize::get)
                 .min(MAX_WORKERS),
-        )
+        }
+    }
+}
+
+/// As the command line and the file take it.
+impl fmt::Display for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workers::Auto => f.write_str("auto"),
+            Workers::Count(n) => write!(f, "{n}"),
+        }
     }
 }
 
 from_value!(Workers, |value| {
     match value {
         Value::Integer(n) => Workers::number(n),
-        Value::String(s) if s == "auto" => Ok(Workers::auto()),
+        Value::String(s) if s == "auto" => Ok(Workers::Auto),
         Value::String(s) if s.trim().parse::<i64>().is_ok() => Err(format!(
             "{WORKERS_LIKE}, found {FOUND}; write it without quotes: workers = {}",
             s.trim()
@@ -119,13 +134,13 @@ from_value!(Workers, |value| {
     }
 });
 
-/// `--workers`: a number or "auto", quoted or not.
+/// `--workers`: a number or "auto".
 impl FromStr for Workers {
     type Err = Msg;
     fn from_str(s: &str) -> Result<Self, Msg> {
         let text = s.trim();
         if text == "auto" {
-            return Ok(Workers::auto());
+            return Ok(Workers::Auto);
         }
         match text.parse::<i64>() {
             Ok(n) => Workers::number(n),

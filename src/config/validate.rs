@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    Config, ConfigError, ListenAddress, ListenSpec, Overrides, Readiness, ReadinessMode, ReloadStrategy, Restart, Stop,
+    Config, ConfigError, ListenSpec, Overrides, Readiness, ReadinessMode, ReloadStrategy, Restart, Stop,
     raw::{Raw, Reader},
     types::{ModeKind, Name, Workers, check_name, is_name_char},
 };
@@ -117,13 +117,7 @@ pub fn validate(
     };
 
     // workers
-    let workers = match &overrides.workers {
-        Some(text) => text.parse::<Workers>().unwrap_or_else(|why| {
-            reader.report_cli(format!("--workers {why}"));
-            Workers(1)
-        }),
-        None => top.workers.unwrap_or(Workers(1)),
-    };
+    let workers = overrides.workers.or(top.workers).map_or(1, Workers::count);
 
     // listen; names are at most 247 characters, so this is a valid fd name
     let default_fd_name = format!("{name}.socket");
@@ -140,17 +134,12 @@ pub fn validate(
             listen.push((spec, Some(span)));
         }
     } else {
-        for text in &overrides.listen {
-            match text.parse::<ListenAddress>() {
-                Ok(address) => listen.push((
-                    ListenSpec {
-                        name: default_fd_name.clone(),
-                        address,
-                    },
-                    None,
-                )),
-                Err(why) => reader.report_cli(format!("--listen {text:?} is not valid: {why}")),
-            }
+        for address in &overrides.listen {
+            let spec = ListenSpec {
+                name: default_fd_name.clone(),
+                address: address.clone(),
+            };
+            listen.push((spec, None));
         }
     }
     for (i, (spec, span)) in listen.iter().enumerate() {
@@ -298,7 +287,7 @@ pub fn validate(
         },
         command,
         directory,
-        workers: workers.0,
+        workers,
         environment: raw.environment,
         listen: listen.into_iter().map(|(spec, _)| spec).collect(),
         readiness,
