@@ -200,36 +200,15 @@ impl<'t> Reader<'t> {
         let mut raw = Raw::default();
         let mut top = DeTable::new();
         for (key, value) in root {
-            let span = value.span();
-            let section = |reader: &mut Self| match value.get_ref() {
-                DeValue::Table(_) => Some(value.clone()),
-                _ => {
-                    let message = format!(
-                        "{key} must be a table, written as a [{key}] section, found {FOUND}",
-                        key = key.get_ref()
-                    );
-                    let message = reader.found(&message, &value);
-                    reader.report(Some(span.clone()), message);
-                    None
-                }
-            };
             match key.get_ref().as_ref() {
-                "environment" => {
-                    if let Some(table) = section(self) {
-                        raw.environment = self.environment(table);
-                    }
-                }
+                "environment" => raw.environment = self.environment(value),
                 "listen" => raw.listen = self.listen(value),
-                "readiness" => {
-                    raw.readiness = section(self)
-                        .map(|t| self.section("[readiness]", t))
-                        .unwrap_or_default()
-                }
-                "reload" => raw.reload = section(self).map(|t| self.section("[reload]", t)).unwrap_or_default(),
-                "stop" => raw.stop = section(self).map(|t| self.section("[stop]", t)).unwrap_or_default(),
-                "restart" => raw.restart = section(self).map(|t| self.section("[restart]", t)).unwrap_or_default(),
-                "watchdog" => raw.watchdog = section(self).map(|t| self.section("[watchdog]", t)).unwrap_or_default(),
-                "limits" => raw.limits = section(self).map(|t| self.section("[limits]", t)).unwrap_or_default(),
+                "readiness" => raw.readiness = self.section("[readiness]", value),
+                "reload" => raw.reload = self.section("[reload]", value),
+                "stop" => raw.stop = self.section("[stop]", value),
+                "restart" => raw.restart = self.section("[restart]", value),
+                "watchdog" => raw.watchdog = self.section("[watchdog]", value),
+                "limits" => raw.limits = self.section("[limits]", value),
                 _ => {
                     raw.command_seen |= key.get_ref() == "command";
                     top.insert(key, value);
@@ -250,7 +229,7 @@ impl<'t> Reader<'t> {
             fields.to_vec()
         };
         let span = table.span();
-        let DeValue::Table(table) = table.into_inner() else {
+        let Some(table) = self.table(place, table) else {
             return Read::default();
         };
         let mut known = DeTable::new();
@@ -301,8 +280,22 @@ impl<'t> Reader<'t> {
         }
     }
 
-    fn environment(&mut self, table: Spanned<DeValue<'_>>) -> Vec<(String, String)> {
-        let DeValue::Table(table) = table.into_inner() else {
+    /// A section's table, or a problem: `[stop]` was written `stop = ...`.
+    fn table<'d>(&mut self, place: &str, value: Spanned<DeValue<'d>>) -> Option<DeTable<'d>> {
+        if !value.get_ref().is_table() {
+            let key = place.trim_matches(['[', ']']);
+            let message = format!("{key} must be a table, written as a [{key}] section, found {FOUND}");
+            let message = self.found(&message, &value);
+            self.report(Some(value.span()), message);
+        }
+        match value.into_inner() {
+            DeValue::Table(table) => Some(table),
+            _ => None,
+        }
+    }
+
+    fn environment(&mut self, value: Spanned<DeValue<'_>>) -> Vec<(String, String)> {
+        let Some(table) = self.table("[environment]", value) else {
             return Vec::new();
         };
         let mut vars = Vec::new();
