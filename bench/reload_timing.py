@@ -27,6 +27,8 @@ import datetime
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +39,12 @@ def ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return int(rest[11]) + int(rest[12])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def log_ns(stamp):
@@ -60,6 +68,14 @@ def read_log(path):
 
 
 def main():
+    work = tempfile.mkdtemp(prefix="baton-bench-reload-")
+    try:
+        run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work):
     ap = argparse.ArgumentParser()
     ap.add_argument("--baton", required=True)
     ap.add_argument("--worker", required=True)
@@ -71,14 +87,13 @@ def main():
     ap.add_argument("--name", default="bench-reload")
     args = ap.parse_args()
 
-    work = tempfile.mkdtemp(prefix="baton-bench-reload-")
     env = dict(os.environ, BATON_RUNTIME_DIR=f"{work}/run", BATON_LOG="debug")
     config = f"{work}/{args.name}.toml"
     with open(config, "w") as f:
         f.write(f'name = "{args.name}"\ncommand = ["{args.worker}"]\nworkers = {args.workers}\n')
         f.write(f'[environment]\nBW_READY_MS = "{args.ready_ms}"\nBW_TIMES = "{work}"\n')
         for i in range(args.sockets):
-            f.write(f'[[listen]]\nname = "s{i}"\naddress = "127.0.0.1:0"\n')
+            f.write(f'[[listen]]\nname = "s{i}"\naddress = "127.0.0.1:{free_port()}"\n')
     log_path = f"{work}/baton.log"
     with open(log_path, "w") as log:
         baton = subprocess.Popen([args.baton, "run", "--config", config], env=env, stdout=log, stderr=log)
@@ -161,7 +176,6 @@ def main():
             "started_count": len(started),
         }
         print(json.dumps(out))
-    subprocess.run(["rm", "-rf", work])
 
 
 if __name__ == "__main__":
