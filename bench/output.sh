@@ -18,6 +18,8 @@
 # is then counted where it landed.
 #
 # Usage: bench/output.sh [LINES per run, default 300000] [REPEATS, default 3]
+# With BATON_BASELINE=/path/to/another/baton, that binary runs too, in the
+# same container and alternating with this build (rows marked "baseline").
 # Writes docs/bench/output.md. Needs root and systemd-nspawn.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -33,19 +35,25 @@ echo "booting a container"
 container_boot
 mkdir -p "$croot/opt/baton-bench"
 cp "$baton" "$worker" "$croot/opt/baton-bench/"
+sinks="journal stderr"
+if [ -n "${BATON_BASELINE:-}" ]; then
+  cp "$BATON_BASELINE" "$croot/opt/baton-bench/baton-baseline"
+  sinks="journal stderr journal-baseline stderr-baseline"
+fi
 
 # /proc/PID/stat utime+stime inside the container.
 cticks() { cexec cat "/proc/$1/stat" | awk '{ sub(/.*\) /, ""); print $12 + $13 }'; }
 
 # One run: prints "baton_ticks journald_ticks wall_ms landed".
 run_case() {
-  local sink=$1 unit=$2 props=() pid jpid b0 j0 b1 j1 t0 t1 prev landed
-  [ "$sink" = stderr ] && props=(-p "StandardError=file:/run/$unit.err")
+  local sink=$1 unit=$2 props=() pid jpid b0 j0 b1 j1 t0 t1 prev landed bin=/opt/baton-bench/baton
+  case $sink in *-baseline) bin=/opt/baton-bench/baton-baseline ;; esac
+  case $sink in stderr*) props=(-p "StandardError=file:/run/$unit.err") ;; esac
   cexec systemd-run --quiet --unit="$unit" -p Type=notify -p NotifyAccess=main \
     -p LogRateLimitIntervalSec=0 "${props[@]}" \
     --setenv=BATON_RUNTIME_DIR=/run/bench-baton --setenv=BW_LINES="$lines" \
     --setenv=BW_GO="/run/$unit.go" --setenv=BW_DONE="/run/$unit.done" \
-    /opt/baton-bench/baton run --name "$unit" --listen 127.0.0.1:0 --workers 1 -- /opt/baton-bench/bench-worker
+    "$bin" run --name "$unit" --listen 127.0.0.1:0 --workers 1 -- /opt/baton-bench/bench-worker
   pid=$(cexec systemctl show -p MainPID --value "$unit")
   jpid=$(cexec systemctl show -p MainPID --value systemd-journald)
   sleep 0.5
@@ -56,7 +64,7 @@ run_case() {
   prev=-1; b1=$(cticks "$pid")
   while [ "$b1" != "$prev" ]; do prev=$b1; sleep 0.5; b1=$(cticks "$pid"); done
   t1=$(now_ns); j1=$(cticks "$jpid")
-  if [ "$sink" = stderr ]; then
+  if [ "${sink%-baseline}" = stderr ]; then
     landed=$(cexec grep -c '^bench-out-.*\]: 2026-01-01T' "/run/$unit.err")
   else
     landed=$(cexec journalctl -u "$unit" -o cat --no-pager | grep -c '^2026-01-01T' || true)
@@ -68,7 +76,7 @@ run_case() {
 
 : >"$work/results"
 for r in $(seq 1 "$repeats"); do
-  for sink in journal stderr; do
+  for sink in $sinks; do
     echo "run $r: $sink"
     read -r bt jt ms landed < <(run_case "$sink" "bench-out-$sink-$r")
     echo "  baton ${bt} ticks, journald ${jt} ticks, ${ms} ms, ${landed}/${lines} lines landed"
@@ -98,11 +106,17 @@ out=docs/bench/output.md
   echo
   echo "| sink | baton CPU per line | baton CPU per million lines | journald CPU per line | lines/s through baton | lines landed |"
   echo "|---|---|---|---|---|---|"
-  for sink in journal stderr; do
-    echo "| $sink | $(per_line $sink 2 | stats '%.2f µs') | $(per_line $sink 2 | awk '{print $1}' | stats '%.2f s') | $(per_line $sink 3 | stats '%.2f µs') | $(rate $sink | stats '%.0fk') | $(landed $sink) of $lines |"
+  for sink in $sinks; do
+    echo "| ${sink/-baseline/ (baseline)} | $(per_line $sink 2 | stats '%.2f µs') | $(per_line $sink 2 | awk '{print $1}' | stats '%.2f s') | $(per_line $sink 3 | stats '%.2f µs') | $(rate $sink | stats '%.0fk') | $(landed $sink) of $lines |"
   done
   echo
   echo "- journal / stderr, baton CPU per line: **$(python3 -c "print(f'{$bj/$bs:.2f}')")**"
+  if [ -n "${BATON_BASELINE:-}" ]; then
+    for sink in journal stderr; do
+      echo "- $sink, this build / baseline: **$(python3 -c "print(f'{$(per_line $sink 2 | median)/$(per_line $sink-baseline 2 | median):.2f}')")**"
+    done
+    echo "- baseline: \`$BATON_BASELINE\`${BASELINE_NOTE:+ ($BASELINE_NOTE)}."
+  fi
   echo "- journal: baton sends one datagram per line to \`/run/systemd/journal/socket\`"
   echo "  (\`StandardError=journal\`, the default under systemd); stderr: the service's"
   echo "  \`StandardError=file:\` on the container's /run (tmpfs)."
