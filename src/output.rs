@@ -111,7 +111,11 @@ impl StderrSink {
     fn push(&mut self, line: &Line) -> bool {
         let o = &line.origin;
         // Writing into a Vec cannot fail.
-        let _ = writeln!(self.buf, "{}[{}.{} {}]: {}", o.name, o.generation, o.slot, o.pid, line.text);
+        let _ = writeln!(
+            self.buf,
+            "{}[{}.{} {}]: {}",
+            o.name, o.generation, o.slot, o.pid, line.text
+        );
         self.buf.len() >= STDERR_BATCH
     }
 
@@ -385,7 +389,11 @@ mod tests {
         let long = "x".repeat(1000);
         let each = "app[2.1 7]: \n".len() + long.len();
         let pushed = (1..100).find(|_| sink.push(&line(7, &long))).unwrap();
-        assert_eq!(pushed, STDERR_BATCH.div_ceil(each), "full once it holds STDERR_BATCH bytes");
+        assert_eq!(
+            pushed,
+            STDERR_BATCH.div_ceil(each),
+            "full once it holds STDERR_BATCH bytes"
+        );
     }
 
     /// Records each line and each flush; its first write waits until the test
