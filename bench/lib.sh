@@ -100,6 +100,10 @@ load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 # sysinit, sockets and journald, commands run inside with nsenter. Needs root.
 # Sets $croot (the container's root as seen from the host) and $cinit (host
 # pid of its systemd). container_down is idempotent; call it from the EXIT trap.
+# The container gets a network namespace of its own (loopback only), so that
+# systemd sets up that namespace as on a real systemd host
+# (PID 1 raises net.unix.max_dgram_qlen to 512; this host has the kernel's 10), and
+# nothing inside can bind the host's ports.
 cpath=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 container_boot() {
   [ "$(id -u)" = 0 ] || { echo "the container needs root" >&2; exit 2; }
@@ -121,7 +125,7 @@ UNIT
   printf '[Journal]\nStorage=volatile\nRateLimitIntervalSec=0\nRuntimeMaxUse=2G\n' \
     >"$croot/etc/systemd/journald.conf.d/bench.conf"
   setpriv --pdeathsig SIGTERM -- env -i PATH=$cpath LANG=C.UTF-8 \
-    systemd-nspawn -D "$croot" --register=no --keep-unit -M "$cname" -b systemd.unit=baton-bench.target \
+    systemd-nspawn -D "$croot" --register=no --keep-unit --private-network -M "$cname" -b systemd.unit=baton-bench.target \
     </dev/null >"$cdir/nspawn.log" 2>&1 &
   cnspawn=$!
   local deadline=$((SECONDS + 90)) pid

@@ -35,6 +35,8 @@ echo "booting a container"
 container_boot
 mkdir -p "$croot/opt/baton-bench"
 cp "$baton" "$worker" "$croot/opt/baton-bench/"
+qlen=$(cexec cat /proc/sys/net/unix/max_dgram_qlen)
+echo "net.unix.max_dgram_qlen in the container: $qlen"
 sinks="journal stderr"
 if [ -n "${BATON_BASELINE:-}" ]; then
   cp "$BATON_BASELINE" "$croot/opt/baton-bench/baton-baseline"
@@ -120,6 +122,9 @@ out=docs/bench/output.md
   echo "- journal: baton sends one datagram per line to \`/run/systemd/journal/socket\`"
   echo "  (\`StandardError=journal\`, the default under systemd); stderr: the service's"
   echo "  \`StandardError=file:\` on the container's /run (tmpfs)."
+  echo "- The container has its own network namespace, where systemd set"
+  echo "  \`net.unix.max_dgram_qlen\` = $qlen (systemd raises it at boot; the kernel's default is 10):"
+  echo "  how many datagrams may wait on journald's socket before baton's send blocks."
   echo "- \"per million lines\" is the same figure in seconds of CPU. The"
   echo "  journald column is journald's own cost for the same lines (it parses and"
   echo "  indexes every entry), for context: it is not baton's."
