@@ -43,7 +43,7 @@ pub struct Inherited {
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
     #[error("systemd passed bad socket-activation variables")]
-    Systemd(#[source] libsystemd::errors::SdError),
+    Systemd(#[source] crate::sys::ListenFdsError),
     #[error("cannot bind {address}")]
     Bind {
         address: String,
@@ -58,8 +58,9 @@ pub enum ActivationError {
     Nothing,
 }
 
-/// Reads and consumes systemd's variables. Call from `main` while baton is
-/// still single-threaded: it edits the environment.
+/// Reads systemd's variables and takes the sockets it passed. baton's own
+/// environment is left as it is: `spawn.rs` builds each worker's environment
+/// without these variables, so none of them reaches a worker.
 pub fn take_inherited() -> Result<Inherited, ActivationError> {
     let names = std::env::var("LISTEN_FDNAMES").ok();
     let notify_socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
@@ -68,33 +69,22 @@ pub fn take_inherited() -> Result<Inherited, ActivationError> {
         Ok(pid) if pid != me => None,
         _ => std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse().ok()),
     };
-    let for_us = std::env::var("LISTEN_PID").is_ok_and(|p| p == me) && std::env::var("LISTEN_FDS").is_ok();
-    let sockets = if for_us {
-        // libsystemd checks LISTEN_PID again and sets close-on-exec.
-        let fds = libsystemd::activation::receive_descriptors(false).map_err(ActivationError::Systemd)?;
-        let names: Vec<String> = names
-            .map(|n| n.split(':').map(str::to_owned).collect())
-            .unwrap_or_default();
-        let listeners = fds
-            .into_iter()
-            .enumerate()
-            .map(|(i, fd)| {
-                use std::os::fd::IntoRawFd;
-                let fd = crate::sys::adopt_fd(fd.into_raw_fd());
-                Listener {
+    let sockets = crate::sys::take_listen_fds()
+        .map_err(ActivationError::Systemd)?
+        .map(|fds| {
+            let names: Vec<String> = names
+                .map(|n| n.split(':').map(str::to_owned).collect())
+                .unwrap_or_default();
+            fds.into_iter()
+                .enumerate()
+                .map(|(i, fd)| Listener {
                     name: names.get(i).cloned().unwrap_or_else(|| "unknown".into()),
                     address: local_address(fd.as_fd()),
                     fd,
-                }
-            })
-            .collect();
-        Some(listeners)
-    } else {
-        None
-    };
+                })
+                .collect()
+        });
     let path = std::env::var("PATH").ok();
-    // Consumed: nothing baton starts inherits them by accident.
-    crate::sys::remove_env_vars_single_threaded(crate::spawn::RESERVED_ENV);
     Ok(Inherited {
         sockets,
         notify_socket,

@@ -51,7 +51,9 @@ pub struct InitArgs {
     /// Number of workers, or "auto" for one per CPU
     #[arg(long, short = 'w', value_name = "N")]
     pub workers: Option<String>,
-    /// Run the service as this user (User= in the unit)
+    /// Run the app as this existing user (User= in the unit). Default: a
+    /// system user of its own named NAME, created with systemd-sysusers.
+    /// `--user root` works but is warned about
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
     /// The app's working directory (a symlink is resolved per generation)
@@ -60,9 +62,14 @@ pub struct InitArgs {
     /// Where to write the units
     #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
     pub unit_dir: PathBuf,
-    /// Where to write NAME.toml
+    /// Where to write NAME.toml (the unit names it with --config unless it
+    /// is /etc/baton)
     #[arg(long, value_name = "DIR", default_value = "/etc/baton")]
     pub config_dir: PathBuf,
+    /// Where to write the dedicated user's entry, baton-NAME.conf
+    /// (systemd-sysusers runs only for the default directory)
+    #[arg(long, value_name = "DIR", default_value = "/etc/sysusers.d")]
+    pub sysusers_dir: PathBuf,
     /// Overwrite existing files
     #[arg(long)]
     pub force: bool,
@@ -155,7 +162,10 @@ generation is still serving (the reason and the failing worker's last output are
     #[command(
         long_about = "Write /etc/baton/NAME.toml, /etc/systemd/system/NAME.socket and NAME.service, \
 then run `systemctl daemon-reload`. Start it with `systemctl enable --now NAME.socket`: the first \
-connection starts NAME.service. Existing files are never overwritten without --force.",
+connection starts NAME.service. Existing files are never overwritten without --force.\n\n\
+The service runs sandboxed (see the comments in NAME.service) as a system user of its own, \
+NAME: init writes /etc/sysusers.d/baton-NAME.conf and runs `systemd-sysusers` to create it. \
+--user USER runs it as an existing user instead; --user root works, with a warning.",
         after_help = "Example:\n  baton init myapp --listen 0.0.0.0:8080 --workers 4 --user www-data \\\n    \
 --directory /srv/myapp/current -- node server.js\n  systemctl enable --now myapp.socket"
     )]
@@ -188,7 +198,7 @@ Every PM2 key and command, and what it becomes: \"Migrating from PM2\" in \
         /// Output directory; man/ and completions/ are created in it
         dir: PathBuf,
     },
-    /// Validate the config and print every problem with file:line:column
+    /// Validate the config and print its problems with file:line:column (the first 50, then a count)
     #[command(after_help = "Exit codes: 0 valid · 78 invalid (safe as ExecStartPre=).")]
     Check {
         #[command(flatten)]

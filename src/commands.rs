@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +41,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
     let config = match config::load(&source, &overrides) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("baton: {e}");
+            eprintln!("baton: {}", chain(&e));
             return EX_CONFIG;
         }
     };
@@ -60,7 +61,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         None => match activation::bind_all(&config.listen) {
             Ok(l) => (l, false),
             Err(e @ activation::ActivationError::Nothing) => {
-                eprintln!("baton: {e}");
+                eprintln!("baton: {}", chain(&e));
                 return EX_CONFIG;
             }
             Err(e) => {
@@ -95,7 +96,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         control,
         log,
         notify_socket: inherited.notify_socket,
-        watchdog: inherited.watchdog_usec.map(std::time::Duration::from_micros),
+        watchdog: inherited.watchdog_usec.and_then(watchdog_timeout),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -118,9 +119,26 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
     };
     // Dropping the runtime drops the pumps, and with them the last handles
     // on the writer, which then writes what is queued and ends.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    runtime.shutdown_timeout(Duration::from_secs(1));
     let _ = log_thread.join();
     code
+}
+
+/// systemd's WATCHDOG_USEC for baton, as a timeout baton can keep.
+///
+/// 0 and u64::MAX (USEC_INFINITY) mean "no watchdog" to sd_watchdog_enabled(3),
+/// and so here; a zero timeout once made a zero-length ping interval, which
+/// panics tokio. Other values are clamped to 20 ms..2 h: baton pings at half
+/// the timeout, and pinging more often than asked is harmless, while a
+/// sub-millisecond interval would only spin.
+pub fn watchdog_timeout(usec: u64) -> Option<Duration> {
+    const MIN: Duration = Duration::from_millis(20);
+    const MAX: Duration = Duration::from_secs(2 * 60 * 60);
+    if usec == 0 || usec == u64::MAX {
+        tracing::warn!("ignoring WATCHDOG_USEC={usec}: it means no watchdog");
+        return None;
+    }
+    Some(Duration::from_micros(usec).clamp(MIN, MAX))
 }
 
 /// The control socket a client command should talk to.
@@ -270,7 +288,7 @@ pub fn check(target: Target) -> i32 {
             EX_CONFIG
         }
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", chain(&e));
             EX_CONFIG
         }
     }
@@ -278,12 +296,38 @@ pub fn check(target: Target) -> i32 {
 
 /// `baton init`.
 pub fn init(req: crate::init::Request) -> i32 {
+    use crate::init::Account;
     let default_units = req.unit_dir == std::path::Path::new("/etc/systemd/system");
+    let default_sysusers = req.sysusers_dir == std::path::Path::new(crate::init::DEFAULT_SYSUSERS_DIR);
     let name = req.name.clone();
+    let account = crate::init::account(&req);
     match crate::init::write(&req) {
         Ok(paths) => {
             for p in &paths {
                 println!("wrote {}", p.display());
+            }
+            match account {
+                Ok(Account::Dedicated(user)) if default_sysusers => {
+                    let entry = req.sysusers_dir.join(format!("baton-{user}.conf"));
+                    match std::process::Command::new("systemd-sysusers").arg(&entry).status() {
+                        Ok(s) if s.success() => println!("ran systemd-sysusers: {name} runs as system user {user}"),
+                        _ => eprintln!(
+                            "baton init: `systemd-sysusers {}` failed; run it yourself, or {name}.service cannot start (no user {user})",
+                            entry.display()
+                        ),
+                    }
+                }
+                Ok(Account::Dedicated(user)) => {
+                    println!(
+                        "{name} runs as system user {user}: create it with `systemd-sysusers` from the entry above"
+                    )
+                }
+                Ok(Account::Root) => eprintln!(
+                    "baton init: WARNING: {name} will run as root. A flaw in the app then hands root to \
+                     whoever exploits it (the sandbox drops every capability, but root still owns most \
+                     of the system's files). Prefer the default (a system user of its own) or --user USER."
+                ),
+                _ => {}
             }
             // `systemctl enable` reloads too, but a plain `start` would not.
             if default_units && std::path::Path::new("/run/systemd/system").exists() {
@@ -319,16 +363,19 @@ fn validate_runnable(config: &Config) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| {
             format!(
-                "{}: {e}",
+                "{}: {}",
                 config
                     .source
                     .as_ref()
-                    .map_or("command line".into(), |p| p.display().to_string())
+                    .map_or("command line".into(), |p| p.display().to_string()),
+                chain(&e)
             )
         })
 }
 
-/// An error and its causes on one line, ripgrep style.
+/// An error and its causes on one line, ripgrep style: the one reporter for
+/// every command, so each cause is printed exactly once (the error enums'
+/// messages never repeat their `#[source]`).
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -338,4 +385,18 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_usec_zero_and_infinity_are_off_and_the_rest_is_clamped() {
+        assert_eq!(watchdog_timeout(0), None);
+        assert_eq!(watchdog_timeout(u64::MAX), None);
+        assert_eq!(watchdog_timeout(1), Some(Duration::from_millis(20)));
+        assert_eq!(watchdog_timeout(30_000_000), Some(Duration::from_secs(30)));
+        assert_eq!(watchdog_timeout(u64::MAX - 1), Some(Duration::from_secs(7200)));
+    }
 }

@@ -30,6 +30,15 @@ use crate::spawn::RESERVED_ENV;
 
 /// The largest `workers` accepted.
 pub const MAX_WORKERS: usize = 1024;
+/// The longest duration any key accepts. Generous for every timeout and
+/// backoff an app needs, and far from where adding it to a clock overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// How [`MAX_DURATION`] is written in messages and the README.
+const MAX_DURATION_TEXT: &str = "24h";
+/// The largest config file read, in bytes.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// The largest `[restart] limit`: each slot remembers that many crash times.
+pub const MAX_RESTART_LIMIT: u32 = 1000;
 /// Where `baton NAME` looks for `NAME.toml` unless `BATON_CONFIG_DIR` is set.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/baton";
 /// Overrides [`DEFAULT_CONFIG_DIR`] (tests use it).
@@ -127,6 +136,7 @@ pub struct Restart {
     /// At least `delay`.
     pub max_delay: Duration,
     /// More crashes than this within `window` and the worker slot is given up.
+    /// At most [`MAX_RESTART_LIMIT`].
     pub limit: u32,
     /// Always > 0.
     pub window: Duration,
@@ -185,15 +195,37 @@ pub enum Source {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The reason (missing, permissions, a directory...) is the source:
+    /// print the error with `commands::chain`.
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    /// Every problem found, sorted by position.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    #[error("cannot read {path}: it is larger than {max} bytes, which no config needs", max = MAX_CONFIG_BYTES)]
+    TooLarge { path: PathBuf },
+    /// Every problem found, sorted by position. Shown one per line, the
+    /// first [`MAX_SHOWN_PROBLEMS`] of them and then how many more.
+    #[error("{}", show_problems(.0))]
     Invalid(Vec<Problem>),
+}
+
+/// How many problems an error shows; a generated file with 100,000 bad
+/// keys would otherwise flood the journal (`check` runs as ExecStartPre).
+pub const MAX_SHOWN_PROBLEMS: usize = 50;
+
+fn show_problems(problems: &[Problem]) -> String {
+    let mut lines: Vec<String> = problems
+        .iter()
+        .take(MAX_SHOWN_PROBLEMS)
+        .map(ToString::to_string)
+        .collect();
+    let more = problems.len().saturating_sub(MAX_SHOWN_PROBLEMS);
+    if more > 0 {
+        lines.push(format!("... and {more} more error{}", if more == 1 { "" } else { "s" }));
+    }
+    lines.join("\n")
 }
 
 /// One thing wrong with the config. `line` and `column` are 1-based; both are
@@ -224,10 +256,7 @@ impl fmt::Display for Problem {
 pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, ConfigError> {
     match source {
         Source::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text = read(path)?;
             parse(&text, path, overrides)
         }
         Source::Quick => {
@@ -235,6 +264,43 @@ pub fn load(source: &Source, overrides: &Overrides) -> Result<Config, ConfigErro
             build(&mut walker, Raw::default(), Origin::Quick, overrides)
         }
     }
+}
+
+/// A config file's text. Bytes that are not UTF-8 are a problem with a
+/// position, like any other; the size is capped so that `--config /dev/zero`
+/// cannot eat the memory of a running supervisor on reload.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        // The prefix is valid UTF-8, so positions count characters there.
+        let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        let (line, column) = position(prefix, valid);
+        ConfigError::Invalid(vec![Problem {
+            file: path.display().to_string(),
+            line,
+            column,
+            message: format!(
+                "invalid UTF-8 (byte 0x{:02x}); a config file must be UTF-8 text",
+                bytes.get(valid).copied().unwrap_or_default()
+            ),
+        }])
+    })
 }
 
 /// Parse text that came from `path` (used for messages, the default name and
@@ -471,6 +537,7 @@ impl Field<'_> {
 
 struct Walker<'t> {
     text: &'t str,
+    positions: Positions<'t>,
     file: String,
     problems: Vec<Problem>,
 }
@@ -479,6 +546,7 @@ impl<'t> Walker<'t> {
     fn new(text: &'t str, file: String) -> Self {
         Walker {
             text,
+            positions: Positions::new(text),
             file,
             problems: Vec::new(),
         }
@@ -486,7 +554,7 @@ impl<'t> Walker<'t> {
 
     /// A problem at a place in the file (1:1 when the place is unknown).
     fn report(&mut self, span: Span, message: impl Into<String>) {
-        let (line, column) = span.map_or((1, 1), |span| position(self.text, span.start));
+        let (line, column) = span.map_or((1, 1), |span| self.positions.at(span.start));
         self.problems.push(Problem {
             file: self.file.clone(),
             line,
@@ -972,12 +1040,11 @@ impl<'t> Walker<'t> {
                 "limit" => {
                     let found = self.describe(f.item);
                     match f.item.as_integer().map(u32::try_from) {
-                        Some(Ok(limit)) => raw.restart_limit = Some(limit),
+                        Some(Ok(limit)) if limit <= MAX_RESTART_LIMIT => raw.restart_limit = Some(limit),
                         _ => self.report(
                             f.span(),
                             format!(
-                                "[restart] limit must be a whole number from 0 to {}, found {found}",
-                                u32::MAX
+                                "[restart] limit must be a whole number from 0 to {MAX_RESTART_LIMIT}, found {found}"
                             ),
                         ),
                     }
@@ -994,7 +1061,8 @@ impl<'t> Walker<'t> {
             Some(Value::String(s)) => {
                 let text = s.value().trim();
                 match humantime::parse_duration(text) {
-                    Ok(d) => return Some(d),
+                    Ok(d) if d <= MAX_DURATION => return Some(d),
+                    Ok(_) => format!("{} must be at most {MAX_DURATION_TEXT}, found {found}", field.label),
                     Err(_) if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) => {
                         format!(
                             r#"{} must be {LIKE}, found {found}: add a unit, e.g. "{text}s""#,
@@ -1178,7 +1246,7 @@ fn build(walker: &mut Walker<'_>, raw: Raw, origin: Origin<'_>, overrides: &Over
         match place {
             Place::File(span) => {
                 let first = match first_place {
-                    Place::File(Some(s)) => Some(position(walker.text, s.start).0),
+                    Place::File(Some(s)) => Some(walker.positions.at(s.start).0),
                     _ => None,
                 };
                 let also = first.map(|line| format!(" (first at line {line})")).unwrap_or_default();
@@ -1306,16 +1374,60 @@ fn build(walker: &mut Walker<'_>, raw: Raw, origin: Origin<'_>, overrides: &Over
 
 /// 1-based line and column (in characters) of a byte offset.
 fn position(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text.as_bytes()[..offset];
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let column = text[line_start..]
-        .char_indices()
-        .take_while(|(i, _)| line_start + i < offset)
-        .count()
-        + 1;
-    (line, column)
+    Positions::new(text).at(offset)
+}
+
+/// Byte offsets to lines and columns for many problems in one text.
+///
+/// Counting from the start of the text for each problem made `check`
+/// quadratic: 100,000 unknown keys took a minute. A line is found by binary
+/// search over the line starts, and a column counts on from the previous
+/// lookup when that was earlier on the same line (problems come mostly in
+/// file order), so a single long line of problems stays linear too.
+struct Positions<'t> {
+    text: &'t str,
+    /// Where each line starts; the first is 0.
+    line_starts: Vec<usize>,
+    /// The previous lookup: offset, line index, column.
+    last: Option<(usize, usize, usize)>,
+}
+
+impl<'t> Positions<'t> {
+    fn new(text: &'t str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(
+                text.bytes()
+                    .enumerate()
+                    .filter(|&(_, b)| b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
+        Positions {
+            text,
+            line_starts,
+            last: None,
+        }
+    }
+
+    fn at(&mut self, offset: usize) -> (usize, usize) {
+        // An offset inside a character counts that character.
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset += 1;
+        }
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= offset)
+            .saturating_sub(1);
+        let start = self.line_starts.get(line).copied().unwrap_or(0);
+        let (from, column) = match self.last {
+            Some((o, l, c)) if l == line && o <= offset => (o, c),
+            _ => (start, 1),
+        };
+        let column = column + self.text.get(from..offset).map_or(0, |s| s.chars().count());
+        self.last = Some((offset, line, column));
+        (line + 1, column)
+    }
 }
 
 /// `Err` completes `name "x" ...`.
@@ -1513,39 +1625,56 @@ fn parse_size(text: &str) -> Result<u64, String> {
 /// The allowed word nearest to a misspelt one, if it is close enough to be
 /// what was meant.
 fn closest<'a>(word: &str, allowed: &[&'a str]) -> Option<&'a str> {
-    let word = word.to_ascii_lowercase();
+    let word: Vec<char> = word.to_ascii_lowercase().chars().collect();
     allowed
         .iter()
-        .map(|candidate| (edit_distance(&word, candidate), *candidate))
-        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).clamp(1, 3))
+        .filter_map(|candidate| {
+            let near = (candidate.len() / 3).clamp(1, 3);
+            edit_distance_within(&word, candidate, near).map(|d| (d, *candidate))
+        })
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
 }
 
 /// Levenshtein distance where swapping two neighbours counts as one edit.
+#[cfg(test)]
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
+    edit_distance_within(&a, b, usize::MAX).unwrap_or(usize::MAX)
+}
+
+/// [`edit_distance`] if it is at most `limit`. Every unknown key is compared
+/// with every allowed one, so this gives up early: when the lengths alone
+/// differ by more (a megabyte-long key costs nothing), or when a whole row
+/// of the table is past the limit. Three rows, not the whole table.
+fn edit_distance_within(a: &[char], b: &str, limit: usize) -> Option<usize> {
     let b: Vec<char> = b.chars().collect();
-    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in rows.iter_mut().enumerate() {
-        row[0] = i;
+    if a.len().abs_diff(b.len()) > limit {
+        return None;
     }
-    for (j, cell) in rows[0].iter_mut().enumerate() {
-        *cell = j;
-    }
+    let width = b.len() + 1;
+    let mut before: Vec<usize> = vec![0; width];
+    let mut previous: Vec<usize> = (0..width).collect();
+    let mut row: Vec<usize> = vec![0; width];
     for i in 1..=a.len() {
-        for j in 1..=b.len() {
+        row[0] = i;
+        for j in 1..width {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (rows[i - 1][j] + 1)
-                .min(rows[i][j - 1] + 1)
-                .min(rows[i - 1][j - 1] + cost);
+            let mut best = (previous[j] + 1).min(row[j - 1] + 1).min(previous[j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(rows[i - 2][j - 2] + 1);
+                best = best.min(before[j - 2] + 1);
             }
-            rows[i][j] = best;
+            row[j] = best;
         }
+        // A transposition reaches back two rows, so a row past the limit
+        // only ends the search when the one before it is past it too.
+        if row.iter().min().is_some_and(|&m| m > limit) && previous.iter().min().is_some_and(|&m| m > limit) {
+            return None;
+        }
+        std::mem::swap(&mut before, &mut previous);
+        std::mem::swap(&mut previous, &mut row);
     }
-    rows[a.len()][b.len()]
+    previous.last().copied().filter(|&d| d <= limit)
 }
 
 #[cfg(test)]
@@ -1725,7 +1854,7 @@ address = "8080"
                 r#"/etc/baton/myapp.toml:3:11: workers must be a positive integer or "auto", found 0"#,
                 r#"/etc/baton/myapp.toml:6:10: [stop] signal "SIGKIL" is not a signal name; use a name like SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 or SIGUSR2"#,
                 r#"/etc/baton/myapp.toml:7:11: [stop] timeout must be a duration like "30s", "250ms" or "1m 30s", found 30: a bare number has no unit; write "30s" for seconds or "30ms" for milliseconds"#,
-                r#"/etc/baton/myapp.toml:10:9: [restart] limit must be a whole number from 0 to 4294967295, found -1"#,
+                r#"/etc/baton/myapp.toml:10:9: [restart] limit must be a whole number from 0 to 1000, found -1"#,
                 r#"/etc/baton/myapp.toml:13:11: [[listen]] address "8080" is not valid: a bare port is not an address: write "0.0.0.0:8080" (all IPv4 interfaces) or "[::]:8080" (all interfaces)"#,
             ]
         );
@@ -1740,6 +1869,42 @@ address = "8080"
         assert!(lines[0].starts_with("/etc/baton/myapp.toml:1:1: missing required key \"command\""));
         assert!(lines[1].starts_with("/etc/baton/myapp.toml:1:11: workers must be"));
         assert!(lines[2].starts_with("/etc/baton/myapp.toml:2:1: unknown key \"foo\""));
+    }
+
+    #[test]
+    fn many_problems_are_capped_and_counted() {
+        let mut text = String::from("command = [\"x\"]\n");
+        for i in 0..51 {
+            text.push_str(&format!("k{i} = 1\n"));
+        }
+        let err = parse_str(&text).unwrap_err();
+        let ConfigError::Invalid(found) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(found.len(), 51);
+        let shown = err.to_string();
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 51, "{shown}");
+        assert!(
+            lines[49].starts_with("/etc/baton/myapp.toml:51:1: unknown key \"k49\""),
+            "{shown}"
+        );
+        assert_eq!(lines[50], "... and 1 more error");
+
+        // One long line of problems: columns keep counting on.
+        let keys: Vec<String> = (0..3).map(|i| format!("k{i} = 1")).collect();
+        let text = format!("command = [\"x\"]\nstop = {{ {} }}\n", keys.join(", "));
+        assert_eq!(
+            problems(&text)
+                .iter()
+                .map(|p| p.split(": unknown").next().unwrap().to_owned())
+                .collect::<Vec<_>>(),
+            [
+                "/etc/baton/myapp.toml:2:10",
+                "/etc/baton/myapp.toml:2:18",
+                "/etc/baton/myapp.toml:2:26"
+            ]
+        );
     }
 
     #[test]
@@ -1847,6 +2012,69 @@ timeout = "10s"
         assert!(
             problem("command = [\"x\"]\n[restart]\nwindow = \"0s\"\n")
                 .contains("[restart] window must be greater than 0")
+        );
+    }
+
+    #[test]
+    fn every_duration_is_bounded() {
+        // 2^64-1 seconds parses as a Duration, and adding it to a clock
+        // panics: each key must reject it, with its position.
+        let huge = "\"18446744073709551615s\"";
+        for (section, key) in [
+            ("readiness", "timeout"),
+            ("readiness", "delay"),
+            ("stop", "timeout"),
+            ("restart", "delay"),
+            ("restart", "max_delay"),
+            ("restart", "window"),
+            ("watchdog", "timeout"),
+        ] {
+            let mode = if key == "delay" && section == "readiness" {
+                "mode = \"delay\"\n"
+            } else {
+                ""
+            };
+            let text = format!("command = [\"x\"]\n[{section}]\n{mode}{key} = {huge}\n");
+            let line = if mode.is_empty() { 3 } else { 4 };
+            assert_eq!(
+                problems(&text),
+                vec![format!(
+                    "/etc/baton/myapp.toml:{line}:{}: [{section}] {key} must be at most 24h, found {}",
+                    key.len() + 4,
+                    huge
+                )],
+                "{text}"
+            );
+            // The bound itself is accepted...
+            let text = format!("command = [\"x\"]\n[{section}]\n{mode}{key} = \"24h\"\n");
+            let text = text.replace("[restart]\ndelay", "[restart]\nmax_delay = \"24h\"\ndelay");
+            ok(&text);
+            // ...and one nanosecond more is not.
+            let text = format!("command = [\"x\"]\n[{section}]\n{mode}{key} = \"24h 1ns\"\n");
+            assert!(problem(&text).contains("must be at most 24h"), "{text}");
+        }
+        assert_eq!(MAX_DURATION, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        assert_eq!(ok("command = [\"x\"]\nrestart.limit = 1000\n").restart.limit, 1000);
+        assert_eq!(
+            problem("command = [\"x\"]\nrestart.limit = 1001\n"),
+            "/etc/baton/myapp.toml:2:17: [restart] limit must be a whole number from 0 to 1000, found 1001"
+        );
+        assert_eq!(
+            problem("command = [\"x\"]\nrestart.limit = 4294967296\n"),
+            "/etc/baton/myapp.toml:2:17: [restart] limit must be a whole number from 0 to 1000, found 4294967296"
+        );
+        assert_eq!(ok("command = [\"x\"]\nworkers = 1024\n").workers, 1024);
+        assert_eq!(
+            problem("command = [\"x\"]\nworkers = 1025\n"),
+            "/etc/baton/myapp.toml:2:11: workers must be at most 1024, found 1025"
+        );
+        assert_eq!(
+            problem("command = [\"x\"]\nworkers = 9223372036854775807\n"),
+            "/etc/baton/myapp.toml:2:11: workers must be at most 1024, found 9223372036854775807"
         );
     }
 
@@ -2270,6 +2498,14 @@ DEBUG = false
         assert_eq!(position("aé\nxyé z", 9), (2, 5));
         assert_eq!(position("", 0), (1, 1));
         assert_eq!(position("ab", 99), (1, 3));
+        assert_eq!(position("aé", 2), (1, 3), "inside a character");
+        assert_eq!(position("a\nb", 1), (1, 2), "the newline ends its line");
+        let text = "ab\ncdé f\n\ng";
+        let mut p = Positions::new(text);
+        // Lookups in any order agree with lookups from scratch.
+        for offset in [0, 4, 8, 3, 9, 10, 11, 12, 2, 6, 7] {
+            assert_eq!(p.at(offset), position(text, offset), "offset {offset}");
+        }
     }
 
     #[test]
@@ -2486,8 +2722,50 @@ DEBUG = false
         let missing = dir.path().join("missing.toml");
         let err = load(&Source::File(missing.clone()), &Overrides::default()).unwrap_err();
         assert!(matches!(&err, ConfigError::Read { path, .. } if *path == missing));
-        assert_eq!(err.to_string(), format!("cannot read {}", missing.display()));
-        assert!(std::error::Error::source(&err).is_some());
+        assert_eq!(
+            crate::commands::chain(&err),
+            format!(
+                "cannot read {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+
+        let err = load(&Source::File(dir.path().to_owned()), &Overrides::default()).unwrap_err();
+        assert_eq!(
+            crate::commands::chain(&err),
+            format!("cannot read {}: Is a directory (os error 21)", dir.path().display())
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_has_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, b"command = [\"x\"]\n# caf\xc3\xa9 \xff\xfe\n").unwrap();
+        let err = load(&Source::File(path.clone()), &Overrides::default()).unwrap_err();
+        assert_eq!(
+            crate::commands::chain(&err),
+            format!(
+                "{}:2:8: invalid UTF-8 (byte 0xff); a config file must be UTF-8 text",
+                path.display()
+            )
+        );
+        // A truncated sequence at the very end too.
+        std::fs::write(&path, b"command = [\"x\"]\xe2\x82").unwrap();
+        let err = load(&Source::File(path.clone()), &Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(":1:16: invalid UTF-8 (byte 0xe2); a config file must be UTF-8 text")
+        );
+    }
+
+    #[test]
+    fn huge_files_are_refused_without_reading_them_whole() {
+        let err = load(&Source::File("/dev/zero".into()), &Overrides::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read /dev/zero: it is larger than 16777216 bytes, which no config needs"
+        );
     }
 
     #[test]
@@ -2532,8 +2810,16 @@ DEBUG = false
         assert_eq!(closest("Command", TOP_KEYS), Some("command"));
         assert_eq!(closest("timout", STOP_KEYS), Some("timeout"));
         assert_eq!(closest("zzzz", TOP_KEYS), None);
+        assert_eq!(closest("readinesss", TOP_KEYS), Some("readiness"));
+        assert_eq!(closest(&"x".repeat(1 << 20), TOP_KEYS), None);
         assert_eq!(edit_distance("ab", "ba"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("abcd", "badc"), 2);
+        assert_eq!(edit_distance("restart", "retsart"), 1);
+        let chars = |s: &str| s.chars().collect::<Vec<_>>();
+        assert_eq!(edit_distance_within(&chars("kitten"), "sitting", 2), None);
+        assert_eq!(edit_distance_within(&chars("kitten"), "sitting", 3), Some(3));
+        assert_eq!(edit_distance_within(&chars("key000049"), "workers", 2), None);
     }
 }

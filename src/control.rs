@@ -5,6 +5,13 @@
 //! lines from the server: any number of `progress` lines and one final line.
 //! The socket lives at a path both sides compute from the app's name, so no
 //! flag is needed (see [`control_path`]).
+//!
+//! Neither side trusts the path alone. Without `XDG_RUNTIME_DIR` a normal
+//! user's sockets live under `/tmp`, where anyone could create the directory
+//! first and listen in it. So the server uses only a directory that it owns
+//! and that nobody else can write ([`secure_dir`]), and the client believes
+//! only a server that runs as itself or as root, as the kernel reports it
+//! with `SO_PEERCRED` ([`check_server`]).
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::notify::SharedRateLimit;
 
 /// Longest request line accepted; anything longer is garbage.
 const MAX_REQUEST: usize = 4096;
@@ -68,6 +77,34 @@ pub enum ControlError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "refusing to use {path}: it belongs to {owner}, not to you ({me}), so its owner could \
+         intercept baton's control socket; remove it (as root), or point XDG_RUNTIME_DIR or \
+         BATON_RUNTIME_DIR at a directory of your own"
+    )]
+    ForeignDir { path: PathBuf, owner: String, me: String },
+    #[error(
+        "refusing to use {path}: its mode {mode:04o} lets others write in it, so they could \
+         replace baton's control socket; run `chmod go-w {path}` or use another directory"
+    )]
+    OpenDir { path: PathBuf, mode: u32 },
+    #[error("cannot check {path}")]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "refusing to believe {path}: the supervisor answering there runs as {peer}, not as you \
+         ({me}) or root; someone may be squatting on that path (remove {dir} as root, or set \
+         XDG_RUNTIME_DIR)"
+    )]
+    Impostor {
+        path: PathBuf,
+        dir: PathBuf,
+        peer: String,
+        me: String,
     },
     #[error("another baton is already running for this app (it answers on {path})")]
     AlreadyRunning { path: PathBuf },
@@ -157,52 +194,158 @@ pub fn discover() -> Result<PathBuf, ControlError> {
     }
 }
 
+/// `uid 65534 (nobody)`, for messages.
+fn describe_uid(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("uid {uid} ({})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// Creates `dir` (missing parts 0700) and checks that nobody but `owner`
+/// (and root) can put anything there: `dir` itself must belong to `owner`,
+/// each directory above it to `owner` or root, and none may be writable by
+/// group or others, except a sticky one above (such as `/tmp`), where others
+/// can add entries but not replace ours. Both the path as given and the one
+/// its symlinks lead to are checked. A mode such as systemd's 0755 for
+/// `RuntimeDirectory=` is fine: reading the directory grants nothing, and
+/// the socket itself is 0600.
+pub fn secure_dir(dir: &Path, owner: u32) -> Result<(), ControlError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| ControlError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let real = dir.canonicalize().map_err(|source| ControlError::Inspect {
+        path: dir.to_owned(),
+        source,
+    })?;
+    check_chain(dir, owner)?;
+    if real != dir {
+        check_chain(&real, owner)?;
+    }
+    Ok(())
+}
+
+fn check_chain(dir: &Path, owner: u32) -> Result<(), ControlError> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = std::path::absolute(dir).map_err(|source| ControlError::Inspect {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for (depth, path) in absolute.ancestors().enumerate() {
+        // lstat: a symlink on the way belongs to whoever made it, and its
+        // owner could point it elsewhere later.
+        let meta = std::fs::symlink_metadata(path).map_err(|source| ControlError::Inspect {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (uid, mode) = (meta.uid(), meta.mode() & 0o7777);
+        let owner_ok = uid == owner || (depth > 0 && uid == 0);
+        if !owner_ok {
+            return Err(ControlError::ForeignDir {
+                path: path.to_owned(),
+                owner: describe_uid(uid),
+                me: describe_uid(owner),
+            });
+        }
+        let sticky = mode & 0o1000 != 0 && depth > 0;
+        if meta.is_dir() && mode & 0o022 != 0 && !sticky {
+            return Err(ControlError::OpenDir {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The directory a socket path lives in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        Some(_) => Path::new("."),
+        None => Path::new("/"),
+    }
+}
+
 /// Binds the control socket, replacing a stale one but never stealing one
 /// that a live supervisor still answers on.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(|source| ControlError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-    }
+    use nix::sys::stat::{Mode, umask};
+    secure_dir(parent_dir(path), nix::unistd::Uid::current().as_raw())?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ControlError::AlreadyRunning { path: path.to_owned() });
         }
         let _ = std::fs::remove_file(path);
     }
-    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+    // Only the owner (and root) may connect, from the moment the socket
+    // exists: a chmod after bind would leave a window in which anyone could
+    // connect and queue a request. The umask is process-wide; this runs at
+    // start, before any worker or task that creates files exists.
+    let previous = umask(Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    umask(previous);
+    listener.map_err(|source| ControlError::Bind {
         path: path.to_owned(),
         source,
-    })?;
-    // Only the owner (and root) may reload.
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    Ok(listener)
+    })
 }
+
+/// Whether the supervisor at the other end of `stream` may be believed: it
+/// runs as this user or as root. Root also believes a service user's
+/// supervisor (`User=` in the unit) when the socket's directory belongs to
+/// that user and nobody else could have put it there ([`secure_dir`]'s
+/// rules), as with systemd's `RuntimeDirectory=` under `/run/baton`.
+pub fn check_server(path: &Path, stream: &UnixStream) -> Result<(), ControlError> {
+    let peer = stream.peer_cred()?.uid();
+    let me = nix::unistd::Uid::current().as_raw();
+    if peer == me || peer == 0 {
+        return Ok(());
+    }
+    let dir = parent_dir(path).to_owned();
+    if me == 0 && check_chain(&dir, peer).is_ok() {
+        return Ok(());
+    }
+    Err(ControlError::Impostor {
+        path: path.to_owned(),
+        dir,
+        peer: describe_uid(peer),
+        me: describe_uid(me),
+    })
+}
+
+/// How often a rejected control client may be logged; the others are
+/// counted and the count goes with the next line.
+const REJECTED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Accepts clients until the task is dropped.
 pub async fn serve(listener: UnixListener, commands: mpsc::UnboundedSender<Command>) {
+    let rejected = SharedRateLimit::new(REJECTED_LOG_INTERVAL);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let commands = commands.clone();
+        let (commands, rejected) = (commands.clone(), rejected.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, commands).await {
+            if let Err(e) = handle(stream, commands, rejected).await {
                 tracing::debug!("control client: {e}");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, commands: mpsc::UnboundedSender<Command>) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    commands: mpsc::UnboundedSender<Command>,
+    rejected: SharedRateLimit,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = Vec::new();
@@ -216,7 +359,10 @@ async fn handle(stream: UnixStream, commands: mpsc::UnboundedSender<Command>) ->
     let request = match request {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!("control socket: rejected a client: {e}");
+            if let Some(suppressed) = rejected.allow(std::time::Instant::now()) {
+                let more = crate::notify::suppressed_note(suppressed);
+                tracing::warn!("control socket: rejected a client: {e}{more}");
+            }
             return send(&mut write, &Reply::Error(e)).await;
         }
     };
@@ -266,6 +412,7 @@ pub async fn request(
             path: path.to_owned(),
             source,
         })?;
+    check_server(path, &stream)?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).map_err(|e| ControlError::Protocol(e.to_string()))?;
     line.push(b'\n');

@@ -2,7 +2,12 @@
 //! `systemctl enable --now NAME.socket` is the only step left.
 //!
 //! The units are rendered from the template units shipped in `units/`, so
-//! the instance units and `baton@.service` never drift apart.
+//! the instance units and `baton@.service` never drift apart, and both carry
+//! the same sandbox. The app runs as a system user of its own, named like
+//! the app: `init` writes a sysusers.d entry for it (and `commands::init`
+//! runs `systemd-sysusers`). A static user rather than `DynamicUser=`: files
+//! the app writes (uploads, caches under /srv or /var/lib) keep one owner
+//! across restarts, and an operator can `chown` a directory to it.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +29,7 @@ impl crate::cli::InitArgs {
             directory: self.directory,
             unit_dir: self.unit_dir,
             config_dir: self.config_dir,
+            sysusers_dir: self.sysusers_dir,
             command: self.command,
             force: self.force,
             baton,
@@ -37,10 +43,13 @@ pub struct Request {
     pub name: String,
     pub listen: Vec<String>,
     pub workers: Option<String>,
+    /// `--user`; none means a system user named like the app.
     pub user: Option<String>,
     pub directory: Option<PathBuf>,
     pub unit_dir: PathBuf,
     pub config_dir: PathBuf,
+    /// Where the dedicated user's sysusers.d entry goes.
+    pub sysusers_dir: PathBuf,
     pub command: Vec<String>,
     pub force: bool,
     /// The baton binary the units run.
@@ -55,7 +64,12 @@ pub enum InitError {
     NoCommand,
     #[error("at least one --listen ADDR is needed (the socket unit listens there)")]
     NoListen,
-    #[error("the generated config is invalid:\n{0}")]
+    #[error(
+        "{name:?} cannot be a user name (a lowercase letter or _, then up to 30 lowercase letters, \
+         digits, _ or -); pass --user USER to run the app as an existing user"
+    )]
+    UserName { name: String },
+    #[error("the generated config is invalid")]
     Invalid(#[source] config::ConfigError),
     #[error("cannot write {path}")]
     Write {
@@ -65,7 +79,61 @@ pub enum InitError {
     },
 }
 
-/// The three files `init` writes: (path, contents).
+/// The config directory `baton check NAME` and `baton run NAME` read.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/baton";
+/// Where `init` puts the dedicated user's entry by default.
+pub const DEFAULT_SYSUSERS_DIR: &str = "/etc/sysusers.d";
+
+/// Whom the app runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Account {
+    /// A system user of its own, named like the app, made by `init`.
+    Dedicated(String),
+    /// An existing user, from `--user`.
+    Existing(String),
+    /// `--user root`: allowed, with a warning.
+    Root,
+}
+
+impl Account {
+    pub fn name(&self) -> &str {
+        match self {
+            Account::Dedicated(name) | Account::Existing(name) => name,
+            Account::Root => "root",
+        }
+    }
+}
+
+/// What `--user` (or its absence) means for `req`.
+pub fn account(req: &Request) -> Result<Account, InitError> {
+    match req.user.as_deref() {
+        Some("root" | "0") => Ok(Account::Root),
+        Some(user) => Ok(Account::Existing(user.to_owned())),
+        None if is_user_name(&req.name) => Ok(Account::Dedicated(req.name.clone())),
+        None => Err(InitError::UserName { name: req.name.clone() }),
+    }
+}
+
+/// The names `systemd-sysusers` accepts everywhere (its portable subset,
+/// which `useradd` on every distribution accepts too).
+fn is_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 31
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// The sysusers.d entry of the dedicated user `name`.
+pub fn sysusers_entry(name: &str) -> String {
+    format!(
+        "# Written by `baton init`: the system user that {name}.service runs as.\n\
+         # `systemd-sysusers` creates it (baton init runs it); see sysusers.d(5).\n\
+         u {name} - \"{name} (supervised by baton)\" - -\n"
+    )
+}
+
+/// The files `init` writes, (path, contents): the config, the two units and,
+/// for a dedicated user, its sysusers.d entry.
 pub fn render(req: &Request) -> Result<Vec<(PathBuf, String)>, InitError> {
     if req.command.is_empty() {
         return Err(InitError::NoCommand);
@@ -73,17 +141,29 @@ pub fn render(req: &Request) -> Result<Vec<(PathBuf, String)>, InitError> {
     if req.listen.is_empty() {
         return Err(InitError::NoListen);
     }
+    let account = account(req)?;
     let config_path = req.config_dir.join(format!("{}.toml", req.name));
     let config_text = config_toml(req);
     // The generated file must pass the same validation `baton check` does.
     let config = config::parse(&config_text, &config_path, &Overrides::default()).map_err(InitError::Invalid)?;
     let socket = socket_unit(&req.name, &config.listen.iter().map(|l| &l.address).collect::<Vec<_>>());
-    let service = service_unit(req, config.stop.timeout);
-    Ok(vec![
+    let resolved = Request {
+        user: Some(account.name().to_owned()),
+        ..req.clone()
+    };
+    let service = service_unit(&resolved, config.stop.timeout);
+    let mut files = vec![
         (config_path, config_text),
         (req.unit_dir.join(format!("{}.socket", req.name)), socket),
         (req.unit_dir.join(format!("{}.service", req.name)), service),
-    ])
+    ];
+    if let Account::Dedicated(name) = &account {
+        files.push((
+            req.sysusers_dir.join(format!("baton-{name}.conf")),
+            sysusers_entry(name),
+        ));
+    }
+    Ok(files)
 }
 
 /// Writes the files, refusing to replace any unless `force`.
@@ -203,13 +283,41 @@ pub(crate) fn socket_unit(name: &str, addrs: &[&ListenAddress]) -> String {
     t
 }
 
+/// One argument of an `Exec*=` line: `%` and `$` escaped, quoted when it
+/// has anything but plain path characters (systemd.service(5), "Command
+/// lines").
+fn exec_arg(arg: &str) -> String {
+    let escaped = arg.replace('%', "%%").replace('$', "$$");
+    if escaped
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%$=,".contains(c))
+    {
+        escaped
+    } else {
+        format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
 pub(crate) fn service_unit(req: &Request, stop_timeout: Duration) -> String {
-    let baton = req.baton.display().to_string();
+    let baton = exec_arg(&req.baton.display().to_string());
+    // `baton check NAME` and `baton run NAME` read /etc/baton/NAME.toml; a
+    // config written elsewhere must be named on their command lines.
+    let config_arg = (req.config_dir != Path::new(DEFAULT_CONFIG_DIR)).then(|| {
+        let path = req.config_dir.join(format!("{}.toml", req.name));
+        let path = std::path::absolute(&path).unwrap_or(path);
+        format!("--config {}", exec_arg(&path.display().to_string()))
+    });
     let mut t = String::from("# Written by `baton init` from baton@.service.\n");
     for line in SERVICE_TEMPLATE.lines() {
         // The template's own header comments describe the template.
         if line.starts_with("# baton@.service") || line.starts_with("# Started by baton@") {
             continue;
+        }
+        let mut line = line.to_owned();
+        if let Some(arg) = &config_arg {
+            line = line
+                .replace("baton check %i", &format!("baton check {arg}"))
+                .replace("baton run %i", &format!("baton run {arg}"));
         }
         let line = line
             .replace("baton@%i.socket", &format!("{}.socket", req.name))
@@ -245,10 +353,15 @@ mod tests {
             directory: Some("/srv/myapp/current".into()),
             unit_dir: dir.join("units"),
             config_dir: dir.join("etc"),
+            sysusers_dir: dir.join("sysusers.d"),
             command: vec!["node".into(), "server.js".into()],
             force: false,
             baton: "/usr/bin/baton".into(),
         }
+    }
+
+    fn line_of<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
     }
 
     #[test]
@@ -270,44 +383,136 @@ mod tests {
         let service = &files[2].1;
         for line in [
             "Type=notify",
-            "ExecStart=/usr/bin/baton run myapp",
             "ExecReload=/usr/bin/baton reload myapp",
             "KillMode=mixed",
+            "Delegate=yes",
             "Restart=on-failure",
             "WatchdogSec=30s",
             "RuntimeDirectory=baton/myapp",
             "TimeoutStopSec=45s",
             "Requires=myapp.socket",
             "User=www-data",
+            "Delegate=yes",
             "NoNewPrivileges=yes",
+            "CapabilityBoundingSet=",
             "PrivateTmp=yes",
             "ProtectSystem=full",
+            "ProtectHome=read-only",
+            "PrivateDevices=yes",
+            "ProtectKernelTunables=yes",
+            "SystemCallFilter=@system-service",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+            "UMask=0027",
+            "ProtectProc=invisible",
         ] {
             assert!(service.lines().any(|l| l == line), "missing {line:?} in\n{service}");
         }
         assert!(!service.contains("[Install]"), "[Install] belongs on the socket only");
         assert!(!service.contains("%i"));
+        for setting in ["ProtectControlGroups=", "MemoryDenyWriteExecute=", "RemoveIPC="] {
+            assert!(
+                !service.lines().any(|l| l.starts_with(setting)),
+                "{setting} breaks Delegate=yes, Node or shared users:\n{service}"
+            );
+        }
+        assert_eq!(files.len(), 3, "--user www-data: no sysusers entry");
     }
 
-    /// units/example/ holds what `baton init` writes, for people who read
-    /// units before running tools. `BATON_BLESS=1 cargo test` refreshes it.
+    /// Defect: with --config-dir D the unit read /etc/baton/NAME.toml, so
+    /// its ExecStartPre exited 78.
+    #[test]
+    fn a_config_outside_etc_baton_is_named_on_the_command_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = render(&request(dir.path())).unwrap();
+        let config = dir.path().join("etc/myapp.toml").display().to_string();
+        let service = &files[2].1;
+        assert_eq!(
+            line_of(service, "ExecStartPre="),
+            Some(format!("ExecStartPre=/usr/bin/baton check --config {config}").as_str())
+        );
+        assert_eq!(
+            line_of(service, "ExecStart="),
+            Some(format!("ExecStart=/usr/bin/baton run --config {config}").as_str())
+        );
+        assert_eq!(
+            line_of(service, "ExecReload="),
+            Some("ExecReload=/usr/bin/baton reload myapp")
+        );
+
+        let mut req = request(dir.path());
+        req.config_dir = DEFAULT_CONFIG_DIR.into();
+        let service = &render(&req).unwrap()[2].1;
+        assert_eq!(
+            line_of(service, "ExecStartPre="),
+            Some("ExecStartPre=/usr/bin/baton check myapp")
+        );
+
+        req.config_dir = "/srv/my app/100%/$HOME".into();
+        let service = &render(&req).unwrap()[2].1;
+        assert_eq!(
+            line_of(service, "ExecStart="),
+            Some(r#"ExecStart=/usr/bin/baton run --config "/srv/my app/100%%/$$HOME/myapp.toml""#)
+        );
+    }
+
+    #[test]
+    fn by_default_the_app_runs_as_a_system_user_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = request(dir.path());
+        req.user = None;
+        let files = render(&req).unwrap();
+        assert!(files[2].1.lines().any(|l| l == "User=myapp"), "{}", files[2].1);
+        let (path, entry) = &files[3];
+        assert_eq!(path, &dir.path().join("sysusers.d/baton-myapp.conf"));
+        assert!(
+            entry
+                .lines()
+                .any(|l| l == r#"u myapp - "myapp (supervised by baton)" - -"#),
+            "{entry}"
+        );
+        assert_eq!(account(&req).unwrap(), Account::Dedicated("myapp".into()));
+
+        req.user = Some("root".into());
+        let files = render(&req).unwrap();
+        assert_eq!(files.len(), 3);
+        assert!(files[2].1.lines().any(|l| l == "User=root"));
+        assert_eq!(account(&req).unwrap(), Account::Root);
+
+        for bad in ["MyApp", "my.app", "1app", &"a".repeat(32)] {
+            req.user = None;
+            req.name = bad.to_owned();
+            assert!(
+                matches!(render(&req), Err(InitError::UserName { .. })),
+                "{bad:?} accepted as a user name"
+            );
+            req.user = Some("www-data".into());
+            render(&req).unwrap();
+        }
+    }
+
+    /// units/example/ holds what `baton init` writes with the defaults, for
+    /// people who read units before running tools. `BATON_BLESS=1 cargo
+    /// test` refreshes it.
     #[test]
     fn the_example_units_are_what_init_writes() {
         let req = Request {
             name: "myapp".into(),
             listen: vec!["0.0.0.0:8080".into()],
             workers: Some("4".into()),
-            user: Some("www-data".into()),
+            user: None,
             directory: Some("/srv/myapp/current".into()),
-            unit_dir: "units/example".into(),
-            config_dir: "units/example".into(),
+            unit_dir: "/etc/systemd/system".into(),
+            config_dir: DEFAULT_CONFIG_DIR.into(),
+            sysusers_dir: DEFAULT_SYSUSERS_DIR.into(),
             command: vec!["node".into(), "server.js".into()],
             force: true,
             baton: "/usr/bin/baton".into(),
         };
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for (path, text) in render(&req).unwrap() {
-            let path = root.join(path);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("units/example");
+        let files = render(&req).unwrap();
+        assert_eq!(files.len(), 4);
+        for (path, text) in files {
+            let path = root.join(path.file_name().unwrap());
             if std::env::var_os("BATON_BLESS").is_some() {
                 std::fs::write(&path, &text).unwrap();
             }

@@ -6,6 +6,8 @@
 //! - `runtime`: the tokio driver that runs the state machine's actions.
 //! - `supervisor`: the state machine (generations, reloads, restarts).
 //! - `spawn` + `sys`: starting a worker with exactly the right fds and env.
+//! - `cgroup`: each worker's process tree in a cgroup of its own (or its
+//!   process group, without a delegated cgroup).
 //! - `notify`: each worker's sd_notify endpoint; `ipc`: Node's IPC channel.
 //! - `output`: worker stdout/stderr.
 //! - `control`: the control socket behind `baton reload` and `status`.
@@ -14,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod activation;
+pub mod cgroup;
 pub mod cli;
 pub mod commands;
 pub mod config;

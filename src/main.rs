@@ -16,7 +16,7 @@ fn main() {
             app_name,
             command,
         } => {
-            // Before any thread exists: this edits the environment.
+            // Before any thread exists: nothing else may take systemd's fds.
             let inherited = match baton::activation::take_inherited() {
                 Ok(i) => i,
                 Err(e) => {
@@ -58,7 +58,7 @@ fn main() {
                 0
             }
             Err(e) => {
-                eprintln!("baton generate-docs: {e}");
+                eprintln!("baton generate-docs: {}", commands::chain(&e));
                 1
             }
         },

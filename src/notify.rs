@@ -9,11 +9,11 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, setsockopt, sockopt};
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::supervisor::Notify;
 
@@ -150,28 +150,14 @@ impl Endpoint {
 
 fn receive(fd: std::os::fd::BorrowedFd<'_>, leader: i32) -> std::io::Result<Received> {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!(libc::ucred, [std::os::fd::RawFd; 16]);
-    let msg = socket::recvmsg::<()>(
-        fd.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
-    )?;
-    let mut pid = None;
-    // Held until the sender is authenticated, then closed (see `recv`).
-    let mut passed: Vec<std::os::fd::OwnedFd> = Vec::new();
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            match c {
-                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
-                ControlMessageOwned::ScmRights(fds) => passed.extend(fds.into_iter().map(crate::sys::adopt_fd)),
-                _ => {}
-            }
-        }
-    }
-    let len = msg.bytes;
-    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || len > MAX_DATAGRAM;
+    // Passed fds are held until the sender is authenticated, then closed
+    // (see `recv`).
+    let crate::sys::Datagram {
+        len,
+        truncated,
+        pid,
+        fds: passed,
+    } = crate::sys::recv_with_credentials(fd, &mut buf)?;
     if truncated {
         return Ok(Received::Rejected {
             pid,
@@ -201,6 +187,10 @@ fn receive(fd: std::os::fd::BorrowedFd<'_>, leader: i32) -> std::io::Result<Rece
 }
 
 /// Lets one warning through per interval and counts the rest.
+///
+/// Each kind of warning that an outsider or a broken environment can repeat
+/// at will (rejected notify datagrams, rejected control clients, notify
+/// socket errors) has one, so no input can flood the journal.
 #[derive(Debug)]
 pub struct RateLimit {
     interval: Duration,
@@ -227,6 +217,73 @@ impl RateLimit {
             _ => {
                 self.last = Some(now);
                 Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// " (N similar messages suppressed)" after a message that
+/// [`RateLimit::allow`] let through, or nothing when none were.
+pub fn suppressed_note(suppressed: u64) -> String {
+    if suppressed > 0 {
+        format!(" ({suppressed} similar messages suppressed)")
+    } else {
+        String::new()
+    }
+}
+
+/// A [`RateLimit`] shared by tasks: every control client, or every
+/// worker's notify endpoint, counts against the same one.
+#[derive(Debug, Clone)]
+pub struct SharedRateLimit(Arc<Mutex<RateLimit>>);
+
+impl SharedRateLimit {
+    pub fn new(interval: Duration) -> Self {
+        SharedRateLimit(Arc::new(Mutex::new(RateLimit::new(interval))))
+    }
+
+    /// [`RateLimit::allow`].
+    pub fn allow(&self, now: Instant) -> Option<u64> {
+        // The lock is never held across code that can panic; a poisoned one
+        // still holds a usable count.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).allow(now)
+    }
+}
+
+/// How long a receive error pauses a worker's notify endpoint before it
+/// tries again.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Receives datagrams with `recv` and hands them to `deliver` until it
+/// returns false. `deliver` may wait (a full event queue): the worker's
+/// datagrams then wait in its socket, which bounds what a flood costs. A receive error is retried after [`ERROR_PAUSE`]; it is
+/// logged through `errors`, which all workers share, so an error that
+/// persists costs one line per interval instead of ten a second per worker.
+pub async fn forward<F, Fut, D, DFut>(
+    worker: impl std::fmt::Display,
+    errors: SharedRateLimit,
+    mut recv: F,
+    mut deliver: D,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Received>>,
+    D: FnMut(Received) -> DFut,
+    DFut: std::future::Future<Output = bool>,
+{
+    loop {
+        match recv().await {
+            Ok(received) => {
+                if !deliver(received).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                // tokio's clock, which tests can pause and advance.
+                if let Some(suppressed) = errors.allow(tokio::time::Instant::now().into_std()) {
+                    let more = suppressed_note(suppressed);
+                    tracing::warn!("notify socket of worker #{worker}: {e}{more}");
+                }
+                tokio::time::sleep(ERROR_PAUSE).await;
             }
         }
     }
@@ -291,5 +348,80 @@ mod tests {
         assert_eq!(r.allow(t), None);
         assert_eq!(r.allow(t), None);
         assert_eq!(r.allow(t + Duration::from_secs(11)), Some(2));
+    }
+
+    #[test]
+    fn suppressed_note_names_the_count_only_when_there_is_one() {
+        assert_eq!(suppressed_note(0), "");
+        assert_eq!(suppressed_note(7), " (7 similar messages suppressed)");
+    }
+
+    /// Captures what `tracing` logs, to count lines.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A receive error that never goes away: one minute of it from 8
+    /// workers logs a handful of lines, not 4,800, and says how many it
+    /// left out.
+    #[tokio::test(start_paused = true)]
+    async fn a_persistent_receive_error_is_logged_a_few_times_a_minute() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let errors = SharedRateLimit::new(Duration::from_secs(10));
+        let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let (errors, attempts) = (errors.clone(), attempts.clone());
+            tasks.push(forward(
+                worker,
+                errors,
+                move || {
+                    attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::future::ready(Err(std::io::Error::from_raw_os_error(libc::ENOBUFS)))
+                },
+                |_| std::future::ready(true),
+            ));
+        }
+        let all = futures_join(tasks);
+        let _ = tokio::time::timeout(Duration::from_secs(60), all).await;
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(attempts >= 4000, "only {attempts} receive attempts in a minute");
+        assert!(
+            (6..=7).contains(&lines.len()),
+            "{} lines for {attempts} errors:\n{text}",
+            lines.len()
+        );
+        assert!(lines[1].contains("similar messages suppressed"), "{text}");
+    }
+
+    /// Polls every future to completion on the current task.
+    async fn futures_join<F: std::future::Future<Output = ()>>(tasks: Vec<F>) {
+        let mut tasks: Vec<_> = tasks.into_iter().map(Box::pin).collect();
+        std::future::poll_fn(move |cx| {
+            tasks.retain_mut(|t| t.as_mut().poll(cx).is_pending());
+            if tasks.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 }

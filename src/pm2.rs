@@ -1699,6 +1699,7 @@ fn render(ctx: &Ctx<'_>, p: &Plan) -> Result<Vec<(PathBuf, String)>, String> {
         directory: Some(p.directory.clone()),
         unit_dir: req.unit_dir.clone(),
         config_dir: req.config_dir.clone(),
+        sysusers_dir: init::DEFAULT_SYSUSERS_DIR.into(),
         command: p.command.clone(),
         force: req.force,
         baton: req.baton.clone(),

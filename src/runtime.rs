@@ -5,10 +5,31 @@
 //! subreaper, so orphaned grandchildren come here too), turns signals into
 //! intents (HUP → reload, TERM/INT → stop), and hears from per-worker tasks:
 //! notify sockets, output pumps and timers, plus control-socket clients.
+//! Nothing on that task blocks: fork and exec run on the spawner thread
+//! (`sys::Spawner`), a reload's config is read on a blocking task, and both
+//! answer through the event channel.
+//!
+//! The driver is the only place that knows pids. The core names workers;
+//! the driver signals a worker through the pidfd it got at fork, kills its
+//! whole process group only while the leader is unreaped (so the group id
+//! cannot have been reused), and tracks the *orphans* baton adopts as
+//! subreaper: daemons a worker left behind. Each orphan belongs to the
+//! generation in its `BATON_GENERATION` (or to the worker whose exit
+//! orphaned it) and is killed when that generation retires; whatever is left
+//! is killed before baton exits, and baton reaps until it has no child left.
+//!
+//! Each worker's process tree is a cgroup of its own when systemd delegated
+//! baton's cgroup, a process group otherwise (see `cgroup`). Whatever reads
+//! /proc (the memory sampler, the memory figures of `status`) runs on the
+//! blocking pool and reports back through the event channel, so the loop,
+//! and with it the WATCHDOG=1 ping, never waits on it.
+//!
+//! Every task has an owner: a `TaskTracker` that is closed and awaited at
+//! exit. Channels fed by workers are bounded; a worker that floods waits.
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,17 +43,22 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::activation::Listener;
+use crate::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::{self, Command, ReloadAnswer, Reply};
-use crate::notify::{self, Endpoint, RateLimit, Received};
+use crate::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
 use crate::output::{self, Origin, Stream, Tail, Writer};
 use crate::spec::GenSpec;
 use crate::status;
 use crate::supervisor::{
-    Action, ClientId, ExitStatus, Fault, Notify, Phase, ReloadError, ReloadResult, Supervisor, Timer, Waiter, WorkerId,
+    Action, ClientId, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor, Timer, Waiter,
+    WorkerId,
 };
+use crate::sys::{self, Spawner};
 use crate::systemd::Notifier;
 
 /// Everything `run` needs, prepared by `main` before the runtime started.
@@ -64,7 +90,9 @@ pub enum RunError {
     Control(#[from] control::ControlError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
-    #[error("{0}")]
+    #[error("cannot start the spawner thread")]
+    Spawner(#[source] std::io::Error),
+    #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
 }
 
@@ -84,14 +112,63 @@ enum Event {
     },
     Timer(Timer),
     Control(Command),
+    /// The spawner thread's answer to a spawn.
+    Spawned {
+        worker: WorkerId,
+        result: Result<sys::Child, sys::SpawnError>,
+    },
+    /// A reload's config, read on a blocking task.
+    ConfigLoaded(Result<Arc<GenSpec>, String>),
+    /// A memory sample, measured off the event loop.
+    Memory(HashMap<WorkerId, u64>),
+    /// `baton status`, its memory figures measured off the event loop.
+    Status {
+        reply: tokio::sync::oneshot::Sender<serde_json::Value>,
+        memory: HashMap<WorkerId, u64>,
+    },
+}
+
+/// Room in the event channel. Per-worker tasks (notify, IPC, output) wait
+/// when it is full, so a flooding worker slows down instead of growing
+/// baton's memory.
+const EVENT_QUEUE: usize = 1024;
+
+/// How long tasks get to finish at exit, and baton to reap what it killed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// What a spawn prepared on the loop, completed when the spawner answers.
+struct Pending {
+    generation: u64,
+    slot: usize,
+    endpoint: Endpoint,
+    out: OwnedFd,
+    err: OwnedFd,
+    ipc: Option<std::os::unix::net::UnixStream>,
+    memory_limit: Option<u64>,
+    stop_message: Option<String>,
+    cgroup: Option<Arc<WorkerCgroup>>,
+}
+
+/// A process baton adopted as subreaper that is not a worker.
+struct Orphan {
+    generation: Option<GenId>,
+    /// `None` only on kernels without pidfd_open; it is baton's unreaped
+    /// child, so its pid is safe to signal until the reaper takes it.
+    pidfd: Option<OwnedFd>,
 }
 
 /// Per-worker I/O the driver owns.
 struct WorkerIo {
+    generation: GenId,
     /// The pid we forked: the process group leader.
     leader: i32,
+    /// Set once the leader was reaped: its group id may then be reused, so
+    /// the group is no longer signalled.
+    leader_reaped: bool,
     /// The pid whose exit means the worker is gone (MAINPID= may move it).
     main: i32,
+    /// pidfd of `main`; signals go through it.
+    main_pidfd: Option<OwnedFd>,
     tail: Tail,
     notify: JoinHandle<()>,
     /// Closed when both output pumps have hit EOF.
@@ -104,6 +181,8 @@ struct WorkerIo {
     memory_limit: Option<u64>,
     over_limit: u32,
     stop_message: Option<String>,
+    /// The worker's own cgroup, in cgroup mode.
+    cgroup: Option<Arc<WorkerCgroup>>,
 }
 
 /// How often EXTEND_TIMEOUT_USEC is sent while busy, and by how much.
@@ -124,14 +203,26 @@ struct Driver {
     name: Arc<str>,
     listeners: Arc<Vec<Listener>>,
     devnull: OwnedFd,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
+    spawner: Spawner,
+    tasks: TaskTracker,
+    /// Cancelled when the loop ends: every task stops.
+    done: CancellationToken,
+    pending: HashMap<WorkerId, Pending>,
+    /// Leaders that exited before their spawn was answered.
+    early_exits: HashMap<i32, ExitStatus>,
     workers: HashMap<WorkerId, WorkerIo>,
     /// Main pid → worker, for the reaper.
     pids: HashMap<i32, WorkerId>,
+    orphans: HashMap<i32, Orphan>,
+    /// Generations whose workers are all gone; their orphans die on sight.
+    retired: BTreeSet<GenId>,
     old_tails: VecDeque<(WorkerId, Tail)>,
     clients: BTreeMap<ClientId, mpsc::UnboundedSender<Reply>>,
     next_client: ClientId,
     rejected: RateLimit,
+    /// Receive errors of the workers' notify sockets, all workers together.
+    notify_errors: SharedRateLimit,
     started: Instant,
     started_wall: SystemTime,
     phase: watch::Sender<Phase>,
@@ -141,16 +232,71 @@ struct Driver {
     systemd: Option<Notifier>,
     /// The last STATUS= sent, to send only changes.
     status_line: String,
+    /// baton's delegated cgroup (cgroup mode), or why process groups hold
+    /// the workers instead.
+    tree: Result<Arc<cgroup::Tree>, String>,
+    /// A memory sample is being measured.
+    sampling: bool,
+    /// Removals of emptied worker cgroups, awaited (bounded) before exit.
+    cleanup: TaskTracker,
 }
+
+/// The wall-clock time `ago` before now; a clock set back near 1970 (a
+/// board without RTC) must not make the subtraction panic.
+fn wall_clock_ago(ago: Duration) -> SystemTime {
+    SystemTime::now().checked_sub(ago).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// How long an exited worker's cgroup may take to empty before baton
+/// leaves it to systemd.
+const CGROUP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Supervises until stopped. Returns the exit code (DESIGN 1.1).
 ///
 /// `shutdown` is the same as SIGTERM; tests use it to stop an in-process
 /// supervisor. `phase` reports lifecycle changes to whoever listens.
+///
+/// Before it returns, every process baton started or adopted is killed and
+/// reaped: nothing it started outlives it.
 pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender<Phase>) -> Result<i32, RunError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(RunError::Subreaper)?;
     let devnull = std::fs::File::open("/dev/null").map_err(RunError::DevNull)?.into();
     let spec = GenSpec::resolve(&ctx.config, ctx.path.as_deref())?;
+    let tree = tokio::task::spawn_blocking(cgroup::Tree::setup)
+        .await
+        .unwrap_or_else(|e| Err(format!("cgroup setup failed: {e}")))
+        .map(Arc::new);
+    match &tree {
+        Ok(t) => {
+            tracing::info!(
+                "process tree: a cgroup per worker under the delegated {} (baton in {}/{})",
+                t.path(),
+                t.path(),
+                cgroup::SUPERVISOR
+            );
+            tracing::info!("worker memory: {}", t.memory_source());
+            if t.stale > 0 {
+                tracing::info!("removed {} empty worker cgroups an earlier baton left", t.stale);
+            }
+        }
+        Err(why) => tracing::info!("process tree: a process group per worker ({why})"),
+    }
+
+    // A parallel reload holds several fds per worker; workers get back the
+    // limit baton started with.
+    let nofile = match sys::raise_nofile() {
+        Ok(n) => {
+            if n.soft < n.hard {
+                tracing::debug!("raised RLIMIT_NOFILE from {} to {}", n.soft, n.hard);
+            }
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
+            None
+        }
+    };
+    let spawner = Spawner::start(nofile).map_err(RunError::Spawner)?;
 
     // Signal handlers first: a SIGCHLD before they exist would be lost.
     let mut sigchld = signal(SignalKind::child()).map_err(RunError::Signals)?;
@@ -160,19 +306,21 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
 
     let listener = control::bind(&ctx.control)?;
     let control_path = ctx.control.clone();
-    let (events, mut rx) = mpsc::unbounded_channel();
+    let tasks = TaskTracker::new();
+    let done = CancellationToken::new();
+    let (events, mut rx) = mpsc::channel(EVENT_QUEUE);
     let (commands_tx, mut commands_rx) = mpsc::unbounded_channel();
-    let server = tokio::spawn(control::serve(listener, commands_tx));
-    let forward = {
+    spawn_task(&tasks, &done, "control", control::serve(listener, commands_tx));
+    {
         let events = events.clone();
-        tokio::spawn(async move {
+        spawn_task(&tasks, &done, "control-forward", async move {
             while let Some(cmd) = commands_rx.recv().await {
-                if events.send(Event::Control(cmd)).is_err() {
+                if events.send(Event::Control(cmd)).await.is_err() {
                     break;
                 }
             }
-        })
-    };
+        });
+    }
 
     let name: Arc<str> = ctx.config.name.as_str().into();
     let mut ctx = ctx;
@@ -186,12 +334,20 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         listeners,
         devnull,
         events,
+        spawner,
+        tasks,
+        done,
+        pending: HashMap::new(),
+        early_exits: HashMap::new(),
         workers: HashMap::new(),
         pids: HashMap::new(),
+        orphans: HashMap::new(),
+        retired: BTreeSet::new(),
         old_tails: VecDeque::new(),
         clients: BTreeMap::new(),
         next_client: 1,
         rejected: RateLimit::new(Duration::from_secs(10)),
+        notify_errors: SharedRateLimit::new(Duration::from_secs(10)),
         started: Instant::now(),
         started_wall: SystemTime::now(),
         phase,
@@ -199,13 +355,19 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         ctx,
         timers: HashMap::new(),
         status_line: String::new(),
+        tree,
+        sampling: false,
+        cleanup: TaskTracker::new(),
     };
     if driver.systemd.is_some() {
         tracing::debug!("notifying systemd");
     }
     // WATCHDOG=1 goes out from this loop itself: a wedged loop stops pinging
     // and systemd's watchdog catches it.
-    let mut watchdog = tokio::time::interval(driver.ctx.watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
+    // A zero period panics tokio; `commands::watchdog_timeout` keeps it far
+    // from that, and this keeps it so for any caller.
+    let ping = driver.ctx.watchdog.map_or(Duration::from_secs(3600), |w| w / 2);
+    let mut watchdog = tokio::time::interval(ping.max(Duration::from_millis(1)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // While starting, reloading or stopping, ask systemd to keep waiting;
     // baton's own readiness and stop deadlines bound these phases.
@@ -239,13 +401,36 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         }
         driver.update_status();
     };
+    driver.remove_cgroups(&mut sigchld).await;
+    driver.kill_everything_and_reap().await;
     if let Some(n) = &driver.systemd {
         n.status(&format!("stopped (exit code {code})"));
     }
-    server.abort();
-    forward.abort();
+    driver.done.cancel();
+    driver.tasks.close();
+    drop(rx);
+    if tokio::time::timeout(EXIT_GRACE, driver.tasks.wait()).await.is_err() {
+        tracing::debug!("{} tasks did not finish in time", driver.tasks.len());
+    }
     let _ = std::fs::remove_file(&control_path);
     Ok(code)
+}
+
+/// Runs `task` on the tracker until it ends or `done` is cancelled.
+fn spawn_task<F>(tasks: &TaskTracker, done: &CancellationToken, name: &'static str, task: F) -> JoinHandle<()>
+where
+    F: std::future::Future + Send + 'static,
+{
+    let done = done.clone();
+    tasks.spawn(
+        async move {
+            tokio::select! {
+                _ = done.cancelled() => {}
+                _ = task => {}
+            }
+        }
+        .instrument(tracing::debug_span!("task", name)),
+    )
 }
 
 impl Driver {
@@ -255,7 +440,7 @@ impl Driver {
         let at = snapshot
             .last_reload
             .as_ref()
-            .map(|r| humantime::format_rfc3339_seconds(SystemTime::now() - now.duration_since(r.finished)).to_string());
+            .map(|r| humantime::format_rfc3339_seconds(wall_clock_ago(now.duration_since(r.finished))).to_string());
         status::summary(&snapshot, at.as_deref())
     }
 
@@ -314,10 +499,15 @@ impl Driver {
                     }
                 }
                 if let Some(io) = self.workers.remove(&worker) {
+                    if let Some(cg) = io.cgroup.clone() {
+                        self.cleanup
+                            .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
+                    }
                     io.notify.abort();
                     if let Some(task) = &io.ipc_task {
                         task.abort();
                     }
+                    self.pids.remove(&io.main);
                     self.old_tails.push_back((worker, io.tail));
                     if self.old_tails.len() > KEEP_TAILS {
                         self.old_tails.pop_front();
@@ -325,11 +515,15 @@ impl Driver {
                 }
                 self.core.exited(now, worker, status);
             }
+            Event::Spawned { worker, result } => self.spawned(now, worker, result),
+            Event::ConfigLoaded(result) => self.core.config_loaded(now, result),
             Event::Notify { worker, received } => self.notified(now, worker, received),
             Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
-            Event::Control(Command::Status { reply }) => {
-                let _ = reply.send(self.status_json(now));
+            Event::Control(Command::Status { reply }) => self.measure_for_status(reply),
+            Event::Status { reply, memory } => {
+                let _ = reply.send(self.status_json(now, &memory));
             }
+            Event::Memory(used) => self.memory_sampled(used),
             Event::Control(Command::Reload { wait, replies }) => {
                 let client = self.next_client;
                 self.next_client += 1;
@@ -351,19 +545,32 @@ impl Driver {
         let leader = io.leader;
         for msg in parsed.messages {
             if let Notify::MainPid(main) = msg {
-                if main == leader || !notify::belongs_to(main, leader) {
-                    if main != leader {
-                        self.reject(
-                            worker,
-                            Some(pid),
-                            &format!("MAINPID={main} is not in the worker's process tree"),
-                        );
+                if main == leader {
+                    continue;
+                }
+                // The pidfd first, then the check: if the pid was recycled in
+                // between, the check looks at the process the pidfd names.
+                let (pidfd, verified) = match sys::pidfd_open(main) {
+                    Ok(fd) => {
+                        let ok = notify::belongs_to(main, leader) && sys::pidfd_alive(fd.as_fd());
+                        (Some(fd), ok)
                     }
+                    // A kernel without pidfds: signalled by pid while unreaped.
+                    Err(nix::Error::ENOSYS) => (None, notify::belongs_to(main, leader)),
+                    Err(_) => (None, false),
+                };
+                if !verified {
+                    self.reject(
+                        worker,
+                        Some(pid),
+                        &format!("MAINPID={main} is not in the worker's process tree"),
+                    );
                     continue;
                 }
                 if let Some(io) = self.workers.get_mut(&worker) {
                     self.pids.remove(&io.main);
                     io.main = main;
+                    io.main_pidfd = pidfd;
                     self.pids.insert(main, worker);
                 }
             }
@@ -374,11 +581,7 @@ impl Driver {
     fn reject(&mut self, worker: WorkerId, pid: Option<i32>, reason: &str) {
         if let Some(suppressed) = self.rejected.allow(std::time::Instant::now()) {
             let from = pid.map_or_else(|| "unknown sender".to_owned(), |p| format!("pid {p}"));
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} similar messages suppressed)")
-            } else {
-                String::new()
-            };
+            let more = notify::suppressed_note(suppressed);
             tracing::warn!("ignored a notify datagram for worker #{worker} from {from}: {reason}{more}");
         }
     }
@@ -393,28 +596,37 @@ impl Driver {
                     slot,
                     spec,
                 } => self.spawn(worker, generation, slot, &spec),
-                Action::Signal { pid, signal, .. } => {
-                    let _ = kill(Pid::from_raw(pid), signal);
-                }
+                Action::Signal { worker, signal } => self.signal(worker, signal),
                 Action::StopMessage { worker } => self.send_stop_message(worker),
-                Action::KillGroup { worker, pgid } => {
-                    tracing::warn!("worker #{worker} (pid {pgid}) did not stop in time; killing its process group");
-                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                Action::Kill { worker, why } => {
+                    if let Some(io) = self.workers.get(&worker) {
+                        match &io.cgroup {
+                            Some(cg) => {
+                                tracing::warn!(
+                                    "worker #{worker} (pid {}) {why}; killing its cgroup {}",
+                                    io.main,
+                                    cg.path()
+                                )
+                            }
+                            None => {
+                                tracing::warn!("worker #{worker} (pid {}) {why}; killing its process group", io.main)
+                            }
+                        }
+                    }
+                    self.kill_tree(worker);
                 }
+                Action::Retired { generation } => self.retired(generation),
                 Action::Arm { at, timer } => {
                     let events = self.events.clone();
-                    let task = tokio::spawn(async move {
+                    let task = spawn_task(&self.tasks, &self.done, "timer", async move {
                         tokio::time::sleep_until(at).await;
-                        let _ = events.send(Event::Timer(timer));
+                        let _ = events.send(Event::Timer(timer)).await;
                     });
                     if let Some(old) = self.timers.insert(timer, task.abort_handle()) {
                         old.abort();
                     }
                 }
-                Action::LoadConfig => {
-                    let result = self.load_spec();
-                    self.core.config_loaded(Instant::now(), result);
-                }
+                Action::LoadConfig => self.load_config(),
                 Action::Progress { clients, text } => {
                     tracing::info!("reload: {text}");
                     for c in clients {
@@ -424,7 +636,12 @@ impl Driver {
                     }
                 }
                 Action::ReloadDone { clients, result } => self.reload_done(clients, result),
-                Action::WorkerFailed { fault, context } => self.log_fault(&fault, context),
+                Action::WorkerFailed { fault, context } => self.log_fault(&fault, &context),
+                Action::Log { level, text } => match level {
+                    tracing::Level::ERROR => tracing::error!("{text}"),
+                    tracing::Level::WARN => tracing::warn!("{text}"),
+                    _ => tracing::info!("{text}"),
+                },
                 Action::Phase(p) => {
                     tracing::debug!("phase: {p:?}");
                     self.phase.send_replace(p);
@@ -440,21 +657,37 @@ impl Driver {
         None
     }
 
-    /// Re-reads the config for a reload. The sockets stay as they are.
-    fn load_spec(&self) -> Result<Arc<GenSpec>, String> {
-        let config = config::load(&self.ctx.source, &self.ctx.overrides).map_err(|e| e.to_string())?;
-        if !self.ctx.socket_activated {
-            let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
-            let before: Vec<String> = self.ctx.config.listen.iter().map(|l| l.address.to_string()).collect();
-            if now != before {
-                tracing::warn!(
-                    "[[listen]] changed; baton keeps its sockets across reloads, so the change takes effect only after a restart"
-                );
-            }
-        }
-        GenSpec::resolve(&config, self.ctx.path.as_deref())
-            .map(Arc::new)
-            .map_err(|e| e.to_string())
+    /// Re-reads the config for a reload on a blocking task (it reads files
+    /// and resolves paths); the answer comes back as `Event::ConfigLoaded`.
+    /// The sockets stay as they are.
+    fn load_config(&self) {
+        let source = self.ctx.source.clone();
+        let overrides = self.ctx.overrides.clone();
+        let path = self.ctx.path.clone();
+        let before: Option<Vec<String>> = (!self.ctx.socket_activated)
+            .then(|| self.ctx.config.listen.iter().map(|l| l.address.to_string()).collect());
+        let events = self.events.clone();
+        let tasks = self.tasks.clone();
+        spawn_task(&self.tasks, &self.done, "load-config", async move {
+            let load = tasks.spawn_blocking(move || {
+                let config = config::load(&source, &overrides).map_err(|e| crate::commands::chain(&e))?;
+                if let Some(before) = before {
+                    let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
+                    if now != before {
+                        tracing::warn!(
+                            "[[listen]] changed; baton keeps its sockets across reloads, so the change takes effect only after a restart"
+                        );
+                    }
+                }
+                GenSpec::resolve(&config, path.as_deref())
+                    .map(Arc::new)
+                    .map_err(|e| crate::commands::chain(&e))
+            });
+            let result = load
+                .await
+                .unwrap_or_else(|e| Err(format!("loading the config failed: {e}")));
+            let _ = events.send(Event::ConfigLoaded(result)).await;
+        });
     }
 
     fn tail_of(&self, worker: WorkerId) -> Vec<String> {
@@ -520,21 +753,35 @@ impl Driver {
         }
     }
 
+    /// Prepares a worker's pipes and sockets here, then hands the fork to
+    /// the spawner thread, which answers with `Event::Spawned`.
     fn spawn(&mut self, worker: WorkerId, generation: u64, slot: usize, spec: &GenSpec) {
-        let now = Instant::now();
-        match self.try_spawn(worker, generation, slot, spec) {
-            Ok(pid) => {
-                tracing::info!("started worker {slot} of generation {generation} (pid {pid})");
-                self.core.spawned(now, worker, pid);
+        match self.prepare(worker, generation, slot, spec) {
+            Ok((cmd, fds, pending)) => {
+                self.pending.insert(worker, pending);
+                let events = self.events.clone();
+                self.spawner.spawn(
+                    cmd,
+                    fds,
+                    Box::new(move |result| {
+                        let _ = events.blocking_send(Event::Spawned { worker, result });
+                    }),
+                );
             }
             Err(e) => {
                 tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
-                self.core.spawn_failed(now, worker, e);
+                self.core.spawn_failed(Instant::now(), worker, e);
             }
         }
     }
 
-    fn try_spawn(&mut self, worker: WorkerId, generation: u64, slot: usize, spec: &GenSpec) -> Result<i32, String> {
+    fn prepare(
+        &self,
+        worker: WorkerId,
+        generation: u64,
+        slot: usize,
+        spec: &GenSpec,
+    ) -> Result<(sys::Command, Vec<OwnedFd>, Pending), String> {
         let endpoint_name = format!(
             "baton/{}/{}/{}",
             std::process::id(),
@@ -547,31 +794,102 @@ impl Driver {
         let endpoint = Endpoint::bind(&endpoint_name).map_err(|e| format!("notify socket: {e}"))?;
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-
         let channel = match spec.launch.node_ipc {
             true => Some(crate::ipc::channel().map_err(|e| format!("Node IPC channel: {e}"))?),
             false => None,
         };
         let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
-            .map_err(|e| e.to_string())?;
-        let mut fds = vec![self.devnull.as_fd(), out_w.as_fd(), err_w.as_fd()];
-        fds.extend(self.listeners.iter().map(|l| l.fd()));
-        fds.extend(channel.as_ref().map(|c| c.child.as_fd()));
-        let pid = cmd.spawn(&fds).map_err(|e| e.to_string())?.as_raw();
-        drop((out_w, err_w));
-        let (ipc, ipc_task) = match channel {
-            Some(channel) => {
-                drop(channel.child);
+            .map_err(|e| crate::commands::chain(&e))?;
+        let cgroup = match &self.tree {
+            Ok(tree) => {
+                let (cg, procs) = tree
+                    .worker(generation, slot, worker)
+                    .map_err(|e| format!("cannot create its cgroup: {e}"))?;
+                cmd.join_cgroup(procs);
+                Some(cg)
+            }
+            Err(_) => None,
+        };
+        // The spawner thread gets its own copies; they close once the child
+        // has them (the sockets themselves stay open: rule 1).
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| format!("dup: {e}"));
+        let mut fds = vec![dup(self.devnull.as_fd())?, out_w, err_w];
+        for l in self.listeners.iter() {
+            fds.push(dup(l.fd())?);
+        }
+        let ipc = match channel {
+            Some(c) => {
+                fds.push(c.child);
+                Some(c.parent)
+            }
+            None => None,
+        };
+        let pending = Pending {
+            generation,
+            slot,
+            endpoint,
+            out: out_r,
+            err: err_r,
+            ipc,
+            memory_limit: spec.policy.memory_limit,
+            stop_message: spec.launch.stop_message.clone(),
+            cgroup,
+        };
+        Ok((cmd, fds, pending))
+    }
+
+    /// The spawner's answer: start the worker's tasks, or report the failure.
+    fn spawned(&mut self, now: Instant, worker: WorkerId, result: Result<sys::Child, sys::SpawnError>) {
+        let Some(pending) = self.pending.remove(&worker) else {
+            return;
+        };
+        let (generation, slot) = (pending.generation, pending.slot);
+        let child = match result {
+            Ok(child) => child,
+            Err(e) => {
+                if let sys::SpawnError::Child { pid, .. } = e {
+                    // Reaped (or to be reaped) as a stranger.
+                    self.spawner.forget(pid);
+                    self.early_exits.remove(&pid);
+                }
+                if let Some(cg) = pending.cgroup {
+                    // The child exits at once; the cgroup goes when it has.
+                    self.cleanup
+                        .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
+                }
+                let e = crate::commands::chain(&e);
+                tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
+                self.core.spawn_failed(now, worker, e);
+                return;
+            }
+        };
+        let pid = child.pid;
+        tracing::info!("started worker {slot} of generation {generation} (pid {pid})");
+        let (ipc, ipc_task) = match pending.ipc {
+            Some(parent) => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let events = self.events.clone();
-                let task = tokio::spawn(async move {
-                    let dropped = crate::ipc::serve(channel.parent, rx, || {
-                        let _ = events.send(Event::IpcReady { worker });
-                    })
-                    .await;
-                    if dropped > 0 {
-                        tracing::debug!("worker #{worker}: ignored {dropped} other IPC messages");
-                    }
+                let task = spawn_task(&self.tasks, &self.done, "ipc", async move {
+                    // `ready` is called from the IPC reader; a full event
+                    // queue makes it wait rather than drop the message.
+                    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1);
+                    let forward = async {
+                        while ready_rx.recv().await.is_some() {
+                            if events.send(Event::IpcReady { worker }).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let serve = async move {
+                        let dropped = crate::ipc::serve(parent, rx, || {
+                            let _ = ready_tx.try_send(());
+                        })
+                        .await;
+                        if dropped > 0 {
+                            tracing::debug!("worker #{worker}: ignored {dropped} other IPC messages");
+                        }
+                    };
+                    tokio::join!(serve, forward);
                 });
                 (Some(tx), Some(task))
             }
@@ -586,46 +904,90 @@ impl Driver {
         };
         let tail = Tail::default();
         let (done_tx, done_rx) = mpsc::channel::<()>(1);
-        for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
+        for (fd, stream) in [(pending.out, Stream::Stdout), (pending.err, Stream::Stderr)] {
             let (origin, log, tail, done) = (origin.clone(), self.ctx.log.clone(), tail.clone(), done_tx.clone());
-            tokio::spawn(async move {
+            spawn_task(&self.tasks, &self.done, "output", async move {
                 output::pump(fd, stream, origin, log, tail).await;
                 drop(done);
             });
         }
         let events = self.events.clone();
-        let notify = tokio::spawn(async move {
-            loop {
-                match endpoint.recv(pid).await {
-                    Ok(received) => {
-                        if events.send(Event::Notify { worker, received }).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("notify socket of worker #{worker}: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
+        let errors = self.notify_errors.clone();
+        let endpoint = pending.endpoint;
+        let notify = spawn_task(&self.tasks, &self.done, "notify", async move {
+            notify::forward(
+                worker,
+                errors,
+                || endpoint.recv(pid),
+                |received| {
+                    let events = events.clone();
+                    async move { events.send(Event::Notify { worker, received }).await.is_ok() }
+                },
+            )
+            .await;
         });
         self.pids.insert(pid, worker);
         self.workers.insert(
             worker,
             WorkerIo {
+                generation,
                 leader: pid,
+                leader_reaped: false,
                 main: pid,
+                main_pidfd: child.pidfd,
                 tail,
                 notify,
                 output_done: Some(done_rx),
                 ipc,
                 ipc_task,
-                memory_limit: spec.policy.memory_limit,
+                memory_limit: pending.memory_limit,
                 over_limit: 0,
-                stop_message: spec.launch.stop_message.clone(),
+                stop_message: pending.stop_message,
+                cgroup: pending.cgroup,
             },
         );
-        Ok(pid)
+        self.core.spawned(now, worker, pid);
+        if let Some(status) = self.early_exits.remove(&pid) {
+            // It exited before this answer came (the reaper killed its
+            // group then): its cgroup goes too, and it is judged now.
+            if let Some(io) = self.workers.get_mut(&worker) {
+                io.leader_reaped = true;
+            }
+            self.kill_tree(worker);
+            self.pids.remove(&pid);
+            self.report_exit(worker, status);
+        }
+    }
+
+    /// Sends `signal` to the worker's main process through its pidfd.
+    fn signal(&self, worker: WorkerId, signal: Signal) {
+        let Some(io) = self.workers.get(&worker) else { return };
+        match &io.main_pidfd {
+            Some(fd) => {
+                let _ = sys::pidfd_signal(fd.as_fd(), signal);
+            }
+            // No pidfd (an old kernel): the pid is safe while the reaper
+            // has not taken it, which `pids` says.
+            None if self.pids.contains_key(&io.main) => {
+                let _ = kill(Pid::from_raw(io.main), signal);
+            }
+            None => {}
+        }
+    }
+
+    /// SIGKILLs everything the worker started: its cgroup (cgroup mode), its
+    /// process group while the leader is unreaped (so the group id is still
+    /// its own), and its main process. Without a cgroup, daemons that left
+    /// the group are orphans, killed when the generation retires.
+    fn kill_tree(&self, worker: WorkerId) {
+        let Some(io) = self.workers.get(&worker) else { return };
+        if let Some(cg) = &io.cgroup {
+            cg.kill();
+        }
+        if !io.leader_reaped {
+            let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
+        }
+        self.signal(worker, Signal::SIGKILL);
     }
 
     /// Reaps every exited child. A worker's process group is killed while
@@ -651,24 +1013,143 @@ impl Driver {
                     None => return,
                 },
             };
-            let worker = self.pids.remove(&pid.as_raw());
-            if let Some(io) = worker.and_then(|w| self.workers.get(&w)) {
+            let raw = pid.as_raw();
+            let main_of = self.pids.remove(&raw);
+            let leader_of = self
+                .workers
+                .iter()
+                .find(|(_, io)| io.leader == raw && !io.leader_reaped)
+                .map(|(&w, _)| w);
+            let leader = self.spawner.forked(raw);
+            let mut status = status;
+            if let Some(worker) = main_of {
                 // KillMode=mixed semantics: the main process is gone, so
-                // whatever it left in its group goes too.
-                let _ = killpg(Pid::from_raw(io.leader), Signal::SIGKILL);
+                // whatever it left in its cgroup (or group) goes too.
+                self.kill_tree(worker);
+                let sigkill = matches!(status, ExitStatus::Signal { signal, .. } if signal == Signal::SIGKILL as i32);
+                let oom = self
+                    .workers
+                    .get(&worker)
+                    .and_then(|io| io.cgroup.as_ref())
+                    .and_then(|cg| cg.oom_kills())
+                    .is_some_and(|n| n > 0);
+                if sigkill && oom {
+                    status = ExitStatus::OomKilled;
+                }
+            } else if leader && leader_of.is_none() {
+                // A worker whose spawn is not answered yet.
+                let _ = killpg(pid, Signal::SIGKILL);
+                self.early_exits.insert(raw, status);
             }
             let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-            let Some(worker) = worker else { continue };
-            let done = self.workers.get_mut(&worker).and_then(|io| io.output_done.take());
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                // Let the pumps pass on the last lines before the exit is
-                // judged, so a failure report includes them.
-                if let Some(mut done) = done {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), done.recv()).await;
+            if leader {
+                self.spawner.forget(raw);
+            }
+            if let Some(io) = leader_of.and_then(|w| self.workers.get_mut(&w)) {
+                io.leader_reaped = true;
+            }
+            // Whatever this process had running was just handed to baton.
+            let exited_gen = match (main_of.or(leader_of), self.orphans.remove(&raw)) {
+                (Some(w), _) => self.workers.get(&w).map(|io| io.generation),
+                (None, Some(orphan)) => orphan.generation,
+                (None, None) => None,
+            };
+            self.adopt_orphans(exited_gen);
+            if let Some(worker) = main_of {
+                self.report_exit(worker, status);
+            }
+        }
+    }
+
+    /// Sends `Event::Exit` once the worker's output is drained.
+    fn report_exit(&mut self, worker: WorkerId, status: ExitStatus) {
+        let done = self.workers.get_mut(&worker).and_then(|io| io.output_done.take());
+        let events = self.events.clone();
+        spawn_task(&self.tasks, &self.done, "exit", async move {
+            // Let the pumps pass on the last lines before the exit is
+            // judged, so a failure report includes them.
+            if let Some(mut done) = done {
+                let _ = tokio::time::timeout(Duration::from_secs(1), done.recv()).await;
+            }
+            let _ = events.send(Event::Exit { worker, status }).await;
+        });
+    }
+
+    /// Records the children baton adopted since the last look. Each belongs
+    /// to the generation in its environment (daemons inherit it), else to
+    /// `fallback`: the generation of the process whose exit just orphaned
+    /// it. An orphan of a retired generation is killed at once.
+    fn adopt_orphans(&mut self, fallback: Option<GenId>) {
+        for pid in children() {
+            if self.orphans.contains_key(&pid) || self.pids.contains_key(&pid) || self.spawner.forked(pid) {
+                continue;
+            }
+            let generation = generation_of(pid, &self.name).or(fallback);
+            let pidfd = sys::pidfd_open(pid).ok();
+            tracing::debug!("adopted pid {pid} (generation {generation:?})");
+            let orphan = Orphan { generation, pidfd };
+            if generation.is_some_and(|g| self.retired.contains(&g)) {
+                kill_orphan(pid, &orphan);
+            }
+            self.orphans.insert(pid, orphan);
+        }
+    }
+
+    /// Every worker of `generation` is gone: so are its orphans.
+    fn retired(&mut self, generation: GenId) {
+        self.retired.insert(generation);
+        self.adopt_orphans(None);
+        let mut killed = 0;
+        for (&pid, orphan) in &self.orphans {
+            if orphan.generation == Some(generation) {
+                kill_orphan(pid, orphan);
+                killed += 1;
+            }
+        }
+        if killed > 0 {
+            tracing::warn!(
+                "generation {generation} left {killed} process{} behind; killed",
+                if killed == 1 { "" } else { "es" }
+            );
+        }
+    }
+
+    /// At exit: kills every child left (orphans, and any worker a second
+    /// stop request did not wait for), and reaps until there is none, so
+    /// nothing is left as a zombie of PID 1.
+    async fn kill_everything_and_reap(&mut self) {
+        let deadline = Instant::now() + EXIT_GRACE;
+        loop {
+            self.adopt_orphans(None);
+            for (&pid, orphan) in &self.orphans {
+                kill_orphan(pid, orphan);
+            }
+            let workers: Vec<WorkerId> = self.workers.keys().copied().collect();
+            for w in workers {
+                self.kill_tree(w);
+            }
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => break,
+                    Ok(status) => {
+                        if let Some(pid) = status.pid() {
+                            self.orphans.remove(&pid.as_raw());
+                            self.spawner.forget(pid.as_raw());
+                            if let Some(w) = self.pids.remove(&pid.as_raw()) {
+                                self.workers.remove(&w);
+                            }
+                        }
+                    }
+                    Err(nix::Error::EINTR) => {}
+                    // ECHILD: nothing left.
+                    Err(_) => return,
                 }
-                let _ = events.send(Event::Exit { worker, status });
-            });
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!("processes still running at exit: {:?}", children());
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -680,17 +1161,53 @@ impl Driver {
         }
     }
 
-    /// Samples every worker's memory (its whole process group) against its
-    /// generation's `[limits] memory`.
+    /// What to measure for each worker: its cgroup, or its process group.
+    fn probes(&self, only_limited: bool) -> Vec<(WorkerId, Probe)> {
+        self.workers
+            .iter()
+            .filter(|(_, io)| !only_limited || io.memory_limit.is_some())
+            .map(|(&w, io)| {
+                let probe = match &io.cgroup {
+                    Some(cg) => Probe::Cgroup(cg.clone()),
+                    None => Probe::Group(io.leader),
+                };
+                (w, probe)
+            })
+            .collect()
+    }
+
+    fn memory_source(&self) -> MemorySource {
+        match &self.tree {
+            Ok(tree) => tree.memory_source(),
+            Err(_) => MemorySource::ProcessGroupRss,
+        }
+    }
+
+    /// Starts sampling every limited worker's memory (its whole cgroup or
+    /// process group) against its generation's `[limits] memory`. The
+    /// measuring reads /proc, so it runs on the blocking pool and reports
+    /// back with `Event::Memory`.
     fn sample_memory(&mut self) {
-        if self.workers.values().all(|io| io.memory_limit.is_none()) {
+        if self.sampling {
             return;
         }
-        let rss = status::rss_by_group();
+        let probes = self.probes(true);
+        if probes.is_empty() {
+            return;
+        }
+        self.sampling = true;
+        let events = self.events.clone();
+        self.tasks.spawn_blocking(move || {
+            let _ = events.blocking_send(Event::Memory(cgroup::measure(&probes)));
+        });
+    }
+
+    fn memory_sampled(&mut self, rss: HashMap<WorkerId, u64>) {
+        self.sampling = false;
         let mut over = Vec::new();
         for (&worker, io) in &mut self.workers {
             let Some(limit) = io.memory_limit else { continue };
-            let used = rss.get(&io.leader).copied().unwrap_or(0);
+            let Some(&used) = rss.get(&worker) else { continue };
             if used > limit {
                 io.over_limit += 1;
                 if io.over_limit == MEMORY_STRIKES {
@@ -710,12 +1227,29 @@ impl Driver {
         }
     }
 
-    fn status_json(&self, now: Instant) -> serde_json::Value {
+    /// `baton status`, first step: the memory figures come from /proc or
+    /// cgroupfs, so they are measured on the blocking pool, and the report
+    /// is made when they are back. Measuring before the snapshot means a
+    /// worker the snapshot shows was alive when it was measured.
+    fn measure_for_status(&self, reply: tokio::sync::oneshot::Sender<serde_json::Value>) {
+        let probes = self.probes(false);
+        let events = self.events.clone();
+        self.tasks.spawn_blocking(move || {
+            let memory = cgroup::measure(&probes);
+            let _ = events.blocking_send(Event::Status { reply, memory });
+        });
+    }
+
+    fn status_json(&self, now: Instant, memory: &HashMap<WorkerId, u64>) -> serde_json::Value {
         let mut snapshot = self.core.snapshot(now);
-        let rss = status::rss_by_group();
         for g in &mut snapshot.generations {
             for w in &mut g.workers {
-                w.rss_bytes = self.workers.get(&w.id).and_then(|io| rss.get(&io.leader).copied());
+                w.rss_bytes = memory.get(&w.id).copied();
+                w.cgroup = self
+                    .workers
+                    .get(&w.id)
+                    .and_then(|io| io.cgroup.as_ref())
+                    .map(|cg| cg.path().to_owned());
             }
         }
         let report = status::Report {
@@ -733,10 +1267,84 @@ impl Driver {
                 .collect(),
             last_reload_at: snapshot.last_reload.as_ref().map(|r| {
                 let ago = now.duration_since(r.finished);
-                humantime::format_rfc3339_seconds(SystemTime::now() - ago).to_string()
+                humantime::format_rfc3339_seconds(wall_clock_ago(ago)).to_string()
             }),
+            process_tree: match &self.tree {
+                Ok(_) => Mode::Cgroup,
+                Err(_) => Mode::ProcessGroup,
+            },
+            process_tree_detail: match &self.tree {
+                Ok(tree) => format!("delegated cgroup {}", tree.path()),
+                Err(why) => why.clone(),
+            },
+            memory_source: self.memory_source(),
             supervisor: snapshot,
         };
         serde_json::to_value(report).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
     }
+
+    /// Before exit: waits (bounded) until the exited workers' cgroups are
+    /// empty and removed, reaping what dies meanwhile (baton is their
+    /// subreaper).
+    async fn remove_cgroups(&mut self, sigchld: &mut tokio::signal::unix::Signal) {
+        self.cleanup.close();
+        let deadline = tokio::time::sleep(CGROUP_PATIENCE + Duration::from_secs(1));
+        tokio::pin!(deadline);
+        loop {
+            self.reap();
+            tokio::select! {
+                _ = self.cleanup.wait() => break,
+                _ = sigchld.recv() => {}
+                _ = &mut deadline => break,
+            }
+        }
+        self.reap();
+    }
+}
+
+/// SIGKILL to an orphan and its process group (a daemon that called
+/// setsid leads one; its members are still in it while it is unreaped).
+fn kill_orphan(pid: i32, orphan: &Orphan) {
+    if nix::unistd::getpgid(Some(Pid::from_raw(pid))) == Ok(Pid::from_raw(pid)) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    match &orphan.pidfd {
+        Some(fd) => {
+            let _ = sys::pidfd_signal(fd.as_fd(), Signal::SIGKILL);
+        }
+        // baton's unreaped child: the pid is still its own.
+        None => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// baton's children: /proc/self/task/*/children (a child adopted as
+/// subreaper may belong to any of baton's threads).
+fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `BATON_GENERATION` from a process's environment, if it is one of this
+/// app's (`BATON_NAME`).
+fn generation_of(pid: i32, name: &str) -> Option<GenId> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let mut generation = None;
+    let mut ours = false;
+    for var in environ.split(|&b| b == 0) {
+        if let Some(v) = var.strip_prefix(b"BATON_GENERATION=") {
+            generation = std::str::from_utf8(v).ok()?.parse().ok();
+        } else if let Some(v) = var.strip_prefix(b"BATON_NAME=") {
+            ours = v == name.as_bytes();
+        }
+    }
+    generation.filter(|_| ours)
 }

@@ -57,7 +57,7 @@ pub struct GenSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("working directory {path}: {source}")]
+    #[error("working directory {path}")]
     Directory {
         path: PathBuf,
         #[source]

@@ -25,11 +25,20 @@ pub struct Report {
     pub sockets: Vec<SocketInfo>,
     /// RFC 3339, UTC.
     pub last_reload_at: Option<String>,
+    /// What holds each worker's process tree: its own cgroup, or its
+    /// process group (see the `cgroup` module).
+    pub process_tree: crate::cgroup::Mode,
+    /// In cgroup mode, baton's delegated cgroup; otherwise why process
+    /// groups are used.
+    pub process_tree_detail: String,
+    /// Where each worker's `rss_bytes` comes from.
+    pub memory_source: crate::cgroup::MemorySource,
     pub supervisor: Snapshot,
 }
 
 /// Resident memory per process group (a worker leads its own group, so
-/// this is a worker with its children), from one pass over /proc.
+/// this is a worker with its children), from one pass over /proc. It reads
+/// a file per process: call it off the event loop (`spawn_blocking`).
 pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
@@ -50,9 +59,10 @@ pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
             continue;
         };
         // Fields after the command name (which may hold spaces and parens):
-        // state, ppid, pgrp.
+        // state, ppid, pgrp. A zombie has no memory left to count.
         let pgrp = stat
             .rsplit_once(')')
+            .filter(|(_, rest)| !rest.trim_start().starts_with('Z'))
             .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
         let pages = statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok());
         if let (Some(pgrp), Some(pages)) = (pgrp, pages) {
@@ -157,6 +167,22 @@ pub fn render(v: &serde_json::Value) -> String {
     for sock in v["sockets"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  {:<12} {}", s(&sock["name"]), s(&sock["address"]));
     }
+    let _ = writeln!(
+        out,
+        "process tree: {} ({}); memory: {}",
+        match v["process_tree"].as_str() {
+            Some("cgroup") => "a cgroup per worker",
+            Some("process-group") => "a process group per worker",
+            _ => "-",
+        },
+        s(&v["process_tree_detail"]),
+        match v["memory_source"].as_str() {
+            Some("memory-current") => "memory.current of each worker's cgroup",
+            Some("cgroup-rss") => "RSS summed over each worker's cgroup (no memory controller on cgroup2)",
+            Some("process-group-rss") => "RSS summed over each worker's process group",
+            _ => "-",
+        },
+    );
     for g in sup["generations"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
@@ -188,6 +214,9 @@ pub fn render(v: &serde_json::Value) -> String {
             );
             if let Some(rss) = w["rss_bytes"].as_u64() {
                 let _ = write!(out, " rss {}", mib(rss));
+            }
+            if let Some(cgroup) = w["cgroup"].as_str() {
+                let _ = write!(out, " cgroup {}", cgroup.rsplit('/').next().unwrap_or(cgroup));
             }
             if let Some(st) = w["status"].as_str() {
                 let _ = write!(out, "  \"{st}\"");

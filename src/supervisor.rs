@@ -18,6 +18,12 @@
 //! generation is back at full strength. One reload runs at a time; requests
 //! that arrive meanwhile are coalesced into one follow-up (rule 3).
 //!
+//! Retiring a worker that was ready sends the stop signal and arms a kill
+//! deadline (`[stop] timeout`). A worker that never became ready has
+//! promised nothing and is killed at once, so a candidate that was given up
+//! cannot start serving late. When every worker of a retiring generation is
+//! gone, [`Action::Retired`] lets the driver kill what they left behind.
+//!
 //! A worker of a serving generation that dies unexpectedly is restarted
 //! from its own generation's spec with exponential backoff; a slot that
 //! crashes more than `limit` times within `window` is given up. When the
@@ -47,6 +53,17 @@ use tokio::time::Instant;
 use crate::config::ReloadStrategy;
 use crate::spec::GenSpec;
 
+/// `now + d`, saturating at a far-off instant instead of panicking.
+///
+/// The config bounds its durations, but a worker's EXTEND_TIMEOUT_USEC is
+/// any u64, and no input may overflow the clock. About 30 years is what
+/// tokio itself uses for "never"; a monotonic clock (time since boot) is
+/// nowhere near overflowing with that added, so the fallback is unreachable.
+pub fn after(now: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    now.checked_add(d.min(FAR)).unwrap_or(now)
+}
+
 pub type GenId = u64;
 pub type WorkerId = u64;
 /// A control-socket client waiting for a reload's answer.
@@ -57,13 +74,20 @@ pub type ClientId = u64;
 #[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     Code(i32),
-    Signal { signal: i32, core_dumped: bool },
+    Signal {
+        signal: i32,
+        core_dumped: bool,
+    },
+    /// SIGKILL from the kernel's OOM killer (its cgroup's `memory.events`
+    /// counted the kill).
+    OomKilled,
 }
 
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             ExitStatus::Code(code) => write!(f, "exited with status {code}"),
+            ExitStatus::OomKilled => f.write_str("killed by the OOM killer"),
             ExitStatus::Signal { signal, core_dumped } => {
                 let name = Signal::try_from(signal)
                     .map(|s| s.as_str().to_owned())
@@ -210,6 +234,59 @@ impl std::fmt::Display for ReloadError {
     }
 }
 
+/// What became of a serving slot after a failure, for the log line that
+/// reports the failure: it must say what really happens next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Next {
+    /// A replacement starts after this delay.
+    Restart(Duration),
+    /// More than `limit` failures within `window`: the slot stays empty.
+    GiveUp {
+        slot: usize,
+        failures: u32,
+        limit: u32,
+        window: Duration,
+    },
+    /// Another live worker holds the slot (a memory successor, or the
+    /// worker it was to replace).
+    Occupied,
+    /// A rolling reload passed the slot's role to the new generation.
+    HandedOver,
+    /// The slot was given up before.
+    Nothing,
+}
+
+impl Next {
+    /// The end of "worker 0 of generation 1 (pid 7) FAILURE; ...".
+    fn describe(self, failure: &Failure) -> String {
+        // A worker that failed without exiting is being stopped.
+        let stopping = match failure {
+            Failure::Exited { .. } | Failure::Spawn { .. } | Failure::StoppedEarly => "",
+            _ => "stopping it; ",
+        };
+        let again = match failure {
+            Failure::Spawn { .. } => "trying again",
+            Failure::Exited { .. } => "restarting it",
+            _ => "its replacement starts",
+        };
+        match self {
+            Next::Restart(delay) => format!("{stopping}{again} in {}", humantime::format_duration(delay)),
+            Next::GiveUp {
+                slot,
+                failures,
+                limit,
+                window,
+            } => format!(
+                "{stopping}that is {failures} failures within {} ([restart] limit = {limit}); giving up on slot {slot}, which stays empty",
+                humantime::format_duration(window)
+            ),
+            Next::Occupied => format!("{stopping}another worker holds its slot; nothing to restart"),
+            Next::HandedOver => format!("{stopping}its slot now belongs to the new generation; not restarting it"),
+            Next::Nothing => format!("{stopping}its slot was given up before; not restarting it"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReloadOk {
     pub generation: GenId,
@@ -228,12 +305,17 @@ pub enum Action {
         slot: usize,
         spec: Arc<GenSpec>,
     },
-    /// Send a signal to one process.
-    Signal { worker: WorkerId, pid: i32, signal: Signal },
+    /// Send a signal to the worker's main process. The driver resolves the
+    /// worker to its pidfd, and drops the signal if the process was reaped.
+    Signal { worker: WorkerId, signal: Signal },
     /// Send `[stop] message` over the worker's IPC channel.
     StopMessage { worker: WorkerId },
-    /// SIGKILL a worker's whole process group.
-    KillGroup { worker: WorkerId, pgid: i32 },
+    /// SIGKILL the worker's whole process tree (its process group, or its
+    /// cgroup where baton has one). `why` completes "worker N ...".
+    Kill { worker: WorkerId, why: &'static str },
+    /// Every worker of this generation has exited: whatever they left
+    /// behind (daemons baton adopted as subreaper) goes too.
+    Retired { generation: GenId },
     /// Call `timer` at `at`.
     Arm { at: Instant, timer: Timer },
     /// Read the config; answer with `config_loaded`.
@@ -245,8 +327,12 @@ pub enum Action {
         clients: Vec<ClientId>,
         result: ReloadResult,
     },
-    /// A worker failed; log it with its last lines of output.
-    WorkerFailed { fault: Fault, context: &'static str },
+    /// A worker failed; log it with its last lines of output. `context`
+    /// says what happens next.
+    WorkerFailed { fault: Fault, context: String },
+    /// A line for baton's log, in order with the other actions (the core
+    /// does no I/O, logging included).
+    Log { level: tracing::Level, text: String },
     /// The phase changed.
     Phase(Phase),
     /// Nothing is left running; exit with this code.
@@ -495,14 +581,14 @@ impl Supervisor {
             return;
         }
         let Some(policy) = self.policy_of(worker) else { return };
-        let ready_at = now + policy.ready_timeout;
+        let ready_at = after(now, policy.ready_timeout);
         let delay = policy.ready_delay;
         if let Some(w) = self.workers.get_mut(&worker) {
             w.deadline = Some(ready_at);
         }
         self.arm(ready_at, Timer::Ready(worker));
         if let Some(delay) = delay {
-            self.arm(now + delay, Timer::Delay(worker));
+            self.arm(after(now, delay), Timer::Delay(worker));
         }
     }
 
@@ -539,7 +625,7 @@ impl Supervisor {
             Notify::MainPid(pid) => w.main_pid = Some(pid),
             Notify::ExtendTimeout(by) => {
                 if matches!(w.state, WorkerState::Starting | WorkerState::Stopping) {
-                    let extended = now + by;
+                    let extended = after(now, by);
                     if w.deadline.is_none_or(|d| d < extended) {
                         w.deadline = Some(extended);
                     }
@@ -548,7 +634,7 @@ impl Supervisor {
             Notify::Watchdog => {
                 if let Some(interval) = self.policy_of(worker).and_then(|p| p.watchdog) {
                     if let Some(w) = self.workers.get_mut(&worker) {
-                        w.watchdog_deadline = Some(now + interval);
+                        w.watchdog_deadline = Some(after(now, interval));
                     }
                 }
             }
@@ -612,19 +698,18 @@ impl Supervisor {
                 }
                 match (w.deadline, w.pid) {
                     (Some(d), _) if d > now => self.arm(d, Timer::Stop(id)),
-                    (_, Some(pgid)) => self.push(Action::KillGroup { worker: id, pgid }),
+                    (_, Some(_)) => self.push(Action::Kill {
+                        worker: id,
+                        why: "did not stop in time",
+                    }),
                     _ => {}
                 }
             }
             Timer::Escalate(id) => {
                 let signal = self.policy_of(id).map(|p| p.stop_signal);
                 let Some(w) = self.workers.get(&id) else { return };
-                if let (WorkerState::Stopping, Some(pid), Some(signal)) = (w.state, w.signal_target(), signal) {
-                    self.push(Action::Signal {
-                        worker: id,
-                        pid,
-                        signal,
-                    });
+                if let (WorkerState::Stopping, Some(_), Some(signal)) = (w.state, w.signal_target(), signal) {
+                    self.push(Action::Signal { worker: id, signal });
                 }
             }
             Timer::Restart { generation, slot, seq } => self.restart_slot(now, generation, slot, seq),
@@ -679,11 +764,12 @@ impl Supervisor {
             })
         });
         if eligible {
-            tracing::warn!(
-                generation,
-                slot,
-                "worker {slot} of generation {generation} stays above its memory limit; starting its replacement"
-            );
+            self.push(Action::Log {
+                level: tracing::Level::WARN,
+                text: format!(
+                    "worker {slot} of generation {generation} stays above its memory limit; starting its replacement"
+                ),
+            });
             self.spawn_into(now, generation, slot, true);
         }
     }
@@ -709,13 +795,17 @@ impl Supervisor {
     /// SIGTERM/SIGINT. A second request kills what is still running.
     pub fn request_stop(&mut self, now: Instant) {
         if self.stopping {
-            let groups: Vec<(WorkerId, i32)> = self
+            let started: Vec<WorkerId> = self
                 .workers
                 .iter()
-                .filter_map(|(&id, w)| w.pid.map(|p| (id, p)))
+                .filter(|(_, w)| w.pid.is_some())
+                .map(|(&id, _)| id)
                 .collect();
-            for (worker, pgid) in groups {
-                self.push(Action::KillGroup { worker, pgid });
+            for worker in started {
+                self.push(Action::Kill {
+                    worker,
+                    why: "is still running at a second stop request",
+                });
             }
             return;
         }
@@ -836,7 +926,8 @@ impl Supervisor {
         }
     }
 
-    /// Sends the stop signal and arms the kill deadline. Idempotent.
+    /// Sends the stop signal and arms the kill deadline; a worker that never
+    /// became ready is killed at once. Idempotent.
     fn retire_worker(&mut self, now: Instant, worker: WorkerId) {
         let stop = self
             .policy_of(worker)
@@ -853,7 +944,20 @@ impl Supervisor {
         }
         let Some((signal, timeout, message)) = stop else { return };
         w.state = WorkerState::Stopping;
-        let deadline = now + timeout;
+        if w.ready_at.is_none() {
+            // It never said it was ready, so it has promised nothing and
+            // nobody relies on it draining. Killed at once, it cannot start
+            // serving from the shared sockets after its generation was
+            // given up (an app still loading when its deadline passed).
+            w.deadline = None;
+            self.clear_slot(generation, slot, worker);
+            self.push(Action::Kill {
+                worker,
+                why: "never became ready, so it is not drained",
+            });
+            return;
+        }
+        let deadline = after(now, timeout);
         w.deadline = Some(deadline);
         let target = w.signal_target();
         self.clear_slot(generation, slot, worker);
@@ -861,9 +965,9 @@ impl Supervisor {
             // PM2's shutdown_with_message: the message first, the signal at
             // half time, SIGKILL at the deadline, all within one timeout.
             self.push(Action::StopMessage { worker });
-            self.arm(now + timeout / 2, Timer::Escalate(worker));
-        } else if let Some(pid) = target {
-            self.push(Action::Signal { worker, pid, signal });
+            self.arm(after(now, timeout / 2), Timer::Escalate(worker));
+        } else if target.is_some() {
+            self.push(Action::Signal { worker, signal });
         }
         self.arm(deadline, Timer::Stop(worker));
     }
@@ -902,10 +1006,10 @@ impl Supervisor {
         w.deadline = None;
         let (generation, slot) = (w.generation, w.slot);
         if let Some(interval) = watchdog {
-            w.watchdog_deadline = Some(now + interval);
+            w.watchdog_deadline = Some(after(now, interval));
             if !w.watchdog_armed {
                 w.watchdog_armed = true;
-                self.arm(now + interval, Timer::Watchdog(worker));
+                self.arm(after(now, interval), Timer::Watchdog(worker));
             }
         }
         if Some(generation) == self.candidate {
@@ -1090,7 +1194,7 @@ impl Supervisor {
             if self.reload.is_none() {
                 self.push(Action::WorkerFailed {
                     fault: fault.clone(),
-                    context: "the first generation failed to start",
+                    context: "the first generation failed to start; stopping it and exiting with status 1".into(),
                 });
                 // The first start failed: nothing to fall back to.
                 self.exit_code.get_or_insert(1);
@@ -1098,12 +1202,16 @@ impl Supervisor {
                 return;
             }
             if self.reload.as_ref().is_some_and(|r| r.reverting.is_some()) {
+                self.push(Action::WorkerFailed {
+                    fault,
+                    context: "the new generation is already being rolled back".into(),
+                });
                 self.check_revert(now);
                 return;
             }
             self.push(Action::WorkerFailed {
                 fault: fault.clone(),
-                context: "the new generation failed; the old one keeps serving",
+                context: "the new generation failed; the old one keeps serving".into(),
             });
             self.fail_reload(now, ReloadError::Worker { fault });
             return;
@@ -1111,22 +1219,14 @@ impl Supervisor {
         if Some(generation) == self.serving && !self.stopping {
             let slot = fault.slot;
             let index = self.actions.len();
-            self.crashed(now, generation, slot);
-            let gave_up = self
-                .gens
-                .get(&generation)
-                .and_then(|g| g.slots.get(slot))
-                .is_some_and(|s| s.gave_up);
-            // Logged before whatever the crash led to (restart, exit).
+            let next = self.crashed(now, generation, slot);
+            // Logged before whatever the crash led to (restart, exit), and
+            // saying which it is.
             self.actions.insert(
                 index,
                 Action::WorkerFailed {
+                    context: next.describe(&fault.failure),
                     fault,
-                    context: if gave_up {
-                        "it crashed too often; giving up on it"
-                    } else {
-                        "restarting it"
-                    },
                 },
             );
         }
@@ -1228,14 +1328,21 @@ impl Supervisor {
         }
     }
 
-    fn crashed(&mut self, now: Instant, generation: GenId, slot: usize) {
+    /// Records a failure in a serving slot and restarts it or gives it up.
+    /// Returns which, for the log line the caller writes.
+    fn crashed(&mut self, now: Instant, generation: GenId, slot: usize) -> Next {
         let Some(g) = self.gens.get_mut(&generation) else {
-            return;
+            return Next::Nothing;
         };
         let policy = g.spec.policy.restart.clone();
-        let Some(s) = g.slots.get_mut(slot) else { return };
-        if s.handed_over || s.gave_up {
-            return;
+        let Some(s) = g.slots.get_mut(slot) else {
+            return Next::Nothing;
+        };
+        if s.handed_over {
+            return Next::HandedOver;
+        }
+        if s.gave_up {
+            return Next::Nothing;
         }
         s.crashes.push_back(now);
         if s.worker.is_some() {
@@ -1244,7 +1351,7 @@ impl Supervisor {
             // its successor was starting (which now holds the slot). The
             // crash is recorded, which paces further replacements, but
             // there is nothing to restart and no reason to give up.
-            return;
+            return Next::Occupied;
         }
         s.restarts += 1;
         while s
@@ -1257,22 +1364,23 @@ impl Supervisor {
         let recent = s.crashes.len() as u32;
         if recent > policy.limit {
             s.gave_up = true;
-            tracing::error!(
-                generation,
+            let next = Next::GiveUp {
                 slot,
-                "worker {slot} of generation {generation} crashed {recent} times within {}; giving up on it",
-                humantime::format_duration(policy.window)
-            );
+                failures: recent,
+                limit: policy.limit,
+                window: policy.window,
+            };
             self.check_revert(now);
             self.check_lost(now);
-            return;
+            return next;
         }
         let factor = 1u32.checked_shl(recent.saturating_sub(1)).unwrap_or(u32::MAX);
         let delay = policy.delay.saturating_mul(factor).min(policy.max_delay);
         s.restart_pending = true;
         s.restart_seq += 1;
         let seq = s.restart_seq;
-        self.arm(now + delay, Timer::Restart { generation, slot, seq });
+        self.arm(after(now, delay), Timer::Restart { generation, slot, seq });
+        Next::Restart(delay)
     }
 
     fn restart_slot(&mut self, now: Instant, generation: GenId, slot: usize, seq: u64) {
@@ -1304,7 +1412,19 @@ impl Supervisor {
             // Its replacement starts after the usual restart delay while it
             // drains. It counts toward the restart limit like a crash, so a
             // worker that keeps announcing STOPPING=1 cannot fork-loop.
-            self.crashed(now, generation, slot);
+            let index = self.actions.len();
+            let next = self.crashed(now, generation, slot);
+            let text = format!(
+                "worker {slot} of generation {generation} sent STOPPING=1; letting it drain; {}",
+                next.describe(&Failure::StoppedEarly)
+            );
+            self.actions.insert(
+                index,
+                Action::Log {
+                    level: tracing::Level::WARN,
+                    text,
+                },
+            );
         }
     }
 
@@ -1319,10 +1439,12 @@ impl Supervisor {
         if recovering || self.live_workers(serving).next().is_some() {
             return;
         }
-        tracing::error!(
-            generation = serving,
-            "generation {serving} has no worker left and its restarts are exhausted; exiting"
-        );
+        self.push(Action::Log {
+            level: tracing::Level::ERROR,
+            text: format!(
+                "generation {serving} has no worker left and its restarts are exhausted; stopping and exiting with status 1"
+            ),
+        });
         self.exit_code = Some(1);
         self.shut_everything_down(now);
     }
@@ -1361,6 +1483,7 @@ impl Supervisor {
             && !self.workers.values().any(|w| w.generation == generation);
         if gone {
             if let Some(g) = self.gens.remove(&generation) {
+                self.push(Action::Retired { generation });
                 let mut by_result: Vec<(ClientId, ReloadOk)> = g.drain_waiters;
                 for (client, ok) in by_result.drain(..) {
                     self.push(Action::ReloadDone {
@@ -1403,6 +1526,7 @@ impl Supervisor {
                         restarts: g.slots.get(w.slot).map_or(0, |s| s.restarts),
                         status: w.status_text.clone(),
                         rss_bytes: None,
+                        cgroup: None,
                     })
                     .collect();
                 workers.sort_by_key(|w| (w.slot, w.id));
@@ -1458,6 +1582,8 @@ pub struct WorkerSnapshot {
     pub restarts: u32,
     pub status: Option<String>,
     pub rss_bytes: Option<u64>,
+    /// The worker's own cgroup, in cgroup mode (filled in by the driver).
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,23 +1,45 @@
-//! The only module with `unsafe` code: fork/exec of workers, adopting file
-//! descriptors handed over by systemd or received over a socket, and editing
-//! the process environment while baton is still single-threaded.
+//! The only module with `unsafe` code: fork/exec of workers on a dedicated
+//! spawner thread, pidfds, and adopting file descriptors the kernel hands
+//! baton (systemd's `LISTEN_FDS`, `SCM_RIGHTS`).
 //!
 //! Spawning follows DESIGN rule 7. Everything the child needs (argv, envp,
-//! the fd plan) is allocated before `fork`; after `fork` the child runs only
+//! the fd plan) is allocated before the fork; after it the child runs only
 //! async-signal-safe system calls. `LISTEN_PID` and `WATCHDOG_PID` must hold
-//! the child's own pid, which is unknown before `fork`, so their entries are
-//! reserved with room for the digits and the child writes them in place.
+//! the child's own pid, which is unknown before the fork, so their entries
+//! are reserved with room for the digits and the child writes them in place.
+//!
+//! Every fork happens on one thread, the *spawner*, that lives as long as
+//! baton: a worker's `PR_SET_PDEATHSIG` fires when the thread that forked it
+//! exits, so forking from a tokio thread (which may be retired) would kill
+//! workers at random, and forking from the event loop would block it while
+//! the child execs. The spawner forks with `clone3(CLONE_PIDFD)`, so each
+//! worker comes with a pidfd from the first instant: signals go through it
+//! and can never hit a recycled pid.
+//!
+//! A worker with a cgroup of its own (see `cgroup`) joins it first thing
+//! after the fork, by writing "0" to a `cgroup.procs` descriptor opened
+//! before, so nothing it runs ever executes outside that cgroup.
+//!
+//! Every public function here is safe to call with any argument: the
+//! preconditions of the unsafe calls are checked or established inside.
 
+use std::collections::HashSet;
 use std::ffi::{CString, c_char};
-use std::io::{self, Read};
+use std::io::{self, IoSliceMut, Read};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use nix::fcntl::OFlag;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{self, ControlMessageOwned, MsgFlags};
 use nix::unistd::Pid;
 
 /// Where the child failed before `execve` replaced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    Cgroup,
     Fds,
     Chdir,
     Exec,
@@ -26,6 +48,7 @@ pub enum Stage {
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Stage::Cgroup => "joining its cgroup",
             Stage::Fds => "setting up file descriptors",
             Stage::Chdir => "changing directory",
             Stage::Exec => "executing the command",
@@ -41,8 +64,11 @@ pub enum SpawnError {
     Pipe(#[source] nix::Error),
     #[error("fork failed")]
     Fork(#[source] nix::Error),
+    #[error("the spawner thread is gone")]
+    SpawnerGone,
+    /// The child (`pid`, already exited) failed before exec.
     #[error("{stage} failed: {}", io::Error::from_raw_os_error(*.errno))]
-    Child { stage: Stage, errno: i32 },
+    Child { pid: i32, stage: Stage, errno: i32 },
 }
 
 /// An environment entry whose value is the child's pid, filled in after fork.
@@ -56,6 +82,8 @@ pub struct Command {
     /// (index into `env`, length of the `KEY=` prefix) for pid entries.
     pid_slots: Vec<(usize, usize)>,
     dir: Option<CString>,
+    /// An open `cgroup.procs` the child writes "0" to, first thing.
+    cgroup: Option<OwnedFd>,
 }
 
 impl Command {
@@ -71,6 +99,7 @@ impl Command {
             env: Vec::new(),
             pid_slots: Vec::new(),
             dir: None,
+            cgroup: None,
         })
     }
 
@@ -100,82 +129,256 @@ impl Command {
         Ok(())
     }
 
-    /// Fork and exec. `fds[i]` becomes fd `i` in the child (0, 1, 2, then the
-    /// sockets from 3), with close-on-exec cleared; every other descriptor is
-    /// closed at exec. The child leads a new process group.
-    ///
-    /// Returns once `execve` has succeeded (or failed, with the reason).
-    pub fn spawn(&mut self, fds: &[BorrowedFd<'_>]) -> Result<Pid, SpawnError> {
-        let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
-
-        let argv: Vec<*const c_char> = self
-            .argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let pid_slots: Vec<(*mut u8, usize)> = self
-            .pid_slots
-            .iter()
-            .map(|&(i, prefix)| (self.env[i].as_mut_ptr(), prefix))
-            .collect();
-        let envp: Vec<*const c_char> = self
-            .env
-            .iter()
-            .map(|e| e.as_ptr().cast::<c_char>())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let raw_fds: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let mut scratch: Vec<RawFd> = vec![-1; raw_fds.len()];
-        let child = ChildPlan {
-            program: self.program.as_ptr(),
-            argv: argv.as_ptr(),
-            envp: envp.as_ptr(),
-            pid_slots: &pid_slots,
-            dir: self.dir.as_ref().map(|d| d.as_ptr()),
-            fds: &raw_fds,
-            scratch: scratch.as_mut_ptr(),
-            err_fd: err_write.as_raw_fd(),
-        };
-
-        // SAFETY: baton is multi-threaded here, so after fork the child may
-        // only call async-signal-safe functions. `ChildPlan::exec` makes raw
-        // system calls on memory allocated above (no allocation, no locks) and
-        // ends in execve or _exit, never returning into Rust code.
-        let pid = match unsafe { libc::fork() } {
-            -1 => return Err(SpawnError::Fork(nix::Error::last())),
-            0 => unsafe_child(&child),
-            pid => Pid::from_raw(pid),
-        };
-        drop(err_write);
-        // The child also calls setpgid; doing it here too closes the race
-        // where baton signals the group before the child got to run. EACCES
-        // (the child already exec'd) is harmless.
-        let _ = nix::unistd::setpgid(pid, pid);
-
-        let mut report = [0u8; 5];
-        let mut file = std::fs::File::from(err_read);
-        let mut got = 0;
-        while got < report.len() {
-            match file.read(&mut report[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        if got == report.len() {
-            let stage = match report[0] {
-                0 => Stage::Fds,
-                1 => Stage::Chdir,
-                _ => Stage::Exec,
-            };
-            let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
-            // The child has exited; the reaper collects it like any other.
-            return Err(SpawnError::Child { stage, errno });
-        }
-        Ok(pid)
+    /// The child joins this cgroup before anything else: `procs` is the
+    /// cgroup's `cgroup.procs`, opened for writing. It is closed once the
+    /// spawn is over.
+    pub fn join_cgroup(&mut self, procs: OwnedFd) {
+        self.cgroup = Some(procs);
     }
+}
+
+/// A started worker process. baton is its parent, so the pid stays its own
+/// until baton reaps it; the pidfd stays its own for ever.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: i32,
+    /// `None` only on kernels without `clone3` (before 5.3), where the
+    /// driver signals by pid while it knows the process unreaped.
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// The answer to one spawn, called on the spawner thread.
+pub type Reply = Box<dyn FnOnce(Result<Child, SpawnError>) + Send>;
+
+struct Job {
+    cmd: Command,
+    /// `fds[i]` becomes fd `i` in the child.
+    fds: Vec<OwnedFd>,
+    reply: Reply,
+}
+
+/// `RLIMIT_NOFILE` as baton found it: (soft, hard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoFile {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Raises baton's soft `RLIMIT_NOFILE` to the hard limit (a parallel reload
+/// holds several fds per worker) and returns the limit baton started with,
+/// which workers get back before exec, as systemd gives services a soft
+/// limit of 1024 for programs that still use `select(2)`.
+pub fn raise_nofile() -> nix::Result<NoFile> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(NoFile { soft, hard })
+}
+
+/// The thread that forks every worker. See the module docs.
+#[derive(Clone)]
+pub struct Spawner {
+    jobs: mpsc::Sender<Job>,
+    /// Pids the spawner forked and the driver has not reaped yet. Held
+    /// across the fork, so a child that exits before its spawn is answered
+    /// is still recognised as a worker by the reaper.
+    forked: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread. `nofile` is the limit workers get.
+    pub fn start(nofile: Option<NoFile>) -> io::Result<Spawner> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let forked: Arc<Mutex<HashSet<i32>>> = Arc::default();
+        let registry = forked.clone();
+        std::thread::Builder::new()
+            .name("baton-spawner".into())
+            .spawn(move || {
+                let parent = std::process::id() as libc::pid_t;
+                let mut clone3 = true;
+                while let Ok(job) = rx.recv() {
+                    let result = fork_exec(job.cmd, &job.fds, nofile, parent, &registry, &mut clone3);
+                    drop(job.fds);
+                    (job.reply)(result);
+                }
+                // Workers die with this thread (PR_SET_PDEATHSIG), so it must
+                // outlive them: it ends only with the process.
+                loop {
+                    std::thread::park();
+                }
+            })?;
+        Ok(Spawner { jobs, forked })
+    }
+
+    /// Forks and execs `cmd` on the spawner thread; `fds[i]` becomes fd `i`
+    /// in the child (0, 1, 2, then the sockets from 3), with close-on-exec
+    /// cleared; every other descriptor is closed at exec. The child leads a
+    /// new process group. `reply` gets the child once `execve` succeeded,
+    /// or the reason it failed.
+    pub fn spawn(&self, cmd: Command, fds: Vec<OwnedFd>, reply: Reply) {
+        if let Err(mpsc::SendError(job)) = self.jobs.send(Job { cmd, fds, reply }) {
+            (job.reply)(Err(SpawnError::SpawnerGone));
+        }
+    }
+
+    /// Whether `pid` is a worker the spawner forked (and nobody called
+    /// `forget` for yet).
+    pub fn forked(&self, pid: i32) -> bool {
+        self.forked.lock().unwrap_or_else(|e| e.into_inner()).contains(&pid)
+    }
+
+    /// `pid` was reaped.
+    pub fn forget(&self, pid: i32) {
+        self.forked.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+    }
+}
+
+/// The layout of `struct clone_args` (linux/sched.h) up to `cgroup`; libc
+/// has it only for musl.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+fn fork_exec(
+    mut cmd: Command,
+    fds: &[OwnedFd],
+    nofile: Option<NoFile>,
+    parent: libc::pid_t,
+    registry: &Mutex<HashSet<i32>>,
+    clone3: &mut bool,
+) -> Result<Child, SpawnError> {
+    let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
+
+    let argv: Vec<*const c_char> = cmd
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let pid_slots: Vec<(*mut u8, usize)> = cmd
+        .pid_slots
+        .iter()
+        .map(|&(i, prefix)| (cmd.env[i].as_mut_ptr(), prefix))
+        .collect();
+    let envp: Vec<*const c_char> = cmd
+        .env
+        .iter()
+        .map(|e| e.as_ptr().cast::<c_char>())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let raw_fds: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut scratch: Vec<RawFd> = vec![-1; raw_fds.len()];
+    let nofile = nofile.map(|n| libc::rlimit {
+        rlim_cur: n.soft as libc::rlim_t,
+        rlim_max: n.hard as libc::rlim_t,
+    });
+    let plan = ChildPlan {
+        program: cmd.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        pid_slots: &pid_slots,
+        dir: cmd.dir.as_ref().map(|d| d.as_ptr()),
+        cgroup: cmd.cgroup.as_ref().map(|fd| fd.as_raw_fd()),
+        fds: &raw_fds,
+        scratch: scratch.as_mut_ptr(),
+        err_fd: err_write.as_raw_fd(),
+        parent,
+        nofile: nofile.as_ref().map_or(std::ptr::null(), |n| n as *const libc::rlimit),
+    };
+
+    let mut forked = registry.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pidfd: RawFd = -1;
+    let mut pid: libc::pid_t = -1;
+    if *clone3 {
+        let args = CloneArgs {
+            flags: libc::CLONE_PIDFD as u64,
+            pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 without CLONE_VM and without a stack is fork(2)
+        // that also writes a pidfd into `pidfd`. baton is multi-threaded,
+        // so the child may only run async-signal-safe code: `run_child`
+        // makes raw system calls on memory prepared above (no allocation,
+        // no locks) and ends in execve or _exit, never returning. glibc's
+        // fork handlers are skipped, which is fine for the same reason.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                std::ptr::addr_of!(args),
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match ret {
+            0 => run_child(&plan),
+            -1 => {
+                let e = nix::Error::last();
+                if matches!(e, nix::Error::ENOSYS | nix::Error::EPERM) {
+                    // No clone3 (or a seccomp filter that hides it): fork
+                    // without a pidfd from now on.
+                    *clone3 = false;
+                } else {
+                    return Err(SpawnError::Fork(e));
+                }
+            }
+            child => pid = child as libc::pid_t,
+        }
+    }
+    if pid == -1 {
+        // SAFETY: as for clone3 above.
+        pid = match unsafe { libc::fork() } {
+            -1 => return Err(SpawnError::Fork(nix::Error::last())),
+            0 => run_child(&plan),
+            pid => pid,
+        };
+    }
+    forked.insert(pid);
+    drop(forked);
+    drop(err_write);
+    // SAFETY: the kernel just installed `pidfd` for this thread (clone3
+    // with CLONE_PIDFD succeeded) and nothing else refers to it.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+    // The child also calls setpgid; doing it here too closes the race
+    // where baton signals the group before the child got to run. EACCES
+    // (the child already exec'd) is harmless.
+    let _ = nix::unistd::setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+
+    let mut report = [0u8; 5];
+    let mut file = std::fs::File::from(err_read);
+    let mut got = 0;
+    while got < report.len() {
+        match file.read(&mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    if got == report.len() {
+        let stage = match report[0] {
+            0 => Stage::Fds,
+            1 => Stage::Chdir,
+            3 => Stage::Cgroup,
+            _ => Stage::Exec,
+        };
+        let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
+        // The child has exited; the reaper collects it like any other.
+        return Err(SpawnError::Child { pid, stage, errno });
+    }
+    Ok(Child { pid, pidfd })
 }
 
 struct ChildPlan<'a> {
@@ -184,13 +387,18 @@ struct ChildPlan<'a> {
     envp: *const *const c_char,
     pid_slots: &'a [(*mut u8, usize)],
     dir: Option<*const c_char>,
+    cgroup: Option<RawFd>,
     fds: &'a [RawFd],
     scratch: *mut RawFd,
     err_fd: RawFd,
+    /// baton's pid, to notice that it died before PR_SET_PDEATHSIG was set.
+    parent: libc::pid_t,
+    /// RLIMIT_NOFILE for the app, or null to keep baton's.
+    nofile: *const libc::rlimit,
 }
 
 /// Runs in the forked child only. Never returns.
-fn unsafe_child(plan: &ChildPlan<'_>) -> ! {
+fn run_child(plan: &ChildPlan<'_>) -> ! {
     // SAFETY: see `ChildPlan::exec`; called only in the child after fork.
     unsafe { plan.exec() }
 }
@@ -202,6 +410,19 @@ impl ChildPlan<'_> {
         // SAFETY: every call below is an async-signal-safe system call on
         // memory prepared before fork; nothing allocates or takes a lock.
         unsafe {
+            // Into the worker's cgroup before it can fork anything, and
+            // before the fd shuffle below can overwrite this descriptor.
+            if let Some(procs) = self.cgroup {
+                if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                    self.fail(3);
+                }
+            }
+            // A worker must not outlive baton, even a SIGKILLed one. If
+            // baton died before this line, the signal will never come.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            if libc::getppid() != self.parent {
+                libc::_exit(127);
+            }
             // The child inherits baton's signal mask and ignored signals (Rust
             // ignores SIGPIPE); an app expects a clean slate.
             let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -239,6 +460,13 @@ impl ChildPlan<'_> {
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
+
+            // Only now: the fd numbers above are baton's, which may lie
+            // beyond the app's limit during a wide reload. Lowering the soft
+            // limit cannot fail; if it did, the app would keep baton's.
+            if !self.nofile.is_null() {
+                libc::setrlimit(libc::RLIMIT_NOFILE, self.nofile);
+            }
 
             let pid = libc::getpid() as u64;
             for &(entry, prefix) in self.pid_slots {
@@ -289,25 +517,142 @@ unsafe fn write_decimal(dst: *mut u8, mut value: u64) {
     unsafe { *dst.add(n) = 0 };
 }
 
-/// Takes ownership of descriptors that came from outside: systemd's
-/// `LISTEN_FDS` or `SCM_RIGHTS` ancillary data.
-///
-/// Each fd must be open and owned by nobody else in this process.
-pub fn adopt_fd(fd: RawFd) -> OwnedFd {
-    // SAFETY: callers pass descriptors that the kernel just installed for us
-    // (SCM_RIGHTS) or that systemd handed over at exec (LISTEN_FDS, checked
-    // by LISTEN_PID); nothing else in baton refers to them.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// A pidfd for `pid`. The caller must make sure the pid still means the
+/// process it has in mind *after* this returns (a pidfd for a recycled pid
+/// names the new process); see `pidfd_alive`.
+pub fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(nix::Error::last());
+    }
+    // SAFETY: the kernel just installed this fd for us; nothing else has it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Removes variables from baton's own environment. Call only from `main`
-/// before any thread exists.
-pub fn remove_env_vars_single_threaded(keys: &[&str]) {
-    for key in keys {
-        // SAFETY: called from main before the tokio runtime (or any other
-        // thread) starts, so nothing can read the environment concurrently.
-        unsafe { std::env::remove_var(key) };
+/// Sends `signal` to the process behind `pidfd`. ESRCH once it has exited.
+pub fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> nix::Result<()> {
+    // SAFETY: a valid fd, a signal number, no siginfo (null), no flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        )
+    };
+    if ret < 0 { Err(nix::Error::last()) } else { Ok(()) }
+}
+
+/// Whether the process behind `pidfd` is still running (a pidfd turns
+/// readable when its process exits).
+pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [nix::poll::PollFd::new(pidfd, nix::poll::PollFlags::POLLIN)];
+    matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(0))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenFdsError {
+    #[error("LISTEN_FDS={0:?} is not a small number")]
+    Count(String),
+    #[error("LISTEN_FDS says fd {fd} was passed, but it is not open")]
+    NotOpen {
+        fd: RawFd,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("the sockets systemd passed were taken already")]
+    Taken,
+}
+
+/// The most sockets taken from `LISTEN_FDS`; systemd's own cap is similar.
+const MAX_LISTEN_FDS: usize = 4096;
+
+/// Takes the sockets systemd passed (`sd_listen_fds`): `None` unless
+/// `LISTEN_PID` is baton's pid and `LISTEN_FDS` is set. Each is checked to
+/// be open and made close-on-exec. Only the first call can take them, so
+/// no two owners of one fd can exist.
+pub fn take_listen_fds() -> Result<Option<Vec<OwnedFd>>, ListenFdsError> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let me = std::process::id().to_string();
+    if !std::env::var("LISTEN_PID").is_ok_and(|p| p == me) {
+        return Ok(None);
     }
+    let Ok(count) = std::env::var("LISTEN_FDS") else {
+        return Ok(None);
+    };
+    let n: usize = count
+        .parse()
+        .ok()
+        .filter(|&n| n <= MAX_LISTEN_FDS)
+        .ok_or_else(|| ListenFdsError::Count(count.clone()))?;
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(ListenFdsError::Taken);
+    }
+    const FIRST: RawFd = 3; // SD_LISTEN_FDS_START
+    let mut fds = Vec::with_capacity(n);
+    for fd in FIRST..FIRST + n as RawFd {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        // SAFETY: a borrow only for these two calls; F_GETFD fails with
+        // EBADF on a closed fd, which is reported instead of adopting it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        fcntl(borrowed, FcntlArg::F_GETFD).map_err(|source| ListenFdsError::NotOpen { fd, source })?;
+        fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+            .map_err(|source| ListenFdsError::NotOpen { fd, source })?;
+        // SAFETY: the fd is open (checked above); systemd passed it at exec
+        // (LISTEN_PID is ours) and TAKEN makes this the only adoption, so
+        // nothing else in baton owns it.
+        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(Some(fds))
+}
+
+/// One datagram read by [`recv_with_credentials`].
+#[derive(Debug)]
+pub struct Datagram {
+    /// Bytes received (at most the buffer's length).
+    pub len: usize,
+    /// The datagram was longer than the buffer.
+    pub truncated: bool,
+    /// The sender's pid, from `SCM_CREDENTIALS`.
+    pub pid: Option<i32>,
+    /// Descriptors that came along (`SCM_RIGHTS`), close-on-exec.
+    pub fds: Vec<OwnedFd>,
+}
+
+/// `recvmsg` on a datagram socket, taking ownership of passed descriptors.
+pub fn recv_with_credentials(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Datagram> {
+    let cap = buf.len();
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 16]);
+    let msg = socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
+    )?;
+    let mut pid = None;
+    let mut fds = Vec::new();
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                ControlMessageOwned::ScmRights(raw) => {
+                    // SAFETY: the kernel installed these descriptors in this
+                    // very recvmsg call; nothing else knows their numbers.
+                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Datagram {
+        len: msg.bytes.min(cap),
+        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.bytes > cap,
+        pid,
+        fds,
+    })
 }
 
 /// The marker `Command::env` turns into the child's pid.
@@ -326,8 +671,10 @@ mod tests {
         // SAFETY: buf has 21 bytes.
         unsafe { write_decimal(buf.as_mut_ptr(), 4194304) };
         assert_eq!(&buf[..8], b"4194304\0");
+        // SAFETY: as above.
         unsafe { write_decimal(buf.as_mut_ptr(), 0) };
         assert_eq!(&buf[..2], b"0\0");
+        // SAFETY: as above.
         unsafe { write_decimal(buf.as_mut_ptr(), u64::MAX) };
         assert_eq!(&buf[..21], b"18446744073709551615\0");
     }

@@ -66,6 +66,46 @@ fn exhausted_restarts_of_the_serving_generation_exit_1() {
     assert!(log.contains("restarts are exhausted"), "{log}");
 }
 
+/// When baton gives up, its last words say so: the final exit of the last
+/// worker once read "exited with status 0; restarting it" right after
+/// "no worker left ...; exiting".
+#[test]
+fn the_last_words_say_that_baton_gives_up_not_that_it_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = script(
+        dir.path(),
+        "quits.sh",
+        "#!/bin/sh\nsystemd-notify --ready\nsleep 0.2\nexit 0\n",
+    )
+    .display()
+    .to_string();
+    let port = port();
+    let extra = "[restart]\ndelay = \"50ms\"\nmax_delay = \"200ms\"\nlimit = 2\nwindow = \"60s\"\n";
+    let mut baton = Baton::spawn(port, &config_text(port, &[&worker], 1, extra));
+    let status = baton.wait_exit(Duration::from_secs(30)).expect("baton did not give up");
+    let log = baton.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let exits: Vec<&str> = log.lines().filter(|l| l.contains("exited with status 0")).collect();
+    assert_eq!(exits.len(), 3, "{log}");
+    assert!(exits[0].ends_with("; restarting it in 50ms"), "{log}");
+    assert!(exits[1].ends_with("; restarting it in 100ms"), "{log}");
+    assert!(
+        exits[2].ends_with(
+            "exited with status 0; that is 3 failures within 1m ([restart] limit = 2); giving up on slot 0, which stays empty"
+        ),
+        "{log}"
+    );
+    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        last.ends_with(
+            "generation 1 has no worker left and its restarts are exhausted; stopping and exiting with status 1"
+        ),
+        "{log}"
+    );
+    let gave_up = log.find("giving up on slot 0").unwrap();
+    assert!(!log[gave_up..].contains("restarting"), "{log}");
+}
+
 #[test]
 fn a_first_generation_that_never_gets_ready_exits_1_and_leaves_nothing() {
     let port = port();

@@ -24,6 +24,17 @@
 //! 7. `systemctl stop` lets an in-flight slow request finish and leaves the
 //!    unit's cgroup empty.
 //!
+//! Scenarios 10-12 are about the process tree (README, "Under systemd"), each
+//! with an app of its own:
+//!
+//! 10. Under `Delegate=yes`, `baton status` says "cgroup", baton runs in
+//!     `<unit>/supervisor` and each worker, with what it forks, in a cgroup of
+//!     its own.
+//! 11. Workers that leave a `setsid` daemon holding the listening socket:
+//!     after 3 reloads only the serving generation's processes are left, and
+//!     `systemctl stop` finds nothing for systemd to kill.
+//! 12. `[limits] memory` counts what a worker forked into a session of its own.
+//!
 //! Skipped (loudly) only when not root, or when systemd-nspawn is missing and
 //! cannot be installed.
 
@@ -76,7 +87,7 @@ fn systemd_runs_baton_units_in_a_container() {
         port: free_port(),
         gen2_pids: Mutex::new(Vec::new()),
     };
-    let scenarios: [(&str, Scenario); 9] = [
+    let scenarios: [(&str, Scenario); 12] = [
         (
             "1 socket activation: the first request starts the service",
             socket_activation,
@@ -106,6 +117,18 @@ fn systemd_runs_baton_units_in_a_container() {
         (
             "9 EXTEND_TIMEOUT_USEC: a start slower than TimeoutStartSec succeeds",
             extend_timeout,
+        ),
+        (
+            "10 Delegate=yes: a cgroup per worker, baton in supervisor/",
+            cgroup_per_worker,
+        ),
+        (
+            "11 setsid daemons left by workers die with their generation",
+            daemons_die_with_their_generation,
+        ),
+        (
+            "12 [limits] memory counts a worker's whole cgroup",
+            memory_limit_counts_the_cgroup,
         ),
     ];
     let mut results: Vec<(&str, Duration, Result<String, String>)> = Vec::new();
@@ -339,6 +362,491 @@ fn field(entry: &Value, name: &str) -> Option<String> {
 fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
+
+// ---------------------------------------------------------------------------
+// The sandboxed unit that `baton init` writes, with every example app.
+//
+// A container of its own, so these scenarios share nothing with the ones
+// above. Each app is deployed the way the README says: under /srv (the
+// sandbox makes /home and /root read-only, and the app's own user could not
+// read them anyway), with `baton init` and no --user, so it runs as a system
+// user named like the app.
+
+/// Reloads under load per app.
+const SANDBOX_RELOADS: u64 = 5;
+
+/// One example app, deployed inside the container.
+struct ExampleApp {
+    name: &'static str,
+    directory: &'static str,
+    command: Vec<String>,
+    /// TOML edits after `baton init` (readiness mode, environment...).
+    edit: fn(&mut toml_edit::DocumentMut),
+}
+
+/// The sandbox test's container and binaries.
+struct Sandbox {
+    c: Container,
+    baton: String,
+    hello: String,
+}
+
+impl Sandbox {
+    fn baton(&self, args: &[&str]) -> std::process::Output {
+        let mut argv = vec![self.baton.as_str()];
+        argv.extend_from_slice(args);
+        self.c.exec(&argv, COMMAND_TIMEOUT)
+    }
+
+    fn sh_ok(&self, script: &str) -> String {
+        let out = self.c.sh(script);
+        assert!(out.status.success(), "sh -c {script:?}: {}", describe(&out));
+        stdout(&out)
+    }
+
+    fn status_of(&self, name: &str) -> Option<Value> {
+        let out = self.baton(&["status", name, "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn edit_config(&self, path: &str, edit: impl FnOnce(&mut toml_edit::DocumentMut)) {
+        let mut doc: toml_edit::DocumentMut = self.c.read_file(path).parse().expect("the config is TOML");
+        edit(&mut doc);
+        self.c.write_file(path, &doc.to_string());
+    }
+
+    fn diagnostics(&self, name: &str) -> String {
+        let status = self
+            .c
+            .systemctl(&["status", &format!("{name}.service"), "--no-pager", "-l", "-n", "0"]);
+        let journal = self.c.journalctl(&["-u", name, "-n", "60"]);
+        format!(
+            "--- systemctl status {name}:\n{}\n--- journalctl -u {name} -n 60:\n{}",
+            stdout(&status),
+            stdout(&journal)
+        )
+    }
+}
+
+/// `npm ci` in examples/node unless node_modules matches package-lock.json
+/// (the same marker and lock as tests/node.rs, so the two share the work).
+fn provision_node_modules() -> std::path::PathBuf {
+    use common::baton::{run_setup, target_dir, with_file_lock};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).unwrap();
+    let marker = dir.join("node_modules/.baton-installed-from-package-lock.json");
+    with_file_lock(&target_dir().join("examples-node.lock"), || {
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == lock) {
+            return;
+        }
+        run_setup(
+            "npm ci in examples/node",
+            std::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+        );
+        std::fs::write(&marker, &lock).unwrap();
+    });
+    dir
+}
+
+/// Wheels for examples/python/requirements.txt, downloaded once into
+/// target/system-wheels with the system's python3 (what the container has),
+/// so that the container's venv installs offline.
+fn provision_wheels() -> std::path::PathBuf {
+    use common::baton::{run_setup, target_dir, with_file_lock};
+    let requirements = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).unwrap();
+    let wheels = target_dir().join("system-wheels");
+    let marker = wheels.join(".downloaded-from-requirements.txt");
+    with_file_lock(&target_dir().join("system-wheels.lock"), || {
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&wheels);
+        let pip_venv = wheels.join(".pip");
+        run_setup(
+            "/usr/bin/python3 -m venv (python3-venv)",
+            std::process::Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&pip_venv),
+        );
+        run_setup(
+            "pip download -r examples/python/requirements.txt",
+            std::process::Command::new(pip_venv.join("bin/pip"))
+                .args(["download", "--disable-pip-version-check", "--quiet", "-d"])
+                .arg(&wheels)
+                .arg("-r")
+                .arg(&requirements),
+        );
+        std::fs::write(&marker, &wanted).unwrap();
+    });
+    wheels
+}
+
+/// Copies a host directory into the container (through the overlay).
+fn copy_into(c: &Container, host: &std::path::Path, inside: &str) {
+    let target = c.host_path(inside);
+    std::fs::create_dir_all(&target).unwrap();
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", host.display()))
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp -a {} {}: {}",
+        host.display(),
+        target.display(),
+        describe(&out)
+    );
+}
+
+#[test]
+fn the_sandboxed_unit_runs_every_example_app() {
+    let node = provision_node_modules();
+    let wheels = provision_wheels();
+    let Some(c) = Container::boot() else {
+        return;
+    };
+    say(&format!("sandbox tests: container {} booted", c.name()));
+    let baton = c.install_host_file(&baton_bin());
+    let hello = c.install_host_file(&example_bin("hello"));
+
+    // The apps, deployed as root-owned, world-readable files under /srv.
+    copy_into(&c, &node, "/srv/nodeapp");
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python");
+    copy_into(&c, &examples, "/srv/pyapp");
+    copy_into(&c, &wheels, "/srv/wheels");
+    let venv = c.exec(
+        &[
+            "sh",
+            "-c",
+            "rm -rf /srv/pyapp/.venv && /usr/bin/python3 -m venv /srv/pyapp/.venv && \
+             /srv/pyapp/.venv/bin/pip install --disable-pip-version-check --quiet --no-index \
+             --find-links /srv/wheels -r /srv/pyapp/requirements.txt",
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(venv.status.success(), "the venv in the container: {}", describe(&venv));
+
+    let s = Sandbox { c, baton, hello };
+    let apps = [
+        ExampleApp {
+            name: "hello",
+            directory: "/opt/baton-systest",
+            command: vec![s.hello.clone()],
+            edit: |_| {},
+        },
+        ExampleApp {
+            name: "express",
+            directory: "/srv/nodeapp",
+            command: vec!["node".into(), "server.js".into()],
+            edit: |doc| {
+                doc["environment"]["NODE_ENV"] = toml_edit::value("production");
+                doc["readiness"]["mode"] = toml_edit::value("node-ipc");
+                doc["stop"]["message"] = toml_edit::value("shutdown");
+            },
+        },
+        ExampleApp {
+            name: "gunicorn",
+            directory: "/srv/pyapp",
+            command: [
+                "/srv/pyapp/.venv/bin/gunicorn",
+                "--config",
+                "gunicorn.conf.py",
+                "app:app",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            edit: |doc| {
+                doc["environment"]["GUNICORN_WORKERS"] = toml_edit::value("2");
+                doc["environment"]["PYTHONUNBUFFERED"] = toml_edit::value("1");
+            },
+        },
+    ];
+    let mut results: Vec<(String, Result<String, String>)> = Vec::new();
+    let mut run = |name: String, f: &dyn Fn() -> String, diagnose: &dyn Fn() -> String| {
+        say(&format!("\n=== sandbox scenario {name}"));
+        let t = Instant::now();
+        let outcome = match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(figures) => {
+                say(&format!("--- ok ({:.1}s): {figures}", t.elapsed().as_secs_f64()));
+                Ok(figures)
+            }
+            Err(panic) => {
+                let message = common::panic_message(panic.as_ref());
+                say(&format!("--- FAILED ({:.1}s): {message}", t.elapsed().as_secs_f64()));
+                Err(format!("{message}\n{}", diagnose()))
+            }
+        };
+        results.push((name, outcome));
+    };
+    run(
+        "exposure: systemd-analyze security --offline=yes on what `baton init` writes".into(),
+        &|| exposure_of_the_default_unit(&s),
+        &|| String::new(),
+    );
+    for app in &apps {
+        run(
+            format!(
+                "{}: as its own user, socket activation, {SANDBOX_RELOADS} reloads under load, stop",
+                app.name
+            ),
+            &|| app_in_the_sandbox(&s, app),
+            &|| s.diagnostics(app.name),
+        );
+    }
+    run(
+        "baton init --config-dir: the unit reads the config there".into(),
+        &|| config_dir_elsewhere(&s),
+        &|| s.diagnostics("elsewhere"),
+    );
+    drop(s);
+    say("\n=== sandbox tests: summary");
+    for (name, outcome) in &results {
+        say(&format!("{} {name}", if outcome.is_ok() { "ok    " } else { "FAILED" }));
+    }
+    let failures: Vec<String> = results
+        .iter()
+        .filter_map(|(name, outcome)| outcome.as_ref().err().map(|e| format!("{name}: {e}")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} sandbox scenarios failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// `Overall exposure level for X.service: 1.9 OK`.
+fn exposure(report: &str) -> Option<f64> {
+    report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))?
+        .rsplit_once(": ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The default `baton init` unit scores at most 2.5; `--user root` is
+/// warned about (and scores worse, for the record).
+fn exposure_of_the_default_unit(s: &Sandbox) -> String {
+    let dir = "/srv/exposure";
+    let mut scores = Vec::new();
+    for (name, user) in [("scored", None), ("scoredroot", Some("root"))] {
+        let mut args = vec!["init", name, "--listen", "127.0.0.1:1", "--unit-dir", dir];
+        if let Some(user) = user {
+            args.extend_from_slice(&["--user", user]);
+        }
+        args.extend_from_slice(&["--", "/bin/true"]);
+        let out = s.baton(&args);
+        assert!(out.status.success(), "baton init {name}: {}", describe(&out));
+        let warned = String::from_utf8_lossy(&out.stderr).contains("WARNING");
+        assert_eq!(warned, user == Some("root"), "the root warning: {}", describe(&out));
+        let unit = format!("{dir}/{name}.service");
+        let report = s.c.exec(
+            &["systemd-analyze", "security", "--offline=yes", "--no-pager", &unit],
+            COMMAND_TIMEOUT,
+        );
+        let text = stdout(&report);
+        let score = exposure(&text)
+            .unwrap_or_else(|| panic!("no exposure level from systemd-analyze security: {}", describe(&report)));
+        scores.push(score);
+    }
+    assert!(
+        scores[0] <= 2.5,
+        "the unit `baton init` writes scores {} (at most 2.5 wanted)",
+        scores[0]
+    );
+    format!(
+        "default (a user of its own): {:.1}; --user root (warned about): {:.1}",
+        scores[0], scores[1]
+    )
+}
+
+/// The figures of one app under the sandbox.
+fn app_in_the_sandbox(s: &Sandbox, app: &ExampleApp) -> String {
+    let name = app.name;
+    let service = format!("{name}.service");
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "init",
+        name,
+        "--listen",
+        &listen,
+        "--workers",
+        "2",
+        "--directory",
+        app.directory,
+        "--",
+    ];
+    args.extend(app.command.iter().map(String::as_str));
+    let out = s.baton(&args);
+    assert!(out.status.success(), "baton init {name}: {}", describe(&out));
+    assert!(
+        stdout(&out).contains(&format!("{name} runs as system user {name}")),
+        "baton init did not create the app's user: {}",
+        describe(&out)
+    );
+    let unit = s.c.read_file(&format!("/etc/systemd/system/{service}"));
+    for line in [
+        format!("User={name}"),
+        "Delegate=yes".into(),
+        "CapabilityBoundingSet=".into(),
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "{line:?} missing from {service}:\n{unit}"
+        );
+    }
+    let passwd = s.sh_ok(&format!("getent passwd {name}"));
+    let uid: u32 = passwd.split(':').nth(2).and_then(|u| u.parse().ok()).unwrap();
+    assert!(uid > 0 && uid < 1000, "{name} is not a system user: {passwd}");
+    s.edit_config(&format!("/etc/baton/{name}.toml"), app.edit);
+
+    let out = s.c.systemctl(&["enable", "--now", &format!("{name}.socket")]);
+    assert!(out.status.success(), "enable --now {name}.socket: {}", describe(&out));
+    let t = Instant::now();
+    let first = get(addr, "/", Duration::from_secs(60));
+    let first_took = t.elapsed();
+    match &first {
+        Ok((200, body)) if body.starts_with("hello from generation 1 ") => {}
+        other => panic!("the first request (which starts {service}) got {other:?}"),
+    }
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            status = s.status_of(name);
+            status
+                .as_ref()
+                .and_then(serving)
+                .is_some_and(|(_, r, n)| r == n && n == 2)
+        }),
+        "{name} never served with 2/2 workers: {status:?}"
+    );
+    let status = status.unwrap();
+
+    // baton and every worker run as the app's user, inside the sandbox.
+    let main: i64 = s.c.show(&service, "MainPID").parse().unwrap();
+    let (id, _, _) = serving(&status).unwrap();
+    let mut processes = pids(&status, id);
+    processes.push(main);
+    for pid in &processes {
+        let st = s.sh_ok(&format!(
+            "grep -E '^(Uid|CapBnd|NoNewPrivs|Seccomp):' /proc/{pid}/status"
+        ));
+        let field = |key: &str| {
+            st.lines()
+                .find(|l| l.starts_with(key))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert!(field("Uid:").iter().all(|u| *u == uid.to_string()), "pid {pid}:\n{st}");
+        assert_eq!(field("CapBnd:"), ["0000000000000000"], "pid {pid}:\n{st}");
+        assert_eq!(field("NoNewPrivs:"), ["1"], "pid {pid}:\n{st}");
+        assert_eq!(field("Seccomp:"), ["2"], "pid {pid}:\n{st}");
+    }
+
+    let load = Load::start(addr, "/", LOAD_THREADS);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut times = Vec::new();
+    let mut current = id;
+    for i in 1..=SANDBOX_RELOADS {
+        let t = Instant::now();
+        let out = s.c.systemctl(&["reload", name]);
+        times.push(ms(t.elapsed()));
+        assert!(
+            out.status.success(),
+            "reload {i} of {name}: {}; load so far: {}",
+            describe(&out),
+            load.snapshot()
+        );
+        let now = s.status_of(name).expect("baton status after a reload");
+        let (id, ready, slots) = serving(&now).unwrap();
+        assert_eq!((id, ready, slots), (current + 1, 2, 2), "after reload {i}: {now}");
+        current = id;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    assert_eq!(
+        stats.failed, 0,
+        "{name}: failed requests across {SANDBOX_RELOADS} reloads: {stats}"
+    );
+    assert!(stats.ok >= 50, "{name}: too few requests to mean anything: {stats}");
+
+    let t = Instant::now();
+    let out = s.c.systemctl(&["stop", &service]);
+    let stop_took = t.elapsed();
+    assert!(out.status.success(), "systemctl stop {service}: {}", describe(&out));
+    let result = s.c.show(&service, "Result");
+    let active = stdout(&s.c.systemctl(&["is-active", &service])).trim().to_owned();
+    assert_eq!(
+        (result.as_str(), active.as_str()),
+        ("success", "inactive"),
+        "after stop"
+    );
+    let _ = s.c.systemctl(&["disable", "--now", &format!("{name}.socket")]);
+    format!(
+        "uid {uid} ({name}), CapBnd 0, NoNewPrivs, seccomp on baton and workers; first request (socket activation) {}; \
+         reloads {}; load: {stats}; stop {} Result=success",
+        ms(first_took),
+        times.join(" "),
+        ms(stop_took)
+    )
+}
+
+/// `baton init --config-dir /srv/elsewhere`: the unit names that config, so
+/// its ExecStartPre no longer exits 78 looking for /etc/baton/NAME.toml.
+fn config_dir_elsewhere(s: &Sandbox) -> String {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = s.baton(&[
+        "init",
+        "elsewhere",
+        "--listen",
+        &listen,
+        "--config-dir",
+        "/srv/elsewhere",
+        "--",
+        &s.hello,
+    ]);
+    assert!(out.status.success(), "baton init --config-dir: {}", describe(&out));
+    assert!(!s.c.host_path("/etc/baton/elsewhere.toml").exists());
+    let unit = s.c.read_file("/etc/systemd/system/elsewhere.service");
+    let pre = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStartPre="))
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        pre,
+        format!("ExecStartPre={} check --config /srv/elsewhere/elsewhere.toml", s.baton)
+    );
+    let out = s.c.systemctl(&["start", "elsewhere.service"]);
+    assert!(
+        out.status.success(),
+        "systemctl start elsewhere.service: {}",
+        describe(&out)
+    );
+    let answer = get(SocketAddr::from(([127, 0, 0, 1], port)), "/", Duration::from_secs(30));
+    assert!(matches!(&answer, Ok((200, _))), "GET / of elsewhere: {answer:?}");
+    let _ = s.c.systemctl(&["stop", "elsewhere.service", "elsewhere.socket"]);
+    format!("{pre}; started, and GET / answered 200")
+}
+
+// ---------------------------------------------------------------------------
+// The scenarios of `systemd_runs_baton_units_in_a_container`.
 
 /// 1. `baton init`, `systemctl enable --now myapp.socket`: nothing runs until
 ///    the first request, which starts the service and gets answered.
@@ -1119,5 +1627,304 @@ fn stop_drains(s: &System) -> String {
         ms(slow_took),
         ms(stop_took),
         listing.lines().next().unwrap_or("no cgroup left").trim()
+    )
+}
+
+/// The app of scenarios 10 and 11: each worker leaves a daemon behind (a
+/// double fork into a session of its own, holding the listening socket on
+/// fd 3) and then becomes the hello server.
+const DAEMONS: &str = "daemons";
+
+/// `baton init`s app `name` with `script` as its command and starts it.
+fn start_app(
+    s: &System,
+    name: &str,
+    workers: u64,
+    script: &str,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut),
+) -> u16 {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let workers = workers.to_string();
+    let out = s.baton(&["init", name, "--listen", &listen, "--workers", &workers, "--", script]);
+    assert!(out.status.success(), "baton init {name}: {}", describe(&out));
+    s.edit_config(&format!("/etc/baton/{name}.toml"), edit);
+    let service = s.c.read_file(&format!("/etc/systemd/system/{name}.service"));
+    assert!(
+        service.lines().any(|l| l == "Delegate=yes"),
+        "baton init wrote no Delegate=yes:\n{service}"
+    );
+    s.systemctl_ok(&["start", &format!("{name}.socket"), &format!("{name}.service")]);
+    port
+}
+
+/// Waits until app `name` serves with all workers ready, and returns its status.
+fn wait_app(s: &System, name: &str) -> Value {
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        last = s.status_of(name);
+        last.as_ref()
+            .and_then(serving)
+            .is_some_and(|(_, ready, slots)| ready == slots)
+    });
+    assert!(
+        ok,
+        "{name} is not serving with all workers ready; last status: {last:?}"
+    );
+    last.unwrap()
+}
+
+/// Every process in `unit`'s cgroup tree on the cgroup2 hierarchy, as
+/// (sub-cgroup below the unit's, "/" for the unit's own; pid; comm).
+fn cgroup_processes(s: &System, unit: &str) -> Vec<(String, i64, String)> {
+    let cgroup = s.c.show(unit, "ControlGroup");
+    if cgroup.is_empty() {
+        return Vec::new();
+    }
+    let script = format!(
+        "root=/sys/fs/cgroup/unified; [ -e $root/cgroup.procs ] || root=/sys/fs/cgroup; dir=$root{cgroup}; \
+         [ -d $dir ] || exit 0; \
+         find $dir -name cgroup.procs | while read f; do sub=${{f#$dir}}; sub=${{sub%/cgroup.procs}}; \
+           for p in $(cat $f); do echo \"${{sub:-/}} $p $(cat /proc/$p/comm 2>/dev/null)\"; done; done"
+    );
+    stdout(&s.c.sh(&script))
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let sub = f.next()?.trim_start_matches('/').to_owned();
+            let pid = f.next()?.parse().ok()?;
+            Some((sub, pid, f.next().unwrap_or("").to_owned()))
+        })
+        .collect()
+}
+
+/// The sub-cgroups below `unit`'s (names only).
+fn sub_cgroups(s: &System, unit: &str) -> Vec<String> {
+    let cgroup = s.c.show(unit, "ControlGroup");
+    let out = s.c.sh(&format!(
+        "root=/sys/fs/cgroup/unified; [ -e $root/cgroup.procs ] || root=/sys/fs/cgroup; \
+         ls -A $root{cgroup} 2>/dev/null | while read d; do [ -d $root{cgroup}/$d ] && echo $d; done; true"
+    ));
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+fn show_processes(procs: &[(String, i64, String)]) -> String {
+    procs
+        .iter()
+        .map(|(sub, pid, comm)| format!("  /{sub} {pid} {comm}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn daemons_script(s: &System) -> String {
+    let script = "/opt/baton-systest/daemonizer.sh";
+    s.c.write_executable(
+        script,
+        &format!("#!/bin/sh\n( setsid sleep 100000 & )\nexec {}\n", s.hello),
+    );
+    script.to_owned()
+}
+
+/// 10. `baton status` says "cgroup"; baton is in `<unit>/supervisor`, each
+///     worker and its daemon in a cgroup of their own.
+fn cgroup_per_worker(s: &System) -> String {
+    let service = format!("{DAEMONS}.service");
+    let script = daemons_script(s);
+    start_app(s, DAEMONS, WORKERS, &script, |_| {});
+    let status = wait_app(s, DAEMONS);
+    let unit = s.c.show(&service, "ControlGroup");
+    assert_eq!(
+        status["process_tree"], "cgroup",
+        "baton status does not report cgroup mode under Delegate=yes: {status}"
+    );
+    assert_eq!(
+        status["process_tree_detail"],
+        format!("delegated cgroup {unit}"),
+        "{status}"
+    );
+    let text = stdout(&s.baton(&["status", DAEMONS]));
+    assert!(
+        text.contains("process tree: a cgroup per worker"),
+        "baton status (text) does not show the mode:\n{text}"
+    );
+    let main: i64 = s.c.show(&service, "MainPID").parse().unwrap_or(0);
+    let own = |pid: i64| {
+        stdout(&s.c.sh(&format!("cat /proc/{pid}/cgroup")))
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    assert_eq!(own(main), format!("{unit}/supervisor"), "baton's own cgroup");
+
+    let (id, _, _) = serving(&status).unwrap();
+    let mut seen = Vec::new();
+    for w in generation(&status, id).unwrap()["workers"].as_array().unwrap() {
+        let pid = w["pid"].as_i64().unwrap();
+        let cgroup = w["cgroup"]
+            .as_str()
+            .unwrap_or_else(|| panic!("worker without a cgroup: {w}"));
+        let slot = w["slot"].as_u64().unwrap();
+        assert_eq!(
+            cgroup,
+            format!("{unit}/gen{id}-worker{slot}-id{}", w["id"]),
+            "worker cgroup name: {w}"
+        );
+        assert_eq!(own(pid), cgroup, "worker pid {pid} is not in the cgroup status names");
+        seen.push(cgroup.to_owned());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len() as u64, WORKERS, "workers share a cgroup: {seen:?}");
+
+    // Each worker's daemon stayed in its worker's cgroup.
+    let mut procs = Vec::new();
+    let settled = wait_until(Duration::from_secs(5), || {
+        procs = cgroup_processes(s, &service);
+        procs.iter().filter(|p| p.2 == "sleep").count() as u64 == WORKERS
+    });
+    assert!(settled, "not one daemon per worker:\n{}", show_processes(&procs));
+    for (sub, pid, comm) in &procs {
+        let expected = match comm.as_str() {
+            "baton" => sub == "supervisor",
+            "sleep" | "hello" => sub.starts_with(&format!("gen{id}-worker")),
+            _ => false,
+        };
+        assert!(
+            expected,
+            "pid {pid} ({comm}) in /{sub}; the unit's processes:\n{}",
+            show_processes(&procs)
+        );
+    }
+    format!(
+        "process_tree \"cgroup\"; baton {main} in {unit}/supervisor; workers in {seen:?}, each with its daemon:\n{}",
+        show_processes(&procs)
+    )
+}
+
+/// 11. 3 reloads of 2 workers that each leave a `setsid` daemon holding
+///     the socket: only the serving generation's processes are left, the old
+///     cgroups are gone, and `systemctl stop` leaves systemd nothing to kill.
+fn daemons_die_with_their_generation(s: &System) -> String {
+    let service = format!("{DAEMONS}.service");
+    if s.is_active(&service) != "active" {
+        let script = daemons_script(s);
+        start_app(s, DAEMONS, WORKERS, &script, |_| {});
+    }
+    wait_app(s, DAEMONS);
+    for i in 1..=3 {
+        let out = s.c.systemctl(&["reload", DAEMONS]);
+        assert!(out.status.success(), "reload {i}: {}", describe(&out));
+    }
+    let status = wait_app(s, DAEMONS);
+    let (id, _, _) = serving(&status).unwrap();
+    let current = format!("gen{id}-worker");
+    let mut procs = Vec::new();
+    let mut subs = Vec::new();
+    // Retired workers exit after their stop signal; give them a moment.
+    let only_current = wait_until(Duration::from_secs(15), || {
+        procs = cgroup_processes(s, &service);
+        subs = sub_cgroups(s, &service);
+        procs
+            .iter()
+            .all(|(sub, _, comm)| (comm == "baton" && sub == "supervisor") || sub.starts_with(&current))
+            && subs
+                .iter()
+                .all(|d| d == "supervisor" || d == ".control" || d.starts_with(&current))
+    });
+    let daemons = procs.iter().filter(|p| p.2 == "sleep").count() as u64;
+    assert!(
+        only_current && daemons == WORKERS,
+        "after 3 reloads, {daemons} daemons (expected {WORKERS}, of generation {id}); the unit's processes:\n{}\n\
+         its cgroups: {subs:?}",
+        show_processes(&procs)
+    );
+    let left = show_processes(&procs);
+
+    let t = Instant::now();
+    let out = s.c.systemctl(&["stop", &service, &format!("{DAEMONS}.socket")]);
+    let took = t.elapsed();
+    assert!(out.status.success(), "systemctl stop: {}", describe(&out));
+    let result = s.c.show(&service, "Result");
+    assert_eq!(result, "success", "{service} Result after stop");
+    let after = cgroup_processes(s, &service);
+    assert!(after.is_empty(), "left after stop:\n{}", show_processes(&after));
+    let journal = stdout(&s.c.journalctl(&["-u", &service, "-o", "cat"]));
+    let killed: Vec<&str> = journal.lines().filter(|l| l.contains("Killing process")).collect();
+    assert!(
+        killed.is_empty(),
+        "baton left processes for systemd to kill at stop:\n{}",
+        killed.join("\n")
+    );
+    format!(
+        "after 3 reloads (generation {id}), the unit holds:\n{left}\nsystemctl stop took {}: Result=success, \
+         nothing left for systemd to kill",
+        ms(took)
+    )
+}
+
+/// 12. `[limits] memory = "48MiB"`, and the worker leaves a 96 MiB daemon
+///     in a session of its own: counting the worker's cgroup (not its
+///     process group) catches it, and the daemon dies with the worker.
+fn memory_limit_counts_the_cgroup(s: &System) -> String {
+    const APP: &str = "hog";
+    let service = format!("{APP}.service");
+    let script = "/opt/baton-systest/hog.sh";
+    // Only the first worker starts a hog (PrivateTmp keeps the marker for
+    // the life of the service), so the replacement stays under the limit.
+    s.c.write_executable(
+        script,
+        &format!(
+            "#!/bin/sh\n\
+             if mkdir /tmp/hog-started 2>/dev/null; then\n\
+               ( setsid python3 -c 'import time; b = bytearray(96 << 20); time.sleep(100000)' & )\n\
+             fi\n\
+             exec {}\n",
+            s.hello
+        ),
+    );
+    start_app(s, APP, 1, script, |doc| {
+        doc["limits"]["memory"] = toml_edit::value("48MiB");
+    });
+    let first = wait_app(s, APP);
+    let (id, _, _) = serving(&first).unwrap();
+    let first_pid = pids(&first, id)[0];
+    let t = Instant::now();
+    let mut last = Value::Null;
+    let mut peak = 0;
+    let replaced = wait_until(Duration::from_secs(30), || {
+        let Some(now) = s.status_of(APP) else { return false };
+        peak = peak.max(
+            generation(&now, id)
+                .and_then(|g| g["workers"][0]["rss_bytes"].as_u64())
+                .unwrap_or(0),
+        );
+        let pid = serving(&now).and_then(|(g, ready, _)| (ready == 1).then(|| pids(&now, g)));
+        last = now;
+        pid.is_some_and(|p| p.first() != Some(&first_pid))
+    });
+    let after = t.elapsed();
+    let source = last["memory_source"].clone();
+    let journal = stdout(&s.c.journalctl(&["-u", &service, "-o", "cat"]));
+    let hogs = stdout(&s.c.sh("pgrep -f 'bytearra[y]' || true")).trim().to_owned();
+    let _ = s.c.systemctl(&["stop", &service, &format!("{APP}.socket")]);
+    assert!(
+        replaced,
+        "the worker whose daemon holds 96 MiB was not replaced under [limits] memory = 48MiB within 30s \
+         (peak reported {} MiB); last status: {last}",
+        peak >> 20
+    );
+    let why = journal
+        .lines()
+        .find(|l| l.contains("above [limits] memory"))
+        .unwrap_or_else(|| panic!("no journal line says the memory limit was exceeded:\n{journal}"))
+        .to_owned();
+    assert!(
+        hogs.is_empty(),
+        "the 96 MiB daemon (pids {hogs}) outlived the worker replaced for it"
+    );
+    format!(
+        "peak {} MiB reported (memory_source {source}); worker pid {first_pid} replaced after {}: {why:?}; its daemon is gone",
+        peak >> 20,
+        ms(after)
     )
 }

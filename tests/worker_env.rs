@@ -24,8 +24,11 @@ fn listen_pid_is_the_workers_own_pid_and_no_fd_leaks() {
     );
     let baton = Baton::start(port, &config_text(port, &[&hello], 2, &extra));
     // Reload once so the worker we inspect was started by a busy supervisor
-    // (other workers' pipes and notify sockets exist at that moment).
-    assert!(baton.reload().status.success());
+    // (other workers' pipes and notify sockets exist at that moment). With
+    // --wait, generation 1 has exited when it returns: a draining worker may
+    // still accept in the moment before it handles SIGTERM, so without it
+    // the probe below could reach generation 1.
+    assert!(baton.client(&["reload", "--wait"]).status.success());
 
     let (code, body) = http_get(baton.addr(), "/fds", Duration::from_secs(5)).unwrap();
     assert_eq!(code, 200);

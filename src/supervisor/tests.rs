@@ -248,6 +248,8 @@ struct H {
     /// Coverage of the randomized runs.
     saw_given_up: bool,
     stop_pending_answers: usize,
+    /// The lines baton would log (`WorkerFailed` and `Log`), in order.
+    log: Vec<String>,
 }
 
 impl H {
@@ -276,6 +278,7 @@ impl H {
             rng: None,
             saw_given_up: false,
             stop_pending_answers: 0,
+            log: Vec::new(),
         }
     }
 
@@ -376,34 +379,34 @@ impl H {
                     self.deferred.push_back((worker, None));
                 }
             }
-            Action::Signal { worker, pid, signal } => {
+            Action::Signal { worker, signal } => {
                 assert!(
                     self.alive.contains_key(&worker),
                     "signal to worker {worker}, which is not running"
                 );
-                let want = self.main_pid.get(&worker).copied().unwrap_or(pid_of(worker));
-                assert_eq!(pid, want, "signal to the wrong pid");
+                let pid = self.main_pid.get(&worker).copied().unwrap_or(pid_of(worker));
                 assert_eq!(signal, self.specs[&worker].policy.stop_signal);
                 assert!(self.signalled.insert(worker), "worker {worker} signalled twice");
                 self.events.push(Ev::Signal { worker, pid, signal });
             }
-            Action::KillGroup { worker, pgid } => {
+            Action::Kill { worker, .. } => {
                 assert!(
                     self.alive.contains_key(&worker),
                     "kill of worker {worker}, which is not running"
                 );
                 assert!(
-                    self.signalled.contains(&worker) || self.messaged.contains(&worker),
-                    "rule 6: SIGKILL before the stop signal (or message)"
-                );
-                assert_eq!(
-                    pgid,
-                    pid_of(worker),
-                    "KillGroup must target the process group we forked"
+                    self.signalled.contains(&worker)
+                        || self.messaged.contains(&worker)
+                        || self.sup.workers.get(&worker).is_some_and(|w| w.ready_at.is_none()),
+                    "rule 6: SIGKILL of a worker that was ready before the stop signal (or message)"
                 );
                 self.killed.insert(worker);
-                self.events.push(Ev::KillGroup { worker, pgid });
+                self.events.push(Ev::KillGroup {
+                    worker,
+                    pgid: pid_of(worker),
+                });
             }
+            Action::Retired { .. } => {}
             Action::StopMessage { worker } => {
                 assert!(
                     self.alive.contains_key(&worker),
@@ -450,11 +453,16 @@ impl H {
             }
             Action::WorkerFailed { fault, context } => {
                 assert!(!context.is_empty());
+                self.log.push(format!("{fault}; {context}"));
                 self.events.push(Ev::Failed {
                     generation: fault.generation,
                     slot: fault.slot,
                     failure: fault.failure,
                 });
+            }
+            Action::Log { text, .. } => {
+                assert!(!text.is_empty());
+                self.log.push(text);
             }
             Action::Phase(p) => self.events.push(Ev::Phase(p)),
             Action::Exit(code) => {
@@ -711,22 +719,23 @@ impl H {
         self.call(Cause::Other, |s, now| s.exited(now, worker, status));
     }
 
-    /// A retiring worker that obeys its stop signal.
+    /// A retiring worker that obeys its stop signal (or dies of SIGKILL).
     fn exit_after_signal(&mut self, worker: WorkerId) {
         assert!(
-            self.signalled.contains(&worker) || self.messaged.contains(&worker),
+            self.signalled.contains(&worker) || self.messaged.contains(&worker) || self.killed.contains(&worker),
             "worker {worker} was never asked to stop"
         );
-        self.exit_worker(worker, TERMED);
+        let status = if self.killed.contains(&worker) { KILLED } else { TERMED };
+        self.exit_worker(worker, status);
     }
 
-    /// Every signalled worker exits (SIGKILLed ones as killed).
+    /// Every signalled or killed worker exits (SIGKILLed ones as killed).
     fn exit_signalled(&mut self) {
         let ids: Vec<WorkerId> = self
             .alive
             .keys()
             .copied()
-            .filter(|w| self.signalled.contains(w))
+            .filter(|w| self.signalled.contains(w) || self.killed.contains(w))
             .collect();
         for w in ids {
             let status = if self.killed.contains(&w) { KILLED } else { TERMED };
@@ -887,7 +896,7 @@ async fn first_start_worker_exiting_before_ready_retires_everything_and_exits_1(
         Ev::Phase(Phase::Stopping),
         err(&[9], Why::Stopping),
         term(1),
-        term(3),
+        kill(3),
     ]);
     assert!(h.live(1).is_empty());
     // Nothing to fall back to, and nobody may start a reload now.
@@ -910,7 +919,7 @@ async fn first_start_readiness_timeout_exits_1() {
     h.advance(secs(60) - ms(1)).await;
     h.expect(&[]);
     h.advance(ms(1)).await;
-    h.expect(&[term(2), failed(1, 1, not_ready()), Ev::Phase(Phase::Stopping), term(1)]);
+    h.expect(&[kill(2), failed(1, 1, not_ready()), Ev::Phase(Phase::Stopping), term(1)]);
     h.exit_after_signal(2);
     h.exit_after_signal(1);
     h.expect(&[Ev::Exit(1)]);
@@ -932,7 +941,7 @@ async fn first_start_spawn_failure_exits_1() {
             },
         ),
         Ev::Phase(Phase::Stopping),
-        term(1),
+        kill(1),
     ]);
     h.exit_after_signal(1);
     h.expect(&[Ev::Exit(1)]);
@@ -1006,7 +1015,7 @@ async fn new_worker_exiting_before_ready_fails_the_reload() {
     h.expect(&[
         failed(2, 1, failure.clone()),
         term(4),
-        term(6),
+        kill(6),
         err(&[7], worker_failed(2, 1, failure)),
         Ev::Phase(Phase::Ready),
     ]);
@@ -1042,7 +1051,7 @@ async fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
     h.expect(&[]);
     h.advance(ms(1)).await;
     h.expect(&[
-        term(4),
+        kill(4),
         failed(2, 1, not_ready()),
         term(3),
         err(&[7], worker_failed(2, 1, not_ready())),
@@ -1053,12 +1062,10 @@ async fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
         "worker 1 of generation 2 (pid 1004) was not ready after 1m (readiness timeout)"
     );
     h.exit_after_signal(3);
-    // Rule 6: the stop timeout, then SIGKILL to the group.
-    h.advance(secs(30) - ms(1)).await;
-    h.expect(&[]);
-    h.advance(ms(1)).await;
-    h.expect(&[kill(4)]);
+    // It never became ready, so it was killed at once: no stop timeout.
     h.exit_worker(4, KILLED);
+    h.advance(secs(30)).await;
+    h.expect(&[]);
     assert!(h.gen_snap(2).is_none());
     assert_eq!(h.live(1), [1, 2]);
     assert_eq!(h.gen_snap(1).unwrap().ready, 2);
@@ -1076,7 +1083,7 @@ async fn new_worker_crashing_after_ready_fails_a_parallel_reload() {
     let failure = exited(FAIL, true);
     h.expect(&[
         failed(2, 0, failure.clone()),
-        term(4),
+        kill(4),
         err(&[7], worker_failed(2, 0, failure)),
         Ev::Phase(Phase::Ready),
     ]);
@@ -1093,7 +1100,7 @@ async fn stopping_early_or_watchdog_trigger_fails_a_new_worker() {
     h.send(2, Notify::Errno(98));
     h.send(2, Notify::Stopping);
     h.expect(&[
-        term(2),
+        kill(2),
         failed(2, 0, Failure::StoppedEarly),
         err(&[7], worker_failed(2, 0, Failure::StoppedEarly)),
         Ev::Phase(Phase::Ready),
@@ -1140,7 +1147,7 @@ async fn extend_timeout_pushes_the_readiness_deadline_out() {
     h.expect(&[]);
     h.advance(ms(1)).await;
     h.expect(&[
-        term(3),
+        kill(3),
         failed(3, 0, not_ready()),
         err(&[8], worker_failed(3, 0, not_ready())),
         Ev::Phase(Phase::Ready),
@@ -1348,7 +1355,7 @@ async fn stop_during_reload_answers_clients_and_retires_everything() {
         term(1),
         term(2),
         term(3),
-        term(4),
+        kill(4),
     ]);
     h.reload(3);
     h.hup();
@@ -1389,11 +1396,10 @@ async fn stop_while_workers_are_being_spawned() {
     h.stop(); // nothing has a pid to kill yet
     h.expect(&[]);
     h.release(1, None);
-    h.expect(&[term(1)]);
+    // Never ready: killed as soon as it has a pid.
+    h.expect(&[kill(1)]);
     h.release(2, Some("exec: no such file"));
     h.expect(&[]);
-    h.advance(secs(30)).await;
-    h.expect(&[kill(1)]);
     h.exit_worker(1, KILLED);
     h.expect(&[Ev::Exit(0)]);
 }
@@ -1513,7 +1519,7 @@ async fn rolling_reload_handed_over_worker_crashing_fails_the_reload() {
     h.expect(&[
         failed(2, 0, failure.clone()),
         progress(&[1]),
-        term(4),
+        kill(4),
         spawn(5, 1, 0),
         err(&[1], worker_failed(2, 0, failure)),
         Ev::Phase(Phase::Ready),
@@ -1714,7 +1720,7 @@ async fn restarted_worker_that_never_gets_ready_is_replaced() {
     h.advance(ms(100)).await;
     h.expect(&[failed(1, 0, exited(FAIL, true)), spawn(2, 1, 0)]);
     h.advance(secs(60)).await;
-    h.expect(&[term(2), failed(1, 0, not_ready())]);
+    h.expect(&[kill(2), failed(1, 0, not_ready())]);
     h.advance(ms(200)).await;
     h.expect(&[spawn(3, 1, 0)]);
 }
@@ -1910,7 +1916,7 @@ async fn spawn_failure_during_reload_fails_it() {
         spawn(3, 2, 0),
         spawn(4, 2, 1),
         failed(2, 1, failure.clone()),
-        term(3),
+        kill(3),
         err(&[1], worker_failed(2, 1, failure)),
         Ev::Phase(Phase::Ready),
     ]);
@@ -2335,7 +2341,7 @@ async fn randomized_event_sequences_keep_the_invariants() {
                 } => cov.reload_config_err += 1,
                 Action::Progress { text, .. } if text.contains("restoring") => cov.reverts += 1,
                 Action::Progress { text, .. } if text.contains("waiting for the old one") => cov.wait_answers += 1,
-                Action::KillGroup { .. } => cov.killgroup += 1,
+                Action::Kill { .. } => cov.killgroup += 1,
                 Action::Exit(0) => cov.exit0 += 1,
                 Action::Exit(_) if h.sup.last_reload.is_none() && h.sup.next_gen == 2 => cov.first_start_failed += 1,
                 Action::Exit(_) => cov.exit1 += 1,
@@ -2491,4 +2497,143 @@ async fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
     h.memory(1);
     h.memory(2);
     h.expect(&[]);
+}
+
+// ---- bounded time ----------------------------------------------------------
+
+/// Durations far beyond what the config accepts (2^64 s), and a worker's
+/// EXTEND_TIMEOUT_USEC of u64::MAX µs: every deadline saturates instead of
+/// overflowing the clock, which used to panic baton ("overflow when adding
+/// duration to instant") at start, at the first crash, and when a reload
+/// retired the generation that pinned them.
+#[tokio::test(start_paused = true)]
+async fn huge_durations_saturate_instead_of_panicking() {
+    let huge = Duration::MAX;
+    let mut p = policy(2, Parallel);
+    p.ready_timeout = huge;
+    p.stop_timeout = huge;
+    p.restart.delay = huge;
+    p.restart.max_delay = huge;
+    p.restart.window = huge;
+    p.watchdog = Some(huge);
+    p.stop_message = true;
+    let mut h = H::new();
+    h.start(spec_of("v1", p.clone()));
+    h.take();
+    let far = Instant::now() + secs(20 * 365 * 24 * 3600);
+    assert!(h.armed(Timer::Ready(1)).is_some_and(|at| at > far));
+    h.send(1, Notify::ExtendTimeout(Duration::from_micros(u64::MAX)));
+    h.ready(1, 0);
+    h.ready(1, 1);
+    assert_eq!(h.sup.serving, Some(1));
+    h.send(1, Notify::Watchdog);
+    assert!(h.armed(Timer::Watchdog(1)).is_some_and(|at| at > far));
+
+    // A crash arms its restart in the far future.
+    h.crash(1, 1, FAIL);
+    h.take();
+    assert!(
+        h.timers
+            .iter()
+            .any(|(at, _, t)| matches!(t, Timer::Restart { .. }) && *at > far)
+    );
+
+    // A reload retires generation 1: its stop message and deadlines too.
+    h.reload(1);
+    let mut p2 = p.clone();
+    p2.ready_delay = Some(huge);
+    h.load(spec_of("v2", p2));
+    h.ready(2, 0);
+    h.ready(2, 1);
+    assert_eq!(h.sup.serving, Some(2));
+    assert!(h.armed(Timer::Stop(1)).is_some_and(|at| at > far));
+    assert!(h.armed(Timer::Escalate(1)).is_some_and(|at| at > far));
+    h.advance(secs(3600)).await;
+    h.exit_worker(1, TERMED);
+    h.stop();
+    h.exit_signalled();
+    let left: Vec<WorkerId> = h.alive.keys().copied().collect();
+    for w in left {
+        h.exit_worker(w, TERMED);
+    }
+    assert_eq!(h.exit, Some(0));
+}
+
+#[test]
+fn after_saturates() {
+    let now = Instant::now();
+    assert_eq!(after(now, secs(5)), now + secs(5));
+    assert!(after(now, Duration::MAX) > now + secs(20 * 365 * 24 * 3600));
+    assert_eq!(after(now, Duration::MAX), after(now, Duration::from_secs(u64::MAX / 2)));
+}
+
+// ---- what the log says happens next ------------------------------------------
+
+/// Every failure line says what happens next, and the last one, when baton
+/// gives up, says so: it once said "restarting it" while baton exited.
+#[tokio::test(start_paused = true)]
+async fn the_log_says_what_happens_next_down_to_the_exit() {
+    let mut p = policy(2, Parallel);
+    p.restart.limit = 1;
+    p.restart.window = secs(600);
+    let mut h = started_with(spec_of("v1", p));
+    let ok0 = ExitStatus::Code(0);
+    h.crash(1, 0, ok0);
+    h.advance(ms(100)).await;
+    h.crash(1, 0, ok0);
+    // Slot 1: a restarted worker that is never ready is stopped, then
+    // given up; that was the last slot, so baton exits.
+    h.crash(1, 1, FAIL);
+    h.advance(ms(100)).await;
+    h.advance(secs(60)).await;
+    h.exit_signalled();
+    assert_eq!(h.exit, Some(1), "{:#?}\n{:#?}", h.log, h.events);
+    assert_eq!(
+        h.log,
+        [
+            "worker 0 of generation 1 (pid 1001) exited with status 0; restarting it in 100ms",
+            "worker 0 of generation 1 (pid 1003) exited with status 0 before it became ready; \
+             that is 2 failures within 10m ([restart] limit = 1); giving up on slot 0, which stays empty",
+            "worker 1 of generation 1 (pid 1002) exited with status 1; restarting it in 100ms",
+            "worker 1 of generation 1 (pid 1004) was not ready after 1m (readiness timeout); stopping it; \
+             that is 2 failures within 10m ([restart] limit = 1); giving up on slot 1, which stays empty",
+            "generation 1 has no worker left and its restarts are exhausted; stopping and exiting with status 1",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_spawns_and_stopping_workers_say_what_happens_next() {
+    let mut h = started(1, Parallel);
+    h.fail_spawns.insert((1, 0));
+    h.crash(1, 0, FAIL);
+    h.advance(ms(100)).await;
+    h.advance(ms(200)).await;
+    let w = h.at(1, 0);
+    h.ready(1, 0);
+    h.send(w, Notify::Stopping);
+    assert_eq!(
+        h.log,
+        [
+            "worker 0 of generation 1 (pid 1001) exited with status 1; restarting it in 100ms".to_owned(),
+            format!(
+                "worker 0 of generation 1 could not be started: {}; trying again in 200ms",
+                h.actions
+                    .iter()
+                    .find_map(|a| match a {
+                        Action::WorkerFailed {
+                            fault:
+                                Fault {
+                                    failure: Failure::Spawn { error },
+                                    ..
+                                },
+                            ..
+                        } => Some(error.clone()),
+                        _ => None,
+                    })
+                    .unwrap()
+            ),
+            "worker 0 of generation 1 sent STOPPING=1; letting it drain; its replacement starts in 400ms".to_owned(),
+        ]
+    );
 }

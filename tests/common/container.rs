@@ -59,6 +59,8 @@ pub struct Container {
     root: PathBuf,
     mounted: bool,
     nspawn: Option<Child>,
+    /// The container's own cgroups (one per hierarchy), removed at teardown.
+    cgroups: Vec<PathBuf>,
     /// Host pid of the container's systemd, and its start time (to never
     /// signal a recycled pid).
     init: Option<(i32, u64)>,
@@ -135,6 +137,7 @@ impl Container {
             dir,
             mounted: false,
             nspawn: None,
+            cgroups: Vec::new(),
             init: None,
             boot_time: Duration::ZERO,
         };
@@ -166,14 +169,31 @@ impl Container {
         let log = std::fs::File::create(c.dir.join("nspawn.log")).expect("creating nspawn.log");
         // setpriv: if the thread that started it dies (a killed test run),
         // nspawn gets SIGTERM and powers the container off.
-        let child = Command::new("setpriv")
-            .args(["--pdeathsig", "SIGTERM", "--", "systemd-nspawn", "-D"])
+        //
+        // With --keep-unit nspawn makes its own cgroup the container's root
+        // cgroup, so every container gets a fresh one: two containers that
+        // shared one would share `/system.slice/myapp.service`, and a
+        // `systemctl stop` in one would kill the other's processes.
+        let cgroups = c.make_cgroups();
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                r#"for cg in $BATON_TEST_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 125; done; exec "$@""#,
+                "sh",
+                "setpriv",
+                "--pdeathsig",
+                "SIGTERM",
+                "--",
+                "systemd-nspawn",
+                "-D",
+            ])
             .arg(&c.root)
             .args(["--register=no", "--keep-unit", "-M", &c.name, "-b"])
             .arg(format!("systemd.unit={TARGET_NAME}"))
             .env_clear()
             .env("PATH", PATH)
             .env("LANG", "C.UTF-8")
+            .env("BATON_TEST_CGROUPS", cgroups.join(" "))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -427,6 +447,14 @@ impl Container {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        for cg in self.cgroups.drain(..) {
+            // Empty once the container's processes are gone; the kernel
+            // may take a moment to notice.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !remove_cgroup_tree(&cg) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if self.mounted {
             self.mounted = !unmount(&self.root);
         }
@@ -440,6 +468,31 @@ impl Container {
         } else {
             remove_dir(&self.dir);
         }
+    }
+}
+
+impl Container {
+    /// Creates a cgroup named after the container in the cgroup2 hierarchy
+    /// and, on a hybrid host, in systemd's named v1 hierarchy too. Returns
+    /// their paths for the shell that starts nspawn to join.
+    fn make_cgroups(&mut self) -> Vec<String> {
+        let mut roots = Vec::new();
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            roots.push("/sys/fs/cgroup");
+        } else {
+            for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"] {
+                if Path::new(root).join("cgroup.procs").exists() {
+                    roots.push(root);
+                }
+            }
+        }
+        for root in roots {
+            let cg = Path::new(root).join(&self.name);
+            std::fs::create_dir(&cg)
+                .unwrap_or_else(|e| panic!("creating the container's cgroup {}: {e}", cg.display()));
+            self.cgroups.push(cg);
+        }
+        self.cgroups.iter().map(|p| p.display().to_string()).collect()
     }
 }
 
@@ -589,6 +642,20 @@ fn remove_dir(dir: &Path) {
 
 /// Overlays left by runs that were killed (their owner and their nspawn are
 /// gone): unmount and remove them.
+/// rmdir of a cgroup and everything below it, deepest first (a cgroup
+/// with children cannot be removed). True once it is gone.
+fn remove_cgroup_tree(cg: &Path) -> bool {
+    if let Ok(entries) = std::fs::read_dir(cg) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(cg);
+    !cg.exists()
+}
+
 fn remove_stale_overlays() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
