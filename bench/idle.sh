@@ -8,8 +8,8 @@
 #   - the same counted by `perf stat -e context-switches` on the process
 #     (voluntary and involuntary), when perf works here;
 #   - baton's CPU time: the run time of its threads in ns
-#     (/proc/PID/task/*/schedstat; the threads live as long as baton, and
-#     utime+stime in clock ticks is too coarse for an idle process).
+#     (/proc/PID/task/*/schedstat, per thread; utime+stime in clock ticks is
+#     too coarse for an idle process).
 # REPEATS runs per N, median (min–max).
 #
 # Usage: bench/idle.sh [SECS, default 15] [REPEATS, default 2]
@@ -34,8 +34,16 @@ per_thread() {
     echo "$(cat "$t/comm") $(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status")"
   done | awk '{ n[$1] += $2 } END { for (k in n) printf "%s=%d ", k, n[k] }'
 }
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ n += $1 } END { print n }'; }
-voluntary() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n }'; }
+# "TID RUN_NS VOLUNTARY" per live thread. baton's blocking-pool threads come
+# and go, so deltas are taken per thread: a thread that is new counts from 0,
+# one that ended is left out (it had been idle for 10 s before it ended).
+snapshot() {
+  for t in /proc/"$1"/task/*; do
+    echo "${t##*/} $(cut -d' ' -f1 "$t/schedstat" 2>/dev/null) $(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null)"
+  done | awk 'NF == 3'
+}
+# Prints "VOLUNTARY_DELTA RUN_NS_DELTA" between two snapshots.
+delta() { awk 'NR == FNR { cpu[$1] = $2; vol[$1] = $3; next } { c += $2 - cpu[$1]; v += $3 - vol[$1] } END { print v, c }' "$1" "$2"; }
 
 : >"$work/results"
 for r in $(seq 1 "$repeats"); do
@@ -45,17 +53,18 @@ for r in $(seq 1 "$repeats"); do
     bpid=$!
     wait_ready "$name"
     sleep 3
-    v0=$(voluntary "$bpid"); c0=$(cpu_ns "$bpid"); p0=$(per_thread "$bpid")
+    snapshot "$bpid" >"$work/before"; p0=$(per_thread "$bpid")
     if [ $have_perf = yes ]; then
       perf stat -x, -e context-switches -p "$bpid" -o "$work/perf" -- sleep "$secs" 2>/dev/null
       pcs=$(awk -F, '/context-switches/ {print $1}' "$work/perf")
     else
       sleep "$secs"; pcs=nan
     fi
-    v1=$(voluntary "$bpid"); c1=$(cpu_ns "$bpid"); p1=$(per_thread "$bpid")
+    snapshot "$bpid" >"$work/after"; p1=$(per_thread "$bpid")
+    read -r dv dc < <(delta "$work/before" "$work/after")
     kill -TERM "$bpid"; wait "$bpid" || true; bpid=
-    echo "$n $(( v1 - v0 )) $pcs $(( c1 - c0 ))" >>"$work/results"
-    echo "run $r, $n workers: $(( v1 - v0 )) voluntary switches, perf: $pcs, $(( (c1 - c0) / 1000 )) µs of CPU in ${secs}s; threads before: $p0; after: $p1"
+    echo "$n $dv $pcs $dc" >>"$work/results"
+    echo "run $r, $n workers: $dv voluntary switches, perf: $pcs, $(( dc / 1000 )) µs of CPU in ${secs}s; threads before: $p0; after: $p1"
   done
 done
 
@@ -80,7 +89,8 @@ out=docs/bench/idle.md
   echo "  threads: each time a thread blocks it must later be woken."
   echo "  perf's count also includes involuntary switches (preemption by other"
   echo "  jobs on the shared cores). CPU time is the sum of the threads' run"
-  echo "  time from \`/proc/PID/task/*/schedstat\` (ns)."
+  echo "  time from \`/proc/PID/task/*/schedstat\` (ns), per thread (threads of"
+  echo "  tokio's blocking pool come and go)."
   echo "- What wakes it (strace of an idle baton): once a second the"
   echo "  \`[limits] memory\` sampling interval fires (src/runtime.rs, \`MEMORY_SAMPLE\`),"
   echo "  also when no worker has a limit, and every 5 s the EXTEND_TIMEOUT_USEC"
