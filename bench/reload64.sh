@@ -44,6 +44,6 @@ out=docs/bench/reload64.md
   python3 bench/reload_summary.py cost <"$work/runs.json"
   echo
   echo "Where the time goes is in [overhead.md](overhead.md): nearly all of it is"
-  echo "spawning, one worker after another on the driver thread."
+  echo "spawning, one worker after another on the spawner thread."
 } >"$out"
 cat "$out"
