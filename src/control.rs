@@ -16,17 +16,20 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::notify::SharedRateLimit;
 
 /// Longest request line accepted; anything longer is garbage.
-const MAX_REQUEST: usize = 4096;
+pub const MAX_REQUEST: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
@@ -324,37 +327,68 @@ pub fn check_server(path: &Path, stream: &UnixStream) -> Result<(), ControlError
 /// counted and the count goes with the next line.
 const REJECTED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Accepts clients until the task is dropped.
-pub async fn serve(listener: UnixListener, commands: mpsc::UnboundedSender<Command>) {
+/// How many clients are served at once. Further ones wait in the
+/// listen backlog until one finishes, so a flood of connections costs a
+/// bounded amount of memory and never starves the event loop.
+pub const MAX_CLIENTS: usize = 1024;
+
+/// Accepts clients until the task is dropped. Each client runs as a task
+/// on `tasks`, so whoever owns the tracker can wait for them at exit; once
+/// `done` is cancelled, a client that has not sent its request yet is
+/// dropped, and one that has gets its answers to the end.
+pub async fn serve(
+    listener: UnixListener,
+    commands: mpsc::Sender<Command>,
+    tasks: TaskTracker,
+    done: CancellationToken,
+) {
     let rejected = SharedRateLimit::new(REJECTED_LOG_INTERVAL);
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (commands, rejected) = (commands.clone(), rejected.clone());
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, commands, rejected).await {
+        let (commands, rejected, done) = (commands.clone(), rejected.clone(), done.clone());
+        tasks.spawn(async move {
+            if let Err(e) = handle(stream, commands, rejected, done).await {
                 tracing::debug!("control client: {e}");
             }
+            drop(slot);
         });
     }
 }
 
+/// Parses one request line as the server reads it (at most
+/// `MAX_REQUEST + 1` bytes, the newline included). The error is what the
+/// client is told.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST {
+        return Err("request too long".to_owned());
+    }
+    serde_json::from_slice::<Request>(line.trim_ascii()).map_err(|e| format!("bad request: {e}"))
+}
+
 async fn handle(
     stream: UnixStream,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     rejected: SharedRateLimit,
+    done: CancellationToken,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_until(b'\n', &mut line)).await;
+    let read = tokio::select! {
+        _ = done.cancelled() => return Ok(()),
+        read = tokio::time::timeout(Duration::from_secs(10), reader.read_until(b'\n', &mut line)) => read,
+    };
     let request = match read {
         Err(_) => Err("no request within 10s".to_owned()),
         Ok(Err(e)) => Err(format!("unreadable request: {e}")),
-        Ok(Ok(_)) if line.len() > MAX_REQUEST => Err("request too long".to_owned()),
-        Ok(Ok(_)) => serde_json::from_slice::<Request>(line.trim_ascii()).map_err(|e| format!("bad request: {e}")),
+        Ok(Ok(_)) => parse_request(&line),
     };
     let request = match request {
         Ok(r) => r,
@@ -369,7 +403,7 @@ async fn handle(
     match request {
         Request::Status {} => {
             let (tx, rx) = oneshot::channel();
-            if commands.send(Command::Status { reply: tx }).is_err() {
+            if commands.send(Command::Status { reply: tx }).await.is_err() {
                 return send(&mut write, &Reply::Error("supervisor is shutting down".into())).await;
             }
             match rx.await {
@@ -379,7 +413,7 @@ async fn handle(
         }
         Request::Reload { wait } => {
             let (tx, mut rx) = mpsc::unbounded_channel();
-            if commands.send(Command::Reload { wait, replies: tx }).is_err() {
+            if commands.send(Command::Reload { wait, replies: tx }).await.is_err() {
                 return send(&mut write, &Reply::Error("supervisor is shutting down".into())).await;
             }
             while let Some(reply) = rx.recv().await {
@@ -447,13 +481,48 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
     }
 
+    #[test]
+    fn request_lines_are_bounded_and_trimmed() {
+        assert_eq!(parse_request(b"  {\"cmd\":\"status\"}\r\n"), Ok(Request::Status {}));
+        let long = format!("{{\"cmd\":\"status\"}}{}\n", " ".repeat(MAX_REQUEST));
+        assert_eq!(parse_request(long.as_bytes()), Err("request too long".to_owned()));
+        assert!(parse_request(b"\xff\n").unwrap_err().starts_with("bad request: "));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn clients_are_owned_by_the_tracker_and_idle_ones_end_with_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let (tasks, done) = (TaskTracker::new(), CancellationToken::new());
+        let server = tokio::spawn(serve(listener, tx, tasks.clone(), done.clone()));
+        // Clients that connect and never send a request.
+        let mut idle = Vec::new();
+        for _ in 0..20 {
+            idle.push(UnixStream::connect(&path).await.unwrap());
+        }
+        while tasks.len() < idle.len() {
+            tokio::task::yield_now().await;
+        }
+        let started = tokio::time::Instant::now();
+        done.cancel();
+        tasks.close();
+        tasks.wait().await;
+        // The clock is paused and only moves when every task sleeps: had
+        // the clients waited out their 10 s read timeout, it would show.
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        server.abort();
+        drop(idle);
+    }
+
     #[tokio::test]
     async fn garbage_gets_an_error_and_the_server_keeps_serving() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
         let listener = bind(&path).unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let server = tokio::spawn(serve(listener, tx));
+        let (tx, mut rx) = mpsc::channel(1);
+        let server = tokio::spawn(serve(listener, tx, TaskTracker::new(), CancellationToken::new()));
         tokio::spawn(async move {
             while let Some(cmd) = rx.recv().await {
                 if let Command::Status { reply } = cmd {

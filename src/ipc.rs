@@ -53,6 +53,65 @@ pub fn is_ready(line: &[u8]) -> bool {
         && matches!(serde_json::from_slice::<serde_json::Value>(line), Ok(serde_json::Value::String(s)) if s == "ready")
 }
 
+/// One complete line from the app, as [`Framer`] classifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// `process.send('ready')`.
+    Ready,
+    /// Anything else, including a line longer than the limit.
+    Other,
+}
+
+/// Splits the app's byte stream into newline-terminated messages, keeping
+/// at most `max` bytes of a line: a longer line is dropped in pieces as it
+/// arrives, so a huge message costs no memory.
+#[derive(Debug)]
+pub struct Framer {
+    max: usize,
+    line: Vec<u8>,
+    oversize: bool,
+}
+
+impl Framer {
+    pub fn new(max: usize) -> Framer {
+        Framer {
+            max,
+            line: Vec::new(),
+            oversize: false,
+        }
+    }
+
+    /// Feeds the next bytes read, in any chunking, and calls `on_frame` for
+    /// each line they complete.
+    pub fn push(&mut self, bytes: &[u8], mut on_frame: impl FnMut(Frame)) {
+        for piece in bytes.split_inclusive(|&b| b == b'\n') {
+            let complete = piece.ends_with(b"\n");
+            if !self.oversize {
+                if self.line.len() + piece.len() > self.max {
+                    self.oversize = true;
+                    self.line.clear();
+                } else {
+                    self.line.extend_from_slice(piece);
+                }
+            }
+            if complete {
+                if !self.oversize && is_ready(self.line.trim_ascii()) {
+                    on_frame(Frame::Ready);
+                } else {
+                    on_frame(Frame::Other);
+                }
+                self.line.clear();
+                self.oversize = false;
+            }
+        }
+    }
+
+    /// Bytes of the unfinished line held so far (never more than `max`).
+    pub fn pending(&self) -> usize {
+        self.line.len()
+    }
+}
+
 /// Serves one worker's channel until it closes: calls `ready` for each
 /// `'ready'`, writes whatever arrives on `outgoing`. Returns the number of
 /// other messages it dropped.
@@ -61,61 +120,50 @@ pub async fn serve(parent: UnixStream, mut outgoing: mpsc::UnboundedReceiver<Vec
         return 0;
     };
     let (read, mut write) = stream.into_split();
-    // Writes go through their own task: an app that never reads its
-    // channel must not stall the reading side.
-    let writer = tokio::spawn(async move {
+    // Writes run beside the reads in this same task (no task of their own
+    // to own): an app that never reads its channel stalls only the writer.
+    let writer = async move {
         while let Some(message) = outgoing.recv().await {
             if write.write_all(&message).await.is_err() {
                 break;
             }
         }
-    });
+        std::future::pending::<std::convert::Infallible>().await
+    };
     // Not a BufReader: tokio takes a short read as "drained" and waits for
     // the next edge, but a unix socket read also stops after a message that
     // carried fds (SCM_RIGHTS), with data still queued: the channel would
     // stall. Read until WouldBlock instead.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut line = Vec::new();
-    let mut oversize = false;
-    let mut dropped = 0u64;
-    'outer: loop {
-        if read.readable().await.is_err() {
-            break;
-        }
-        loop {
-            let n = match read.try_read(&mut buf) {
-                Ok(0) => break 'outer,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break 'outer,
-            };
-            for piece in buf[..n].split_inclusive(|&b| b == b'\n') {
-                let complete = piece.ends_with(b"\n");
-                if !oversize {
-                    if line.len() + piece.len() > MAX_MESSAGE {
-                        oversize = true;
-                        line.clear();
-                    } else {
-                        line.extend_from_slice(piece);
-                    }
-                }
-                if complete {
-                    if !oversize && is_ready(line.trim_ascii()) {
-                        ready();
-                    } else {
-                        dropped += 1;
-                    }
-                    line.clear();
-                    oversize = false;
-                }
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut framer = Framer::new(MAX_MESSAGE);
+        let mut dropped = 0u64;
+        'outer: loop {
+            if read.readable().await.is_err() {
+                break;
             }
-            // A sender that never pauses must not hog this thread.
-            tokio::task::consume_budget().await;
+            loop {
+                let n = match read.try_read(&mut buf) {
+                    Ok(0) => break 'outer,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break 'outer,
+                };
+                framer.push(&buf[..n], |frame| match frame {
+                    Frame::Ready => ready(),
+                    Frame::Other => dropped += 1,
+                });
+                // A sender that never pauses must not hog this thread.
+                tokio::task::consume_budget().await;
+            }
         }
+        dropped
+    };
+    tokio::select! {
+        dropped = reader => dropped,
+        never = writer => match never {},
     }
-    writer.abort();
-    dropped
 }
 
 #[cfg(test)]
@@ -134,6 +182,22 @@ mod tests {
         assert!(!is_ready(b"\xff\xfe"));
         assert!(!is_ready(b""));
         assert!(is_ready(b"\"\\u0072eady\""));
+    }
+
+    #[test]
+    fn framer_cuts_lines_whatever_the_reads_and_drops_long_ones() {
+        let stream = b"\"ready\"\n{\"a\":\"long message\"}\n\"\\u0072eady\"\npartial";
+        for chunk in 1..stream.len() {
+            let mut framer = Framer::new(10);
+            let mut frames = Vec::new();
+            for piece in stream.chunks(chunk) {
+                framer.push(piece, |f| frames.push(f));
+                assert!(framer.pending() <= 10);
+            }
+            // The escaped "ready" is 14 bytes with its newline: over the limit.
+            assert_eq!(frames, [Frame::Ready, Frame::Other, Frame::Other], "reads of {chunk}");
+            assert_eq!(framer.pending(), "partial".len());
+        }
     }
 
     #[tokio::test]

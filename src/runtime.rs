@@ -309,8 +309,13 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     let tasks = TaskTracker::new();
     let done = CancellationToken::new();
     let (events, mut rx) = mpsc::channel(EVENT_QUEUE);
-    let (commands_tx, mut commands_rx) = mpsc::unbounded_channel();
-    spawn_task(&tasks, &done, "control", control::serve(listener, commands_tx));
+    let (commands_tx, mut commands_rx) = mpsc::channel(control::MAX_CLIENTS);
+    spawn_task(
+        &tasks,
+        &done,
+        "control",
+        control::serve(listener, commands_tx, tasks.clone(), done.clone()),
+    );
     {
         let events = events.clone();
         spawn_task(&tasks, &done, "control-forward", async move {

@@ -86,7 +86,7 @@ fn sockets_passed_by_an_activator_are_used_and_named() {
 #[test]
 fn a_normal_user_finds_its_own_supervisor_without_flags() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root to switch to the nobody user");
+        common::container::skip("needs root to switch to the nobody user");
         return;
     }
     let port = free_port();

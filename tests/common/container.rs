@@ -20,8 +20,9 @@
 //!
 //! [`Container::boot`] returns `None`, after printing `SKIPPED: <reason>`
 //! to the real stderr, only when not running as root or when systemd-nspawn
-//! is missing and `apt-get install -y systemd-container` could not install it.
-//! Anything else that goes wrong is a test failure.
+//! is missing and `apt-get install -y systemd-container` could not install it,
+//! and only outside CI: under `CI=true` a missing precondition fails the test
+//! (see [`skip`]). Anything else that goes wrong is a test failure.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -76,6 +77,39 @@ pub fn say(line: &str) {
     let _ = err.flush();
 }
 
+/// Whether this is a CI run (`CI=true`, as CI services set it), where a
+/// test must never pass without having run.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// A precondition of the test is missing. On a developer machine (say, not
+/// root) the test says SKIPPED loudly and the caller returns; under
+/// `CI=true` this panics with the reason, so a CI run can't pass a test
+/// that did not run.
+pub fn skip(reason: &str) {
+    if in_ci() {
+        panic!("CI=true, and this test cannot run here: {reason}");
+    }
+    let bar = "!".repeat(78);
+    say(&format!(
+        "\n{bar}\nSKIPPED: {reason}\n(under CI=true this is a failure)\n{bar}\n"
+    ));
+}
+
+/// For a test that prepares things on the host before it boots a
+/// container: whether it can run here. If not, it has said SKIPPED (or
+/// panicked under CI, see [`skip`]) and the test returns.
+pub fn can_boot() -> bool {
+    match skip_reason() {
+        Some(reason) => {
+            skip(&reason);
+            false
+        }
+        None => true,
+    }
+}
+
 /// Why the system tests can't run here, after trying to install what is
 /// missing; `None` when they can.
 pub fn skip_reason() -> Option<String> {
@@ -113,12 +147,12 @@ pub fn skip_reason() -> Option<String> {
 }
 
 impl Container {
-    /// Boots a container, or prints `SKIPPED: <reason>` and returns `None`
-    /// (see [`skip_reason`]). Panics if the boot itself fails.
+    /// Boots a container, or (see [`skip`] and [`skip_reason`]) prints
+    /// `SKIPPED: <reason>` and returns `None`, or under `CI=true` panics with
+    /// the reason. Panics if the boot itself fails.
     pub fn boot() -> Option<Container> {
         if let Some(reason) = skip_reason() {
-            let bar = "!".repeat(78);
-            say(&format!("\n{bar}\nSKIPPED: {reason}\n{bar}\n"));
+            skip(&reason);
             return None;
         }
         remove_stale_overlays();
