@@ -22,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod docs;
+pub mod exit;
 pub mod init;
 pub mod ipc;
 pub mod notify;
