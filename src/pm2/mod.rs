@@ -19,6 +19,7 @@ mod eval;
 mod keys;
 mod plan;
 mod render;
+mod values;
 
 use std::path::{Path, PathBuf};
 

@@ -5,13 +5,14 @@
 //! explained in the README's "Migrating from PM2".
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::Request;
 use super::keys::{Fields, Remark, describe, unmapped_reason};
+use super::values::{clean_path, millis, pm2_size, port_of, words};
 
 /// The readiness delay used without `wait_ready`.
 pub(super) const READY_DELAY: Duration = Duration::from_secs(1);
@@ -794,127 +795,6 @@ fn add_env(key: &str, value: &Value, environment: &mut BTreeMap<String, String>,
         };
         environment.insert(name.clone(), text);
     }
-}
-
-/// `args` and `node_args`: an array, or a string split like a shell
-/// would (quotes group words and are removed; no escapes, no expansion).
-fn words(key: &str, value: &Value, remarks: &mut Vec<Remark>) -> Option<Vec<String>> {
-    match value {
-        Value::String(s) => Some(split_words(s)),
-        Value::Array(items) => {
-            let mut out = Vec::new();
-            for item in items {
-                match item {
-                    Value::String(s) => out.push(s.clone()),
-                    Value::Number(n) => out.push(n.to_string()),
-                    Value::Bool(b) => out.push(b.to_string()),
-                    _ => {
-                        remarks.push(Remark::not_mapped(
-                            key,
-                            format!("{} is not a list of strings", describe(value)),
-                        ));
-                        return None;
-                    }
-                }
-            }
-            Some(out)
-        }
-        Value::Null => None,
-        _ => {
-            remarks.push(Remark::not_mapped(
-                key,
-                format!("{} is not a string or a list of strings", describe(value)),
-            ));
-            None
-        }
-    }
-}
-
-fn split_words(s: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut quote = None;
-    for c in s.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => word.push(c),
-            None if c == '"' || c == '\'' => {
-                quote = Some(c);
-                in_word = true;
-            }
-            None if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            None => {
-                word.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    words
-}
-
-/// A port number, as PM2 would read it (a number or a string of digits).
-fn port_of(value: &Value) -> Option<u16> {
-    match value {
-        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) => s.parse().ok(),
-        _ => None,
-    }
-    .filter(|p| *p != 0)
-}
-
-/// Milliseconds: a non-negative number, or a string of one.
-fn millis(value: &Value) -> Option<u64> {
-    let n = match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse::<f64>().ok(),
-        _ => None,
-    }?;
-    (0.0..1e15).contains(&n).then_some(n as u64)
-}
-
-/// PM2's `max_memory_restart`: bytes, or digits then K, M or G, which PM2
-/// reads as powers of 1024. PM2 ignores anything else.
-fn pm2_size(value: &Value) -> Option<u64> {
-    match value {
-        Value::Number(n) => n.as_f64().filter(|n| n.is_finite() && *n >= 0.0).map(|n| n as u64),
-        Value::String(s) => {
-            let (digits, shift) = match s.as_bytes().last() {
-                Some(b'K') => (&s[..s.len() - 1], 10),
-                Some(b'M') => (&s[..s.len() - 1], 20),
-                Some(b'G') => (&s[..s.len() - 1], 30),
-                _ => (s.as_str(), 0),
-            };
-            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            digits.parse::<u64>().ok()?.checked_mul(1 << shift)
-        }
-        _ => None,
-    }
-}
-
-/// `a/./b/../c` as `a/c`, without touching the filesystem.
-fn clean_path(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

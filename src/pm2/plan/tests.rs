@@ -122,6 +122,17 @@ fn a_listen_timeout_shorter_than_the_ready_delay_needs_wait_ready() {
     let p = planned(json!({"listen_timeout": 500}));
     assert_eq!(ok(&p).readiness_timeout, None);
     assert!(remarks(&p, "listen_timeout")[0].starts_with("not mapped: 500ms: without wait_ready"));
+    let p = planned(json!({"listen_timeout": 1000}));
+    assert_eq!(
+        ok(&p).readiness_timeout,
+        None,
+        "1s, the ready delay itself, is too short"
+    );
+    let p = planned(json!({"listen_timeout": 1001}));
+    assert_eq!(
+        ok(&p).readiness_timeout,
+        Some((Duration::from_millis(1001), "listen_timeout: 1001".to_owned()))
+    );
     let p = planned(json!({"listen_timeout": 500, "wait_ready": true}));
     assert_eq!(
         ok(&p).readiness_timeout,
@@ -526,47 +537,4 @@ fn uid_or_else_the_user_flag_is_the_unit_user() {
     );
     assert_eq!(ok(&p).user.as_deref(), Some("www-data"));
     assert_eq!(remarks(&p, "user"), ["not mapped: true is not a user name or id"]);
-}
-
-#[test]
-fn sizes_are_read_as_pm2_reads_them() {
-    assert_eq!(pm2_size(&json!("300M")), Some(300 << 20));
-    assert_eq!(pm2_size(&json!("1G")), Some(1 << 30));
-    assert_eq!(pm2_size(&json!("200K")), Some(200 << 10));
-    assert_eq!(pm2_size(&json!("1000")), Some(1000));
-    assert_eq!(pm2_size(&json!(1073741824)), Some(1 << 30));
-    // PM2's regex is ^\d+(G|M|K)?$; it ignores the rest, and so does baton.
-    assert_eq!(pm2_size(&json!("300MB")), None);
-    assert_eq!(pm2_size(&json!("300m")), None);
-    assert_eq!(pm2_size(&json!("1.5G")), None);
-}
-
-#[test]
-fn string_args_split_like_a_shell() {
-    assert_eq!(
-        split_words("  --port 3000 --name 'my app' --x=\"a b\"c "),
-        vec!["--port", "3000", "--name", "my app", "--x=a bc"]
-    );
-    assert_eq!(split_words("''"), vec![""]);
-    assert!(split_words("   ").is_empty());
-}
-
-#[test]
-fn paths_are_cleaned_lexically() {
-    assert_eq!(
-        clean_path(Path::new("/srv/app/./x/../current")),
-        PathBuf::from("/srv/app/current")
-    );
-}
-
-#[test]
-fn ports_and_millis() {
-    assert_eq!(port_of(&json!(3000)), Some(3000));
-    assert_eq!(port_of(&json!("3000")), Some(3000));
-    assert_eq!(port_of(&json!("0")), None);
-    assert_eq!(port_of(&json!(70000)), None);
-    assert_eq!(port_of(&json!("http")), None);
-    assert_eq!(millis(&json!(1600)), Some(1600));
-    assert_eq!(millis(&json!("250")), Some(250));
-    assert_eq!(millis(&json!(-1)), None);
 }
