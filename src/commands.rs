@@ -74,7 +74,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
     let sink: Box<dyn LogSink> = if journal {
         Box::new(JournalSink::default())
     } else {
-        Box::new(StderrSink)
+        Box::new(StderrSink::default())
     };
     let (log, log_thread) = match output::spawn_writer(sink) {
         Ok(w) => w,
