@@ -6,7 +6,8 @@
 //! as PM2 does, and baton reads the result as JSON (`eval`). For each app,
 //! `gather_facts` asks the filesystem what the mapping needs to know;
 //! then `plan` maps the app's keys (`keys` has the table of them) and
-//! `render` writes its files, both without touching the filesystem. Each
+//! `render` turns the result into the text of its files, neither of them
+//! touching the filesystem; `report` writes the files. Each
 //! choice is explained in the README's "Migrating from PM2", the operator's
 //! reference. The units come from `init`, so they are the very units `baton
 //! init` writes. Nothing is written for an app until all three of its files
