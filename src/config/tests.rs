@@ -302,6 +302,18 @@ timeout = "10s"
 }
 
 #[test]
+fn durations_are_written_as_init_writes_them() {
+    for (d, text) in [
+        (Duration::ZERO, "0s"),
+        (Duration::from_millis(100), "100ms"),
+        (Duration::from_secs(60), "60s"),
+    ] {
+        assert_eq!(Dur(d).to_string(), text);
+        assert_eq!(text.parse::<Dur>(), Ok(Dur(d)));
+    }
+}
+
+#[test]
 fn bad_durations() {
     assert_eq!(
         problem("command = [\"x\"]\n[stop]\ntimeout = \"thirty\"\n"),

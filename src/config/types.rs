@@ -64,6 +64,18 @@ fn bare_number() -> Msg {
     )
 }
 
+/// How `init` writes a duration: whole seconds as "30s", else milliseconds.
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
 impl FromStr for Dur {
     type Err = Msg;
     fn from_str(s: &str) -> Result<Self, Msg> {
