@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
@@ -41,7 +41,6 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -55,8 +54,7 @@ use crate::output::{self, Origin, Stream, Tail, Writer};
 use crate::spec::GenSpec;
 use crate::status;
 use crate::supervisor::{
-    Action, ClientId, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor, Timer, Waiter,
-    WorkerId,
+    Action, ClientId, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor, Waiter, WorkerId,
 };
 use crate::sys::{self, Spawner};
 use crate::systemd::Notifier;
@@ -110,7 +108,6 @@ enum Event {
         worker: WorkerId,
         status: ExitStatus,
     },
-    Timer(Timer),
     Control(Command),
     /// The spawner thread's answer to a spawn.
     Spawned {
@@ -226,9 +223,6 @@ struct Driver {
     started: Instant,
     started_wall: SystemTime,
     phase: watch::Sender<Phase>,
-    /// One pending task per timer; re-arming replaces it, and a worker's
-    /// timers are dropped when it exits, so nothing piles up over reloads.
-    timers: HashMap<Timer, tokio::task::AbortHandle>,
     systemd: Option<Notifier>,
     /// The last STATUS= sent, to send only changes.
     status_line: String,
@@ -358,7 +352,6 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         phase,
         systemd: Notifier::new(ctx.notify_socket.as_deref()),
         ctx,
-        timers: HashMap::new(),
         status_line: String::new(),
         tree,
         sampling: false,
@@ -381,12 +374,22 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     let mut memory = tokio::time::interval(MEMORY_SAMPLE);
     memory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     driver.core.start(Instant::now(), Arc::new(spec));
+    // The core's timers, all behind one sleep set to its earliest deadline.
+    let timeout = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timeout);
 
     let code = loop {
         if let Some(code) = driver.drain() {
             break code;
         }
+        let deadline = driver.core.poll_timeout().map(tokio::time::Instant::from_std);
+        if let Some(at) = deadline {
+            if timeout.deadline() != at {
+                timeout.as_mut().reset(at);
+            }
+        }
         tokio::select! {
+            _ = &mut timeout, if deadline.is_some() => driver.core.handle_timeout(Instant::now()),
             Some(event) = rx.recv() => driver.handle(event),
             _ = sigchld.recv() => driver.reap(),
             _ = sighup.recv() => {
@@ -487,22 +490,7 @@ impl Driver {
     fn handle(&mut self, event: Event) {
         let now = Instant::now();
         match event {
-            Event::Timer(t) => {
-                self.timers.remove(&t);
-                self.core.timer(now, t);
-            }
             Event::Exit { worker, status } => {
-                for t in [
-                    Timer::Ready(worker),
-                    Timer::Delay(worker),
-                    Timer::Stop(worker),
-                    Timer::Escalate(worker),
-                    Timer::Watchdog(worker),
-                ] {
-                    if let Some(task) = self.timers.remove(&t) {
-                        task.abort();
-                    }
-                }
                 if let Some(io) = self.workers.remove(&worker) {
                     if let Some(cg) = io.cgroup.clone() {
                         self.cleanup
@@ -621,16 +609,6 @@ impl Driver {
                     self.kill_tree(worker);
                 }
                 Action::Retired { generation } => self.retired(generation),
-                Action::Arm { at, timer } => {
-                    let events = self.events.clone();
-                    let task = spawn_task(&self.tasks, &self.done, "timer", async move {
-                        tokio::time::sleep_until(at).await;
-                        let _ = events.send(Event::Timer(timer)).await;
-                    });
-                    if let Some(old) = self.timers.insert(timer, task.abort_handle()) {
-                        old.abort();
-                    }
-                }
                 Action::LoadConfig => self.load_config(),
                 Action::Progress { clients, text } => {
                     tracing::info!("reload: {text}");

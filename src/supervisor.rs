@@ -42,13 +42,12 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::config::ReloadStrategy;
 use crate::spec::GenSpec;
@@ -316,8 +315,6 @@ pub enum Action {
     /// Every worker of this generation has exited: whatever they left
     /// behind (daemons baton adopted as subreaper) goes too.
     Retired { generation: GenId },
-    /// Call `timer` at `at`.
-    Arm { at: Instant, timer: Timer },
     /// Read the config; answer with `config_loaded`.
     LoadConfig,
     /// Tell reload clients how it is going.
@@ -457,6 +454,12 @@ pub struct Supervisor {
     phase: Phase,
     last_reload: Option<LastReload>,
     actions: VecDeque<Action>,
+    /// Pending timers by deadline, then arming order (so timers due at the
+    /// same instant fire in the order they were armed).
+    timers: BTreeMap<(Instant, u64), Timer>,
+    /// Where each pending timer sits in `timers`: re-arming one moves it.
+    armed: HashMap<Timer, (Instant, u64)>,
+    timer_seq: u64,
 }
 
 impl Default for Supervisor {
@@ -482,6 +485,9 @@ impl Supervisor {
             phase: Phase::Starting,
             last_reload: None,
             actions: VecDeque::new(),
+            timers: BTreeMap::new(),
+            armed: HashMap::new(),
+            timer_seq: 0,
         }
     }
 
@@ -594,6 +600,7 @@ impl Supervisor {
 
     pub fn spawn_failed(&mut self, now: Instant, worker: WorkerId, error: String) {
         let Some(w) = self.workers.remove(&worker) else { return };
+        self.disarm_worker(worker);
         let fault = Fault {
             worker,
             generation: w.generation,
@@ -650,6 +657,7 @@ impl Supervisor {
     /// The worker's main process exited and was reaped.
     pub fn exited(&mut self, now: Instant, worker: WorkerId, status: ExitStatus) {
         let Some(w) = self.workers.remove(&worker) else { return };
+        self.disarm_worker(worker);
         self.clear_slot(w.generation, w.slot, worker);
         if w.state != WorkerState::Stopping {
             let fault = Fault {
@@ -668,7 +676,30 @@ impl Supervisor {
         self.after_exit(now, w.generation);
     }
 
-    pub fn timer(&mut self, now: Instant, timer: Timer) {
+    /// The earliest deadline of a pending timer: the driver calls
+    /// [`Supervisor::handle_timeout`] once the clock reaches it. `None`
+    /// means nothing is pending. Ask again after every call into the core,
+    /// since any of them may arm a timer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|&(at, _)| at)
+    }
+
+    /// Fires every timer due at `now` (deadline `<= now`), in deadline
+    /// order, including timers those arm that are already due. Calling it
+    /// early or more than once is harmless: nothing that is not due fires.
+    /// Drain [`Supervisor::poll_action`] afterwards.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            self.armed.remove(&timer);
+            self.fire(now, timer);
+        }
+    }
+
+    fn fire(&mut self, now: Instant, timer: Timer) {
         match timer {
             Timer::Ready(id) => {
                 let Some(w) = self.workers.get(&id) else { return };
@@ -821,8 +852,33 @@ impl Supervisor {
         self.actions.push_back(action);
     }
 
+    /// Arms `timer` for `at`, replacing an earlier arming of the same
+    /// timer. A timer is never cancelled: when it fires it checks whether
+    /// what it was for still holds (see [`Timer`]).
     fn arm(&mut self, at: Instant, timer: Timer) {
-        self.push(Action::Arm { at, timer });
+        self.timer_seq += 1;
+        let key = (at, self.timer_seq);
+        if let Some(old) = self.armed.insert(timer, key) {
+            self.timers.remove(&old);
+        }
+        self.timers.insert(key, timer);
+    }
+
+    /// A worker is gone: its timers would only find it missing, so they go
+    /// now instead of lingering (a restart timer belongs to its slot and
+    /// stays).
+    fn disarm_worker(&mut self, worker: WorkerId) {
+        for timer in [
+            Timer::Ready(worker),
+            Timer::Delay(worker),
+            Timer::Stop(worker),
+            Timer::Escalate(worker),
+            Timer::Watchdog(worker),
+        ] {
+            if let Some(key) = self.armed.remove(&timer) {
+                self.timers.remove(&key);
+            }
+        }
     }
 
     fn set_phase(&mut self, phase: Phase) {

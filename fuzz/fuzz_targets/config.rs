@@ -14,13 +14,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton::config::{Overrides, parse};
 use baton::spec::GenSpec;
-use baton::supervisor::{Action, ClientId, ExitStatus, Notify, Supervisor, Timer, Waiter, WorkerId};
+use baton::supervisor::{Action, ClientId, ExitStatus, Notify, Supervisor, Waiter, WorkerId};
 use libfuzzer_sys::fuzz_target;
-use tokio::time::Instant;
 
 /// Start, all ready, a reload that works, one that fails, a crash, time.
 const SCENARIO: &[u8] = &[
@@ -61,7 +60,6 @@ struct Harness {
     spec: Arc<GenSpec>,
     to_spawn: Vec<WorkerId>,
     live: Vec<WorkerId>,
-    timers: Vec<(Instant, Timer)>,
     load_pending: bool,
     next_client: ClientId,
     waiting: BTreeSet<ClientId>,
@@ -75,7 +73,6 @@ impl Harness {
             assert!(self.exit.is_none(), "{action:?} after Exit");
             match action {
                 Action::Spawn { worker, .. } => self.to_spawn.push(worker),
-                Action::Arm { at, timer } => self.timers.push((at, timer)),
                 Action::LoadConfig => self.load_pending = true,
                 Action::ReloadDone { clients, .. } => {
                     for c in clients {
@@ -114,18 +111,14 @@ impl Harness {
         self.core.exited(self.now, worker, status);
     }
 
-    /// Fires every timer that is due, the way the driver's sleeps would.
+    /// Fires every timer that is due, the way the driver's sleep would.
     fn fire_due(&mut self) {
-        let (due, later): (Vec<_>, Vec<_>) = self.timers.drain(..).partition(|(at, _)| *at <= self.now);
-        self.timers = later;
-        for (_, timer) in due {
-            self.core.timer(self.now, timer);
-        }
+        self.core.handle_timeout(self.now);
     }
 
     /// Moves time to the earliest timer and fires what is due then.
     fn fire_next(&mut self) {
-        if let Some(at) = self.timers.iter().map(|(at, _)| *at).min() {
+        if let Some(at) = self.core.poll_timeout() {
             self.now = self.now.max(at);
             self.fire_due();
         }
@@ -275,7 +268,6 @@ fuzz_target!(|data: &[u8]| {
         spec: spec.clone(),
         to_spawn: Vec::new(),
         live: Vec::new(),
-        timers: Vec::new(),
         load_pending: false,
         next_client: 0,
         waiting: BTreeSet::new(),
@@ -304,7 +296,7 @@ fuzz_target!(|data: &[u8]| {
             h.spawn_next(true);
         } else if let Some(&w) = h.live.first() {
             h.exit_worker(w, ExitStatus::Code(0));
-        } else if h.timers.is_empty() {
+        } else if h.core.poll_timeout().is_none() {
             break;
         } else {
             h.fire_next();

@@ -2,7 +2,8 @@
 //! Tests of the supervisor state machine.
 //!
 //! [`H`] plays the operating system (pids, exits, spawn failures) and the
-//! clock (paused tokio time, armed timers fired in deadline order). Every
+//! driver's clock: a manual one that [`H::advance`] moves, calling
+//! `handle_timeout` at each deadline the core reports on the way. Every
 //! call into the supervisor goes through [`H::call_one`], which checks the
 //! design's invariants against the supervisor's internal state after each
 //! event, so the scenario tests and the randomized test share one oracle.
@@ -197,12 +198,13 @@ fn not_ready() -> Failure {
 
 /// What caused a supervisor call; it decides which retirements of a serving
 /// worker are legitimate.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Cause {
     Other,
     /// A notify message from this worker.
     Message(WorkerId),
-    Timer(Timer),
+    /// `handle_timeout` with these timers due.
+    Timers(Vec<Timer>),
     /// The answer to this worker's Spawn.
     Answer(WorkerId),
 }
@@ -217,11 +219,10 @@ struct H {
     sup: Supervisor,
     /// Compact events since the last `take`.
     events: Vec<Ev>,
-    /// Every raw action, including `Arm`.
+    /// Every raw action.
     actions: Vec<Action>,
-    /// Armed timers: deadline, arming order, timer.
-    timers: Vec<(Instant, u64, Timer)>,
-    seq: u64,
+    /// The clock: what the harness passes as `now`.
+    now: Instant,
     /// Spawned and not yet exited, with their pid (= pgid).
     alive: BTreeMap<WorkerId, i32>,
     main_pid: BTreeMap<WorkerId, i32>,
@@ -258,8 +259,7 @@ impl H {
             sup: Supervisor::new(),
             events: Vec::new(),
             actions: Vec::new(),
-            timers: Vec::new(),
-            seq: 0,
+            now: Instant::now(),
             alive: BTreeMap::new(),
             main_pid: BTreeMap::new(),
             meta: BTreeMap::new(),
@@ -280,10 +280,6 @@ impl H {
             stop_pending_answers: 0,
             log: Vec::new(),
         }
-    }
-
-    fn now() -> Instant {
-        Instant::now()
     }
 
     // ---- driving ----
@@ -307,10 +303,13 @@ impl H {
                 .map(|(&id, _)| id)
                 .collect(),
         };
-        f(&mut self.sup, Self::now());
+        f(&mut self.sup, self.now);
         let n = self.actions.len();
         while let Some(action) = self.sup.poll_action() {
             self.record(action);
+        }
+        if let Some(at) = self.sup.poll_timeout() {
+            assert!(at >= self.now, "a timer is overdue after a call: {:?}", self.sup.timers);
         }
         for a in &self.actions[n..] {
             if let Action::ReloadDone { result, .. } = a {
@@ -322,7 +321,7 @@ impl H {
                 }
             }
         }
-        self.check(cause, &before);
+        self.check(&cause, &before);
         if let Cause::Answer(w) = cause {
             self.stop_pending_answers += usize::from(before.retired.contains(&w));
         }
@@ -419,11 +418,6 @@ impl H {
                 assert!(self.messaged.insert(worker), "worker {worker} messaged twice");
                 self.events.push(Ev::Message(worker));
             }
-            Action::Arm { at, timer } => {
-                assert!(at >= Self::now(), "timer {timer:?} armed in the past");
-                self.seq += 1;
-                self.timers.push((at, self.seq, timer));
-            }
             Action::LoadConfig => {
                 assert_eq!(self.loads, 0, "two config loads at once");
                 self.loads += 1;
@@ -481,7 +475,7 @@ impl H {
     }
 
     /// Invariants of the design, checked after every supervisor call.
-    fn check(&self, cause: Cause, before: &Before) {
+    fn check(&self, cause: &Cause, before: &Before) {
         let sup = &self.sup;
         let shutdown = sup.stopping || sup.exit_code.is_some();
 
@@ -574,8 +568,8 @@ impl H {
             // A serving worker retires only when it failed on its own, asked
             // to leave, or a ready candidate worker took its slot (rolling).
             let own = match cause {
-                Cause::Message(t) => t == id,
-                Cause::Timer(Timer::Ready(t) | Timer::Watchdog(t)) => t == id,
+                Cause::Message(t) => *t == id,
+                Cause::Timers(due) => due.contains(&Timer::Ready(id)) || due.contains(&Timer::Watchdog(id)),
                 _ => false,
             };
             let handed = sup.gens[&w.generation].slots[w.slot].handed_over
@@ -587,7 +581,7 @@ impl H {
                         .is_some_and(|cw| sup.workers[&cw].state == WorkerState::Ready)
                 });
             // Memory limit: its ready successor took the slot.
-            let replaced = matches!(cause, Cause::Message(t)
+            let replaced = matches!(*cause, Cause::Message(t)
                 if sup.gens[&w.generation].slots[w.slot].worker == Some(t)
                     && sup.workers.get(&t).is_some_and(|x| x.state == WorkerState::Ready));
             assert!(
@@ -632,27 +626,19 @@ impl H {
 
     /// Moves the clock by `d`, firing every timer that comes due on the way.
     async fn advance(&mut self, d: Duration) {
-        let end = Self::now() + d;
-        loop {
-            let next = self
+        let end = self.now + d;
+        while let Some(at) = self.sup.poll_timeout().filter(|&at| at <= end) {
+            self.now = self.now.max(at);
+            // What is due now, for the oracle's idea of the cause.
+            let due = self
+                .sup
                 .timers
-                .iter()
-                .enumerate()
-                .filter(|(_, (at, _, _))| *at <= end)
-                .min_by_key(|(_, (at, seq, _))| (*at, *seq))
-                .map(|(i, _)| i);
-            let Some(i) = next else { break };
-            let (at, _, timer) = self.timers.remove(i);
-            let now = Self::now();
-            if at > now {
-                tokio::time::advance(at - now).await;
-            }
-            self.call(Cause::Timer(timer), |s, now| s.timer(now, timer));
+                .range(..=(self.now, u64::MAX))
+                .map(|(_, &t)| t)
+                .collect();
+            self.call(Cause::Timers(due), |s, now| s.handle_timeout(now));
         }
-        let now = Self::now();
-        if end > now {
-            tokio::time::advance(end - now).await;
-        }
+        self.now = self.now.max(end);
     }
 
     fn start(&mut self, spec: Arc<GenSpec>) {
@@ -785,7 +771,7 @@ impl H {
     }
 
     fn snap(&self) -> Snapshot {
-        self.sup.snapshot(Self::now())
+        self.sup.snapshot(self.now)
     }
 
     fn gen_snap(&self, generation: GenId) -> Option<GenerationSnapshot> {
@@ -801,13 +787,9 @@ impl H {
         assert_eq!(self.take(), want);
     }
 
-    /// When `timer` is armed to fire (the latest arming).
+    /// When `timer` is armed to fire.
     fn armed(&self, timer: Timer) -> Option<Instant> {
-        self.timers
-            .iter()
-            .filter(|(_, _, t)| *t == timer)
-            .map(|(at, _, _)| *at)
-            .max()
+        self.sup.armed.get(&timer).map(|&(at, _)| at)
     }
 
     fn answer(&self, client: ClientId) -> &ReloadResult {
@@ -844,7 +826,7 @@ fn started(workers: usize, strategy: ReloadStrategy) -> H {
 async fn first_start_is_ready_only_when_every_worker_is() {
     let mut h = H::new();
     let v1 = spec("v1", 3, Parallel);
-    let t0 = Instant::now();
+    let t0 = h.now;
     h.start(v1.clone());
     h.expect(&[spawn(1, 1, 0), spawn(2, 1, 1), spawn(3, 1, 2)]);
     for w in 1..=3 {
@@ -1626,16 +1608,13 @@ async fn rolling_reload_old_worker_crash_in_a_slot_not_yet_handed_over_restarts_
 
 /// Crashes the slot's worker; returns the restart delay armed for it.
 fn crash_for_delay(h: &mut H, generation: GenId, slot: usize) -> Option<Duration> {
-    let n = h.actions.len();
-    let now = Instant::now();
+    let before = h.sup.timer_seq;
+    let now = h.now;
     h.crash(generation, slot, FAIL);
-    h.actions[n..].iter().find_map(|a| match a {
-        Action::Arm {
-            at,
-            timer: Timer::Restart {
-                generation: g, slot: s, ..
-            },
-        } if (*g, *s) == (generation, slot) => Some(*at - now),
+    h.sup.timers.iter().find_map(|(&(at, seq), t)| match *t {
+        Timer::Restart {
+            generation: g, slot: s, ..
+        } if (g, s) == (generation, slot) && seq > before => Some(at - now),
         _ => None,
     })
 }
@@ -2520,7 +2499,7 @@ async fn huge_durations_saturate_instead_of_panicking() {
     let mut h = H::new();
     h.start(spec_of("v1", p.clone()));
     h.take();
-    let far = Instant::now() + secs(20 * 365 * 24 * 3600);
+    let far = h.now + secs(20 * 365 * 24 * 3600);
     assert!(h.armed(Timer::Ready(1)).is_some_and(|at| at > far));
     h.send(1, Notify::ExtendTimeout(Duration::from_micros(u64::MAX)));
     h.ready(1, 0);
@@ -2533,9 +2512,10 @@ async fn huge_durations_saturate_instead_of_panicking() {
     h.crash(1, 1, FAIL);
     h.take();
     assert!(
-        h.timers
+        h.sup
+            .timers
             .iter()
-            .any(|(at, _, t)| matches!(t, Timer::Restart { .. }) && *at > far)
+            .any(|(&(at, _), t)| matches!(t, Timer::Restart { .. }) && at > far)
     );
 
     // A reload retires generation 1: its stop message and deadlines too.
