@@ -625,7 +625,7 @@ impl H {
     }
 
     /// Moves the clock by `d`, firing every timer that comes due on the way.
-    async fn advance(&mut self, d: Duration) {
+    fn advance(&mut self, d: Duration) {
         let end = self.now + d;
         while let Some(at) = self.sup.poll_timeout().filter(|&at| at <= end) {
             self.now = self.now.max(at);
@@ -822,8 +822,8 @@ fn started(workers: usize, strategy: ReloadStrategy) -> H {
 
 // ---- 1. first start ----------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn first_start_is_ready_only_when_every_worker_is() {
+#[test]
+fn first_start_is_ready_only_when_every_worker_is() {
     let mut h = H::new();
     let v1 = spec("v1", 3, Parallel);
     let t0 = h.now;
@@ -859,12 +859,12 @@ async fn first_start_is_ready_only_when_every_worker_is() {
     assert!(g.workers.iter().all(|w| w.state == WorkerState::Ready));
 
     // The first generation's readiness timers are stale now.
-    h.advance(secs(120)).await;
+    h.advance(secs(120));
     h.expect(&[]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn first_start_worker_exiting_before_ready_retires_everything_and_exits_1() {
+#[test]
+fn first_start_worker_exiting_before_ready_retires_everything_and_exits_1() {
     let mut h = H::new();
     h.start(spec("v1", 3, Parallel));
     h.take();
@@ -892,23 +892,23 @@ async fn first_start_worker_exiting_before_ready_retires_everything_and_exits_1(
     assert!(h.snap().generations.is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn first_start_readiness_timeout_exits_1() {
+#[test]
+fn first_start_readiness_timeout_exits_1() {
     let mut h = H::new();
     h.start(spec("v1", 2, Parallel));
     h.take();
     h.ready(1, 0);
-    h.advance(secs(60) - ms(1)).await;
+    h.advance(secs(60) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[kill(2), failed(1, 1, not_ready()), Ev::Phase(Phase::Stopping), term(1)]);
     h.exit_after_signal(2);
     h.exit_after_signal(1);
     h.expect(&[Ev::Exit(1)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn first_start_spawn_failure_exits_1() {
+#[test]
+fn first_start_spawn_failure_exits_1() {
     let mut h = H::new();
     h.fail_spawns.insert((1, 1));
     h.start(spec("v1", 2, Parallel));
@@ -931,8 +931,8 @@ async fn first_start_spawn_failure_exits_1() {
 
 // ---- 2. parallel reload -----------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_ready() {
+#[test]
+fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_ready() {
     let mut h = started(2, Parallel);
     let v1 = h.sup.gens[&1].spec.clone();
     h.reload(7);
@@ -957,7 +957,7 @@ async fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_re
         "rule 2: nothing retires before the whole successor is ready"
     );
 
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     h.ready(2, 0);
     h.expect(&[term(1), term(2), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
     match h.answer(7) {
@@ -985,8 +985,8 @@ async fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_re
 
 // ---- 3, 4, 7. a failing new generation leaves the old one serving ------------
 
-#[tokio::test(start_paused = true)]
-async fn new_worker_exiting_before_ready_fails_the_reload() {
+#[test]
+fn new_worker_exiting_before_ready_fails_the_reload() {
     let mut h = started(3, Parallel);
     h.reload(7);
     h.load(spec("v2", 3, Parallel));
@@ -1022,16 +1022,16 @@ async fn new_worker_exiting_before_ready_fails_the_reload() {
     h.expect(&[]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
+#[test]
+fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
     let mut h = started(2, Parallel);
     h.reload(7);
     h.load(spec("v2", 2, Parallel));
     h.take();
     h.ready(2, 0);
-    h.advance(secs(60) - ms(1)).await;
+    h.advance(secs(60) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[
         kill(4),
         failed(2, 1, not_ready()),
@@ -1046,7 +1046,7 @@ async fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
     h.exit_after_signal(3);
     // It never became ready, so it was killed at once: no stop timeout.
     h.exit_worker(4, KILLED);
-    h.advance(secs(30)).await;
+    h.advance(secs(30));
     h.expect(&[]);
     assert!(h.gen_snap(2).is_none());
     assert_eq!(h.live(1), [1, 2]);
@@ -1054,8 +1054,8 @@ async fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
     assert!(!h.signalled.contains(&1) && !h.signalled.contains(&2));
 }
 
-#[tokio::test(start_paused = true)]
-async fn new_worker_crashing_after_ready_fails_a_parallel_reload() {
+#[test]
+fn new_worker_crashing_after_ready_fails_a_parallel_reload() {
     let mut h = started(2, Parallel);
     h.reload(7);
     h.load(spec("v2", 2, Parallel));
@@ -1073,8 +1073,8 @@ async fn new_worker_crashing_after_ready_fails_a_parallel_reload() {
     assert_eq!(h.snap().serving, Some(1));
 }
 
-#[tokio::test(start_paused = true)]
-async fn stopping_early_or_watchdog_trigger_fails_a_new_worker() {
+#[test]
+fn stopping_early_or_watchdog_trigger_fails_a_new_worker() {
     let mut h = started(1, Parallel);
     h.reload(7);
     h.load(spec("v2", 1, Parallel));
@@ -1102,17 +1102,17 @@ async fn stopping_early_or_watchdog_trigger_fails_a_new_worker() {
 
 // ---- 5. readiness deadline extension and delay mode ------------------------
 
-#[tokio::test(start_paused = true)]
-async fn extend_timeout_pushes_the_readiness_deadline_out() {
+#[test]
+fn extend_timeout_pushes_the_readiness_deadline_out() {
     let mut h = started(1, Parallel);
     h.reload(7);
     h.load(spec("v2", 1, Parallel));
     h.take();
     // Shorter than what is left: no effect.
     h.send(2, Notify::ExtendTimeout(secs(1)));
-    h.advance(secs(50)).await;
+    h.advance(secs(50));
     h.send(2, Notify::ExtendTimeout(secs(30)));
-    h.advance(secs(29)).await; // 79s, past the original 60s deadline
+    h.advance(secs(29)); // 79s, past the original 60s deadline
     h.expect(&[]);
     assert_eq!(h.state(2), Some(WorkerState::Starting));
     h.ready(2, 0);
@@ -1123,11 +1123,11 @@ async fn extend_timeout_pushes_the_readiness_deadline_out() {
     h.reload(8);
     h.load(spec("v3", 1, Parallel));
     h.take();
-    h.advance(secs(50)).await;
+    h.advance(secs(50));
     h.send(3, Notify::ExtendTimeout(secs(30)));
-    h.advance(secs(30) - ms(1)).await;
+    h.advance(secs(30) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[
         kill(3),
         failed(3, 0, not_ready()),
@@ -1136,33 +1136,33 @@ async fn extend_timeout_pushes_the_readiness_deadline_out() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn delay_mode_marks_workers_ready_after_the_delay() {
+#[test]
+fn delay_mode_marks_workers_ready_after_the_delay() {
     let mut p = policy(2, Parallel);
     p.ready_delay = Some(secs(2));
     let mut h = H::new();
     h.start(spec_of("v1", p.clone()));
     h.take();
-    h.advance(secs(2) - ms(1)).await;
+    h.advance(secs(2) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[Ev::Phase(Phase::Ready)]);
 
     h.reload(7);
     h.load(spec_of("v2", p));
     h.take();
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     // READY=1 is still honoured before the delay.
     h.ready(2, 0);
     h.expect(&[]);
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     h.expect(&[term(1), term(2), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
 }
 
 // ---- 6. old workers crash during a reload ---------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn old_worker_crashing_during_reload_restarts_with_the_old_spec() {
+#[test]
+fn old_worker_crashing_during_reload_restarts_with_the_old_spec() {
     let mut h = started(2, Parallel);
     let v1 = h.sup.gens[&1].spec.clone();
     h.reload(7);
@@ -1170,9 +1170,9 @@ async fn old_worker_crashing_during_reload_restarts_with_the_old_spec() {
     h.take();
     h.crash(1, 0, FAIL);
     h.expect(&[failed(1, 0, exited(FAIL, true))]);
-    h.advance(ms(99)).await;
+    h.advance(ms(99));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[spawn(5, 1, 0)]);
     assert!(Arc::ptr_eq(&h.specs[&5], &v1), "rule 4");
     assert_eq!(h.specs[&5].launch.argv, ["server", "v1"]);
@@ -1185,8 +1185,8 @@ async fn old_worker_crashing_during_reload_restarts_with_the_old_spec() {
     h.expect(&[term(2), term(5), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn pending_restart_of_the_old_generation_is_dropped_when_it_retires() {
+#[test]
+fn pending_restart_of_the_old_generation_is_dropped_when_it_retires() {
     let mut h = started(2, Parallel);
     h.reload(7);
     h.load(spec("v2", 2, Parallel));
@@ -1200,7 +1200,7 @@ async fn pending_restart_of_the_old_generation_is_dropped_when_it_retires() {
         ok(&[7], 2),
         Ev::Phase(Phase::Ready),
     ]);
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     h.expect(&[]);
     h.exit_after_signal(2);
     assert!(h.gen_snap(1).is_none());
@@ -1208,8 +1208,8 @@ async fn pending_restart_of_the_old_generation_is_dropped_when_it_retires() {
 
 // ---- 8, 9, 10. coalescing and queueing ---------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn reloads_requested_during_a_reload_coalesce_into_one() {
+#[test]
+fn reloads_requested_during_a_reload_coalesce_into_one() {
     let mut h = started(1, Parallel);
     h.reload(1);
     h.expect(&[Ev::Phase(Phase::Reloading), Ev::LoadConfig]);
@@ -1242,8 +1242,8 @@ async fn reloads_requested_during_a_reload_coalesce_into_one() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn sighup_during_a_reload_queues_a_follow_up() {
+#[test]
+fn sighup_during_a_reload_queues_a_follow_up() {
     let mut h = started(1, Parallel);
     h.reload(1);
     h.hup();
@@ -1266,8 +1266,8 @@ async fn sighup_during_a_reload_queues_a_follow_up() {
     assert_eq!(h.load_configs(), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn reload_requested_during_first_start_runs_once_it_is_ready() {
+#[test]
+fn reload_requested_during_first_start_runs_once_it_is_ready() {
     let mut h = H::new();
     h.start(spec("v1", 2, Parallel));
     h.take();
@@ -1294,8 +1294,8 @@ async fn reload_requested_during_first_start_runs_once_it_is_ready() {
     assert_eq!(h.load_configs(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn config_error_fails_the_reload_and_the_queued_one_proceeds() {
+#[test]
+fn config_error_fails_the_reload_and_the_queued_one_proceeds() {
     let mut h = started(1, Parallel);
     h.reload(1);
     h.reload(2);
@@ -1321,8 +1321,8 @@ async fn config_error_fails_the_reload_and_the_queued_one_proceeds() {
 
 // ---- 11. stop ------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn stop_during_reload_answers_clients_and_retires_everything() {
+#[test]
+fn stop_during_reload_answers_clients_and_retires_everything() {
     let mut h = started(2, Parallel);
     h.reload(1);
     h.load(spec("v2", 2, Parallel));
@@ -1354,8 +1354,8 @@ async fn stop_during_reload_answers_clients_and_retires_everything() {
     h.expect(&[Ev::Exit(0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn stop_while_the_config_loads_ignores_the_late_config() {
+#[test]
+fn stop_while_the_config_loads_ignores_the_late_config() {
     let mut h = started(1, Parallel);
     h.reload(1);
     h.take();
@@ -1367,8 +1367,8 @@ async fn stop_while_the_config_loads_ignores_the_late_config() {
     h.expect(&[Ev::Exit(0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn stop_while_workers_are_being_spawned() {
+#[test]
+fn stop_while_workers_are_being_spawned() {
     let mut h = H::new();
     h.hold_spawns = true;
     h.start(spec("v1", 2, Parallel));
@@ -1386,8 +1386,8 @@ async fn stop_while_workers_are_being_spawned() {
     h.expect(&[Ev::Exit(0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn stop_with_nothing_running_exits_at_once() {
+#[test]
+fn stop_with_nothing_running_exits_at_once() {
     let mut h = started(1, Parallel);
     h.crash(1, 0, FAIL);
     h.take();
@@ -1397,8 +1397,8 @@ async fn stop_with_nothing_running_exits_at_once() {
 
 // ---- 12, 13. rolling reloads --------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_replaces_one_slot_at_a_time() {
+#[test]
+fn rolling_reload_replaces_one_slot_at_a_time() {
     let mut h = started(3, Rolling);
     h.reload(1);
     h.load(spec("v2", 3, Rolling));
@@ -1428,8 +1428,8 @@ async fn rolling_reload_replaces_one_slot_at_a_time() {
     assert!(h.gen_snap(1).is_none());
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_failing_midway_restores_the_old_generation_first() {
+#[test]
+fn rolling_reload_failing_midway_restores_the_old_generation_first() {
     let mut h = started(4, Rolling);
     let v1 = h.sup.gens[&1].spec.clone();
     h.reload(1);
@@ -1487,8 +1487,8 @@ async fn rolling_reload_failing_midway_restores_the_old_generation_first() {
     assert!(h.gen_snap(2).is_none());
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_handed_over_worker_crashing_fails_the_reload() {
+#[test]
+fn rolling_reload_handed_over_worker_crashing_fails_the_reload() {
     let mut h = started(2, Rolling);
     h.reload(1);
     h.load(spec("v2", 2, Rolling));
@@ -1512,8 +1512,8 @@ async fn rolling_reload_handed_over_worker_crashing_fails_the_reload() {
     assert_eq!(h.gen_snap(1).unwrap().ready, 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_to_more_workers_that_fails_reverts_completely() {
+#[test]
+fn rolling_reload_to_more_workers_that_fails_reverts_completely() {
     // One old worker, three new ones: the new slot 1 has no old counterpart.
     let mut h = started(1, Rolling);
     h.reload(1);
@@ -1534,8 +1534,8 @@ async fn rolling_reload_to_more_workers_that_fails_reverts_completely() {
     assert!(h.live(2).is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_revert_leaves_a_given_up_old_slot_given_up() {
+#[test]
+fn rolling_revert_leaves_a_given_up_old_slot_given_up() {
     let mut p = policy(2, Rolling);
     p.restart.limit = 0;
     let mut h = started_with(spec_of("v1", p));
@@ -1568,8 +1568,8 @@ async fn rolling_revert_leaves_a_given_up_old_slot_given_up() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_to_fewer_workers_retires_the_extra_old_ones_at_the_end() {
+#[test]
+fn rolling_reload_to_fewer_workers_retires_the_extra_old_ones_at_the_end() {
     let mut h = started(3, Rolling);
     h.reload(1);
     h.load(spec("v2", 2, Rolling));
@@ -1579,15 +1579,15 @@ async fn rolling_reload_to_fewer_workers_retires_the_extra_old_ones_at_the_end()
     h.expect(&[progress(&[1]), term(2), term(3), ok(&[1], 2), Ev::Phase(Phase::Ready)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_old_worker_crash_in_a_slot_not_yet_handed_over_restarts_it() {
+#[test]
+fn rolling_reload_old_worker_crash_in_a_slot_not_yet_handed_over_restarts_it() {
     let mut h = started(2, Rolling);
     let v1 = h.sup.gens[&1].spec.clone();
     h.reload(1);
     h.load(spec("v2", 2, Rolling));
     h.take();
     h.crash(1, 1, FAIL);
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.expect(&[failed(1, 1, exited(FAIL, true)), spawn(4, 1, 1)]);
     assert!(Arc::ptr_eq(&h.specs[&4], &v1));
     h.ready(1, 1);
@@ -1619,24 +1619,24 @@ fn crash_for_delay(h: &mut H, generation: GenId, slot: usize) -> Option<Duration
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn crash_restarts_back_off_exponentially_then_give_up() {
+#[test]
+fn crash_restarts_back_off_exponentially_then_give_up() {
     let mut h = started(2, Parallel);
     for (i, delay) in [100, 200, 400, 800, 1600].into_iter().enumerate() {
         assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(delay)));
         h.expect(&[failed(1, 0, exited(FAIL, i == 0))]);
-        h.advance(ms(delay - 1)).await;
+        h.advance(ms(delay - 1));
         h.expect(&[]);
         assert!(h.sup.gens[&1].slots[0].worker.is_none());
         let w = h.next_worker();
-        h.advance(ms(1)).await;
+        h.advance(ms(1));
         h.expect(&[spawn(w, 1, 0)]);
     }
     assert_eq!(crash_for_delay(&mut h, 1, 0), None, "six crashes within a minute");
     h.expect(&[failed(1, 0, exited(FAIL, false))]);
     let g = h.gen_snap(1).unwrap();
     assert_eq!((g.given_up.as_slice(), g.restarts), ([0usize].as_slice(), 6));
-    h.advance(secs(120)).await;
+    h.advance(secs(120));
     h.expect(&[]);
     assert_eq!(h.live(1), [2], "slot 1 keeps serving");
 
@@ -1644,7 +1644,7 @@ async fn crash_restarts_back_off_exponentially_then_give_up() {
     for i in 0..5 {
         assert!(crash_for_delay(&mut h, 1, 1).is_some());
         h.expect(&[failed(1, 1, exited(FAIL, i == 0))]);
-        h.advance(secs(2)).await;
+        h.advance(secs(2));
         h.take();
     }
     assert_eq!(crash_for_delay(&mut h, 1, 1), None);
@@ -1655,61 +1655,61 @@ async fn crash_restarts_back_off_exponentially_then_give_up() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn crash_restart_delay_is_capped_at_max_delay() {
+#[test]
+fn crash_restart_delay_is_capped_at_max_delay() {
     let mut p = policy(1, Parallel);
     p.restart.max_delay = secs(1);
     p.restart.limit = 100;
     let mut h = started_with(spec_of("v1", p));
     for delay in [100, 200, 400, 800, 1000, 1000, 1000] {
         assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(delay)));
-        h.advance(ms(delay)).await;
+        h.advance(ms(delay));
     }
     assert!(h.gen_snap(1).unwrap().given_up.is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn crashes_older_than_the_window_are_forgotten() {
+#[test]
+fn crashes_older_than_the_window_are_forgotten() {
     let mut p = policy(1, Parallel);
     p.restart.limit = 2;
     p.restart.window = secs(10);
     let mut h = started_with(spec_of("v1", p));
     assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(100)));
-    h.advance(secs(5)).await;
+    h.advance(secs(5));
     h.ready(1, 0);
     assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(200)));
-    h.advance(ms(200)).await;
+    h.advance(ms(200));
     h.ready(1, 0);
-    h.advance(secs(5)).await; // the first crash is now 10.2s old
+    h.advance(secs(5)); // the first crash is now 10.2s old
     assert_eq!(
         crash_for_delay(&mut h, 1, 0),
         Some(ms(200)),
         "the first crash is forgotten"
     );
-    h.advance(ms(200)).await;
+    h.advance(ms(200));
     h.ready(1, 0);
     assert_eq!(crash_for_delay(&mut h, 1, 0), None, "three within 10s: given up");
     assert_eq!(h.take().last(), Some(&Ev::Exit(1)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn restarted_worker_that_never_gets_ready_is_replaced() {
+#[test]
+fn restarted_worker_that_never_gets_ready_is_replaced() {
     let mut h = started(1, Parallel);
     h.crash(1, 0, FAIL);
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.expect(&[failed(1, 0, exited(FAIL, true)), spawn(2, 1, 0)]);
-    h.advance(secs(60)).await;
+    h.advance(secs(60));
     h.expect(&[kill(2), failed(1, 0, not_ready())]);
-    h.advance(ms(200)).await;
+    h.advance(ms(200));
     h.expect(&[spawn(3, 1, 0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn restart_spawn_failure_counts_as_a_crash() {
+#[test]
+fn restart_spawn_failure_counts_as_a_crash() {
     let mut h = started(1, Parallel);
     h.crash(1, 0, FAIL);
     h.fail_spawns.insert((1, 0));
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     let spawn_failure = Failure::Spawn {
         error: "fork: out of memory".into(),
     };
@@ -1718,16 +1718,16 @@ async fn restart_spawn_failure_counts_as_a_crash() {
         spawn(2, 1, 0),
         failed(1, 0, spawn_failure),
     ]);
-    h.advance(ms(199)).await;
+    h.advance(ms(199));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[spawn(3, 1, 0)]);
 }
 
 // ---- 15. --wait -------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn wait_clients_are_answered_once_the_old_generation_has_exited() {
+#[test]
+fn wait_clients_are_answered_once_the_old_generation_has_exited() {
     let mut h = H::new();
     h.start(spec("v1", 2, Parallel));
     h.ready(1, 0);
@@ -1770,8 +1770,8 @@ async fn wait_clients_are_answered_once_the_old_generation_has_exited() {
     h.expect(&[ok(&[3], 4)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn wait_client_of_a_failed_reload_is_answered_at_once() {
+#[test]
+fn wait_client_of_a_failed_reload_is_answered_at_once() {
     let mut h = started(1, Parallel);
     h.reload_wait(1);
     h.load(spec("v2", 1, Parallel));
@@ -1785,8 +1785,8 @@ async fn wait_client_of_a_failed_reload_is_answered_at_once() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn wait_client_is_answered_even_if_baton_stops_meanwhile() {
+#[test]
+fn wait_client_is_answered_even_if_baton_stops_meanwhile() {
     let mut h = started(1, Parallel);
     h.reload_wait(1);
     h.load(spec("v2", 1, Parallel));
@@ -1802,15 +1802,15 @@ async fn wait_client_is_answered_even_if_baton_stops_meanwhile() {
 
 // ---- 16. STOPPING=1 and the worker watchdog --------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn stopping_from_a_serving_worker_replaces_it_and_counts_toward_the_limit() {
+#[test]
+fn stopping_from_a_serving_worker_replaces_it_and_counts_toward_the_limit() {
     let mut h = started(2, Parallel);
     let v1 = h.sup.gens[&1].spec.clone();
     h.send(1, Notify::Stopping);
     // It drains while its replacement comes up after the restart delay.
     h.expect(&[term(1)]);
     assert_eq!(h.sup.gens[&1].slots[0].crashes.len(), 1, "counts toward the limit");
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.expect(&[spawn(3, 1, 0)]);
     assert!(Arc::ptr_eq(&h.specs[&3], &v1));
     h.exit_after_signal(1);
@@ -1822,8 +1822,8 @@ async fn stopping_from_a_serving_worker_replaces_it_and_counts_toward_the_limit(
     assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(200)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_worker_that_keeps_sending_stopping_is_given_up() {
+#[test]
+fn a_worker_that_keeps_sending_stopping_is_given_up() {
     let mut h = started(1, Parallel);
     // limit = 5: five STOPPING=1 in the window are restarted (with backoff),
     // the sixth gives the slot up instead of looping forever.
@@ -1831,7 +1831,7 @@ async fn a_worker_that_keeps_sending_stopping_is_given_up() {
         let w = h.at(1, 0);
         h.send(w, Notify::Stopping);
         h.exit_after_signal(w);
-        h.advance(secs(2)).await;
+        h.advance(secs(2));
         h.ready(1, 0);
         h.take();
     }
@@ -1840,31 +1840,31 @@ async fn a_worker_that_keeps_sending_stopping_is_given_up() {
     assert_eq!(h.gen_snap(1).unwrap().given_up, [0]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn watchdog_trigger_replaces_the_worker_as_a_crash() {
+#[test]
+fn watchdog_trigger_replaces_the_worker_as_a_crash() {
     let mut p = policy(1, Parallel);
     p.watchdog = Some(secs(1));
     let mut h = started_with(spec_of("v1", p));
     h.send(1, Notify::WatchdogTrigger);
     h.expect(&[term(1), failed(1, 0, Failure::WatchdogTrigger)]);
     assert_eq!(h.sup.gens[&1].slots[0].crashes.len(), 1);
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.expect(&[spawn(2, 1, 0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn missed_watchdog_replaces_the_worker_and_pings_keep_it_alive() {
+#[test]
+fn missed_watchdog_replaces_the_worker_and_pings_keep_it_alive() {
     let mut p = policy(2, Parallel);
     p.watchdog = Some(secs(1));
     let mut h = started_with(spec_of("v1", p));
-    h.advance(ms(500)).await;
+    h.advance(ms(500));
     h.send(1, Notify::Watchdog);
-    h.advance(ms(500)).await;
+    h.advance(ms(500));
     h.expect(&[term(2), failed(1, 1, Failure::WatchdogTimeout)]);
     assert_eq!(h.sup.gens[&1].slots[1].crashes.len(), 1);
     h.send(1, Notify::Watchdog);
     for _ in 0..20 {
-        h.advance(ms(500)).await;
+        h.advance(ms(500));
         h.send(1, Notify::Watchdog);
         if let Some(&w) = h.live(1).iter().find(|&&w| w != 1) {
             if h.state(w) == Some(WorkerState::Starting) {
@@ -1880,8 +1880,8 @@ async fn missed_watchdog_replaces_the_worker_and_pings_keep_it_alive() {
 
 // ---- 17, 18. spawn failures and MAINPID ------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn spawn_failure_during_reload_fails_it() {
+#[test]
+fn spawn_failure_during_reload_fails_it() {
     let mut h = started(2, Parallel);
     h.reload(1);
     h.take();
@@ -1906,8 +1906,8 @@ async fn spawn_failure_during_reload_fails_it() {
     assert_eq!(h.live(1), [1, 2]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn mainpid_gets_the_stop_signal_and_the_group_gets_sigkill() {
+#[test]
+fn mainpid_gets_the_stop_signal_and_the_group_gets_sigkill() {
     let mut h = started(1, Parallel);
     h.send(1, Notify::MainPid(4242));
     assert_eq!(h.gen_snap(1).unwrap().workers[0].pid, Some(4242));
@@ -1924,12 +1924,12 @@ async fn mainpid_gets_the_stop_signal_and_the_group_gets_sigkill() {
         ok(&[1], 2),
         Ev::Phase(Phase::Ready),
     ]);
-    h.advance(secs(30)).await;
+    h.advance(secs(30));
     h.expect(&[Ev::KillGroup { worker: 1, pgid: 1001 }]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn stop_signal_comes_from_the_generation_policy() {
+#[test]
+fn stop_signal_comes_from_the_generation_policy() {
     let mut p = policy(1, Parallel);
     p.stop_signal = Signal::SIGQUIT;
     let mut h = started_with(spec_of("v1", p));
@@ -1949,15 +1949,15 @@ async fn stop_signal_comes_from_the_generation_policy() {
 
 // ---- the serving generation lost while a reload runs -----------------------------
 
-#[tokio::test(start_paused = true)]
-async fn config_error_after_the_serving_generation_gave_up_exits_1() {
+#[test]
+fn config_error_after_the_serving_generation_gave_up_exits_1() {
     let mut p = policy(1, Parallel);
     p.restart.limit = 1;
     let mut h = started_with(spec_of("v1", p));
     h.reload(1);
     h.take();
     h.crash(1, 0, FAIL);
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.crash(1, 0, FAIL);
     assert_eq!(h.gen_snap(1).unwrap().given_up, [0]);
     h.take();
@@ -1970,8 +1970,8 @@ async fn config_error_after_the_serving_generation_gave_up_exits_1() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn successful_reload_rescues_a_serving_generation_that_gave_up() {
+#[test]
+fn successful_reload_rescues_a_serving_generation_that_gave_up() {
     let mut p = policy(1, Parallel);
     p.restart.limit = 0;
     let mut h = started_with(spec_of("v1", p));
@@ -2107,7 +2107,7 @@ impl Run {
         }
     }
 
-    async fn step(&mut self) {
+    fn step(&mut self) {
         let r = &mut self.rng;
         match r.below(100) {
             0..=9 => self.request(),
@@ -2145,7 +2145,7 @@ impl Run {
             62..=75 => {
                 let d = [1, 10, 100, 100, 500, 1000, 2000, 6000, 11_000];
                 let d = self.rng.pick(&d).unwrap();
-                self.h.advance(ms(d)).await;
+                self.h.advance(ms(d));
             }
             76..=78 => {
                 if let Some(w) = self.rng.pick(&self.alive()) {
@@ -2209,7 +2209,7 @@ impl Run {
 
     /// Everything behaves from now on: a running reload must finish and
     /// the serving generation must get back to full strength.
-    async fn quiesce(&mut self) {
+    fn quiesce(&mut self) {
         for _ in 0..60 {
             if self.h.exit.is_some() || self.shutdown() {
                 return;
@@ -2238,7 +2238,7 @@ impl Run {
                 self.h.send(w, Notify::Watchdog);
             }
             self.h.exit_signalled();
-            self.h.advance(secs(1)).await;
+            self.h.advance(secs(1));
         }
         panic!(
             "did not settle: reload {:?}, queued {:?}, serving {:?}, candidate {:?}",
@@ -2247,7 +2247,7 @@ impl Run {
     }
 
     /// Stop, and let everything exit.
-    async fn finish(&mut self) {
+    fn finish(&mut self) {
         if self.h.exit.is_none() {
             self.h.stop();
             if self.rng.chance(30) {
@@ -2263,7 +2263,7 @@ impl Run {
             }
             self.h.exit_signalled();
             if self.h.exit.is_none() {
-                self.h.advance(secs(6)).await;
+                self.h.advance(secs(6));
             }
         }
         assert!(self.h.exit.is_some(), "never exited: {:?}", self.h.sup.workers);
@@ -2271,8 +2271,8 @@ impl Run {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn randomized_event_sequences_keep_the_invariants() {
+#[test]
+fn randomized_event_sequences_keep_the_invariants() {
     let mut cov = Coverage::default();
     for seed in 1..=200u64 {
         // Shown with the failure, to replay one seed.
@@ -2290,17 +2290,17 @@ async fn randomized_event_sequences_keep_the_invariants() {
         };
         // Most runs get past the first start; the rest exercise it.
         if run.rng.chance(80) {
-            run.quiesce().await;
+            run.quiesce();
         }
         for _ in 0..200 {
             if run.h.exit.is_some() {
                 break;
             }
-            run.step().await;
+            run.step();
             cov.steps += 1;
         }
-        run.quiesce().await;
-        run.finish().await;
+        run.quiesce();
+        run.finish();
 
         let h = &run.h;
         assert_eq!(h.actions.iter().filter(|a| matches!(a, Action::Exit(_))).count(), 1);
@@ -2343,8 +2343,8 @@ async fn randomized_event_sequences_keep_the_invariants() {
 
 // ---- issue 5: [stop] message and the memory limit ---------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
+#[test]
+fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
     let mut p = policy(1, Parallel);
     p.stop_message = true;
     p.stop_timeout = secs(10);
@@ -2359,19 +2359,19 @@ async fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
         !events.iter().any(|e| matches!(e, Ev::Signal { worker: 1, .. })),
         "{events:?}"
     );
-    h.advance(secs(5) - ms(1)).await;
+    h.advance(secs(5) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[term(1)]);
-    h.advance(secs(5)).await;
+    h.advance(secs(5));
     h.expect(&[Ev::KillGroup {
         worker: 1,
         pgid: pid_of(1),
     }]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_worker_that_leaves_on_the_message_gets_no_signal() {
+#[test]
+fn a_worker_that_leaves_on_the_message_gets_no_signal() {
     let mut p = policy(1, Parallel);
     p.stop_message = true;
     let mut h = started_with(spec_of("v1", p.clone()));
@@ -2380,7 +2380,7 @@ async fn a_worker_that_leaves_on_the_message_gets_no_signal() {
     h.ready(2, 0);
     h.take();
     h.exit_worker(1, ExitStatus::Code(0));
-    h.advance(secs(60)).await;
+    h.advance(secs(60));
     let events = h.take();
     assert!(
         !events
@@ -2396,8 +2396,8 @@ fn limited(workers: usize) -> Arc<GenSpec> {
     spec_of("v1", p)
 }
 
-#[tokio::test(start_paused = true)]
-async fn memory_limit_replaces_the_worker_only_once_its_successor_is_ready() {
+#[test]
+fn memory_limit_replaces_the_worker_only_once_its_successor_is_ready() {
     let mut h = started_with(limited(2));
     h.memory(1);
     // The successor starts in slot 0; the old worker is untouched.
@@ -2417,8 +2417,8 @@ async fn memory_limit_replaces_the_worker_only_once_its_successor_is_ready() {
     assert!(h.sup.gens[&1].slots[0].crashes.is_empty(), "and is not a crash");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_successor_that_fails_leaves_the_old_worker_serving() {
+#[test]
+fn a_successor_that_fails_leaves_the_old_worker_serving() {
     let mut h = started_with(limited(1));
     h.memory(1);
     h.expect(&[spawn(2, 1, 0)]);
@@ -2441,15 +2441,15 @@ async fn a_successor_that_fails_leaves_the_old_worker_serving() {
     );
     assert_eq!(h.live(1), [1]);
     // Its restart timer finds the slot occupied and starts nothing.
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     h.expect(&[]);
     // A later report tries again.
     h.memory(1);
     h.expect(&[spawn(3, 1, 0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_old_worker_crashing_hands_the_slot_to_its_starting_successor() {
+#[test]
+fn the_old_worker_crashing_hands_the_slot_to_its_starting_successor() {
     let mut h = started_with(limited(1));
     h.memory(1);
     h.expect(&[spawn(2, 1, 0)]);
@@ -2457,7 +2457,7 @@ async fn the_old_worker_crashing_hands_the_slot_to_its_starting_successor() {
     h.take();
     assert_eq!(h.at(1, 0), 2, "the successor holds the slot");
     h.send(2, Notify::Ready);
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     let events = h.take();
     assert!(
         !events.iter().any(|e| matches!(e, Ev::Spawn { .. })),
@@ -2467,8 +2467,8 @@ async fn the_old_worker_crashing_hands_the_slot_to_its_starting_successor() {
     assert_eq!(h.gen_snap(1).unwrap().ready, 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
+#[test]
+fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
     let mut h = started_with(limited(1));
     h.reload(1);
     h.load(limited(1));
@@ -2485,8 +2485,8 @@ async fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
 /// overflowing the clock, which used to panic baton ("overflow when adding
 /// duration to instant") at start, at the first crash, and when a reload
 /// retired the generation that pinned them.
-#[tokio::test(start_paused = true)]
-async fn huge_durations_saturate_instead_of_panicking() {
+#[test]
+fn huge_durations_saturate_instead_of_panicking() {
     let huge = Duration::MAX;
     let mut p = policy(2, Parallel);
     p.ready_timeout = huge;
@@ -2528,7 +2528,7 @@ async fn huge_durations_saturate_instead_of_panicking() {
     assert_eq!(h.sup.serving, Some(2));
     assert!(h.armed(Timer::Stop(1)).is_some_and(|at| at > far));
     assert!(h.armed(Timer::Escalate(1)).is_some_and(|at| at > far));
-    h.advance(secs(3600)).await;
+    h.advance(secs(3600));
     h.exit_worker(1, TERMED);
     h.stop();
     h.exit_signalled();
@@ -2551,21 +2551,21 @@ fn after_saturates() {
 
 /// Every failure line says what happens next, and the last one, when baton
 /// gives up, says so: it once said "restarting it" while baton exited.
-#[tokio::test(start_paused = true)]
-async fn the_log_says_what_happens_next_down_to_the_exit() {
+#[test]
+fn the_log_says_what_happens_next_down_to_the_exit() {
     let mut p = policy(2, Parallel);
     p.restart.limit = 1;
     p.restart.window = secs(600);
     let mut h = started_with(spec_of("v1", p));
     let ok0 = ExitStatus::Code(0);
     h.crash(1, 0, ok0);
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.crash(1, 0, ok0);
     // Slot 1: a restarted worker that is never ready is stopped, then
     // given up; that was the last slot, so baton exits.
     h.crash(1, 1, FAIL);
-    h.advance(ms(100)).await;
-    h.advance(secs(60)).await;
+    h.advance(ms(100));
+    h.advance(secs(60));
     h.exit_signalled();
     assert_eq!(h.exit, Some(1), "{:#?}\n{:#?}", h.log, h.events);
     assert_eq!(
@@ -2582,13 +2582,13 @@ async fn the_log_says_what_happens_next_down_to_the_exit() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn failed_spawns_and_stopping_workers_say_what_happens_next() {
+#[test]
+fn failed_spawns_and_stopping_workers_say_what_happens_next() {
     let mut h = started(1, Parallel);
     h.fail_spawns.insert((1, 0));
     h.crash(1, 0, FAIL);
-    h.advance(ms(100)).await;
-    h.advance(ms(200)).await;
+    h.advance(ms(100));
+    h.advance(ms(200));
     let w = h.at(1, 0);
     h.ready(1, 0);
     h.send(w, Notify::Stopping);
