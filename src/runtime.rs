@@ -135,7 +135,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// What a spawn prepared on the loop, completed when the spawner answers.
 struct Pending {
-    generation: u64,
+    generation: GenId,
     slot: usize,
     endpoint: Endpoint,
     out: OwnedFd,
@@ -344,7 +344,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         retired: BTreeSet::new(),
         old_tails: VecDeque::new(),
         clients: BTreeMap::new(),
-        next_client: 1,
+        next_client: ClientId::new(1),
         rejected: RateLimit::new(Duration::from_secs(10)),
         notify_errors: SharedRateLimit::new(Duration::from_secs(10)),
         started: Instant::now(),
@@ -519,7 +519,7 @@ impl Driver {
             Event::Memory(used) => self.memory_sampled(used),
             Event::Control(Command::Reload { wait, replies }) => {
                 let client = self.next_client;
-                self.next_client += 1;
+                self.next_client = client.next();
                 self.clients.insert(client, replies);
                 self.core.request_reload(now, Some(Waiter { client, wait }));
             }
@@ -710,7 +710,7 @@ impl Driver {
                 );
                 ReloadAnswer {
                     ok: true,
-                    generation: Some(ok.generation),
+                    generation: Some(ok.generation.get()),
                     message: format!("generation {} is serving", ok.generation),
                     output: Vec::new(),
                 }
@@ -718,7 +718,7 @@ impl Driver {
             Err(e) => {
                 tracing::error!("reload failed: {e}");
                 let (generation, output) = match e {
-                    ReloadError::Worker { fault } => (Some(fault.generation), self.tail_of(fault.worker)),
+                    ReloadError::Worker { fault } => (Some(fault.generation.get()), self.tail_of(fault.worker)),
                     _ => (None, Vec::new()),
                 };
                 ReloadAnswer {
@@ -738,7 +738,7 @@ impl Driver {
 
     /// Prepares a worker's pipes and sockets here, then hands the fork to
     /// the spawner thread, which answers with `Event::Spawned`.
-    fn spawn(&mut self, worker: WorkerId, generation: u64, slot: usize, spec: &GenSpec) {
+    fn spawn(&mut self, worker: WorkerId, generation: GenId, slot: usize, spec: &GenSpec) {
         match self.prepare(worker, generation, slot, spec) {
             Ok((cmd, fds, pending)) => {
                 self.pending.insert(worker, pending);
@@ -761,7 +761,7 @@ impl Driver {
     fn prepare(
         &self,
         worker: WorkerId,
-        generation: u64,
+        generation: GenId,
         slot: usize,
         spec: &GenSpec,
     ) -> Result<(sys::Command, Vec<OwnedFd>, Pending), String> {
@@ -781,12 +781,12 @@ impl Driver {
             true => Some(crate::ipc::channel().map_err(|e| format!("Node IPC channel: {e}"))?),
             false => None,
         };
-        let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
+        let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation.get(), slot)
             .map_err(|e| crate::commands::chain(&e))?;
         let cgroup = match &self.tree {
             Ok(tree) => {
                 let (cg, procs) = tree
-                    .worker(generation, slot, worker)
+                    .worker(generation.get(), slot, worker.get())
                     .map_err(|e| format!("cannot create its cgroup: {e}"))?;
                 cmd.join_cgroup(procs);
                 Some(cg)
@@ -881,7 +881,7 @@ impl Driver {
 
         let origin = Origin {
             name: self.name.clone(),
-            generation,
+            generation: generation.get(),
             slot,
             pid,
         };
@@ -1324,7 +1324,7 @@ fn generation_of(pid: i32, name: &str) -> Option<GenId> {
     let mut ours = false;
     for var in environ.split(|&b| b == 0) {
         if let Some(v) = var.strip_prefix(b"BATON_GENERATION=") {
-            generation = std::str::from_utf8(v).ok()?.parse().ok();
+            generation = std::str::from_utf8(v).ok()?.parse().ok().map(GenId::new);
         } else if let Some(v) = var.strip_prefix(b"BATON_NAME=") {
             ours = v == name.as_bytes();
         }

@@ -63,10 +63,52 @@ pub fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(FAR)).unwrap_or(now)
 }
 
-pub type GenId = u64;
-pub type WorkerId = u64;
-/// A control-socket client waiting for a reload's answer.
-pub type ClientId = u64;
+/// Declares an id newtype: a `u64` that cannot be mixed up with the other
+/// ids, shown (and serialized) as its number.
+macro_rules! id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(u64);
+
+        impl $name {
+            pub const fn new(n: u64) -> Self {
+                $name(n)
+            }
+
+            pub const fn get(self) -> u64 {
+                self.0
+            }
+
+            /// The id after this one (ids are handed out in order).
+            #[must_use]
+            pub const fn next(self) -> Self {
+                $name(self.0.saturating_add(1))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id! {
+    /// A generation: 1 for the first start, one more for each reload.
+    GenId
+}
+id! {
+    /// A worker: one start of one slot; never reused.
+    WorkerId
+}
+id! {
+    /// A control-socket client waiting for a reload's answer (the driver
+    /// hands these out).
+    ClientId
+}
 
 /// How a process ended, as `waitpid` reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -471,8 +513,8 @@ impl Default for Supervisor {
 impl Supervisor {
     pub fn new() -> Self {
         Supervisor {
-            next_worker: 1,
-            next_gen: 1,
+            next_worker: WorkerId(1),
+            next_gen: GenId(1),
             gens: BTreeMap::new(),
             workers: BTreeMap::new(),
             serving: None,
@@ -901,7 +943,7 @@ impl Supervisor {
 
     fn new_generation(&mut self, now: Instant, spec: Arc<GenSpec>) -> GenId {
         let id = self.next_gen;
-        self.next_gen += 1;
+        self.next_gen = id.next();
         let slots = (0..spec.policy.workers).map(|_| Slot::default()).collect();
         self.gens.insert(
             id,
@@ -937,7 +979,7 @@ impl Supervisor {
         };
         let Some(s) = g.slots.get_mut(slot) else { return };
         let id = self.next_worker;
-        self.next_worker += 1;
+        self.next_worker = id.next();
         if successor {
             s.successor = Some(id);
         } else {

@@ -185,7 +185,7 @@ impl Harness {
                 let waiter = match s.byte() % 3 {
                     0 => None,
                     n => {
-                        self.next_client += 1;
+                        self.next_client = self.next_client.next();
                         self.waiting.insert(self.next_client);
                         Some(Waiter {
                             client: self.next_client,
@@ -269,7 +269,7 @@ fuzz_target!(|data: &[u8]| {
         to_spawn: Vec::new(),
         live: Vec::new(),
         load_pending: false,
-        next_client: 0,
+        next_client: ClientId::new(0),
         waiting: BTreeSet::new(),
         next_pid: 1000,
         exit: None,

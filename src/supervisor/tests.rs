@@ -27,6 +27,33 @@ const KILLED: ExitStatus = ExitStatus::Signal {
     core_dumped: false,
 };
 
+/// Tests name ids by number (`h.send(2, ..)` is worker 2) or pass the ids
+/// the harness returned; this takes either.
+trait Id<T> {
+    fn id(self) -> T;
+}
+
+macro_rules! test_id {
+    ($($t:ident),*) => {$(
+        impl Id<$t> for u64 {
+            fn id(self) -> $t {
+                $t(self)
+            }
+        }
+        impl Id<$t> for $t {
+            fn id(self) -> $t {
+                self
+            }
+        }
+    )*};
+}
+
+test_id!(WorkerId, GenId, ClientId);
+
+fn clients(ids: &[u64]) -> Vec<ClientId> {
+    ids.iter().map(|&c| ClientId(c)).collect()
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -76,7 +103,7 @@ fn spec(tag: &str, workers: usize, strategy: ReloadStrategy) -> Arc<GenSpec> {
 
 /// The fake OS gives worker N pid 1000 + N.
 fn pid_of(worker: WorkerId) -> i32 {
-    1000 + worker as i32
+    1000 + worker.0 as i32
 }
 
 // ---- what the supervisor did, in a form tests can compare exactly --------
@@ -135,7 +162,9 @@ fn why(e: &ReloadError) -> Why {
     }
 }
 
-fn spawn(worker: WorkerId, generation: GenId, slot: usize) -> Ev {
+fn spawn(worker: impl Id<WorkerId>, generation: impl Id<GenId>, slot: usize) -> Ev {
+    let worker: WorkerId = worker.id();
+    let generation: GenId = generation.id();
     Ev::Spawn {
         worker,
         generation,
@@ -143,7 +172,8 @@ fn spawn(worker: WorkerId, generation: GenId, slot: usize) -> Ev {
     }
 }
 
-fn term(worker: WorkerId) -> Ev {
+fn term(worker: impl Id<WorkerId>) -> Ev {
+    let worker: WorkerId = worker.id();
     Ev::Signal {
         worker,
         pid: pid_of(worker),
@@ -151,26 +181,28 @@ fn term(worker: WorkerId) -> Ev {
     }
 }
 
-fn kill(worker: WorkerId) -> Ev {
+fn kill(worker: impl Id<WorkerId>) -> Ev {
+    let worker: WorkerId = worker.id();
     Ev::KillGroup {
         worker,
         pgid: pid_of(worker),
     }
 }
 
-fn ok(clients: &[ClientId], generation: GenId) -> Ev {
-    Ev::Done(clients.to_vec(), Ok(generation))
+fn ok(ids: &[u64], generation: impl Id<GenId>) -> Ev {
+    Ev::Done(clients(ids), Ok(generation.id()))
 }
 
-fn err(clients: &[ClientId], why: Why) -> Ev {
-    Ev::Done(clients.to_vec(), Err(why))
+fn err(ids: &[u64], why: Why) -> Ev {
+    Ev::Done(clients(ids), Err(why))
 }
 
-fn progress(clients: &[ClientId]) -> Ev {
-    Ev::Progress(clients.to_vec())
+fn progress(ids: &[u64]) -> Ev {
+    Ev::Progress(clients(ids))
 }
 
-fn failed(generation: GenId, slot: usize, failure: Failure) -> Ev {
+fn failed(generation: impl Id<GenId>, slot: usize, failure: Failure) -> Ev {
+    let generation: GenId = generation.id();
     Ev::Failed {
         generation,
         slot,
@@ -178,7 +210,8 @@ fn failed(generation: GenId, slot: usize, failure: Failure) -> Ev {
     }
 }
 
-fn worker_failed(generation: GenId, slot: usize, failure: Failure) -> Why {
+fn worker_failed(generation: impl Id<GenId>, slot: usize, failure: Failure) -> Why {
+    let generation: GenId = generation.id();
     Why::Worker {
         generation,
         slot,
@@ -653,11 +686,13 @@ impl H {
         self.call(Cause::Other, |s, now| s.request_reload(now, waiter));
     }
 
-    fn reload(&mut self, client: ClientId) {
+    fn reload(&mut self, client: impl Id<ClientId>) {
+        let client: ClientId = client.id();
         self.request(Some(Waiter { client, wait: false }));
     }
 
-    fn reload_wait(&mut self, client: ClientId) {
+    fn reload_wait(&mut self, client: impl Id<ClientId>) {
+        let client: ClientId = client.id();
         self.request(Some(Waiter { client, wait: true }));
     }
 
@@ -680,7 +715,8 @@ impl H {
     }
 
     /// The driver saw `worker` above its memory limit.
-    fn memory(&mut self, worker: WorkerId) {
+    fn memory(&mut self, worker: impl Id<WorkerId>) {
+        let worker: WorkerId = worker.id();
         self.call(Cause::Other, |s, now| s.memory_exceeded(now, worker));
     }
 
@@ -688,7 +724,8 @@ impl H {
         self.call(Cause::Other, |s, now| s.request_stop(now));
     }
 
-    fn send(&mut self, worker: WorkerId, msg: Notify) {
+    fn send(&mut self, worker: impl Id<WorkerId>, msg: Notify) {
+        let worker: WorkerId = worker.id();
         assert!(
             self.alive.contains_key(&worker),
             "message from worker {worker}, which is not running"
@@ -700,13 +737,15 @@ impl H {
     }
 
     /// The worker's process exits with `status`.
-    fn exit_worker(&mut self, worker: WorkerId, status: ExitStatus) {
+    fn exit_worker(&mut self, worker: impl Id<WorkerId>, status: ExitStatus) {
+        let worker: WorkerId = worker.id();
         assert!(self.alive.remove(&worker).is_some(), "worker {worker} is not running");
         self.call(Cause::Other, |s, now| s.exited(now, worker, status));
     }
 
     /// A retiring worker that obeys its stop signal (or dies of SIGKILL).
-    fn exit_after_signal(&mut self, worker: WorkerId) {
+    fn exit_after_signal(&mut self, worker: impl Id<WorkerId>) {
+        let worker: WorkerId = worker.id();
         assert!(
             self.signalled.contains(&worker) || self.messaged.contains(&worker) || self.killed.contains(&worker),
             "worker {worker} was never asked to stop"
@@ -730,7 +769,8 @@ impl H {
     }
 
     /// Answers a held spawn.
-    fn release(&mut self, worker: WorkerId, error: Option<&str>) {
+    fn release(&mut self, worker: impl Id<WorkerId>, error: Option<&str>) {
+        let worker: WorkerId = worker.id();
         let i = self.held.iter().position(|&w| w == worker).expect("spawn not held");
         self.held.remove(i);
         self.answer_spawn(worker, error.map(str::to_owned));
@@ -740,29 +780,34 @@ impl H {
     }
 
     /// The live worker in this slot.
-    fn at(&self, generation: GenId, slot: usize) -> WorkerId {
+    fn at(&self, generation: impl Id<GenId>, slot: usize) -> WorkerId {
+        let generation: GenId = generation.id();
         self.sup.gens[&generation].slots[slot]
             .worker
             .unwrap_or_else(|| panic!("no live worker in slot {slot} of generation {generation}"))
     }
 
-    fn ready(&mut self, generation: GenId, slot: usize) {
+    fn ready(&mut self, generation: impl Id<GenId>, slot: usize) {
+        let generation: GenId = generation.id();
         let w = self.at(generation, slot);
         self.send(w, Notify::Ready);
     }
 
-    fn crash(&mut self, generation: GenId, slot: usize, status: ExitStatus) -> WorkerId {
+    fn crash(&mut self, generation: impl Id<GenId>, slot: usize, status: ExitStatus) -> WorkerId {
+        let generation: GenId = generation.id();
         let w = self.at(generation, slot);
         self.exit_worker(w, status);
         w
     }
 
     /// Live (not retiring) workers of a generation, by id.
-    fn live(&self, generation: GenId) -> Vec<WorkerId> {
-        self.sup.live_workers(generation).map(|(&id, _)| id).collect()
+    fn live(&self, generation: impl Id<GenId>) -> Vec<u64> {
+        let generation: GenId = generation.id();
+        self.sup.live_workers(generation).map(|(&id, _)| id.0).collect()
     }
 
-    fn state(&self, worker: WorkerId) -> Option<WorkerState> {
+    fn state(&self, worker: impl Id<WorkerId>) -> Option<WorkerState> {
+        let worker: WorkerId = worker.id();
         self.sup.workers.get(&worker).map(|w| w.state)
     }
 
@@ -774,7 +819,8 @@ impl H {
         self.sup.snapshot(self.now)
     }
 
-    fn gen_snap(&self, generation: GenId) -> Option<GenerationSnapshot> {
+    fn gen_snap(&self, generation: impl Id<GenId>) -> Option<GenerationSnapshot> {
+        let generation: GenId = generation.id();
         self.snap().generations.into_iter().find(|g| g.id == generation)
     }
 
@@ -792,7 +838,8 @@ impl H {
         self.sup.armed.get(&timer).map(|&(at, _)| at)
     }
 
-    fn answer(&self, client: ClientId) -> &ReloadResult {
+    fn answer(&self, client: impl Id<ClientId>) -> &ReloadResult {
+        let client: ClientId = client.id();
         let a = &self.answers[&client];
         assert_eq!(a.len(), 1, "client {client}: {a:?}");
         &a[0]
@@ -811,7 +858,7 @@ fn started_with(spec: Arc<GenSpec>) -> H {
     for slot in 0..workers {
         h.ready(1, slot);
     }
-    assert_eq!(h.sup.serving, Some(1));
+    assert_eq!(h.sup.serving, Some(GenId(1)));
     assert_eq!(h.take().last(), Some(&Ev::Phase(Phase::Ready)));
     h
 }
@@ -830,13 +877,13 @@ fn first_start_is_ready_only_when_every_worker_is() {
     h.start(v1.clone());
     h.expect(&[spawn(1, 1, 0), spawn(2, 1, 1), spawn(3, 1, 2)]);
     for w in 1..=3 {
-        assert!(Arc::ptr_eq(&h.specs[&w], &v1));
+        assert!(Arc::ptr_eq(&h.specs[&WorkerId(w)], &v1));
         assert_eq!(h.state(w), Some(WorkerState::Starting));
-        assert_eq!(h.armed(Timer::Ready(w)), Some(t0 + secs(60)));
+        assert_eq!(h.armed(Timer::Ready(WorkerId(w))), Some(t0 + secs(60)));
     }
     let snap = h.snap();
     assert_eq!(snap.phase, Phase::Starting);
-    assert_eq!((snap.serving, snap.candidate), (None, Some(1)));
+    assert_eq!((snap.serving, snap.candidate), (None, Some(GenId(1))));
     assert_eq!(snap.generations[0].role, Role::Starting);
 
     h.ready(1, 0);
@@ -850,7 +897,7 @@ fn first_start_is_ready_only_when_every_worker_is() {
     h.expect(&[Ev::Phase(Phase::Ready)]);
     let snap = h.snap();
     assert_eq!(snap.phase, Phase::Ready);
-    assert_eq!((snap.serving, snap.candidate), (Some(1), None));
+    assert_eq!((snap.serving, snap.candidate), (Some(GenId(1)), None));
     let g = &snap.generations[0];
     assert_eq!((g.role, g.ready, g.slots), (Role::Serving, 3, 3));
     assert_eq!(g.command, ["server", "v1"]);
@@ -910,7 +957,7 @@ fn first_start_readiness_timeout_exits_1() {
 #[test]
 fn first_start_spawn_failure_exits_1() {
     let mut h = H::new();
-    h.fail_spawns.insert((1, 1));
+    h.fail_spawns.insert((GenId(1), 1));
     h.start(spec("v1", 2, Parallel));
     h.expect(&[
         spawn(1, 1, 0),
@@ -934,7 +981,7 @@ fn first_start_spawn_failure_exits_1() {
 #[test]
 fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_ready() {
     let mut h = started(2, Parallel);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.reload(7);
     h.expect(&[Ev::Phase(Phase::Reloading), Ev::LoadConfig]);
     assert!(h.snap().reload_in_progress);
@@ -942,11 +989,11 @@ fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_ready() 
     let v2 = spec("v2", 2, Parallel);
     h.load(v2.clone());
     h.expect(&[progress(&[7]), spawn(3, 2, 0), spawn(4, 2, 1)]);
-    assert!(Arc::ptr_eq(&h.specs[&3], &v2) && Arc::ptr_eq(&h.specs[&4], &v2));
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(3)], &v2) && Arc::ptr_eq(&h.specs[&WorkerId(4)], &v2));
     let snap = h.snap();
     assert_eq!(
         (snap.serving, snap.candidate, snap.phase),
-        (Some(1), Some(2), Phase::Reloading)
+        (Some(GenId(1)), Some(GenId(2)), Phase::Reloading)
     );
 
     h.ready(2, 1);
@@ -961,19 +1008,19 @@ fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_ready() 
     h.ready(2, 0);
     h.expect(&[term(1), term(2), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
     match h.answer(7) {
-        Ok(ok) => assert_eq!((ok.generation, ok.elapsed_ms), (2, 1000)),
+        Ok(ok) => assert_eq!((ok.generation, ok.elapsed_ms), (GenId(2), 1000)),
         Err(e) => panic!("{e}"),
     }
     let snap = h.snap();
     assert_eq!(
         (snap.serving, snap.candidate, snap.phase),
-        (Some(2), None, Phase::Ready)
+        (Some(GenId(2)), None, Phase::Ready)
     );
     assert_eq!(h.gen_snap(1).unwrap().role, Role::Retiring);
     assert_eq!(h.gen_snap(2).unwrap().role, Role::Serving);
     let last = snap.last_reload.unwrap();
-    assert!(last.ok && last.generation == Some(2), "{last:?}");
-    assert_eq!(h.sup.gens[&1].spec, v1);
+    assert!(last.ok && last.generation == Some(GenId(2)), "{last:?}");
+    assert_eq!(h.sup.gens[&GenId(1)].spec, v1);
 
     h.exit_after_signal(1);
     assert!(h.gen_snap(1).is_some());
@@ -1004,16 +1051,16 @@ fn new_worker_exiting_before_ready_fails_the_reload() {
     let Err(ReloadError::Worker { fault }) = h.answer(7) else {
         panic!("{:?}", h.answer(7))
     };
-    assert_eq!((fault.worker, fault.pid), (5, Some(1005)));
+    assert_eq!((fault.worker, fault.pid), (WorkerId(5), Some(1005)));
     assert_eq!(
         fault.to_string(),
         "worker 1 of generation 2 (pid 1005) exited with status 3 before it became ready"
     );
     // The old generation got no signal and serves at full strength.
-    assert!(h.signalled.iter().all(|&w| w > 3));
+    assert!(h.signalled.iter().all(|&w| w > WorkerId(3)));
     let g1 = h.gen_snap(1).unwrap();
     assert_eq!((g1.role, g1.ready), (Role::Serving, 3));
-    assert_eq!(h.snap().serving, Some(1));
+    assert_eq!(h.snap().serving, Some(GenId(1)));
     assert!(!h.snap().last_reload.unwrap().ok);
 
     h.exit_after_signal(4);
@@ -1051,7 +1098,7 @@ fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
     assert!(h.gen_snap(2).is_none());
     assert_eq!(h.live(1), [1, 2]);
     assert_eq!(h.gen_snap(1).unwrap().ready, 2);
-    assert!(!h.signalled.contains(&1) && !h.signalled.contains(&2));
+    assert!(!h.signalled.contains(&WorkerId(1)) && !h.signalled.contains(&WorkerId(2)));
 }
 
 #[test]
@@ -1070,7 +1117,7 @@ fn new_worker_crashing_after_ready_fails_a_parallel_reload() {
         Ev::Phase(Phase::Ready),
     ]);
     assert_eq!(h.live(1), [1, 2]);
-    assert_eq!(h.snap().serving, Some(1));
+    assert_eq!(h.snap().serving, Some(GenId(1)));
 }
 
 #[test]
@@ -1164,7 +1211,7 @@ fn delay_mode_marks_workers_ready_after_the_delay() {
 #[test]
 fn old_worker_crashing_during_reload_restarts_with_the_old_spec() {
     let mut h = started(2, Parallel);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.reload(7);
     h.load(spec("v2", 2, Parallel));
     h.take();
@@ -1174,8 +1221,8 @@ fn old_worker_crashing_during_reload_restarts_with_the_old_spec() {
     h.expect(&[]);
     h.advance(ms(1));
     h.expect(&[spawn(5, 1, 0)]);
-    assert!(Arc::ptr_eq(&h.specs[&5], &v1), "rule 4");
-    assert_eq!(h.specs[&5].launch.argv, ["server", "v1"]);
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(5)], &v1), "rule 4");
+    assert_eq!(h.specs[&WorkerId(5)].launch.argv, ["server", "v1"]);
     h.ready(1, 0);
     h.expect(&[]);
     assert_eq!(h.gen_snap(1).unwrap().restarts, 1);
@@ -1431,7 +1478,7 @@ fn rolling_reload_replaces_one_slot_at_a_time() {
 #[test]
 fn rolling_reload_failing_midway_restores_the_old_generation_first() {
     let mut h = started(4, Rolling);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.reload(1);
     h.load(spec("v2", 4, Rolling));
     h.ready(2, 0);
@@ -1460,7 +1507,7 @@ fn rolling_reload_failing_midway_restores_the_old_generation_first() {
         spawn(9, 1, 1),
     ]);
     assert!(
-        Arc::ptr_eq(&h.specs[&8], &v1) && Arc::ptr_eq(&h.specs[&9], &v1),
+        Arc::ptr_eq(&h.specs[&WorkerId(8)], &v1) && Arc::ptr_eq(&h.specs[&WorkerId(9)], &v1),
         "rule 4"
     );
     // The ready new workers keep serving slots 0 and 1 meanwhile.
@@ -1478,7 +1525,7 @@ fn rolling_reload_failing_midway_restores_the_old_generation_first() {
     ]);
 
     let snap = h.snap();
-    assert_eq!((snap.serving, snap.candidate), (Some(1), None));
+    assert_eq!((snap.serving, snap.candidate), (Some(GenId(1)), None));
     let g1 = h.gen_snap(1).unwrap();
     assert_eq!((g1.ready, g1.slots), (4, 4), "back at full strength");
     assert_eq!(h.live(1), [3, 4, 8, 9]);
@@ -1582,14 +1629,14 @@ fn rolling_reload_to_fewer_workers_retires_the_extra_old_ones_at_the_end() {
 #[test]
 fn rolling_reload_old_worker_crash_in_a_slot_not_yet_handed_over_restarts_it() {
     let mut h = started(2, Rolling);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.reload(1);
     h.load(spec("v2", 2, Rolling));
     h.take();
     h.crash(1, 1, FAIL);
     h.advance(ms(100));
     h.expect(&[failed(1, 1, exited(FAIL, true)), spawn(4, 1, 1)]);
-    assert!(Arc::ptr_eq(&h.specs[&4], &v1));
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(4)], &v1));
     h.ready(1, 1);
     h.ready(2, 0);
     h.ready(2, 1);
@@ -1607,7 +1654,8 @@ fn rolling_reload_old_worker_crash_in_a_slot_not_yet_handed_over_restarts_it() {
 // ---- 14. crash restarts ---------------------------------------------------------
 
 /// Crashes the slot's worker; returns the restart delay armed for it.
-fn crash_for_delay(h: &mut H, generation: GenId, slot: usize) -> Option<Duration> {
+fn crash_for_delay(h: &mut H, generation: u64, slot: usize) -> Option<Duration> {
+    let generation = GenId(generation);
     let before = h.sup.timer_seq;
     let now = h.now;
     h.crash(generation, slot, FAIL);
@@ -1627,7 +1675,7 @@ fn crash_restarts_back_off_exponentially_then_give_up() {
         h.expect(&[failed(1, 0, exited(FAIL, i == 0))]);
         h.advance(ms(delay - 1));
         h.expect(&[]);
-        assert!(h.sup.gens[&1].slots[0].worker.is_none());
+        assert!(h.sup.gens[&GenId(1)].slots[0].worker.is_none());
         let w = h.next_worker();
         h.advance(ms(1));
         h.expect(&[spawn(w, 1, 0)]);
@@ -1708,7 +1756,7 @@ fn restarted_worker_that_never_gets_ready_is_replaced() {
 fn restart_spawn_failure_counts_as_a_crash() {
     let mut h = started(1, Parallel);
     h.crash(1, 0, FAIL);
-    h.fail_spawns.insert((1, 0));
+    h.fail_spawns.insert((GenId(1), 0));
     h.advance(ms(100));
     let spawn_failure = Failure::Spawn {
         error: "fork: out of memory".into(),
@@ -1739,7 +1787,7 @@ fn wait_clients_are_answered_once_the_old_generation_has_exited() {
     h.ready(2, 0);
     h.ready(2, 1);
     h.expect(&[term(1), term(2), progress(&[1]), Ev::Phase(Phase::Ready)]);
-    assert!(h.answers[&1].is_empty());
+    assert!(h.answers[&ClientId(1)].is_empty());
     h.exit_after_signal(1);
     h.expect(&[]);
     h.exit_after_signal(2);
@@ -1805,14 +1853,18 @@ fn wait_client_is_answered_even_if_baton_stops_meanwhile() {
 #[test]
 fn stopping_from_a_serving_worker_replaces_it_and_counts_toward_the_limit() {
     let mut h = started(2, Parallel);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.send(1, Notify::Stopping);
     // It drains while its replacement comes up after the restart delay.
     h.expect(&[term(1)]);
-    assert_eq!(h.sup.gens[&1].slots[0].crashes.len(), 1, "counts toward the limit");
+    assert_eq!(
+        h.sup.gens[&GenId(1)].slots[0].crashes.len(),
+        1,
+        "counts toward the limit"
+    );
     h.advance(ms(100));
     h.expect(&[spawn(3, 1, 0)]);
-    assert!(Arc::ptr_eq(&h.specs[&3], &v1));
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(3)], &v1));
     h.exit_after_signal(1);
     h.expect(&[]);
     h.ready(1, 0);
@@ -1847,7 +1899,7 @@ fn watchdog_trigger_replaces_the_worker_as_a_crash() {
     let mut h = started_with(spec_of("v1", p));
     h.send(1, Notify::WatchdogTrigger);
     h.expect(&[term(1), failed(1, 0, Failure::WatchdogTrigger)]);
-    assert_eq!(h.sup.gens[&1].slots[0].crashes.len(), 1);
+    assert_eq!(h.sup.gens[&GenId(1)].slots[0].crashes.len(), 1);
     h.advance(ms(100));
     h.expect(&[spawn(2, 1, 0)]);
 }
@@ -1861,7 +1913,7 @@ fn missed_watchdog_replaces_the_worker_and_pings_keep_it_alive() {
     h.send(1, Notify::Watchdog);
     h.advance(ms(500));
     h.expect(&[term(2), failed(1, 1, Failure::WatchdogTimeout)]);
-    assert_eq!(h.sup.gens[&1].slots[1].crashes.len(), 1);
+    assert_eq!(h.sup.gens[&GenId(1)].slots[1].crashes.len(), 1);
     h.send(1, Notify::Watchdog);
     for _ in 0..20 {
         h.advance(ms(500));
@@ -1885,7 +1937,7 @@ fn spawn_failure_during_reload_fails_it() {
     let mut h = started(2, Parallel);
     h.reload(1);
     h.take();
-    h.fail_spawns.insert((2, 1));
+    h.fail_spawns.insert((GenId(2), 1));
     h.load(spec("v2", 2, Parallel));
     let failure = Failure::Spawn {
         error: "fork: out of memory".into(),
@@ -1917,7 +1969,7 @@ fn mainpid_gets_the_stop_signal_and_the_group_gets_sigkill() {
     h.ready(2, 0);
     h.expect(&[
         Ev::Signal {
-            worker: 1,
+            worker: WorkerId(1),
             pid: 4242,
             signal: Signal::SIGTERM,
         },
@@ -1925,7 +1977,10 @@ fn mainpid_gets_the_stop_signal_and_the_group_gets_sigkill() {
         Ev::Phase(Phase::Ready),
     ]);
     h.advance(secs(30));
-    h.expect(&[Ev::KillGroup { worker: 1, pgid: 1001 }]);
+    h.expect(&[Ev::KillGroup {
+        worker: WorkerId(1),
+        pgid: 1001,
+    }]);
 }
 
 #[test]
@@ -1940,7 +1995,7 @@ fn stop_signal_comes_from_the_generation_policy() {
     assert_eq!(
         h.take()[0],
         Ev::Signal {
-            worker: 1,
+            worker: WorkerId(1),
             pid: 1001,
             signal: Signal::SIGQUIT
         }
@@ -2067,7 +2122,7 @@ struct Coverage {
 struct Run {
     h: H,
     rng: Rng,
-    next_client: ClientId,
+    next_client: u64,
     version: u64,
 }
 
@@ -2089,7 +2144,7 @@ impl Run {
         self.next_client += 1;
         let wait = self.rng.chance(30);
         self.h.request(Some(Waiter {
-            client: self.next_client,
+            client: ClientId(self.next_client),
             wait,
         }));
     }
@@ -2170,7 +2225,7 @@ impl Run {
             }
             89 => {
                 if let Some(w) = self.rng.pick(&self.alive()) {
-                    self.h.send(w, Notify::MainPid(50_000 + w as i32));
+                    self.h.send(w, Notify::MainPid(50_000 + w.0 as i32));
                 }
             }
             90..=95 => {
@@ -2322,7 +2377,9 @@ fn randomized_event_sequences_keep_the_invariants() {
                 Action::Progress { text, .. } if text.contains("waiting for the old one") => cov.wait_answers += 1,
                 Action::Kill { .. } => cov.killgroup += 1,
                 Action::Exit(0) => cov.exit0 += 1,
-                Action::Exit(_) if h.sup.last_reload.is_none() && h.sup.next_gen == 2 => cov.first_start_failed += 1,
+                Action::Exit(_) if h.sup.last_reload.is_none() && h.sup.next_gen == GenId(2) => {
+                    cov.first_start_failed += 1
+                }
                 Action::Exit(_) => cov.exit1 += 1,
                 _ => {}
             }
@@ -2354,9 +2411,15 @@ fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
     h.ready(2, 0);
     // The old worker hears the message; no signal yet.
     let events = h.take();
-    assert!(events.contains(&Ev::Message(1)), "{events:?}");
+    assert!(events.contains(&Ev::Message(WorkerId(1))), "{events:?}");
     assert!(
-        !events.iter().any(|e| matches!(e, Ev::Signal { worker: 1, .. })),
+        !events.iter().any(|e| matches!(
+            e,
+            Ev::Signal {
+                worker: WorkerId(1),
+                ..
+            }
+        )),
         "{events:?}"
     );
     h.advance(secs(5) - ms(1));
@@ -2365,8 +2428,8 @@ fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
     h.expect(&[term(1)]);
     h.advance(secs(5));
     h.expect(&[Ev::KillGroup {
-        worker: 1,
-        pgid: pid_of(1),
+        worker: WorkerId(1),
+        pgid: pid_of(WorkerId(1)),
     }]);
 }
 
@@ -2414,7 +2477,7 @@ fn memory_limit_replaces_the_worker_only_once_its_successor_is_ready() {
     let snap = h.gen_snap(1).unwrap();
     assert_eq!(snap.ready, 2);
     assert_eq!(snap.restarts, 1, "a memory replacement shows as a restart");
-    assert!(h.sup.gens[&1].slots[0].crashes.is_empty(), "and is not a crash");
+    assert!(h.sup.gens[&GenId(1)].slots[0].crashes.is_empty(), "and is not a crash");
 }
 
 #[test]
@@ -2428,7 +2491,7 @@ fn a_successor_that_fails_leaves_the_old_worker_serving() {
         events.iter().any(|e| matches!(
             e,
             Ev::Failed {
-                generation: 1,
+                generation: GenId(1),
                 slot: 0,
                 ..
             }
@@ -2436,7 +2499,13 @@ fn a_successor_that_fails_leaves_the_old_worker_serving() {
         "{events:?}"
     );
     assert!(
-        !events.iter().any(|e| matches!(e, Ev::Signal { worker: 1, .. })),
+        !events.iter().any(|e| matches!(
+            e,
+            Ev::Signal {
+                worker: WorkerId(1),
+                ..
+            }
+        )),
         "{events:?}"
     );
     assert_eq!(h.live(1), [1]);
@@ -2455,7 +2524,7 @@ fn the_old_worker_crashing_hands_the_slot_to_its_starting_successor() {
     h.expect(&[spawn(2, 1, 0)]);
     h.crash(1, 0, FAIL);
     h.take();
-    assert_eq!(h.at(1, 0), 2, "the successor holds the slot");
+    assert_eq!(h.at(1, 0), WorkerId(2), "the successor holds the slot");
     h.send(2, Notify::Ready);
     h.advance(secs(1));
     let events = h.take();
@@ -2500,13 +2569,13 @@ fn huge_durations_saturate_instead_of_panicking() {
     h.start(spec_of("v1", p.clone()));
     h.take();
     let far = h.now + secs(20 * 365 * 24 * 3600);
-    assert!(h.armed(Timer::Ready(1)).is_some_and(|at| at > far));
+    assert!(h.armed(Timer::Ready(WorkerId(1))).is_some_and(|at| at > far));
     h.send(1, Notify::ExtendTimeout(Duration::from_micros(u64::MAX)));
     h.ready(1, 0);
     h.ready(1, 1);
-    assert_eq!(h.sup.serving, Some(1));
+    assert_eq!(h.sup.serving, Some(GenId(1)));
     h.send(1, Notify::Watchdog);
-    assert!(h.armed(Timer::Watchdog(1)).is_some_and(|at| at > far));
+    assert!(h.armed(Timer::Watchdog(WorkerId(1))).is_some_and(|at| at > far));
 
     // A crash arms its restart in the far future.
     h.crash(1, 1, FAIL);
@@ -2525,9 +2594,9 @@ fn huge_durations_saturate_instead_of_panicking() {
     h.load(spec_of("v2", p2));
     h.ready(2, 0);
     h.ready(2, 1);
-    assert_eq!(h.sup.serving, Some(2));
-    assert!(h.armed(Timer::Stop(1)).is_some_and(|at| at > far));
-    assert!(h.armed(Timer::Escalate(1)).is_some_and(|at| at > far));
+    assert_eq!(h.sup.serving, Some(GenId(2)));
+    assert!(h.armed(Timer::Stop(WorkerId(1))).is_some_and(|at| at > far));
+    assert!(h.armed(Timer::Escalate(WorkerId(1))).is_some_and(|at| at > far));
     h.advance(secs(3600));
     h.exit_worker(1, TERMED);
     h.stop();
@@ -2585,7 +2654,7 @@ fn the_log_says_what_happens_next_down_to_the_exit() {
 #[test]
 fn failed_spawns_and_stopping_workers_say_what_happens_next() {
     let mut h = started(1, Parallel);
-    h.fail_spawns.insert((1, 0));
+    h.fail_spawns.insert((GenId(1), 0));
     h.crash(1, 0, FAIL);
     h.advance(ms(100));
     h.advance(ms(200));
