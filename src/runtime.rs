@@ -3,8 +3,10 @@
 //!
 //! One task owns the state machine. It reaps children (baton is a child
 //! subreaper, so orphaned grandchildren come here too), turns signals into
-//! intents (HUP → reload, TERM/INT → stop), and hears from per-worker tasks:
-//! notify sockets, output pumps and timers, plus control-socket clients.
+//! intents (HUP → reload, TERM/INT → stop), and hears from per-worker tasks
+//! (notify sockets, output pumps) and control-socket clients. The core's
+//! timers are not tasks: the loop holds one sleep, set to the core's next
+//! deadline (`poll_timeout`), and calls `handle_timeout` when it ends.
 //! Nothing on that task blocks: fork and exec run on the spawner thread
 //! (`sys::Spawner`), a reload's config is read on a blocking task, and both
 //! answer through the event channel.

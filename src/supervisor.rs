@@ -34,11 +34,31 @@
 //! its slot; the successor must be ready before the old worker retires, so
 //! the slot never goes empty.
 //!
-//! The driver (`runtime.rs`) feeds events in (`start`, `spawned`,
-//! `exited`, `message`, `timer`, ...) with the current time, and executes the
-//! [`Action`]s that come out of [`Supervisor::poll_action`]. Timers carry the
-//! identity they are for; a timer that fires for something that has since
-//! moved on is ignored, so timers are never cancelled.
+//! # Driving it
+//!
+//! The core does no I/O and reads no clock, in the way of quinn-proto: the
+//! driver (`runtime.rs`, or a test) passes the current time into every call,
+//! and the core answers only through its queues. After *every* call the
+//! driver must
+//!
+//! 1. execute each [`Action`] from [`Supervisor::poll_action`] until it
+//!    returns `None`, in order (some actions promise an answer: a
+//!    [`Action::Spawn`] gets `spawned` or `spawn_failed`, a
+//!    [`Action::LoadConfig`] gets `config_loaded`);
+//! 2. ask [`Supervisor::poll_timeout`] again and wake up at that instant to
+//!    call [`Supervisor::handle_timeout`].
+//!
+//! The clock is `std::time::Instant`, so a test drives the core with a
+//! clock it advances by hand, without a runtime. Times passed in must never
+//! go backwards.
+//!
+//! Timers live in the core. Each one names what it is for ([`Timer`]); when
+//! it fires it checks that this still holds (the worker is still starting,
+//! the restart is still the newest, ...), so a timer is never cancelled by
+//! the events that make it moot, only dropped when its worker is gone.
+//!
+//! The core names workers ([`WorkerId`]), never processes: the driver alone
+//! maps them to pids and pidfds, and decides when a process counts as exited.
 
 #![forbid(unsafe_code)]
 
@@ -511,6 +531,7 @@ impl Default for Supervisor {
 }
 
 impl Supervisor {
+    /// An idle supervisor: nothing happens until [`Supervisor::start`].
     pub fn new() -> Self {
         Supervisor {
             next_worker: WorkerId(1),
@@ -533,15 +554,21 @@ impl Supervisor {
         }
     }
 
+    /// The next thing the driver must do, in order. Call it until it returns
+    /// `None` after every other call, and carry each action out before
+    /// feeding in the next event: actions are not idempotent (a second
+    /// `Spawn` would be a second worker). Once [`Action::Exit`] came out,
+    /// nothing more does; the driver exits.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
+    /// The lifecycle phase (also announced by [`Action::Phase`]).
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
-    /// Starts the first generation.
+    /// Starts the first generation from `spec`. Call it once, first.
     pub fn start(&mut self, now: Instant, spec: Arc<GenSpec>) {
         let generation = self.new_generation(now, spec);
         self.candidate = Some(generation);
@@ -552,7 +579,9 @@ impl Supervisor {
     }
 
     /// `baton reload`, SIGHUP or `systemctl reload`. `waiter` is `None` for
-    /// a signal, which has nobody to answer.
+    /// a signal, which has nobody to answer. Each waiter's client id must be
+    /// new; it gets exactly one [`Action::ReloadDone`], possibly preceded by
+    /// [`Action::Progress`].
     pub fn request_reload(&mut self, now: Instant, waiter: Option<Waiter>) {
         if self.stopping || self.exit_code.is_some() {
             if let Some(w) = waiter {
@@ -578,7 +607,9 @@ impl Supervisor {
         self.begin_reload(now, waiter.into_iter().collect());
     }
 
-    /// The answer to [`Action::LoadConfig`].
+    /// The answer to [`Action::LoadConfig`]: the resolved spec, or why the
+    /// config cannot be used. Call it once per `LoadConfig`; an answer that
+    /// comes after a stop request is ignored.
     pub fn config_loaded(&mut self, now: Instant, result: Result<Arc<GenSpec>, String>) {
         let Some(reload) = self.reload.as_ref() else { return };
         if reload.generation.is_some() {
@@ -619,6 +650,10 @@ impl Supervisor {
         }
     }
 
+    /// The answer to [`Action::Spawn`]: `worker` runs as `pid` (reported in
+    /// faults and `status`). From now on the driver owes an
+    /// [`Supervisor::exited`] for it. Call it before any `message` or
+    /// `exited` of this worker.
     pub fn spawned(&mut self, now: Instant, worker: WorkerId, pid: i32) {
         let Some(w) = self.workers.get_mut(&worker) else { return };
         w.pid = Some(pid);
@@ -640,6 +675,9 @@ impl Supervisor {
         }
     }
 
+    /// The other answer to [`Action::Spawn`]: no process was started (or the
+    /// one started is already gone and will not be reported). The worker is
+    /// forgotten; no `exited` follows.
     pub fn spawn_failed(&mut self, now: Instant, worker: WorkerId, error: String) {
         let Some(w) = self.workers.remove(&worker) else { return };
         self.disarm_worker(worker);
@@ -660,7 +698,9 @@ impl Supervisor {
         self.after_exit(now, w.generation);
     }
 
-    /// A notify message from a worker (or one of its descendants).
+    /// A notify message from a worker (or one of its descendants), already
+    /// authenticated by the driver (a MAINPID= it could not verify is not
+    /// passed on). Messages for unknown or gone workers are ignored.
     pub fn message(&mut self, now: Instant, worker: WorkerId, msg: Notify) {
         let Some(w) = self.workers.get_mut(&worker) else { return };
         match msg {
@@ -696,7 +736,10 @@ impl Supervisor {
         }
     }
 
-    /// The worker's main process exited and was reaped.
+    /// The worker's main process exited and was reaped (and its output
+    /// drained, so that a failure report includes its last lines). Call it
+    /// exactly once per `spawned` worker, whether or not the core asked it
+    /// to stop; the worker id is dead afterwards.
     pub fn exited(&mut self, now: Instant, worker: WorkerId, status: ExitStatus) {
         let Some(w) = self.workers.remove(&worker) else { return };
         self.disarm_worker(worker);
@@ -803,7 +846,8 @@ impl Supervisor {
         }
     }
 
-    /// The driver saw `worker` stay above `[limits] memory`. It is replaced
+    /// The driver saw `worker` stay above `[limits] memory` (the driver
+    /// decides what "stay" means). It is replaced
     /// gracefully: a successor starts in its slot, and only once that is
     /// ready does the old worker retire (PM2's max_memory_restart, without
     /// the gap). Ignored while a reload runs (it replaces every worker
@@ -865,7 +909,8 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM/SIGINT. A second request kills what is still running.
+    /// SIGTERM/SIGINT. A second request kills what is still running. After
+    /// it, the driver keeps reporting exits until [`Action::Exit`].
     pub fn request_stop(&mut self, now: Instant) {
         if self.stopping {
             let started: Vec<WorkerId> = self
@@ -1604,7 +1649,8 @@ impl Supervisor {
         }
     }
 
-    /// A picture of everything, for `baton status`.
+    /// A picture of everything, for `baton status`. No side effects; callable
+    /// at any time.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let generations = self
             .gens
