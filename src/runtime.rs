@@ -56,7 +56,8 @@ use crate::output::{self, Origin, Stream, Tail, Writer};
 use crate::spec::GenSpec;
 use crate::status;
 use crate::supervisor::{
-    Action, ClientId, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor, Waiter, WorkerId,
+    Action, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor,
+    Waiter, WorkerId,
 };
 use crate::sys::{self, Spawner};
 use crate::systemd::Notifier;
@@ -96,6 +97,35 @@ pub enum RunError {
     Spec(#[from] crate::spec::SpecError),
 }
 
+/// Why a reload's config could not be used.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("loading the config failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("notify socket")]
+    Notify(#[source] std::io::Error),
+    #[error("pipe")]
+    Pipe(#[source] nix::Error),
+    #[error("Node IPC channel")]
+    Ipc(#[source] std::io::Error),
+    #[error("cannot create its cgroup")]
+    Cgroup(#[source] std::io::Error),
+    #[error("dup")]
+    Dup(#[source] std::io::Error),
+    /// Preparing the command, or the fork and exec themselves.
+    #[error(transparent)]
+    Spawn(#[from] sys::SpawnError),
+}
+
 enum Event {
     Notify {
         worker: WorkerId,
@@ -117,7 +147,7 @@ enum Event {
         result: Result<sys::Child, sys::SpawnError>,
     },
     /// A reload's config, read on a blocking task.
-    ConfigLoaded(Result<Arc<GenSpec>, String>),
+    ConfigLoaded(Result<Arc<GenSpec>, DriverError>),
     /// A memory sample, measured off the event loop.
     Memory(HashMap<WorkerId, u64>),
     /// `baton status`, its memory figures measured off the event loop.
@@ -540,6 +570,7 @@ impl Driver {
         let leader = io.leader;
         for msg in parsed.messages {
             if let Notify::MainPid(main) = msg {
+                let main = main.as_raw();
                 if main == leader {
                     continue;
                 }
@@ -655,7 +686,7 @@ impl Driver {
         let tasks = self.tasks.clone();
         spawn_task(&self.tasks, &self.done, "load-config", async move {
             let load = tasks.spawn_blocking(move || {
-                let config = config::load(&source, &overrides).map_err(|e| crate::commands::chain(&e))?;
+                let config = config::load(&source, &overrides).map_err(LoadError::from)?;
                 if let Some(before) = before {
                     let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
                     if now != before {
@@ -666,11 +697,12 @@ impl Driver {
                 }
                 GenSpec::resolve(&config, path.as_deref())
                     .map(Arc::new)
-                    .map_err(|e| crate::commands::chain(&e))
+                    .map_err(LoadError::from)
             });
             let result = load
                 .await
-                .unwrap_or_else(|e| Err(format!("loading the config failed: {e}")));
+                .unwrap_or_else(|e| Err(LoadError::Task(e)))
+                .map_err(DriverError::new);
             let _ = events.send(Event::ConfigLoaded(result)).await;
         });
     }
@@ -754,6 +786,7 @@ impl Driver {
                 );
             }
             Err(e) => {
+                let e = DriverError::new(e);
                 tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
                 self.core.spawn_failed(Instant::now(), worker, e);
             }
@@ -766,7 +799,7 @@ impl Driver {
         generation: GenId,
         slot: usize,
         spec: &GenSpec,
-    ) -> Result<(sys::Command, Vec<OwnedFd>, Pending), String> {
+    ) -> Result<(sys::Command, Vec<OwnedFd>, Pending), StartError> {
         let endpoint_name = format!(
             "baton/{}/{}/{}",
             std::process::id(),
@@ -776,20 +809,19 @@ impl Driver {
                 .map(|d| d.as_nanos())
                 .unwrap_or_default()
         );
-        let endpoint = Endpoint::bind(&endpoint_name).map_err(|e| format!("notify socket: {e}"))?;
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let endpoint = Endpoint::bind(&endpoint_name).map_err(StartError::Notify)?;
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
         let channel = match spec.launch.node_ipc {
-            true => Some(crate::ipc::channel().map_err(|e| format!("Node IPC channel: {e}"))?),
+            true => Some(crate::ipc::channel().map_err(StartError::Ipc)?),
             false => None,
         };
-        let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation.get(), slot)
-            .map_err(|e| crate::commands::chain(&e))?;
+        let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation.get(), slot)?;
         let cgroup = match &self.tree {
             Ok(tree) => {
                 let (cg, procs) = tree
                     .worker(generation.get(), slot, worker.get())
-                    .map_err(|e| format!("cannot create its cgroup: {e}"))?;
+                    .map_err(StartError::Cgroup)?;
                 cmd.join_cgroup(procs);
                 Some(cg)
             }
@@ -797,7 +829,7 @@ impl Driver {
         };
         // The spawner thread gets its own copies; they close once the child
         // has them (the sockets themselves stay open: rule 1).
-        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| format!("dup: {e}"));
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(StartError::Dup);
         let mut fds = vec![dup(self.devnull.as_fd())?, out_w, err_w];
         for l in self.listeners.iter() {
             fds.push(dup(l.fd())?);
@@ -842,7 +874,7 @@ impl Driver {
                     self.cleanup
                         .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
                 }
-                let e = crate::commands::chain(&e);
+                let e = DriverError::new(StartError::from(e));
                 tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
                 self.core.spawn_failed(now, worker, e);
                 return;
@@ -931,7 +963,7 @@ impl Driver {
                 cgroup: pending.cgroup,
             },
         );
-        self.core.spawned(now, worker, pid);
+        self.core.spawned(now, worker, Pid::from_raw(pid));
         if let Some(status) = self.early_exits.remove(&pid) {
             // It exited before this answer came (the reaper killed its
             // group then): its cgroup goes too, and it is judged now.

@@ -67,6 +67,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::config::ReloadStrategy;
@@ -130,6 +131,54 @@ id! {
     ClientId
 }
 
+/// An error the driver met doing what the core asked (loading the config,
+/// starting a worker), handed to the core as the error itself rather than
+/// its text. The core only relays and shows it, so any error type will do;
+/// the `Arc` keeps actions cheap to clone.
+///
+/// It displays as the whole chain ("what: why: root cause"): this is where
+/// the error is reported, to the log and to reload clients.
+#[derive(Debug, Clone)]
+pub struct DriverError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl DriverError {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        DriverError(Arc::new(error))
+    }
+
+    /// The error the driver met.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Display for DriverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// Errors of any type compare by what they say, which is all the core and
+/// its tests can know of them.
+impl PartialEq for DriverError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.to_string() == other.to_string()
+    }
+}
+
+/// Serialized as the text it displays.
+impl Serialize for DriverError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// How a process ended, as `waitpid` reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -171,7 +220,7 @@ pub enum Notify {
     Stopping,
     Watchdog,
     WatchdogTrigger,
-    MainPid(i32),
+    MainPid(Pid),
     Errno(i32),
     ExtendTimeout(Duration),
 }
@@ -211,8 +260,8 @@ pub enum Failure {
     Exited { status: ExitStatus, was_ready: bool },
     /// It did not become ready in time.
     NotReady { timeout_ms: u64 },
-    /// fork/exec failed.
-    Spawn { error: String },
+    /// fork/exec (or what prepares them) failed.
+    Spawn { error: DriverError },
     /// It stopped sending WATCHDOG=1.
     WatchdogTimeout,
     /// It sent WATCHDOG=trigger.
@@ -278,7 +327,10 @@ impl std::fmt::Display for Fault {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ReloadError {
     /// The config could not be loaded; nothing was started.
-    Config { message: String },
+    Config {
+        #[serde(rename = "message")]
+        error: DriverError,
+    },
     /// A worker of the new generation failed; it was retired.
     Worker { fault: Fault },
     /// baton is shutting down.
@@ -288,7 +340,7 @@ pub enum ReloadError {
 impl std::fmt::Display for ReloadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReloadError::Config { message } => write!(f, "invalid config, nothing changed:\n{message}"),
+            ReloadError::Config { error } => write!(f, "invalid config, nothing changed:\n{error}"),
             ReloadError::Worker { fault } => write!(f, "{fault}"),
             ReloadError::Stopping => f.write_str("baton is stopping"),
         }
@@ -412,9 +464,9 @@ struct Worker {
     generation: GenId,
     slot: usize,
     /// The pid we forked; it leads the worker's process group.
-    pid: Option<i32>,
+    pid: Option<Pid>,
     /// MAINPID= if the worker handed its role to another process.
-    main_pid: Option<i32>,
+    main_pid: Option<Pid>,
     state: WorkerState,
     /// Asked to stop while still being spawned.
     stop_pending: bool,
@@ -429,8 +481,9 @@ struct Worker {
 }
 
 impl Worker {
+    /// The pid the worker's reports name (its MAINPID= if it sent one).
     fn signal_target(&self) -> Option<i32> {
-        self.main_pid.or(self.pid)
+        self.main_pid.or(self.pid).map(Pid::as_raw)
     }
 }
 
@@ -610,15 +663,15 @@ impl Supervisor {
     /// The answer to [`Action::LoadConfig`]: the resolved spec, or why the
     /// config cannot be used. Call it once per `LoadConfig`; an answer that
     /// comes after a stop request is ignored.
-    pub fn config_loaded(&mut self, now: Instant, result: Result<Arc<GenSpec>, String>) {
+    pub fn config_loaded(&mut self, now: Instant, result: Result<Arc<GenSpec>, DriverError>) {
         let Some(reload) = self.reload.as_ref() else { return };
         if reload.generation.is_some() {
             return;
         }
         let spec = match result {
             Ok(spec) => spec,
-            Err(message) => {
-                self.finish_reload(now, Err(ReloadError::Config { message }));
+            Err(error) => {
+                self.finish_reload(now, Err(ReloadError::Config { error }));
                 // The serving generation may have been lost while the config loaded.
                 self.check_lost(now);
                 return;
@@ -654,7 +707,7 @@ impl Supervisor {
     /// faults and `status`). From now on the driver owes an
     /// [`Supervisor::exited`] for it. Call it before any `message` or
     /// `exited` of this worker.
-    pub fn spawned(&mut self, now: Instant, worker: WorkerId, pid: i32) {
+    pub fn spawned(&mut self, now: Instant, worker: WorkerId, pid: Pid) {
         let Some(w) = self.workers.get_mut(&worker) else { return };
         w.pid = Some(pid);
         w.state = WorkerState::Starting;
@@ -678,7 +731,7 @@ impl Supervisor {
     /// The other answer to [`Action::Spawn`]: no process was started (or the
     /// one started is already gone and will not be reported). The worker is
     /// forgotten; no `exited` follows.
-    pub fn spawn_failed(&mut self, now: Instant, worker: WorkerId, error: String) {
+    pub fn spawn_failed(&mut self, now: Instant, worker: WorkerId, error: DriverError) {
         let Some(w) = self.workers.remove(&worker) else { return };
         self.disarm_worker(worker);
         let fault = Fault {

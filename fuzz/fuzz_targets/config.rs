@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use baton::config::{Overrides, parse};
 use baton::spec::GenSpec;
-use baton::supervisor::{Action, ClientId, ExitStatus, Notify, Supervisor, Waiter, WorkerId};
+use baton::supervisor::{Action, ClientId, DriverError, ExitStatus, Notify, Supervisor, Waiter, WorkerId};
 use libfuzzer_sys::fuzz_target;
 
 /// Start, all ready, a reload that works, one that fails, a crash, time.
@@ -99,10 +99,12 @@ impl Harness {
         let worker = self.to_spawn.remove(0);
         if ok {
             self.next_pid += 1;
-            self.core.spawned(self.now, worker, self.next_pid);
+            self.core
+                .spawned(self.now, worker, nix::unistd::Pid::from_raw(self.next_pid));
             self.live.push(worker);
         } else {
-            self.core.spawn_failed(self.now, worker, "fuzz".into());
+            self.core
+                .spawn_failed(self.now, worker, DriverError::new(std::io::Error::other("fuzz")));
         }
     }
 
@@ -161,7 +163,7 @@ impl Harness {
                     1 => Notify::Stopping,
                     2 => Notify::Watchdog,
                     3 => Notify::WatchdogTrigger,
-                    4 => Notify::MainPid((n as i32).max(1)),
+                    4 => Notify::MainPid(nix::unistd::Pid::from_raw((n as i32).max(1))),
                     5 => Notify::Errno(n as i32),
                     _ => Notify::ExtendTimeout(Duration::from_micros(n)),
                 };
@@ -198,7 +200,7 @@ impl Harness {
             8 => {
                 if std::mem::take(&mut self.load_pending) {
                     let result = if s.byte() % 4 == 3 {
-                        Err("fuzz: config does not load".to_owned())
+                        Err(DriverError::new(std::io::Error::other("fuzz: config does not load")))
                     } else {
                         Ok(self.spec.clone())
                     };

@@ -54,6 +54,13 @@ fn clients(ids: &[u64]) -> Vec<ClientId> {
     ids.iter().map(|&c| ClientId(c)).collect()
 }
 
+/// What the fake OS reports as a spawn or config error.
+impl From<&str> for DriverError {
+    fn from(text: &str) -> DriverError {
+        DriverError::new(std::io::Error::other(text.to_owned()))
+    }
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -365,9 +372,13 @@ impl H {
         match error {
             None => {
                 self.alive.insert(worker, pid_of(worker));
-                self.call_one(Cause::Answer(worker), |s, now| s.spawned(now, worker, pid_of(worker)));
+                self.call_one(Cause::Answer(worker), |s, now| {
+                    s.spawned(now, worker, Pid::from_raw(pid_of(worker)))
+                });
             }
-            Some(e) => self.call_one(Cause::Answer(worker), |s, now| s.spawn_failed(now, worker, e)),
+            Some(e) => self.call_one(Cause::Answer(worker), |s, now| {
+                s.spawn_failed(now, worker, DriverError::from(e.as_str()))
+            }),
         }
     }
 
@@ -710,8 +721,8 @@ impl H {
     fn load_err(&mut self, message: &str) {
         assert_eq!(self.loads, 1, "no LoadConfig to answer");
         self.loads = 0;
-        let message = message.to_owned();
-        self.call(Cause::Other, |s, now| s.config_loaded(now, Err(message)));
+        let error = DriverError::from(message);
+        self.call(Cause::Other, |s, now| s.config_loaded(now, Err(error)));
     }
 
     /// The driver saw `worker` above its memory limit.
@@ -731,7 +742,7 @@ impl H {
             "message from worker {worker}, which is not running"
         );
         if let Notify::MainPid(pid) = msg {
-            self.main_pid.insert(worker, pid);
+            self.main_pid.insert(worker, pid.as_raw());
         }
         self.call(Cause::Message(worker), |s, now| s.message(now, worker, msg));
     }
@@ -1961,7 +1972,7 @@ fn spawn_failure_during_reload_fails_it() {
 #[test]
 fn mainpid_gets_the_stop_signal_and_the_group_gets_sigkill() {
     let mut h = started(1, Parallel);
-    h.send(1, Notify::MainPid(4242));
+    h.send(1, Notify::MainPid(Pid::from_raw(4242)));
     assert_eq!(h.gen_snap(1).unwrap().workers[0].pid, Some(4242));
     h.reload(1);
     h.load(spec("v2", 1, Parallel));
@@ -2225,7 +2236,7 @@ impl Run {
             }
             89 => {
                 if let Some(w) = self.rng.pick(&self.alive()) {
-                    self.h.send(w, Notify::MainPid(50_000 + w.0 as i32));
+                    self.h.send(w, Notify::MainPid(Pid::from_raw(50_000 + w.0 as i32)));
                 }
             }
             90..=95 => {
