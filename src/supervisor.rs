@@ -1015,9 +1015,15 @@ impl Supervisor {
             Timer::Escalate(worker),
             Timer::Watchdog(worker),
         ] {
-            if let Some(key) = self.armed.remove(&timer) {
-                self.timers.remove(&key);
-            }
+            self.disarm(timer);
+        }
+    }
+
+    /// Drops a timer that can only find its cause gone, to save the driver
+    /// a wakeup.
+    fn disarm(&mut self, timer: Timer) {
+        if let Some(key) = self.armed.remove(&timer) {
+            self.timers.remove(&key);
         }
     }
 
@@ -1208,6 +1214,8 @@ impl Supervisor {
                 self.arm(after(now, interval), Timer::Watchdog(worker));
             }
         }
+        self.disarm(Timer::Ready(worker));
+        self.disarm(Timer::Delay(worker));
         if Some(generation) == self.candidate {
             let reverting = self.reload.as_ref().is_some_and(|r| r.reverting.is_some());
             if reverting {
