@@ -54,11 +54,14 @@
 //!
 //! Timers live in the core. Each one names what it is for ([`Timer`]); when
 //! it fires it checks that this still holds (the worker is still starting,
-//! the restart is still the newest, ...), so a timer is never cancelled by
-//! the events that make it moot, only dropped when its worker is gone.
+//! the restart is still the newest, ...), so correctness never depends on
+//! cancelling one. Timers that can only find their cause gone are dropped
+//! (a worker's when it exits, its readiness timers once it is ready) to
+//! spare the driver a wakeup.
 //!
-//! The core names workers ([`WorkerId`]), never processes: the driver alone
-//! maps them to pids and pidfds, and decides when a process counts as exited.
+//! Actions name workers ([`WorkerId`]), never processes: the driver alone
+//! maps them to pids and pidfds, and decides when a process counts as
+//! exited. The pids the core is told of serve only its reports.
 
 #![forbid(unsafe_code)]
 
@@ -225,6 +228,7 @@ pub enum Notify {
     ExtendTimeout(Duration),
 }
 
+/// A timer inside the core, named by what it is for (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Timer {
     /// The worker must be ready by its deadline.
