@@ -2619,6 +2619,30 @@ fn huge_durations_saturate_instead_of_panicking() {
     assert_eq!(h.exit, Some(0));
 }
 
+/// A worker's timers go once they can only find their cause gone, so an
+/// idle baton has no deadline pending and its driver sleeps.
+#[test]
+fn timers_of_ready_and_exited_workers_are_dropped() {
+    let mut h = started(1, Parallel);
+    assert_eq!(h.armed(Timer::Ready(WorkerId(1))), None);
+    assert_eq!(h.sup.poll_timeout(), None);
+    h.reload(7);
+    h.load(spec("v2", 1, Parallel));
+    h.ready(2, 0);
+    h.expect(&[
+        Ev::Phase(Phase::Reloading),
+        Ev::LoadConfig,
+        progress(&[7]),
+        spawn(2, 2, 0),
+        term(1),
+        ok(&[7], 2),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert_eq!(h.armed(Timer::Stop(WorkerId(1))), Some(h.now + secs(30)));
+    h.exit_after_signal(1);
+    assert_eq!(h.sup.poll_timeout(), None, "{:?}", h.sup.timers);
+}
+
 #[test]
 fn after_saturates() {
     let now = Instant::now();
