@@ -32,7 +32,7 @@ impl Listener {
 pub struct Inherited {
     /// `Some` when LISTEN_PID matched and LISTEN_FDS was set.
     pub sockets: Option<Vec<Listener>>,
-    /// systemd's NOTIFY_SOCKET, for baton's own READY=1 (next issue).
+    /// systemd's NOTIFY_SOCKET, for baton's own READY=1.
     pub notify_socket: Option<String>,
     /// WATCHDOG_USEC, when it was meant for baton.
     pub watchdog_usec: Option<u64>,

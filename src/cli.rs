@@ -1,4 +1,4 @@
-//! The command line (DESIGN 1.1). Help texts are written for an operator
+//! The command line (README "Commands and exit codes"). Help texts are written for an operator
 //! woken at 3 a.m.: what the command does, what the exit codes mean.
 
 #![forbid(unsafe_code)]

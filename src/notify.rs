@@ -1,4 +1,5 @@
-//! The sd_notify endpoint baton gives each worker (DESIGN 1.3).
+//! The sd_notify endpoint baton gives each worker (README "What a worker
+//! gets").
 //!
 //! Every worker gets its own abstract datagram socket as `NOTIFY_SOCKET`, so
 //! the socket a message arrives on names the worker. A message is accepted

@@ -1,8 +1,9 @@
 //! Worker stdout/stderr: read from pipes, cut into lines, handed to a
 //! [`LogSink`], and the last few kept for failure reports.
 //!
-//! The sink is the seam for journald: for now lines go to baton's stderr
-//! prefixed `NAME[gen.worker pid]`, as DESIGN 1.4 specifies for standalone.
+//! Two sinks: one journal entry per line with baton's fields under systemd,
+//! or baton's stderr prefixed `NAME[gen.worker pid]` standalone (README
+//! "Under systemd").
 
 #![forbid(unsafe_code)]
 
@@ -83,7 +84,7 @@ pub trait LogSink: Send + 'static {
 /// A [`StderrSink`] writes once it holds this much, even if more is queued.
 const STDERR_BATCH: usize = 64 * 1024;
 
-/// Prefixed lines on baton's own stderr (DESIGN 1.4, without journald).
+/// Prefixed lines on baton's own stderr (standalone, without journald).
 ///
 /// Lines are formatted into a buffer and written with one `write(2)` per
 /// batch (see docs/bench/output.md): stderr is unbuffered, so formatting
@@ -129,7 +130,7 @@ impl StderrSink {
     }
 }
 
-/// One journal entry per line, with baton's fields (DESIGN 1.4).
+/// One journal entry per line, with baton's fields (README "Under systemd").
 #[derive(Debug, Default)]
 pub struct JournalSink {
     failed: bool,

@@ -277,7 +277,8 @@ fn wall_clock_ago(ago: Duration) -> SystemTime {
 /// leaves it to systemd.
 const CGROUP_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Supervises until stopped. Returns the exit code (DESIGN 1.1).
+/// Supervises until stopped. Returns the exit code (README "Commands and
+/// exit codes").
 ///
 /// `shutdown` is the same as SIGTERM; tests use it to stop an in-process
 /// supervisor. `phase` reports lifecycle changes to whoever listens.

@@ -1,4 +1,4 @@
-//! Builds the exact process a worker is (DESIGN 1.3): its argv, directory,
+//! Builds the exact process a worker is (README "What a worker gets"): its argv, directory,
 //! environment and file descriptors. The fork/exec itself is in `sys`.
 
 #![forbid(unsafe_code)]
@@ -8,24 +8,6 @@ use std::collections::BTreeMap;
 use crate::activation::Listener;
 use crate::spec::GenSpec;
 use crate::sys::{self, SpawnError};
-
-/// JOURNAL_STREAM is dropped too: it describes baton's stderr, while a
-/// worker's stderr is a pipe to baton.
-///
-/// The variables baton sets for every worker (DESIGN 1.3). baton's own
-/// copies (its relationship with systemd, or with an outer baton) never reach
-/// a worker, and `[environment]` may not set them.
-pub const RESERVED_ENV: &[&str] = &[
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "BATON_NAME",
-    "BATON_GENERATION",
-    "BATON_WORKER",
-];
 
 /// The command for worker `slot` of `generation`. Its fds must be passed to
 /// `spawn` as `[/dev/null, stdout pipe, stderr pipe, sockets..., IPC]`, the
@@ -40,7 +22,9 @@ pub fn command(
     let launch = &spec.launch;
     let mut env: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| !RESERVED_ENV.contains(&k.as_str()) && k != "JOURNAL_STREAM")
+        // JOURNAL_STREAM is dropped too: it describes baton's stderr, while
+        // a worker's stderr is a pipe to baton.
+        .filter(|(k, _)| !crate::config::RESERVED_ENV.contains(&k.as_str()) && k != "JOURNAL_STREAM")
         .collect();
     env.extend(launch.environment.iter().cloned());
     env.insert("LISTEN_FDS".into(), listeners.len().to_string());

@@ -1,4 +1,5 @@
-//! What one generation pins when it starts (DESIGN rule 4): the policy the
+//! What one generation pins when it starts (so a crashed worker restarts
+//! with its own release, never half-deployed new code): the policy the
 //! supervisor core reads, and the launch details the spawner reads. A crashed
 //! worker restarts from its own generation's spec, never from a newer config.
 

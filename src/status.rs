@@ -36,42 +36,6 @@ pub struct Report {
     pub supervisor: Snapshot,
 }
 
-/// Resident memory per process group (a worker leads its own group, so
-/// this is a worker with its children), from one pass over /proc. It reads
-/// a file per process: call it off the event loop (`spawn_blocking`).
-pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
-    let mut groups = std::collections::HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return groups;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let (Ok(stat), Ok(statm)) = (
-            std::fs::read_to_string(format!("/proc/{pid}/stat")),
-            std::fs::read_to_string(format!("/proc/{pid}/statm")),
-        ) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces and parens):
-        // state, ppid, pgrp. A zombie has no memory left to count.
-        let pgrp = stat
-            .rsplit_once(')')
-            .filter(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
-        let pages = statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok());
-        if let (Some(pgrp), Some(pages)) = (pgrp, pages) {
-            *groups.entry(pgrp).or_insert(0) += pages * page;
-        }
-    }
-    groups
-}
-
 /// The one-line STATUS= for systemd, e.g.
 /// `gen 3: 4/4 ready · last reload 12:03:04 UTC ok in 1.2s`.
 pub fn summary(snapshot: &Snapshot, last_reload_at: Option<&str>) -> String {

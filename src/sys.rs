@@ -2,7 +2,8 @@
 //! spawner thread, pidfds, and adopting file descriptors the kernel hands
 //! baton (systemd's `LISTEN_FDS`, `SCM_RIGHTS`).
 //!
-//! Spawning follows DESIGN rule 7. Everything the child needs (argv, envp,
+//! After fork the child runs only async-signal-safe code (baton is
+//! multi-threaded by then). Everything the child needs (argv, envp,
 //! the fd plan) is allocated before the fork; after it the child runs only
 //! async-signal-safe system calls. `LISTEN_PID` and `WATCHDOG_PID` must hold
 //! the child's own pid, which is unknown before the fork, so their entries

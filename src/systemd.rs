@@ -1,11 +1,12 @@
-//! What baton tells systemd about itself (DESIGN 1.4): READY=1, RELOADING=1
+//! What baton tells systemd about itself (README "Under systemd"): READY=1, RELOADING=1
 //! with MONOTONIC_USEC, STATUS=, STOPPING=1, EXTEND_TIMEOUT_USEC= and the
 //! watchdog's WATCHDOG=1.
 //!
 //! The sending is hand-written (a datagram to the address in NOTIFY_SOCKET)
 //! rather than libsystemd's `daemon::notify`, because that function reads
 //! NOTIFY_SOCKET from the environment on every call, and baton consumes its
-//! environment in `main` before any thread starts (DESIGN §5).
+//! environment in `main` before any thread starts (editing the environment
+//! once threads exist is unsound).
 
 #![forbid(unsafe_code)]
 
@@ -108,7 +109,8 @@ mod tests {
     }
 
     /// Sends to a socket this test binds itself, and checks the order of
-    /// RELOADING=1 (with MONOTONIC_USEC) and READY=1 (issue 3, test 8).
+    /// RELOADING=1 (with MONOTONIC_USEC) and READY=1, which
+    /// Type=notify-reload depends on.
     #[test]
     fn notifies_a_real_socket_in_order() {
         let dir = tempfile::tempdir().unwrap();

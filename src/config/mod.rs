@@ -31,7 +31,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 
-pub use types::{Dur, ListenAddress, Size, StopSignal, Workers};
+pub use types::{Dur, ListenAddress, RESERVED_ENV, Size, StopSignal, Workers};
 use validate::{Origin, validate};
 
 /// The largest `workers` accepted.
@@ -189,7 +189,7 @@ pub enum Source {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The reason (missing, permissions, a directory...) is the source:
-    /// print the error with `commands::chain`.
+    /// print the error with `exit::chain`.
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,

@@ -1053,7 +1053,7 @@ fn load_reads_files() {
     let err = load(&Source::File(missing.clone()), &Overrides::default()).unwrap_err();
     assert!(matches!(&err, ConfigError::Read { path, .. } if *path == missing));
     assert_eq!(
-        crate::commands::chain(&err),
+        crate::exit::chain(&err),
         format!(
             "cannot read {}: No such file or directory (os error 2)",
             missing.display()
@@ -1062,7 +1062,7 @@ fn load_reads_files() {
 
     let err = load(&Source::File(dir.path().to_owned()), &Overrides::default()).unwrap_err();
     assert_eq!(
-        crate::commands::chain(&err),
+        crate::exit::chain(&err),
         format!("cannot read {}: Is a directory (os error 21)", dir.path().display())
     );
 }
@@ -1074,7 +1074,7 @@ fn invalid_utf8_has_a_position() {
     std::fs::write(&path, b"command = [\"x\"]\n# caf\xc3\xa9 \xff\xfe\n").unwrap();
     let err = load(&Source::File(path.clone()), &Overrides::default()).unwrap_err();
     assert_eq!(
-        crate::commands::chain(&err),
+        crate::exit::chain(&err),
         format!(
             "{}:2:8: invalid UTF-8 (byte 0xff); a config file must be UTF-8 text",
             path.display()

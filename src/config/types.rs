@@ -14,7 +14,21 @@ use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use toml::Value;
 
 use super::{MAX_DURATION, MAX_RESTART_LIMIT, MAX_WORKERS, ReloadStrategy};
-use crate::spawn::RESERVED_ENV;
+
+/// The variables baton sets for every worker (README "What a worker gets"). baton's own
+/// copies (its relationship with systemd, or with an outer baton) never reach
+/// a worker, and `[environment]` may not set them.
+pub const RESERVED_ENV: &[&str] = &[
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "BATON_NAME",
+    "BATON_GENERATION",
+    "BATON_WORKER",
+];
 
 /// Stands for the value as written in the file, in messages.
 pub(super) const FOUND: &str = "\u{e000}";

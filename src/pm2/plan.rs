@@ -773,7 +773,7 @@ fn add_env(key: &str, value: &Value, environment: &mut BTreeMap<String, String>,
     };
     for (name, v) in vars {
         let label = format!("{key}.{name}");
-        if crate::spawn::RESERVED_ENV.contains(&name.as_str()) {
+        if crate::config::RESERVED_ENV.contains(&name.as_str()) {
             remarks.push(Remark::not_mapped(&label, format!("baton sets {name} for each worker")));
             continue;
         }

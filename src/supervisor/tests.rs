@@ -2409,7 +2409,7 @@ fn randomized_event_sequences_keep_the_invariants() {
     assert!(cov.given_up > 5 && cov.stop_pending_spawns > 5, "{cov:?}");
 }
 
-// ---- issue 5: [stop] message and the memory limit ---------------------------------
+// ---- [stop] message and the memory limit ------------------------------------------
 
 #[test]
 fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
