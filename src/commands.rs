@@ -16,10 +16,7 @@ use crate::output::{self, JournalSink, LogSink, StderrSink};
 use crate::runtime::{self, Context};
 use crate::supervisor::Phase;
 
-pub const EX_OK: i32 = 0;
-pub const EX_FAILED: i32 = 1;
-pub const EX_USAGE: i32 = 2;
-pub const EX_CONFIG: i32 = 78;
+pub use crate::exit::{EX_CONFIG, EX_FAILED, EX_OK, EX_USAGE, chain};
 
 fn source_of(target: &Target, quick: bool) -> Option<Source> {
     match (&target.name, &target.config) {
@@ -77,7 +74,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
     let sink: Box<dyn LogSink> = if journal {
         Box::new(JournalSink::default())
     } else {
-        Box::new(StderrSink)
+        Box::new(StderrSink::default())
     };
     let (log, log_thread) = match output::spawn_writer(sink) {
         Ok(w) => w,
@@ -371,20 +368,6 @@ fn validate_runnable(config: &Config) -> Result<(), String> {
                 chain(&e)
             )
         })
-}
-
-/// An error and its causes on one line, ripgrep style: the one reporter for
-/// every command, so each cause is printed exactly once (the error enums'
-/// messages never repeat their `#[source]`).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! baton: a process supervisor for Linux web services that leans on systemd.
 //!
 //! The architecture, from the outside in:
-//! - `cli`, `commands`: the command line.
+//! - `cli`, `commands`: the command line; `exit`: the exit codes and the
+//!   one-line error reporter that the commands and the importers share.
+//! - `pm2`: `baton import-pm2`, a PM2 ecosystem file to baton's files.
 //! - `activation`: the listening sockets (from systemd, or bound here).
 //! - `runtime`: the tokio driver that runs the state machine's actions.
 //! - `supervisor`: the state machine (generations, reloads, restarts).
@@ -22,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod docs;
+pub mod exit;
 pub mod init;
 pub mod ipc;
 pub mod notify;

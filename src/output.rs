@@ -75,18 +75,57 @@ pub fn split_priority(text: &str) -> (Option<u8>, &str) {
 /// Where worker lines end up. Runs on the writer thread, so it may block.
 pub trait LogSink: Send + 'static {
     fn write(&mut self, line: &Line);
+    /// Called whenever no more lines are queued: a sink that batches hands on
+    /// what it holds now, so batching never delays a line.
+    fn flush(&mut self) {}
 }
 
+/// A [`StderrSink`] writes once it holds this much, even if more is queued.
+const STDERR_BATCH: usize = 64 * 1024;
+
 /// Prefixed lines on baton's own stderr (DESIGN 1.4, without journald).
+///
+/// Lines are formatted into a buffer and written with one `write(2)` per
+/// batch (see docs/bench/output.md): stderr is unbuffered, so formatting
+/// straight into it cost one system call per fragment, about ten per line.
 #[derive(Debug, Default)]
-pub struct StderrSink;
+pub struct StderrSink {
+    buf: Vec<u8>,
+}
 
 impl LogSink for StderrSink {
     fn write(&mut self, line: &Line) {
+        if self.push(line) {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        // Under the lock baton's own log lines cannot land inside the batch.
+        self.flush_to(&mut std::io::stderr().lock());
+    }
+}
+
+impl StderrSink {
+    /// Adds a line to the batch; says whether the batch is full.
+    fn push(&mut self, line: &Line) -> bool {
         let o = &line.origin;
-        let mut err = std::io::stderr().lock();
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(
+            self.buf,
+            "{}[{}.{} {}]: {}",
+            o.name, o.generation, o.slot, o.pid, line.text
+        );
+        self.buf.len() >= STDERR_BATCH
+    }
+
+    fn flush_to(&mut self, out: &mut impl Write) {
+        if self.buf.is_empty() {
+            return;
+        }
         // A closed stderr must not take the supervisor down.
-        let _ = writeln!(err, "{}[{}.{} {}]: {}", o.name, o.generation, o.slot, o.pid, line.text);
+        let _ = out.write_all(&self.buf);
+        self.buf.clear();
     }
 }
 
@@ -94,6 +133,7 @@ impl LogSink for StderrSink {
 #[derive(Debug, Default)]
 pub struct JournalSink {
     failed: bool,
+    fallback: StderrSink,
 }
 
 impl LogSink for JournalSink {
@@ -126,9 +166,13 @@ impl LogSink for JournalSink {
                     tracing::warn!("cannot write to the journal ({e}); worker output goes to stderr");
                     self.failed = true;
                 }
-                StderrSink.write(line);
+                self.fallback.write(line);
             }
         }
+    }
+
+    fn flush(&mut self) {
+        self.fallback.flush();
     }
 }
 
@@ -143,6 +187,11 @@ pub fn spawn_writer(mut sink: Box<dyn LogSink>) -> std::io::Result<(Writer, std:
     let handle = std::thread::Builder::new().name("baton-log".into()).spawn(move || {
         while let Some(line) = rx.blocking_recv() {
             sink.write(&line);
+            // Lines queued meanwhile join the same batch.
+            while let Ok(line) = rx.try_recv() {
+                sink.write(&line);
+            }
+            sink.flush();
         }
     })?;
     Ok((Writer(tx), handle))
@@ -287,6 +336,104 @@ mod tests {
         assert_eq!(lines[3], "x".repeat(10));
         assert_eq!(lines[4], "last-without-newline");
         assert_eq!(tail.lines().last().unwrap(), "stderr: last-without-newline");
+    }
+
+    /// Counts the calls that would each be one write(2) on stderr.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line(pid: i32, text: &str) -> Line {
+        Line {
+            origin: Origin {
+                name: "app".into(),
+                generation: 2,
+                slot: 1,
+                pid,
+            },
+            stream: Stream::Stdout,
+            priority: 6,
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn stderr_sink_writes_a_batch_in_one_call() {
+        let mut sink = StderrSink::default();
+        for i in 0..100 {
+            assert!(!sink.push(&line(7, &format!("line {i}"))));
+        }
+        let mut out = Writes::default();
+        sink.flush_to(&mut out);
+        assert_eq!(out.0.len(), 1, "one write for the whole batch, not one per fragment");
+        let text = String::from_utf8(out.0.concat()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 100);
+        assert_eq!(lines[0], "app[2.1 7]: line 0");
+        assert_eq!(lines[99], "app[2.1 7]: line 99");
+        sink.flush_to(&mut out);
+        assert_eq!(out.0.len(), 1, "nothing left to write");
+    }
+
+    #[test]
+    fn stderr_sink_batches_are_bounded() {
+        let mut sink = StderrSink::default();
+        let long = "x".repeat(1000);
+        let each = "app[2.1 7]: \n".len() + long.len();
+        let pushed = (1..100).find(|_| sink.push(&line(7, &long))).unwrap();
+        assert_eq!(
+            pushed,
+            STDERR_BATCH.div_ceil(each),
+            "full once it holds STDERR_BATCH bytes"
+        );
+    }
+
+    /// Records each line and each flush; its first write waits until the test
+    /// has queued more lines.
+    struct Batches {
+        log: Arc<Mutex<Vec<String>>>,
+        first: Option<std::sync::mpsc::Receiver<()>>,
+    }
+    impl LogSink for Batches {
+        fn write(&mut self, line: &Line) {
+            if let Some(go) = self.first.take() {
+                go.recv().unwrap();
+            }
+            self.log.lock().unwrap().push(line.text.clone());
+        }
+        fn flush(&mut self) {
+            self.log.lock().unwrap().push("flush".into());
+        }
+    }
+
+    #[test]
+    fn writer_hands_on_queued_lines_as_one_batch() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let sink = Batches {
+            log: log.clone(),
+            first: Some(go_rx),
+        };
+        let (writer, thread) = spawn_writer(Box::new(sink)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            for i in 0..5 {
+                writer.0.send(line(7, &format!("{i}"))).await.unwrap();
+            }
+        });
+        // Lines 1..4 are queued while the sink is busy with line 0.
+        go_tx.send(()).unwrap();
+        drop(writer);
+        writer_thread_done(thread);
+        assert_eq!(*log.lock().unwrap(), ["0", "1", "2", "3", "4", "flush"]);
     }
 
     fn writer_thread_done(thread: std::thread::JoinHandle<()>) {

@@ -401,8 +401,11 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
                     n.watchdog();
                 }
             }
-            _ = extend.tick() => driver.extend_timeout(),
-            _ = memory.tick() => driver.sample_memory(),
+            // Both tick only while they have work, so an idle baton sleeps.
+            _ = extend.tick(), if driver.systemd.is_some() && driver.core.phase() != Phase::Ready => {
+                driver.extend_timeout()
+            }
+            _ = memory.tick(), if driver.has_memory_limits() => driver.sample_memory(),
         }
         driver.update_status();
     };
@@ -1186,6 +1189,10 @@ impl Driver {
             Ok(tree) => tree.memory_source(),
             Err(_) => MemorySource::ProcessGroupRss,
         }
+    }
+
+    fn has_memory_limits(&self) -> bool {
+        self.workers.values().any(|io| io.memory_limit.is_some())
     }
 
     /// Starts sampling every limited worker's memory (its whole cgroup or
