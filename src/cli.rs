@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{ListenAddress, Workers};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "baton",
@@ -47,10 +49,10 @@ pub struct InitArgs {
     pub name: String,
     /// Address the socket unit listens on (repeatable): 0.0.0.0:8080, [::]:8080, /run/NAME.sock, @abstract
     #[arg(long, short = 'l', value_name = "ADDR", required = true)]
-    pub listen: Vec<String>,
+    pub listen: Vec<ListenAddress>,
     /// Number of workers, or "auto" for one per CPU
     #[arg(long, short = 'w', value_name = "N")]
-    pub workers: Option<String>,
+    pub workers: Option<Workers>,
     /// Run the app as this existing user (User= in the unit). Default: a
     /// system user of its own named NAME, created with systemd-sysusers.
     /// `--user root` works but is warned about
@@ -125,10 +127,10 @@ baton run --listen 127.0.0.1:8080 --workers 4 -- node server.js"
         /// Address to listen on (repeatable): 127.0.0.1:8080, [::1]:8080, /path.sock, @abstract.
         /// Replaces the config's [[listen]] entries
         #[arg(long, short = 'l', value_name = "ADDR")]
-        listen: Vec<String>,
+        listen: Vec<ListenAddress>,
         /// Number of workers, or "auto" for one per CPU
         #[arg(long, short = 'w', value_name = "N")]
-        workers: Option<String>,
+        workers: Option<Workers>,
         /// App name when running without a config file (default: the command's file name)
         #[arg(long = "name", id = "app_name", value_name = "NAME")]
         app_name: Option<String>,
@@ -230,5 +232,28 @@ mod tests {
             "a.js",
         ]);
         assert!(matches!(cli, Ok(Cli { command: Cmd::Run { ref command, .. } }) if command == &["node", "a.js"]));
+    }
+
+    /// Bad values are usage errors, with the config's own explanation.
+    #[test]
+    fn listen_and_workers_are_parsed_at_the_edge() {
+        let err = Cli::try_parse_from(["baton", "run", "--listen", "8080", "--", "x"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(
+            err.to_string().contains(
+                r#"invalid value '8080' for '--listen <ADDR>': a bare port is not an address: write "0.0.0.0:8080""#
+            ),
+            "{err}"
+        );
+        let err = Cli::try_parse_from(["baton", "init", "a", "-l", "@a", "--workers", "0", "--", "x"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"invalid value '0' for '--workers <N>': must be a positive integer or "auto", found 0"#),
+            "{err}"
+        );
+        let ok = Cli::try_parse_from(["baton", "run", "-l", "[::1]:80", "-w", "auto", "--", "x"]).unwrap();
+        assert!(
+            matches!(ok.command, Cmd::Run { ref listen, workers: Some(Workers::Auto), .. } if listen[0].to_string() == "[::1]:80")
+        );
     }
 }

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{self, ListenAddress, Overrides};
+use crate::config::{self, Dur, ListenAddress, Overrides, Readiness, Restart, Stop};
 
 const SERVICE_TEMPLATE: &str = include_str!("../units/baton@.service");
 
@@ -23,8 +23,8 @@ impl crate::cli::InitArgs {
     pub fn into_request(self, baton: PathBuf) -> Request {
         Request {
             name: self.name,
-            listen: self.listen,
-            workers: self.workers,
+            listen: self.listen.iter().map(ToString::to_string).collect(),
+            workers: self.workers.map(|w| w.to_string()),
             user: self.user,
             directory: self.directory,
             unit_dir: self.unit_dir,
@@ -230,24 +230,35 @@ fn config_toml(req: &Request) -> String {
     for addr in &req.listen {
         let _ = writeln!(t, "[[listen]]\naddress = {}\n", quote(addr));
     }
-    t.push_str(
+    // The defaults come from the config's own, so they are written once.
+    let (readiness, stop, restart) = (Readiness::default(), Stop::default(), Restart::default());
+    let d = |d: Duration| Dur(d).to_string();
+    let _ = write!(
+        t,
         "[environment]\n\
          # NODE_ENV = \"production\"\n\n\
          [readiness]\n\
          mode = \"notify\"          # the app sends READY=1 to $NOTIFY_SOCKET; or \"delay\"\n\
-         timeout = \"60s\"\n\n\
+         timeout = \"{}\"\n\n\
          [reload]\n\
          strategy = \"parallel\"    # or \"rolling\"\n\n\
          [stop]\n\
-         signal = \"SIGTERM\"\n\
-         timeout = \"30s\"\n\n\
+         signal = \"{}\"\n\
+         timeout = \"{}\"\n\n\
          [restart]\n\
-         delay = \"100ms\"\n\
-         max_delay = \"30s\"\n\
-         limit = 5\n\
-         window = \"60s\"\n\n\
+         delay = \"{}\"\n\
+         max_delay = \"{}\"\n\
+         limit = {}\n\
+         window = \"{}\"\n\n\
          [watchdog]\n\
          timeout = \"0s\"           # e.g. \"10s\": workers must send WATCHDOG=1 this often\n",
+        d(readiness.timeout),
+        stop.signal.as_str(),
+        d(stop.timeout),
+        d(restart.delay),
+        d(restart.max_delay),
+        restart.limit,
+        d(restart.window),
     );
     t
 }

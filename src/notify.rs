@@ -52,7 +52,7 @@ pub fn parse(datagram: &[u8]) -> Result<Parsed, String> {
                 if pid <= 0 {
                     return Err(bad());
                 }
-                parsed.messages.push(Notify::MainPid(pid));
+                parsed.messages.push(Notify::MainPid(nix::unistd::Pid::from_raw(pid)));
             }
             "ERRNO" => parsed.messages.push(Notify::Errno(value.parse().map_err(|_| bad())?)),
             "EXTEND_TIMEOUT_USEC" => {
@@ -307,7 +307,7 @@ mod tests {
                 Notify::Status("serving 4 conns".into()),
                 Notify::Watchdog,
                 Notify::WatchdogTrigger,
-                Notify::MainPid(42),
+                Notify::MainPid(nix::unistd::Pid::from_raw(42)),
                 Notify::Errno(98),
                 Notify::ExtendTimeout(Duration::from_secs(5)),
                 Notify::Stopping,

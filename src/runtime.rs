@@ -3,8 +3,10 @@
 //!
 //! One task owns the state machine. It reaps children (baton is a child
 //! subreaper, so orphaned grandchildren come here too), turns signals into
-//! intents (HUP → reload, TERM/INT → stop), and hears from per-worker tasks:
-//! notify sockets, output pumps and timers, plus control-socket clients.
+//! intents (HUP → reload, TERM/INT → stop), and hears from per-worker tasks
+//! (notify sockets, output pumps) and control-socket clients. The core's
+//! timers are not tasks: the loop holds one sleep, set to the core's next
+//! deadline (`poll_timeout`), and calls `handle_timeout` when it ends.
 //! Nothing on that task blocks: fork and exec run on the spawner thread
 //! (`sys::Spawner`), a reload's config is read on a blocking task, and both
 //! answer through the event channel.
@@ -33,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
@@ -41,7 +43,6 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -55,8 +56,8 @@ use crate::output::{self, Origin, Stream, Tail, Writer};
 use crate::spec::GenSpec;
 use crate::status;
 use crate::supervisor::{
-    Action, ClientId, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor, Timer, Waiter,
-    WorkerId,
+    Action, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor,
+    Waiter, WorkerId,
 };
 use crate::sys::{self, Spawner};
 use crate::systemd::Notifier;
@@ -96,6 +97,35 @@ pub enum RunError {
     Spec(#[from] crate::spec::SpecError),
 }
 
+/// Why a reload's config could not be used.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("loading the config failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("notify socket")]
+    Notify(#[source] std::io::Error),
+    #[error("pipe")]
+    Pipe(#[source] nix::Error),
+    #[error("Node IPC channel")]
+    Ipc(#[source] std::io::Error),
+    #[error("cannot create its cgroup")]
+    Cgroup(#[source] std::io::Error),
+    #[error("dup")]
+    Dup(#[source] std::io::Error),
+    /// Preparing the command, or the fork and exec themselves.
+    #[error(transparent)]
+    Spawn(#[from] sys::SpawnError),
+}
+
 enum Event {
     Notify {
         worker: WorkerId,
@@ -110,7 +140,6 @@ enum Event {
         worker: WorkerId,
         status: ExitStatus,
     },
-    Timer(Timer),
     Control(Command),
     /// The spawner thread's answer to a spawn.
     Spawned {
@@ -118,7 +147,7 @@ enum Event {
         result: Result<sys::Child, sys::SpawnError>,
     },
     /// A reload's config, read on a blocking task.
-    ConfigLoaded(Result<Arc<GenSpec>, String>),
+    ConfigLoaded(Result<Arc<GenSpec>, DriverError>),
     /// A memory sample, measured off the event loop.
     Memory(HashMap<WorkerId, u64>),
     /// `baton status`, its memory figures measured off the event loop.
@@ -138,7 +167,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// What a spawn prepared on the loop, completed when the spawner answers.
 struct Pending {
-    generation: u64,
+    generation: GenId,
     slot: usize,
     endpoint: Endpoint,
     out: OwnedFd,
@@ -226,9 +255,6 @@ struct Driver {
     started: Instant,
     started_wall: SystemTime,
     phase: watch::Sender<Phase>,
-    /// One pending task per timer; re-arming replaces it, and a worker's
-    /// timers are dropped when it exits, so nothing piles up over reloads.
-    timers: HashMap<Timer, tokio::task::AbortHandle>,
     systemd: Option<Notifier>,
     /// The last STATUS= sent, to send only changes.
     status_line: String,
@@ -350,7 +376,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         retired: BTreeSet::new(),
         old_tails: VecDeque::new(),
         clients: BTreeMap::new(),
-        next_client: 1,
+        next_client: ClientId::new(1),
         rejected: RateLimit::new(Duration::from_secs(10)),
         notify_errors: SharedRateLimit::new(Duration::from_secs(10)),
         started: Instant::now(),
@@ -358,7 +384,6 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         phase,
         systemd: Notifier::new(ctx.notify_socket.as_deref()),
         ctx,
-        timers: HashMap::new(),
         status_line: String::new(),
         tree,
         sampling: false,
@@ -381,12 +406,22 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     let mut memory = tokio::time::interval(MEMORY_SAMPLE);
     memory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     driver.core.start(Instant::now(), Arc::new(spec));
+    // The core's timers, all behind one sleep set to its earliest deadline.
+    let timeout = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timeout);
 
     let code = loop {
         if let Some(code) = driver.drain() {
             break code;
         }
+        let deadline = driver.core.poll_timeout().map(tokio::time::Instant::from_std);
+        if let Some(at) = deadline {
+            if timeout.deadline() != at {
+                timeout.as_mut().reset(at);
+            }
+        }
         tokio::select! {
+            _ = &mut timeout, if deadline.is_some() => driver.core.handle_timeout(Instant::now()),
             Some(event) = rx.recv() => driver.handle(event),
             _ = sigchld.recv() => driver.reap(),
             _ = sighup.recv() => {
@@ -490,22 +525,7 @@ impl Driver {
     fn handle(&mut self, event: Event) {
         let now = Instant::now();
         match event {
-            Event::Timer(t) => {
-                self.timers.remove(&t);
-                self.core.timer(now, t);
-            }
             Event::Exit { worker, status } => {
-                for t in [
-                    Timer::Ready(worker),
-                    Timer::Delay(worker),
-                    Timer::Stop(worker),
-                    Timer::Escalate(worker),
-                    Timer::Watchdog(worker),
-                ] {
-                    if let Some(task) = self.timers.remove(&t) {
-                        task.abort();
-                    }
-                }
                 if let Some(io) = self.workers.remove(&worker) {
                     if let Some(cg) = io.cgroup.clone() {
                         self.cleanup
@@ -534,7 +554,7 @@ impl Driver {
             Event::Memory(used) => self.memory_sampled(used),
             Event::Control(Command::Reload { wait, replies }) => {
                 let client = self.next_client;
-                self.next_client += 1;
+                self.next_client = client.next();
                 self.clients.insert(client, replies);
                 self.core.request_reload(now, Some(Waiter { client, wait }));
             }
@@ -553,6 +573,7 @@ impl Driver {
         let leader = io.leader;
         for msg in parsed.messages {
             if let Notify::MainPid(main) = msg {
+                let main = main.as_raw();
                 if main == leader {
                     continue;
                 }
@@ -624,16 +645,6 @@ impl Driver {
                     self.kill_tree(worker);
                 }
                 Action::Retired { generation } => self.retired(generation),
-                Action::Arm { at, timer } => {
-                    let events = self.events.clone();
-                    let task = spawn_task(&self.tasks, &self.done, "timer", async move {
-                        tokio::time::sleep_until(at).await;
-                        let _ = events.send(Event::Timer(timer)).await;
-                    });
-                    if let Some(old) = self.timers.insert(timer, task.abort_handle()) {
-                        old.abort();
-                    }
-                }
                 Action::LoadConfig => self.load_config(),
                 Action::Progress { clients, text } => {
                     tracing::info!("reload: {text}");
@@ -678,7 +689,7 @@ impl Driver {
         let tasks = self.tasks.clone();
         spawn_task(&self.tasks, &self.done, "load-config", async move {
             let load = tasks.spawn_blocking(move || {
-                let config = config::load(&source, &overrides).map_err(|e| crate::commands::chain(&e))?;
+                let config = config::load(&source, &overrides).map_err(LoadError::from)?;
                 if let Some(before) = before {
                     let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
                     if now != before {
@@ -689,11 +700,12 @@ impl Driver {
                 }
                 GenSpec::resolve(&config, path.as_deref())
                     .map(Arc::new)
-                    .map_err(|e| crate::commands::chain(&e))
+                    .map_err(LoadError::from)
             });
             let result = load
                 .await
-                .unwrap_or_else(|e| Err(format!("loading the config failed: {e}")));
+                .unwrap_or_else(|e| Err(LoadError::Task(e)))
+                .map_err(DriverError::new);
             let _ = events.send(Event::ConfigLoaded(result)).await;
         });
     }
@@ -735,7 +747,7 @@ impl Driver {
                 );
                 ReloadAnswer {
                     ok: true,
-                    generation: Some(ok.generation),
+                    generation: Some(ok.generation.get()),
                     message: format!("generation {} is serving", ok.generation),
                     output: Vec::new(),
                 }
@@ -743,7 +755,7 @@ impl Driver {
             Err(e) => {
                 tracing::error!("reload failed: {e}");
                 let (generation, output) = match e {
-                    ReloadError::Worker { fault } => (Some(fault.generation), self.tail_of(fault.worker)),
+                    ReloadError::Worker { fault } => (Some(fault.generation.get()), self.tail_of(fault.worker)),
                     _ => (None, Vec::new()),
                 };
                 ReloadAnswer {
@@ -763,7 +775,7 @@ impl Driver {
 
     /// Prepares a worker's pipes and sockets here, then hands the fork to
     /// the spawner thread, which answers with `Event::Spawned`.
-    fn spawn(&mut self, worker: WorkerId, generation: u64, slot: usize, spec: &GenSpec) {
+    fn spawn(&mut self, worker: WorkerId, generation: GenId, slot: usize, spec: &GenSpec) {
         match self.prepare(worker, generation, slot, spec) {
             Ok((cmd, fds, pending)) => {
                 self.pending.insert(worker, pending);
@@ -777,6 +789,7 @@ impl Driver {
                 );
             }
             Err(e) => {
+                let e = DriverError::new(e);
                 tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
                 self.core.spawn_failed(Instant::now(), worker, e);
             }
@@ -786,10 +799,10 @@ impl Driver {
     fn prepare(
         &self,
         worker: WorkerId,
-        generation: u64,
+        generation: GenId,
         slot: usize,
         spec: &GenSpec,
-    ) -> Result<(sys::Command, Vec<OwnedFd>, Pending), String> {
+    ) -> Result<(sys::Command, Vec<OwnedFd>, Pending), StartError> {
         let endpoint_name = format!(
             "baton/{}/{}/{}",
             std::process::id(),
@@ -799,20 +812,19 @@ impl Driver {
                 .map(|d| d.as_nanos())
                 .unwrap_or_default()
         );
-        let endpoint = Endpoint::bind(&endpoint_name).map_err(|e| format!("notify socket: {e}"))?;
-        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let endpoint = Endpoint::bind(&endpoint_name).map_err(StartError::Notify)?;
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
+        let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
         let channel = match spec.launch.node_ipc {
-            true => Some(crate::ipc::channel().map_err(|e| format!("Node IPC channel: {e}"))?),
+            true => Some(crate::ipc::channel().map_err(StartError::Ipc)?),
             false => None,
         };
-        let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation, slot)
-            .map_err(|e| crate::commands::chain(&e))?;
+        let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation.get(), slot)?;
         let cgroup = match &self.tree {
             Ok(tree) => {
                 let (cg, procs) = tree
-                    .worker(generation, slot, worker)
-                    .map_err(|e| format!("cannot create its cgroup: {e}"))?;
+                    .worker(generation.get(), slot, worker.get())
+                    .map_err(StartError::Cgroup)?;
                 cmd.join_cgroup(procs);
                 Some(cg)
             }
@@ -820,7 +832,7 @@ impl Driver {
         };
         // The spawner thread gets its own copies; they close once the child
         // has them (the sockets themselves stay open: rule 1).
-        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| format!("dup: {e}"));
+        let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map_err(StartError::Dup);
         let mut fds = vec![dup(self.devnull.as_fd())?, out_w, err_w];
         for l in self.listeners.iter() {
             fds.push(dup(l.fd())?);
@@ -865,7 +877,7 @@ impl Driver {
                     self.cleanup
                         .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
                 }
-                let e = crate::commands::chain(&e);
+                let e = DriverError::new(StartError::from(e));
                 tracing::error!("cannot start worker {slot} of generation {generation}: {e}");
                 self.core.spawn_failed(now, worker, e);
                 return;
@@ -906,7 +918,7 @@ impl Driver {
 
         let origin = Origin {
             name: self.name.clone(),
-            generation,
+            generation: generation.get(),
             slot,
             pid,
         };
@@ -954,7 +966,7 @@ impl Driver {
                 cgroup: pending.cgroup,
             },
         );
-        self.core.spawned(now, worker, pid);
+        self.core.spawned(now, worker, Pid::from_raw(pid));
         if let Some(status) = self.early_exits.remove(&pid) {
             // It exited before this answer came (the reaper killed its
             // group then): its cgroup goes too, and it is judged now.
@@ -1353,7 +1365,7 @@ fn generation_of(pid: i32, name: &str) -> Option<GenId> {
     let mut ours = false;
     for var in environ.split(|&b| b == 0) {
         if let Some(v) = var.strip_prefix(b"BATON_GENERATION=") {
-            generation = std::str::from_utf8(v).ok()?.parse().ok();
+            generation = std::str::from_utf8(v).ok()?.parse().ok().map(GenId::new);
         } else if let Some(v) = var.strip_prefix(b"BATON_NAME=") {
             ours = v == name.as_bytes();
         }

@@ -75,7 +75,7 @@ pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
 /// The one-line STATUS= for systemd, e.g.
 /// `gen 3: 4/4 ready · last reload 12:03:04 UTC ok in 1.2s`.
 pub fn summary(snapshot: &Snapshot, last_reload_at: Option<&str>) -> String {
-    let count = |id: Option<u64>| {
+    let count = |id: Option<crate::supervisor::GenId>| {
         snapshot
             .generations
             .iter()

@@ -34,21 +34,44 @@
 //! its slot; the successor must be ready before the old worker retires, so
 //! the slot never goes empty.
 //!
-//! The driver (`runtime.rs`) feeds events in (`start`, `spawned`,
-//! `exited`, `message`, `timer`, ...) with the current time, and executes the
-//! [`Action`]s that come out of [`Supervisor::poll_action`]. Timers carry the
-//! identity they are for; a timer that fires for something that has since
-//! moved on is ignored, so timers are never cancelled.
+//! # Driving it
+//!
+//! The core does no I/O and reads no clock, in the way of quinn-proto: the
+//! driver (`runtime.rs`, or a test) passes the current time into every call,
+//! and the core answers only through its queues. After *every* call the
+//! driver must
+//!
+//! 1. execute each [`Action`] from [`Supervisor::poll_action`] until it
+//!    returns `None`, in order (some actions promise an answer: a
+//!    [`Action::Spawn`] gets `spawned` or `spawn_failed`, a
+//!    [`Action::LoadConfig`] gets `config_loaded`);
+//! 2. ask [`Supervisor::poll_timeout`] again and wake up at that instant to
+//!    call [`Supervisor::handle_timeout`].
+//!
+//! The clock is `std::time::Instant`, so a test drives the core with a
+//! clock it advances by hand, without a runtime. Times passed in must never
+//! go backwards.
+//!
+//! Timers live in the core. Each one names what it is for ([`Timer`]); when
+//! it fires it checks that this still holds (the worker is still starting,
+//! the restart is still the newest, ...), so correctness never depends on
+//! cancelling one. Timers that can only find their cause gone are dropped
+//! (a worker's when it exits, its readiness timers once it is ready) to
+//! spare the driver a wakeup.
+//!
+//! Actions name workers ([`WorkerId`]), never processes: the driver alone
+//! maps them to pids and pidfds, and decides when a process counts as
+//! exited. The pids the core is told of serve only its reports.
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::config::ReloadStrategy;
 use crate::spec::GenSpec;
@@ -64,10 +87,100 @@ pub fn after(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(FAR)).unwrap_or(now)
 }
 
-pub type GenId = u64;
-pub type WorkerId = u64;
-/// A control-socket client waiting for a reload's answer.
-pub type ClientId = u64;
+/// Declares an id newtype: a `u64` that cannot be mixed up with the other
+/// ids, shown (and serialized) as its number.
+macro_rules! id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(u64);
+
+        impl $name {
+            pub const fn new(n: u64) -> Self {
+                $name(n)
+            }
+
+            pub const fn get(self) -> u64 {
+                self.0
+            }
+
+            /// The id after this one (ids are handed out in order).
+            #[must_use]
+            pub const fn next(self) -> Self {
+                $name(self.0.saturating_add(1))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id! {
+    /// A generation: 1 for the first start, one more for each reload.
+    GenId
+}
+id! {
+    /// A worker: one start of one slot; never reused.
+    WorkerId
+}
+id! {
+    /// A control-socket client waiting for a reload's answer (the driver
+    /// hands these out).
+    ClientId
+}
+
+/// An error the driver met doing what the core asked (loading the config,
+/// starting a worker), handed to the core as the error itself rather than
+/// its text. The core only relays and shows it, so any error type will do;
+/// the `Arc` keeps actions cheap to clone.
+///
+/// It displays as the whole chain ("what: why: root cause"): this is where
+/// the error is reported, to the log and to reload clients.
+#[derive(Debug, Clone)]
+pub struct DriverError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl DriverError {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        DriverError(Arc::new(error))
+    }
+
+    /// The error the driver met.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
+impl std::fmt::Display for DriverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// Errors of any type compare by what they say, which is all the core and
+/// its tests can know of them.
+impl PartialEq for DriverError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.to_string() == other.to_string()
+    }
+}
+
+/// Serialized as the text it displays.
+impl Serialize for DriverError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
 
 /// How a process ended, as `waitpid` reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,11 +223,12 @@ pub enum Notify {
     Stopping,
     Watchdog,
     WatchdogTrigger,
-    MainPid(i32),
+    MainPid(Pid),
     Errno(i32),
     ExtendTimeout(Duration),
 }
 
+/// A timer inside the core, named by what it is for (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Timer {
     /// The worker must be ready by its deadline.
@@ -150,8 +264,8 @@ pub enum Failure {
     Exited { status: ExitStatus, was_ready: bool },
     /// It did not become ready in time.
     NotReady { timeout_ms: u64 },
-    /// fork/exec failed.
-    Spawn { error: String },
+    /// fork/exec (or what prepares them) failed.
+    Spawn { error: DriverError },
     /// It stopped sending WATCHDOG=1.
     WatchdogTimeout,
     /// It sent WATCHDOG=trigger.
@@ -217,7 +331,10 @@ impl std::fmt::Display for Fault {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ReloadError {
     /// The config could not be loaded; nothing was started.
-    Config { message: String },
+    Config {
+        #[serde(rename = "message")]
+        error: DriverError,
+    },
     /// A worker of the new generation failed; it was retired.
     Worker { fault: Fault },
     /// baton is shutting down.
@@ -227,7 +344,7 @@ pub enum ReloadError {
 impl std::fmt::Display for ReloadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReloadError::Config { message } => write!(f, "invalid config, nothing changed:\n{message}"),
+            ReloadError::Config { error } => write!(f, "invalid config, nothing changed:\n{error}"),
             ReloadError::Worker { fault } => write!(f, "{fault}"),
             ReloadError::Stopping => f.write_str("baton is stopping"),
         }
@@ -316,8 +433,6 @@ pub enum Action {
     /// Every worker of this generation has exited: whatever they left
     /// behind (daemons baton adopted as subreaper) goes too.
     Retired { generation: GenId },
-    /// Call `timer` at `at`.
-    Arm { at: Instant, timer: Timer },
     /// Read the config; answer with `config_loaded`.
     LoadConfig,
     /// Tell reload clients how it is going.
@@ -353,9 +468,9 @@ struct Worker {
     generation: GenId,
     slot: usize,
     /// The pid we forked; it leads the worker's process group.
-    pid: Option<i32>,
+    pid: Option<Pid>,
     /// MAINPID= if the worker handed its role to another process.
-    main_pid: Option<i32>,
+    main_pid: Option<Pid>,
     state: WorkerState,
     /// Asked to stop while still being spawned.
     stop_pending: bool,
@@ -370,8 +485,9 @@ struct Worker {
 }
 
 impl Worker {
+    /// The pid the worker's reports name (its MAINPID= if it sent one).
     fn signal_target(&self) -> Option<i32> {
-        self.main_pid.or(self.pid)
+        self.main_pid.or(self.pid).map(Pid::as_raw)
     }
 }
 
@@ -457,6 +573,12 @@ pub struct Supervisor {
     phase: Phase,
     last_reload: Option<LastReload>,
     actions: VecDeque<Action>,
+    /// Pending timers by deadline, then arming order (so timers due at the
+    /// same instant fire in the order they were armed).
+    timers: BTreeMap<(Instant, u64), Timer>,
+    /// Where each pending timer sits in `timers`: re-arming one moves it.
+    armed: HashMap<Timer, (Instant, u64)>,
+    timer_seq: u64,
 }
 
 impl Default for Supervisor {
@@ -466,10 +588,11 @@ impl Default for Supervisor {
 }
 
 impl Supervisor {
+    /// An idle supervisor: nothing happens until [`Supervisor::start`].
     pub fn new() -> Self {
         Supervisor {
-            next_worker: 1,
-            next_gen: 1,
+            next_worker: WorkerId(1),
+            next_gen: GenId(1),
             gens: BTreeMap::new(),
             workers: BTreeMap::new(),
             serving: None,
@@ -482,18 +605,27 @@ impl Supervisor {
             phase: Phase::Starting,
             last_reload: None,
             actions: VecDeque::new(),
+            timers: BTreeMap::new(),
+            armed: HashMap::new(),
+            timer_seq: 0,
         }
     }
 
+    /// The next thing the driver must do, in order. Call it until it returns
+    /// `None` after every other call, and carry each action out before
+    /// feeding in the next event: actions are not idempotent (a second
+    /// `Spawn` would be a second worker). Once [`Action::Exit`] came out,
+    /// nothing more does; the driver exits.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
+    /// The lifecycle phase (also announced by [`Action::Phase`]).
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
-    /// Starts the first generation.
+    /// Starts the first generation from `spec`. Call it once, first.
     pub fn start(&mut self, now: Instant, spec: Arc<GenSpec>) {
         let generation = self.new_generation(now, spec);
         self.candidate = Some(generation);
@@ -504,7 +636,9 @@ impl Supervisor {
     }
 
     /// `baton reload`, SIGHUP or `systemctl reload`. `waiter` is `None` for
-    /// a signal, which has nobody to answer.
+    /// a signal, which has nobody to answer. Each waiter's client id must be
+    /// new; it gets exactly one [`Action::ReloadDone`], possibly preceded by
+    /// [`Action::Progress`].
     pub fn request_reload(&mut self, now: Instant, waiter: Option<Waiter>) {
         if self.stopping || self.exit_code.is_some() {
             if let Some(w) = waiter {
@@ -530,16 +664,18 @@ impl Supervisor {
         self.begin_reload(now, waiter.into_iter().collect());
     }
 
-    /// The answer to [`Action::LoadConfig`].
-    pub fn config_loaded(&mut self, now: Instant, result: Result<Arc<GenSpec>, String>) {
+    /// The answer to [`Action::LoadConfig`]: the resolved spec, or why the
+    /// config cannot be used. Call it once per `LoadConfig`; an answer that
+    /// comes after a stop request is ignored.
+    pub fn config_loaded(&mut self, now: Instant, result: Result<Arc<GenSpec>, DriverError>) {
         let Some(reload) = self.reload.as_ref() else { return };
         if reload.generation.is_some() {
             return;
         }
         let spec = match result {
             Ok(spec) => spec,
-            Err(message) => {
-                self.finish_reload(now, Err(ReloadError::Config { message }));
+            Err(error) => {
+                self.finish_reload(now, Err(ReloadError::Config { error }));
                 // The serving generation may have been lost while the config loaded.
                 self.check_lost(now);
                 return;
@@ -571,7 +707,11 @@ impl Supervisor {
         }
     }
 
-    pub fn spawned(&mut self, now: Instant, worker: WorkerId, pid: i32) {
+    /// The answer to [`Action::Spawn`]: `worker` runs as `pid` (reported in
+    /// faults and `status`). From now on the driver owes an
+    /// [`Supervisor::exited`] for it. Call it before any `message` or
+    /// `exited` of this worker.
+    pub fn spawned(&mut self, now: Instant, worker: WorkerId, pid: Pid) {
         let Some(w) = self.workers.get_mut(&worker) else { return };
         w.pid = Some(pid);
         w.state = WorkerState::Starting;
@@ -592,8 +732,12 @@ impl Supervisor {
         }
     }
 
-    pub fn spawn_failed(&mut self, now: Instant, worker: WorkerId, error: String) {
+    /// The other answer to [`Action::Spawn`]: no process was started (or the
+    /// one started is already gone and will not be reported). The worker is
+    /// forgotten; no `exited` follows.
+    pub fn spawn_failed(&mut self, now: Instant, worker: WorkerId, error: DriverError) {
         let Some(w) = self.workers.remove(&worker) else { return };
+        self.disarm_worker(worker);
         let fault = Fault {
             worker,
             generation: w.generation,
@@ -611,7 +755,9 @@ impl Supervisor {
         self.after_exit(now, w.generation);
     }
 
-    /// A notify message from a worker (or one of its descendants).
+    /// A notify message from a worker (or one of its descendants), already
+    /// authenticated by the driver (a MAINPID= it could not verify is not
+    /// passed on). Messages for unknown or gone workers are ignored.
     pub fn message(&mut self, now: Instant, worker: WorkerId, msg: Notify) {
         let Some(w) = self.workers.get_mut(&worker) else { return };
         match msg {
@@ -647,9 +793,13 @@ impl Supervisor {
         }
     }
 
-    /// The worker's main process exited and was reaped.
+    /// The worker's main process exited and was reaped (and its output
+    /// drained, so that a failure report includes its last lines). Call it
+    /// exactly once per `spawned` worker, whether or not the core asked it
+    /// to stop; the worker id is dead afterwards.
     pub fn exited(&mut self, now: Instant, worker: WorkerId, status: ExitStatus) {
         let Some(w) = self.workers.remove(&worker) else { return };
+        self.disarm_worker(worker);
         self.clear_slot(w.generation, w.slot, worker);
         if w.state != WorkerState::Stopping {
             let fault = Fault {
@@ -668,7 +818,30 @@ impl Supervisor {
         self.after_exit(now, w.generation);
     }
 
-    pub fn timer(&mut self, now: Instant, timer: Timer) {
+    /// The earliest deadline of a pending timer: the driver calls
+    /// [`Supervisor::handle_timeout`] once the clock reaches it. `None`
+    /// means nothing is pending. Ask again after every call into the core,
+    /// since any of them may arm a timer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|&(at, _)| at)
+    }
+
+    /// Fires every timer due at `now` (deadline `<= now`), in deadline
+    /// order, including timers those arm that are already due. Calling it
+    /// early or more than once is harmless: nothing that is not due fires.
+    /// Drain [`Supervisor::poll_action`] afterwards.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            self.armed.remove(&timer);
+            self.fire(now, timer);
+        }
+    }
+
+    fn fire(&mut self, now: Instant, timer: Timer) {
         match timer {
             Timer::Ready(id) => {
                 let Some(w) = self.workers.get(&id) else { return };
@@ -730,7 +903,8 @@ impl Supervisor {
         }
     }
 
-    /// The driver saw `worker` stay above `[limits] memory`. It is replaced
+    /// The driver saw `worker` stay above `[limits] memory` (the driver
+    /// decides what "stay" means). It is replaced
     /// gracefully: a successor starts in its slot, and only once that is
     /// ready does the old worker retire (PM2's max_memory_restart, without
     /// the gap). Ignored while a reload runs (it replaces every worker
@@ -792,7 +966,8 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM/SIGINT. A second request kills what is still running.
+    /// SIGTERM/SIGINT. A second request kills what is still running. After
+    /// it, the driver keeps reporting exits until [`Action::Exit`].
     pub fn request_stop(&mut self, now: Instant) {
         if self.stopping {
             let started: Vec<WorkerId> = self
@@ -821,8 +996,39 @@ impl Supervisor {
         self.actions.push_back(action);
     }
 
+    /// Arms `timer` for `at`, replacing an earlier arming of the same
+    /// timer. A timer is never cancelled: when it fires it checks whether
+    /// what it was for still holds (see [`Timer`]).
     fn arm(&mut self, at: Instant, timer: Timer) {
-        self.push(Action::Arm { at, timer });
+        self.timer_seq += 1;
+        let key = (at, self.timer_seq);
+        if let Some(old) = self.armed.insert(timer, key) {
+            self.timers.remove(&old);
+        }
+        self.timers.insert(key, timer);
+    }
+
+    /// A worker is gone: its timers would only find it missing, so they go
+    /// now instead of lingering (a restart timer belongs to its slot and
+    /// stays).
+    fn disarm_worker(&mut self, worker: WorkerId) {
+        for timer in [
+            Timer::Ready(worker),
+            Timer::Delay(worker),
+            Timer::Stop(worker),
+            Timer::Escalate(worker),
+            Timer::Watchdog(worker),
+        ] {
+            self.disarm(timer);
+        }
+    }
+
+    /// Drops a timer that can only find its cause gone, to save the driver
+    /// a wakeup.
+    fn disarm(&mut self, timer: Timer) {
+        if let Some(key) = self.armed.remove(&timer) {
+            self.timers.remove(&key);
+        }
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -845,7 +1051,7 @@ impl Supervisor {
 
     fn new_generation(&mut self, now: Instant, spec: Arc<GenSpec>) -> GenId {
         let id = self.next_gen;
-        self.next_gen += 1;
+        self.next_gen = id.next();
         let slots = (0..spec.policy.workers).map(|_| Slot::default()).collect();
         self.gens.insert(
             id,
@@ -881,7 +1087,7 @@ impl Supervisor {
         };
         let Some(s) = g.slots.get_mut(slot) else { return };
         let id = self.next_worker;
-        self.next_worker += 1;
+        self.next_worker = id.next();
         if successor {
             s.successor = Some(id);
         } else {
@@ -1012,6 +1218,8 @@ impl Supervisor {
                 self.arm(after(now, interval), Timer::Watchdog(worker));
             }
         }
+        self.disarm(Timer::Ready(worker));
+        self.disarm(Timer::Delay(worker));
         if Some(generation) == self.candidate {
             let reverting = self.reload.as_ref().is_some_and(|r| r.reverting.is_some());
             if reverting {
@@ -1506,7 +1714,8 @@ impl Supervisor {
         }
     }
 
-    /// A picture of everything, for `baton status`.
+    /// A picture of everything, for `baton status`. No side effects; callable
+    /// at any time.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
         let generations = self
             .gens

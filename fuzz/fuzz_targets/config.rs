@@ -14,13 +14,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton::config::{Overrides, parse};
 use baton::spec::GenSpec;
-use baton::supervisor::{Action, ClientId, ExitStatus, Notify, Supervisor, Timer, Waiter, WorkerId};
+use baton::supervisor::{Action, ClientId, DriverError, ExitStatus, Notify, Supervisor, Waiter, WorkerId};
 use libfuzzer_sys::fuzz_target;
-use tokio::time::Instant;
 
 /// Start, all ready, a reload that works, one that fails, a crash, time.
 const SCENARIO: &[u8] = &[
@@ -61,7 +60,6 @@ struct Harness {
     spec: Arc<GenSpec>,
     to_spawn: Vec<WorkerId>,
     live: Vec<WorkerId>,
-    timers: Vec<(Instant, Timer)>,
     load_pending: bool,
     next_client: ClientId,
     waiting: BTreeSet<ClientId>,
@@ -75,7 +73,6 @@ impl Harness {
             assert!(self.exit.is_none(), "{action:?} after Exit");
             match action {
                 Action::Spawn { worker, .. } => self.to_spawn.push(worker),
-                Action::Arm { at, timer } => self.timers.push((at, timer)),
                 Action::LoadConfig => self.load_pending = true,
                 Action::ReloadDone { clients, .. } => {
                     for c in clients {
@@ -102,10 +99,12 @@ impl Harness {
         let worker = self.to_spawn.remove(0);
         if ok {
             self.next_pid += 1;
-            self.core.spawned(self.now, worker, self.next_pid);
+            self.core
+                .spawned(self.now, worker, nix::unistd::Pid::from_raw(self.next_pid));
             self.live.push(worker);
         } else {
-            self.core.spawn_failed(self.now, worker, "fuzz".into());
+            self.core
+                .spawn_failed(self.now, worker, DriverError::new(std::io::Error::other("fuzz")));
         }
     }
 
@@ -114,18 +113,14 @@ impl Harness {
         self.core.exited(self.now, worker, status);
     }
 
-    /// Fires every timer that is due, the way the driver's sleeps would.
+    /// Fires every timer that is due, the way the driver's sleep would.
     fn fire_due(&mut self) {
-        let (due, later): (Vec<_>, Vec<_>) = self.timers.drain(..).partition(|(at, _)| *at <= self.now);
-        self.timers = later;
-        for (_, timer) in due {
-            self.core.timer(self.now, timer);
-        }
+        self.core.handle_timeout(self.now);
     }
 
     /// Moves time to the earliest timer and fires what is due then.
     fn fire_next(&mut self) {
-        if let Some(at) = self.timers.iter().map(|(at, _)| *at).min() {
+        if let Some(at) = self.core.poll_timeout() {
             self.now = self.now.max(at);
             self.fire_due();
         }
@@ -168,7 +163,7 @@ impl Harness {
                     1 => Notify::Stopping,
                     2 => Notify::Watchdog,
                     3 => Notify::WatchdogTrigger,
-                    4 => Notify::MainPid((n as i32).max(1)),
+                    4 => Notify::MainPid(nix::unistd::Pid::from_raw((n as i32).max(1))),
                     5 => Notify::Errno(n as i32),
                     _ => Notify::ExtendTimeout(Duration::from_micros(n)),
                 };
@@ -192,7 +187,7 @@ impl Harness {
                 let waiter = match s.byte() % 3 {
                     0 => None,
                     n => {
-                        self.next_client += 1;
+                        self.next_client = self.next_client.next();
                         self.waiting.insert(self.next_client);
                         Some(Waiter {
                             client: self.next_client,
@@ -205,7 +200,7 @@ impl Harness {
             8 => {
                 if std::mem::take(&mut self.load_pending) {
                     let result = if s.byte() % 4 == 3 {
-                        Err("fuzz: config does not load".to_owned())
+                        Err(DriverError::new(std::io::Error::other("fuzz: config does not load")))
                     } else {
                         Ok(self.spec.clone())
                     };
@@ -275,9 +270,8 @@ fuzz_target!(|data: &[u8]| {
         spec: spec.clone(),
         to_spawn: Vec::new(),
         live: Vec::new(),
-        timers: Vec::new(),
         load_pending: false,
-        next_client: 0,
+        next_client: ClientId::new(0),
         waiting: BTreeSet::new(),
         next_pid: 1000,
         exit: None,
@@ -304,7 +298,7 @@ fuzz_target!(|data: &[u8]| {
             h.spawn_next(true);
         } else if let Some(&w) = h.live.first() {
             h.exit_worker(w, ExitStatus::Code(0));
-        } else if h.timers.is_empty() {
+        } else if h.core.poll_timeout().is_none() {
             break;
         } else {
             h.fire_next();

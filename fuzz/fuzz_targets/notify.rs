@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     );
     for message in &parsed.messages {
         match message {
-            Notify::MainPid(pid) => assert!(*pid > 0, "MAINPID={pid} accepted"),
+            Notify::MainPid(pid) => assert!(pid.as_raw() > 0, "MAINPID={pid} accepted"),
             Notify::Status(s) => assert!(text.contains(s.as_str())),
             _ => {}
         }

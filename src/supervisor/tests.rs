@@ -2,7 +2,8 @@
 //! Tests of the supervisor state machine.
 //!
 //! [`H`] plays the operating system (pids, exits, spawn failures) and the
-//! clock (paused tokio time, armed timers fired in deadline order). Every
+//! driver's clock: a manual one that [`H::advance`] moves, calling
+//! `handle_timeout` at each deadline the core reports on the way. Every
 //! call into the supervisor goes through [`H::call_one`], which checks the
 //! design's invariants against the supervisor's internal state after each
 //! event, so the scenario tests and the randomized test share one oracle.
@@ -25,6 +26,40 @@ const KILLED: ExitStatus = ExitStatus::Signal {
     signal: 9,
     core_dumped: false,
 };
+
+/// Tests name ids by number (`h.send(2, ..)` is worker 2) or pass the ids
+/// the harness returned; this takes either.
+trait Id<T> {
+    fn id(self) -> T;
+}
+
+macro_rules! test_id {
+    ($($t:ident),*) => {$(
+        impl Id<$t> for u64 {
+            fn id(self) -> $t {
+                $t(self)
+            }
+        }
+        impl Id<$t> for $t {
+            fn id(self) -> $t {
+                self
+            }
+        }
+    )*};
+}
+
+test_id!(WorkerId, GenId, ClientId);
+
+fn clients(ids: &[u64]) -> Vec<ClientId> {
+    ids.iter().map(|&c| ClientId(c)).collect()
+}
+
+/// What the fake OS reports as a spawn or config error.
+impl From<&str> for DriverError {
+    fn from(text: &str) -> DriverError {
+        DriverError::new(std::io::Error::other(text.to_owned()))
+    }
+}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -75,7 +110,7 @@ fn spec(tag: &str, workers: usize, strategy: ReloadStrategy) -> Arc<GenSpec> {
 
 /// The fake OS gives worker N pid 1000 + N.
 fn pid_of(worker: WorkerId) -> i32 {
-    1000 + worker as i32
+    1000 + worker.0 as i32
 }
 
 // ---- what the supervisor did, in a form tests can compare exactly --------
@@ -134,7 +169,9 @@ fn why(e: &ReloadError) -> Why {
     }
 }
 
-fn spawn(worker: WorkerId, generation: GenId, slot: usize) -> Ev {
+fn spawn(worker: impl Id<WorkerId>, generation: impl Id<GenId>, slot: usize) -> Ev {
+    let worker: WorkerId = worker.id();
+    let generation: GenId = generation.id();
     Ev::Spawn {
         worker,
         generation,
@@ -142,7 +179,8 @@ fn spawn(worker: WorkerId, generation: GenId, slot: usize) -> Ev {
     }
 }
 
-fn term(worker: WorkerId) -> Ev {
+fn term(worker: impl Id<WorkerId>) -> Ev {
+    let worker: WorkerId = worker.id();
     Ev::Signal {
         worker,
         pid: pid_of(worker),
@@ -150,26 +188,28 @@ fn term(worker: WorkerId) -> Ev {
     }
 }
 
-fn kill(worker: WorkerId) -> Ev {
+fn kill(worker: impl Id<WorkerId>) -> Ev {
+    let worker: WorkerId = worker.id();
     Ev::KillGroup {
         worker,
         pgid: pid_of(worker),
     }
 }
 
-fn ok(clients: &[ClientId], generation: GenId) -> Ev {
-    Ev::Done(clients.to_vec(), Ok(generation))
+fn ok(ids: &[u64], generation: impl Id<GenId>) -> Ev {
+    Ev::Done(clients(ids), Ok(generation.id()))
 }
 
-fn err(clients: &[ClientId], why: Why) -> Ev {
-    Ev::Done(clients.to_vec(), Err(why))
+fn err(ids: &[u64], why: Why) -> Ev {
+    Ev::Done(clients(ids), Err(why))
 }
 
-fn progress(clients: &[ClientId]) -> Ev {
-    Ev::Progress(clients.to_vec())
+fn progress(ids: &[u64]) -> Ev {
+    Ev::Progress(clients(ids))
 }
 
-fn failed(generation: GenId, slot: usize, failure: Failure) -> Ev {
+fn failed(generation: impl Id<GenId>, slot: usize, failure: Failure) -> Ev {
+    let generation: GenId = generation.id();
     Ev::Failed {
         generation,
         slot,
@@ -177,7 +217,8 @@ fn failed(generation: GenId, slot: usize, failure: Failure) -> Ev {
     }
 }
 
-fn worker_failed(generation: GenId, slot: usize, failure: Failure) -> Why {
+fn worker_failed(generation: impl Id<GenId>, slot: usize, failure: Failure) -> Why {
+    let generation: GenId = generation.id();
     Why::Worker {
         generation,
         slot,
@@ -197,12 +238,13 @@ fn not_ready() -> Failure {
 
 /// What caused a supervisor call; it decides which retirements of a serving
 /// worker are legitimate.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Cause {
     Other,
     /// A notify message from this worker.
     Message(WorkerId),
-    Timer(Timer),
+    /// `handle_timeout` with these timers due.
+    Timers(Vec<Timer>),
     /// The answer to this worker's Spawn.
     Answer(WorkerId),
 }
@@ -217,11 +259,10 @@ struct H {
     sup: Supervisor,
     /// Compact events since the last `take`.
     events: Vec<Ev>,
-    /// Every raw action, including `Arm`.
+    /// Every raw action.
     actions: Vec<Action>,
-    /// Armed timers: deadline, arming order, timer.
-    timers: Vec<(Instant, u64, Timer)>,
-    seq: u64,
+    /// The clock: what the harness passes as `now`.
+    now: Instant,
     /// Spawned and not yet exited, with their pid (= pgid).
     alive: BTreeMap<WorkerId, i32>,
     main_pid: BTreeMap<WorkerId, i32>,
@@ -258,8 +299,7 @@ impl H {
             sup: Supervisor::new(),
             events: Vec::new(),
             actions: Vec::new(),
-            timers: Vec::new(),
-            seq: 0,
+            now: Instant::now(),
             alive: BTreeMap::new(),
             main_pid: BTreeMap::new(),
             meta: BTreeMap::new(),
@@ -280,10 +320,6 @@ impl H {
             stop_pending_answers: 0,
             log: Vec::new(),
         }
-    }
-
-    fn now() -> Instant {
-        Instant::now()
     }
 
     // ---- driving ----
@@ -307,10 +343,13 @@ impl H {
                 .map(|(&id, _)| id)
                 .collect(),
         };
-        f(&mut self.sup, Self::now());
+        f(&mut self.sup, self.now);
         let n = self.actions.len();
         while let Some(action) = self.sup.poll_action() {
             self.record(action);
+        }
+        if let Some(at) = self.sup.poll_timeout() {
+            assert!(at >= self.now, "a timer is overdue after a call: {:?}", self.sup.timers);
         }
         for a in &self.actions[n..] {
             if let Action::ReloadDone { result, .. } = a {
@@ -322,7 +361,7 @@ impl H {
                 }
             }
         }
-        self.check(cause, &before);
+        self.check(&cause, &before);
         if let Cause::Answer(w) = cause {
             self.stop_pending_answers += usize::from(before.retired.contains(&w));
         }
@@ -333,9 +372,13 @@ impl H {
         match error {
             None => {
                 self.alive.insert(worker, pid_of(worker));
-                self.call_one(Cause::Answer(worker), |s, now| s.spawned(now, worker, pid_of(worker)));
+                self.call_one(Cause::Answer(worker), |s, now| {
+                    s.spawned(now, worker, Pid::from_raw(pid_of(worker)))
+                });
             }
-            Some(e) => self.call_one(Cause::Answer(worker), |s, now| s.spawn_failed(now, worker, e)),
+            Some(e) => self.call_one(Cause::Answer(worker), |s, now| {
+                s.spawn_failed(now, worker, DriverError::from(e.as_str()))
+            }),
         }
     }
 
@@ -419,11 +462,6 @@ impl H {
                 assert!(self.messaged.insert(worker), "worker {worker} messaged twice");
                 self.events.push(Ev::Message(worker));
             }
-            Action::Arm { at, timer } => {
-                assert!(at >= Self::now(), "timer {timer:?} armed in the past");
-                self.seq += 1;
-                self.timers.push((at, self.seq, timer));
-            }
             Action::LoadConfig => {
                 assert_eq!(self.loads, 0, "two config loads at once");
                 self.loads += 1;
@@ -481,7 +519,7 @@ impl H {
     }
 
     /// Invariants of the design, checked after every supervisor call.
-    fn check(&self, cause: Cause, before: &Before) {
+    fn check(&self, cause: &Cause, before: &Before) {
         let sup = &self.sup;
         let shutdown = sup.stopping || sup.exit_code.is_some();
 
@@ -574,8 +612,8 @@ impl H {
             // A serving worker retires only when it failed on its own, asked
             // to leave, or a ready candidate worker took its slot (rolling).
             let own = match cause {
-                Cause::Message(t) => t == id,
-                Cause::Timer(Timer::Ready(t) | Timer::Watchdog(t)) => t == id,
+                Cause::Message(t) => *t == id,
+                Cause::Timers(due) => due.contains(&Timer::Ready(id)) || due.contains(&Timer::Watchdog(id)),
                 _ => false,
             };
             let handed = sup.gens[&w.generation].slots[w.slot].handed_over
@@ -587,7 +625,7 @@ impl H {
                         .is_some_and(|cw| sup.workers[&cw].state == WorkerState::Ready)
                 });
             // Memory limit: its ready successor took the slot.
-            let replaced = matches!(cause, Cause::Message(t)
+            let replaced = matches!(*cause, Cause::Message(t)
                 if sup.gens[&w.generation].slots[w.slot].worker == Some(t)
                     && sup.workers.get(&t).is_some_and(|x| x.state == WorkerState::Ready));
             assert!(
@@ -631,28 +669,20 @@ impl H {
     }
 
     /// Moves the clock by `d`, firing every timer that comes due on the way.
-    async fn advance(&mut self, d: Duration) {
-        let end = Self::now() + d;
-        loop {
-            let next = self
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(at) = self.sup.poll_timeout().filter(|&at| at <= end) {
+            self.now = self.now.max(at);
+            // What is due now, for the oracle's idea of the cause.
+            let due = self
+                .sup
                 .timers
-                .iter()
-                .enumerate()
-                .filter(|(_, (at, _, _))| *at <= end)
-                .min_by_key(|(_, (at, seq, _))| (*at, *seq))
-                .map(|(i, _)| i);
-            let Some(i) = next else { break };
-            let (at, _, timer) = self.timers.remove(i);
-            let now = Self::now();
-            if at > now {
-                tokio::time::advance(at - now).await;
-            }
-            self.call(Cause::Timer(timer), |s, now| s.timer(now, timer));
+                .range(..=(self.now, u64::MAX))
+                .map(|(_, &t)| t)
+                .collect();
+            self.call(Cause::Timers(due), |s, now| s.handle_timeout(now));
         }
-        let now = Self::now();
-        if end > now {
-            tokio::time::advance(end - now).await;
-        }
+        self.now = self.now.max(end);
     }
 
     fn start(&mut self, spec: Arc<GenSpec>) {
@@ -667,11 +697,13 @@ impl H {
         self.call(Cause::Other, |s, now| s.request_reload(now, waiter));
     }
 
-    fn reload(&mut self, client: ClientId) {
+    fn reload(&mut self, client: impl Id<ClientId>) {
+        let client: ClientId = client.id();
         self.request(Some(Waiter { client, wait: false }));
     }
 
-    fn reload_wait(&mut self, client: ClientId) {
+    fn reload_wait(&mut self, client: impl Id<ClientId>) {
+        let client: ClientId = client.id();
         self.request(Some(Waiter { client, wait: true }));
     }
 
@@ -689,12 +721,13 @@ impl H {
     fn load_err(&mut self, message: &str) {
         assert_eq!(self.loads, 1, "no LoadConfig to answer");
         self.loads = 0;
-        let message = message.to_owned();
-        self.call(Cause::Other, |s, now| s.config_loaded(now, Err(message)));
+        let error = DriverError::from(message);
+        self.call(Cause::Other, |s, now| s.config_loaded(now, Err(error)));
     }
 
     /// The driver saw `worker` above its memory limit.
-    fn memory(&mut self, worker: WorkerId) {
+    fn memory(&mut self, worker: impl Id<WorkerId>) {
+        let worker: WorkerId = worker.id();
         self.call(Cause::Other, |s, now| s.memory_exceeded(now, worker));
     }
 
@@ -702,25 +735,28 @@ impl H {
         self.call(Cause::Other, |s, now| s.request_stop(now));
     }
 
-    fn send(&mut self, worker: WorkerId, msg: Notify) {
+    fn send(&mut self, worker: impl Id<WorkerId>, msg: Notify) {
+        let worker: WorkerId = worker.id();
         assert!(
             self.alive.contains_key(&worker),
             "message from worker {worker}, which is not running"
         );
         if let Notify::MainPid(pid) = msg {
-            self.main_pid.insert(worker, pid);
+            self.main_pid.insert(worker, pid.as_raw());
         }
         self.call(Cause::Message(worker), |s, now| s.message(now, worker, msg));
     }
 
     /// The worker's process exits with `status`.
-    fn exit_worker(&mut self, worker: WorkerId, status: ExitStatus) {
+    fn exit_worker(&mut self, worker: impl Id<WorkerId>, status: ExitStatus) {
+        let worker: WorkerId = worker.id();
         assert!(self.alive.remove(&worker).is_some(), "worker {worker} is not running");
         self.call(Cause::Other, |s, now| s.exited(now, worker, status));
     }
 
     /// A retiring worker that obeys its stop signal (or dies of SIGKILL).
-    fn exit_after_signal(&mut self, worker: WorkerId) {
+    fn exit_after_signal(&mut self, worker: impl Id<WorkerId>) {
+        let worker: WorkerId = worker.id();
         assert!(
             self.signalled.contains(&worker) || self.messaged.contains(&worker) || self.killed.contains(&worker),
             "worker {worker} was never asked to stop"
@@ -744,7 +780,8 @@ impl H {
     }
 
     /// Answers a held spawn.
-    fn release(&mut self, worker: WorkerId, error: Option<&str>) {
+    fn release(&mut self, worker: impl Id<WorkerId>, error: Option<&str>) {
+        let worker: WorkerId = worker.id();
         let i = self.held.iter().position(|&w| w == worker).expect("spawn not held");
         self.held.remove(i);
         self.answer_spawn(worker, error.map(str::to_owned));
@@ -754,29 +791,34 @@ impl H {
     }
 
     /// The live worker in this slot.
-    fn at(&self, generation: GenId, slot: usize) -> WorkerId {
+    fn at(&self, generation: impl Id<GenId>, slot: usize) -> WorkerId {
+        let generation: GenId = generation.id();
         self.sup.gens[&generation].slots[slot]
             .worker
             .unwrap_or_else(|| panic!("no live worker in slot {slot} of generation {generation}"))
     }
 
-    fn ready(&mut self, generation: GenId, slot: usize) {
+    fn ready(&mut self, generation: impl Id<GenId>, slot: usize) {
+        let generation: GenId = generation.id();
         let w = self.at(generation, slot);
         self.send(w, Notify::Ready);
     }
 
-    fn crash(&mut self, generation: GenId, slot: usize, status: ExitStatus) -> WorkerId {
+    fn crash(&mut self, generation: impl Id<GenId>, slot: usize, status: ExitStatus) -> WorkerId {
+        let generation: GenId = generation.id();
         let w = self.at(generation, slot);
         self.exit_worker(w, status);
         w
     }
 
     /// Live (not retiring) workers of a generation, by id.
-    fn live(&self, generation: GenId) -> Vec<WorkerId> {
-        self.sup.live_workers(generation).map(|(&id, _)| id).collect()
+    fn live(&self, generation: impl Id<GenId>) -> Vec<u64> {
+        let generation: GenId = generation.id();
+        self.sup.live_workers(generation).map(|(&id, _)| id.0).collect()
     }
 
-    fn state(&self, worker: WorkerId) -> Option<WorkerState> {
+    fn state(&self, worker: impl Id<WorkerId>) -> Option<WorkerState> {
+        let worker: WorkerId = worker.id();
         self.sup.workers.get(&worker).map(|w| w.state)
     }
 
@@ -785,10 +827,11 @@ impl H {
     }
 
     fn snap(&self) -> Snapshot {
-        self.sup.snapshot(Self::now())
+        self.sup.snapshot(self.now)
     }
 
-    fn gen_snap(&self, generation: GenId) -> Option<GenerationSnapshot> {
+    fn gen_snap(&self, generation: impl Id<GenId>) -> Option<GenerationSnapshot> {
+        let generation: GenId = generation.id();
         self.snap().generations.into_iter().find(|g| g.id == generation)
     }
 
@@ -801,16 +844,13 @@ impl H {
         assert_eq!(self.take(), want);
     }
 
-    /// When `timer` is armed to fire (the latest arming).
+    /// When `timer` is armed to fire.
     fn armed(&self, timer: Timer) -> Option<Instant> {
-        self.timers
-            .iter()
-            .filter(|(_, _, t)| *t == timer)
-            .map(|(at, _, _)| *at)
-            .max()
+        self.sup.armed.get(&timer).map(|&(at, _)| at)
     }
 
-    fn answer(&self, client: ClientId) -> &ReloadResult {
+    fn answer(&self, client: impl Id<ClientId>) -> &ReloadResult {
+        let client: ClientId = client.id();
         let a = &self.answers[&client];
         assert_eq!(a.len(), 1, "client {client}: {a:?}");
         &a[0]
@@ -829,7 +869,7 @@ fn started_with(spec: Arc<GenSpec>) -> H {
     for slot in 0..workers {
         h.ready(1, slot);
     }
-    assert_eq!(h.sup.serving, Some(1));
+    assert_eq!(h.sup.serving, Some(GenId(1)));
     assert_eq!(h.take().last(), Some(&Ev::Phase(Phase::Ready)));
     h
 }
@@ -840,21 +880,21 @@ fn started(workers: usize, strategy: ReloadStrategy) -> H {
 
 // ---- 1. first start ----------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn first_start_is_ready_only_when_every_worker_is() {
+#[test]
+fn first_start_is_ready_only_when_every_worker_is() {
     let mut h = H::new();
     let v1 = spec("v1", 3, Parallel);
-    let t0 = Instant::now();
+    let t0 = h.now;
     h.start(v1.clone());
     h.expect(&[spawn(1, 1, 0), spawn(2, 1, 1), spawn(3, 1, 2)]);
     for w in 1..=3 {
-        assert!(Arc::ptr_eq(&h.specs[&w], &v1));
+        assert!(Arc::ptr_eq(&h.specs[&WorkerId(w)], &v1));
         assert_eq!(h.state(w), Some(WorkerState::Starting));
-        assert_eq!(h.armed(Timer::Ready(w)), Some(t0 + secs(60)));
+        assert_eq!(h.armed(Timer::Ready(WorkerId(w))), Some(t0 + secs(60)));
     }
     let snap = h.snap();
     assert_eq!(snap.phase, Phase::Starting);
-    assert_eq!((snap.serving, snap.candidate), (None, Some(1)));
+    assert_eq!((snap.serving, snap.candidate), (None, Some(GenId(1))));
     assert_eq!(snap.generations[0].role, Role::Starting);
 
     h.ready(1, 0);
@@ -868,7 +908,7 @@ async fn first_start_is_ready_only_when_every_worker_is() {
     h.expect(&[Ev::Phase(Phase::Ready)]);
     let snap = h.snap();
     assert_eq!(snap.phase, Phase::Ready);
-    assert_eq!((snap.serving, snap.candidate), (Some(1), None));
+    assert_eq!((snap.serving, snap.candidate), (Some(GenId(1)), None));
     let g = &snap.generations[0];
     assert_eq!((g.role, g.ready, g.slots), (Role::Serving, 3, 3));
     assert_eq!(g.command, ["server", "v1"]);
@@ -877,12 +917,12 @@ async fn first_start_is_ready_only_when_every_worker_is() {
     assert!(g.workers.iter().all(|w| w.state == WorkerState::Ready));
 
     // The first generation's readiness timers are stale now.
-    h.advance(secs(120)).await;
+    h.advance(secs(120));
     h.expect(&[]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn first_start_worker_exiting_before_ready_retires_everything_and_exits_1() {
+#[test]
+fn first_start_worker_exiting_before_ready_retires_everything_and_exits_1() {
     let mut h = H::new();
     h.start(spec("v1", 3, Parallel));
     h.take();
@@ -910,25 +950,25 @@ async fn first_start_worker_exiting_before_ready_retires_everything_and_exits_1(
     assert!(h.snap().generations.is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn first_start_readiness_timeout_exits_1() {
+#[test]
+fn first_start_readiness_timeout_exits_1() {
     let mut h = H::new();
     h.start(spec("v1", 2, Parallel));
     h.take();
     h.ready(1, 0);
-    h.advance(secs(60) - ms(1)).await;
+    h.advance(secs(60) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[kill(2), failed(1, 1, not_ready()), Ev::Phase(Phase::Stopping), term(1)]);
     h.exit_after_signal(2);
     h.exit_after_signal(1);
     h.expect(&[Ev::Exit(1)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn first_start_spawn_failure_exits_1() {
+#[test]
+fn first_start_spawn_failure_exits_1() {
     let mut h = H::new();
-    h.fail_spawns.insert((1, 1));
+    h.fail_spawns.insert((GenId(1), 1));
     h.start(spec("v1", 2, Parallel));
     h.expect(&[
         spawn(1, 1, 0),
@@ -949,10 +989,10 @@ async fn first_start_spawn_failure_exits_1() {
 
 // ---- 2. parallel reload -----------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_ready() {
+#[test]
+fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_ready() {
     let mut h = started(2, Parallel);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.reload(7);
     h.expect(&[Ev::Phase(Phase::Reloading), Ev::LoadConfig]);
     assert!(h.snap().reload_in_progress);
@@ -960,11 +1000,11 @@ async fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_re
     let v2 = spec("v2", 2, Parallel);
     h.load(v2.clone());
     h.expect(&[progress(&[7]), spawn(3, 2, 0), spawn(4, 2, 1)]);
-    assert!(Arc::ptr_eq(&h.specs[&3], &v2) && Arc::ptr_eq(&h.specs[&4], &v2));
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(3)], &v2) && Arc::ptr_eq(&h.specs[&WorkerId(4)], &v2));
     let snap = h.snap();
     assert_eq!(
         (snap.serving, snap.candidate, snap.phase),
-        (Some(1), Some(2), Phase::Reloading)
+        (Some(GenId(1)), Some(GenId(2)), Phase::Reloading)
     );
 
     h.ready(2, 1);
@@ -975,23 +1015,23 @@ async fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_re
         "rule 2: nothing retires before the whole successor is ready"
     );
 
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     h.ready(2, 0);
     h.expect(&[term(1), term(2), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
     match h.answer(7) {
-        Ok(ok) => assert_eq!((ok.generation, ok.elapsed_ms), (2, 1000)),
+        Ok(ok) => assert_eq!((ok.generation, ok.elapsed_ms), (GenId(2), 1000)),
         Err(e) => panic!("{e}"),
     }
     let snap = h.snap();
     assert_eq!(
         (snap.serving, snap.candidate, snap.phase),
-        (Some(2), None, Phase::Ready)
+        (Some(GenId(2)), None, Phase::Ready)
     );
     assert_eq!(h.gen_snap(1).unwrap().role, Role::Retiring);
     assert_eq!(h.gen_snap(2).unwrap().role, Role::Serving);
     let last = snap.last_reload.unwrap();
-    assert!(last.ok && last.generation == Some(2), "{last:?}");
-    assert_eq!(h.sup.gens[&1].spec, v1);
+    assert!(last.ok && last.generation == Some(GenId(2)), "{last:?}");
+    assert_eq!(h.sup.gens[&GenId(1)].spec, v1);
 
     h.exit_after_signal(1);
     assert!(h.gen_snap(1).is_some());
@@ -1003,8 +1043,8 @@ async fn parallel_reload_retires_the_old_generation_after_all_new_workers_are_re
 
 // ---- 3, 4, 7. a failing new generation leaves the old one serving ------------
 
-#[tokio::test(start_paused = true)]
-async fn new_worker_exiting_before_ready_fails_the_reload() {
+#[test]
+fn new_worker_exiting_before_ready_fails_the_reload() {
     let mut h = started(3, Parallel);
     h.reload(7);
     h.load(spec("v2", 3, Parallel));
@@ -1022,16 +1062,16 @@ async fn new_worker_exiting_before_ready_fails_the_reload() {
     let Err(ReloadError::Worker { fault }) = h.answer(7) else {
         panic!("{:?}", h.answer(7))
     };
-    assert_eq!((fault.worker, fault.pid), (5, Some(1005)));
+    assert_eq!((fault.worker, fault.pid), (WorkerId(5), Some(1005)));
     assert_eq!(
         fault.to_string(),
         "worker 1 of generation 2 (pid 1005) exited with status 3 before it became ready"
     );
     // The old generation got no signal and serves at full strength.
-    assert!(h.signalled.iter().all(|&w| w > 3));
+    assert!(h.signalled.iter().all(|&w| w > WorkerId(3)));
     let g1 = h.gen_snap(1).unwrap();
     assert_eq!((g1.role, g1.ready), (Role::Serving, 3));
-    assert_eq!(h.snap().serving, Some(1));
+    assert_eq!(h.snap().serving, Some(GenId(1)));
     assert!(!h.snap().last_reload.unwrap().ok);
 
     h.exit_after_signal(4);
@@ -1040,16 +1080,16 @@ async fn new_worker_exiting_before_ready_fails_the_reload() {
     h.expect(&[]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
+#[test]
+fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
     let mut h = started(2, Parallel);
     h.reload(7);
     h.load(spec("v2", 2, Parallel));
     h.take();
     h.ready(2, 0);
-    h.advance(secs(60) - ms(1)).await;
+    h.advance(secs(60) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[
         kill(4),
         failed(2, 1, not_ready()),
@@ -1064,16 +1104,16 @@ async fn readiness_timeout_during_reload_fails_it_and_kills_the_stuck_worker() {
     h.exit_after_signal(3);
     // It never became ready, so it was killed at once: no stop timeout.
     h.exit_worker(4, KILLED);
-    h.advance(secs(30)).await;
+    h.advance(secs(30));
     h.expect(&[]);
     assert!(h.gen_snap(2).is_none());
     assert_eq!(h.live(1), [1, 2]);
     assert_eq!(h.gen_snap(1).unwrap().ready, 2);
-    assert!(!h.signalled.contains(&1) && !h.signalled.contains(&2));
+    assert!(!h.signalled.contains(&WorkerId(1)) && !h.signalled.contains(&WorkerId(2)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn new_worker_crashing_after_ready_fails_a_parallel_reload() {
+#[test]
+fn new_worker_crashing_after_ready_fails_a_parallel_reload() {
     let mut h = started(2, Parallel);
     h.reload(7);
     h.load(spec("v2", 2, Parallel));
@@ -1088,11 +1128,11 @@ async fn new_worker_crashing_after_ready_fails_a_parallel_reload() {
         Ev::Phase(Phase::Ready),
     ]);
     assert_eq!(h.live(1), [1, 2]);
-    assert_eq!(h.snap().serving, Some(1));
+    assert_eq!(h.snap().serving, Some(GenId(1)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn stopping_early_or_watchdog_trigger_fails_a_new_worker() {
+#[test]
+fn stopping_early_or_watchdog_trigger_fails_a_new_worker() {
     let mut h = started(1, Parallel);
     h.reload(7);
     h.load(spec("v2", 1, Parallel));
@@ -1120,17 +1160,17 @@ async fn stopping_early_or_watchdog_trigger_fails_a_new_worker() {
 
 // ---- 5. readiness deadline extension and delay mode ------------------------
 
-#[tokio::test(start_paused = true)]
-async fn extend_timeout_pushes_the_readiness_deadline_out() {
+#[test]
+fn extend_timeout_pushes_the_readiness_deadline_out() {
     let mut h = started(1, Parallel);
     h.reload(7);
     h.load(spec("v2", 1, Parallel));
     h.take();
     // Shorter than what is left: no effect.
     h.send(2, Notify::ExtendTimeout(secs(1)));
-    h.advance(secs(50)).await;
+    h.advance(secs(50));
     h.send(2, Notify::ExtendTimeout(secs(30)));
-    h.advance(secs(29)).await; // 79s, past the original 60s deadline
+    h.advance(secs(29)); // 79s, past the original 60s deadline
     h.expect(&[]);
     assert_eq!(h.state(2), Some(WorkerState::Starting));
     h.ready(2, 0);
@@ -1141,11 +1181,11 @@ async fn extend_timeout_pushes_the_readiness_deadline_out() {
     h.reload(8);
     h.load(spec("v3", 1, Parallel));
     h.take();
-    h.advance(secs(50)).await;
+    h.advance(secs(50));
     h.send(3, Notify::ExtendTimeout(secs(30)));
-    h.advance(secs(30) - ms(1)).await;
+    h.advance(secs(30) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[
         kill(3),
         failed(3, 0, not_ready()),
@@ -1154,46 +1194,46 @@ async fn extend_timeout_pushes_the_readiness_deadline_out() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn delay_mode_marks_workers_ready_after_the_delay() {
+#[test]
+fn delay_mode_marks_workers_ready_after_the_delay() {
     let mut p = policy(2, Parallel);
     p.ready_delay = Some(secs(2));
     let mut h = H::new();
     h.start(spec_of("v1", p.clone()));
     h.take();
-    h.advance(secs(2) - ms(1)).await;
+    h.advance(secs(2) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[Ev::Phase(Phase::Ready)]);
 
     h.reload(7);
     h.load(spec_of("v2", p));
     h.take();
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     // READY=1 is still honoured before the delay.
     h.ready(2, 0);
     h.expect(&[]);
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     h.expect(&[term(1), term(2), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
 }
 
 // ---- 6. old workers crash during a reload ---------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn old_worker_crashing_during_reload_restarts_with_the_old_spec() {
+#[test]
+fn old_worker_crashing_during_reload_restarts_with_the_old_spec() {
     let mut h = started(2, Parallel);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.reload(7);
     h.load(spec("v2", 2, Parallel));
     h.take();
     h.crash(1, 0, FAIL);
     h.expect(&[failed(1, 0, exited(FAIL, true))]);
-    h.advance(ms(99)).await;
+    h.advance(ms(99));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[spawn(5, 1, 0)]);
-    assert!(Arc::ptr_eq(&h.specs[&5], &v1), "rule 4");
-    assert_eq!(h.specs[&5].launch.argv, ["server", "v1"]);
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(5)], &v1), "rule 4");
+    assert_eq!(h.specs[&WorkerId(5)].launch.argv, ["server", "v1"]);
     h.ready(1, 0);
     h.expect(&[]);
     assert_eq!(h.gen_snap(1).unwrap().restarts, 1);
@@ -1203,8 +1243,8 @@ async fn old_worker_crashing_during_reload_restarts_with_the_old_spec() {
     h.expect(&[term(2), term(5), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn pending_restart_of_the_old_generation_is_dropped_when_it_retires() {
+#[test]
+fn pending_restart_of_the_old_generation_is_dropped_when_it_retires() {
     let mut h = started(2, Parallel);
     h.reload(7);
     h.load(spec("v2", 2, Parallel));
@@ -1218,7 +1258,7 @@ async fn pending_restart_of_the_old_generation_is_dropped_when_it_retires() {
         ok(&[7], 2),
         Ev::Phase(Phase::Ready),
     ]);
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     h.expect(&[]);
     h.exit_after_signal(2);
     assert!(h.gen_snap(1).is_none());
@@ -1226,8 +1266,8 @@ async fn pending_restart_of_the_old_generation_is_dropped_when_it_retires() {
 
 // ---- 8, 9, 10. coalescing and queueing ---------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn reloads_requested_during_a_reload_coalesce_into_one() {
+#[test]
+fn reloads_requested_during_a_reload_coalesce_into_one() {
     let mut h = started(1, Parallel);
     h.reload(1);
     h.expect(&[Ev::Phase(Phase::Reloading), Ev::LoadConfig]);
@@ -1260,8 +1300,8 @@ async fn reloads_requested_during_a_reload_coalesce_into_one() {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn sighup_during_a_reload_queues_a_follow_up() {
+#[test]
+fn sighup_during_a_reload_queues_a_follow_up() {
     let mut h = started(1, Parallel);
     h.reload(1);
     h.hup();
@@ -1284,8 +1324,8 @@ async fn sighup_during_a_reload_queues_a_follow_up() {
     assert_eq!(h.load_configs(), 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn reload_requested_during_first_start_runs_once_it_is_ready() {
+#[test]
+fn reload_requested_during_first_start_runs_once_it_is_ready() {
     let mut h = H::new();
     h.start(spec("v1", 2, Parallel));
     h.take();
@@ -1312,8 +1352,8 @@ async fn reload_requested_during_first_start_runs_once_it_is_ready() {
     assert_eq!(h.load_configs(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn config_error_fails_the_reload_and_the_queued_one_proceeds() {
+#[test]
+fn config_error_fails_the_reload_and_the_queued_one_proceeds() {
     let mut h = started(1, Parallel);
     h.reload(1);
     h.reload(2);
@@ -1339,8 +1379,8 @@ async fn config_error_fails_the_reload_and_the_queued_one_proceeds() {
 
 // ---- 11. stop ------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn stop_during_reload_answers_clients_and_retires_everything() {
+#[test]
+fn stop_during_reload_answers_clients_and_retires_everything() {
     let mut h = started(2, Parallel);
     h.reload(1);
     h.load(spec("v2", 2, Parallel));
@@ -1372,8 +1412,8 @@ async fn stop_during_reload_answers_clients_and_retires_everything() {
     h.expect(&[Ev::Exit(0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn stop_while_the_config_loads_ignores_the_late_config() {
+#[test]
+fn stop_while_the_config_loads_ignores_the_late_config() {
     let mut h = started(1, Parallel);
     h.reload(1);
     h.take();
@@ -1385,8 +1425,8 @@ async fn stop_while_the_config_loads_ignores_the_late_config() {
     h.expect(&[Ev::Exit(0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn stop_while_workers_are_being_spawned() {
+#[test]
+fn stop_while_workers_are_being_spawned() {
     let mut h = H::new();
     h.hold_spawns = true;
     h.start(spec("v1", 2, Parallel));
@@ -1404,8 +1444,8 @@ async fn stop_while_workers_are_being_spawned() {
     h.expect(&[Ev::Exit(0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn stop_with_nothing_running_exits_at_once() {
+#[test]
+fn stop_with_nothing_running_exits_at_once() {
     let mut h = started(1, Parallel);
     h.crash(1, 0, FAIL);
     h.take();
@@ -1415,8 +1455,8 @@ async fn stop_with_nothing_running_exits_at_once() {
 
 // ---- 12, 13. rolling reloads --------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_replaces_one_slot_at_a_time() {
+#[test]
+fn rolling_reload_replaces_one_slot_at_a_time() {
     let mut h = started(3, Rolling);
     h.reload(1);
     h.load(spec("v2", 3, Rolling));
@@ -1446,10 +1486,10 @@ async fn rolling_reload_replaces_one_slot_at_a_time() {
     assert!(h.gen_snap(1).is_none());
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_failing_midway_restores_the_old_generation_first() {
+#[test]
+fn rolling_reload_failing_midway_restores_the_old_generation_first() {
     let mut h = started(4, Rolling);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.reload(1);
     h.load(spec("v2", 4, Rolling));
     h.ready(2, 0);
@@ -1478,7 +1518,7 @@ async fn rolling_reload_failing_midway_restores_the_old_generation_first() {
         spawn(9, 1, 1),
     ]);
     assert!(
-        Arc::ptr_eq(&h.specs[&8], &v1) && Arc::ptr_eq(&h.specs[&9], &v1),
+        Arc::ptr_eq(&h.specs[&WorkerId(8)], &v1) && Arc::ptr_eq(&h.specs[&WorkerId(9)], &v1),
         "rule 4"
     );
     // The ready new workers keep serving slots 0 and 1 meanwhile.
@@ -1496,7 +1536,7 @@ async fn rolling_reload_failing_midway_restores_the_old_generation_first() {
     ]);
 
     let snap = h.snap();
-    assert_eq!((snap.serving, snap.candidate), (Some(1), None));
+    assert_eq!((snap.serving, snap.candidate), (Some(GenId(1)), None));
     let g1 = h.gen_snap(1).unwrap();
     assert_eq!((g1.ready, g1.slots), (4, 4), "back at full strength");
     assert_eq!(h.live(1), [3, 4, 8, 9]);
@@ -1505,8 +1545,8 @@ async fn rolling_reload_failing_midway_restores_the_old_generation_first() {
     assert!(h.gen_snap(2).is_none());
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_handed_over_worker_crashing_fails_the_reload() {
+#[test]
+fn rolling_reload_handed_over_worker_crashing_fails_the_reload() {
     let mut h = started(2, Rolling);
     h.reload(1);
     h.load(spec("v2", 2, Rolling));
@@ -1530,8 +1570,8 @@ async fn rolling_reload_handed_over_worker_crashing_fails_the_reload() {
     assert_eq!(h.gen_snap(1).unwrap().ready, 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_to_more_workers_that_fails_reverts_completely() {
+#[test]
+fn rolling_reload_to_more_workers_that_fails_reverts_completely() {
     // One old worker, three new ones: the new slot 1 has no old counterpart.
     let mut h = started(1, Rolling);
     h.reload(1);
@@ -1552,8 +1592,8 @@ async fn rolling_reload_to_more_workers_that_fails_reverts_completely() {
     assert!(h.live(2).is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_revert_leaves_a_given_up_old_slot_given_up() {
+#[test]
+fn rolling_revert_leaves_a_given_up_old_slot_given_up() {
     let mut p = policy(2, Rolling);
     p.restart.limit = 0;
     let mut h = started_with(spec_of("v1", p));
@@ -1586,8 +1626,8 @@ async fn rolling_revert_leaves_a_given_up_old_slot_given_up() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_to_fewer_workers_retires_the_extra_old_ones_at_the_end() {
+#[test]
+fn rolling_reload_to_fewer_workers_retires_the_extra_old_ones_at_the_end() {
     let mut h = started(3, Rolling);
     h.reload(1);
     h.load(spec("v2", 2, Rolling));
@@ -1597,17 +1637,17 @@ async fn rolling_reload_to_fewer_workers_retires_the_extra_old_ones_at_the_end()
     h.expect(&[progress(&[1]), term(2), term(3), ok(&[1], 2), Ev::Phase(Phase::Ready)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_reload_old_worker_crash_in_a_slot_not_yet_handed_over_restarts_it() {
+#[test]
+fn rolling_reload_old_worker_crash_in_a_slot_not_yet_handed_over_restarts_it() {
     let mut h = started(2, Rolling);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.reload(1);
     h.load(spec("v2", 2, Rolling));
     h.take();
     h.crash(1, 1, FAIL);
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.expect(&[failed(1, 1, exited(FAIL, true)), spawn(4, 1, 1)]);
-    assert!(Arc::ptr_eq(&h.specs[&4], &v1));
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(4)], &v1));
     h.ready(1, 1);
     h.ready(2, 0);
     h.ready(2, 1);
@@ -1625,39 +1665,37 @@ async fn rolling_reload_old_worker_crash_in_a_slot_not_yet_handed_over_restarts_
 // ---- 14. crash restarts ---------------------------------------------------------
 
 /// Crashes the slot's worker; returns the restart delay armed for it.
-fn crash_for_delay(h: &mut H, generation: GenId, slot: usize) -> Option<Duration> {
-    let n = h.actions.len();
-    let now = Instant::now();
+fn crash_for_delay(h: &mut H, generation: u64, slot: usize) -> Option<Duration> {
+    let generation = GenId(generation);
+    let before = h.sup.timer_seq;
+    let now = h.now;
     h.crash(generation, slot, FAIL);
-    h.actions[n..].iter().find_map(|a| match a {
-        Action::Arm {
-            at,
-            timer: Timer::Restart {
-                generation: g, slot: s, ..
-            },
-        } if (*g, *s) == (generation, slot) => Some(*at - now),
+    h.sup.timers.iter().find_map(|(&(at, seq), t)| match *t {
+        Timer::Restart {
+            generation: g, slot: s, ..
+        } if (g, s) == (generation, slot) && seq > before => Some(at - now),
         _ => None,
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn crash_restarts_back_off_exponentially_then_give_up() {
+#[test]
+fn crash_restarts_back_off_exponentially_then_give_up() {
     let mut h = started(2, Parallel);
     for (i, delay) in [100, 200, 400, 800, 1600].into_iter().enumerate() {
         assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(delay)));
         h.expect(&[failed(1, 0, exited(FAIL, i == 0))]);
-        h.advance(ms(delay - 1)).await;
+        h.advance(ms(delay - 1));
         h.expect(&[]);
-        assert!(h.sup.gens[&1].slots[0].worker.is_none());
+        assert!(h.sup.gens[&GenId(1)].slots[0].worker.is_none());
         let w = h.next_worker();
-        h.advance(ms(1)).await;
+        h.advance(ms(1));
         h.expect(&[spawn(w, 1, 0)]);
     }
     assert_eq!(crash_for_delay(&mut h, 1, 0), None, "six crashes within a minute");
     h.expect(&[failed(1, 0, exited(FAIL, false))]);
     let g = h.gen_snap(1).unwrap();
     assert_eq!((g.given_up.as_slice(), g.restarts), ([0usize].as_slice(), 6));
-    h.advance(secs(120)).await;
+    h.advance(secs(120));
     h.expect(&[]);
     assert_eq!(h.live(1), [2], "slot 1 keeps serving");
 
@@ -1665,7 +1703,7 @@ async fn crash_restarts_back_off_exponentially_then_give_up() {
     for i in 0..5 {
         assert!(crash_for_delay(&mut h, 1, 1).is_some());
         h.expect(&[failed(1, 1, exited(FAIL, i == 0))]);
-        h.advance(secs(2)).await;
+        h.advance(secs(2));
         h.take();
     }
     assert_eq!(crash_for_delay(&mut h, 1, 1), None);
@@ -1676,61 +1714,61 @@ async fn crash_restarts_back_off_exponentially_then_give_up() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn crash_restart_delay_is_capped_at_max_delay() {
+#[test]
+fn crash_restart_delay_is_capped_at_max_delay() {
     let mut p = policy(1, Parallel);
     p.restart.max_delay = secs(1);
     p.restart.limit = 100;
     let mut h = started_with(spec_of("v1", p));
     for delay in [100, 200, 400, 800, 1000, 1000, 1000] {
         assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(delay)));
-        h.advance(ms(delay)).await;
+        h.advance(ms(delay));
     }
     assert!(h.gen_snap(1).unwrap().given_up.is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn crashes_older_than_the_window_are_forgotten() {
+#[test]
+fn crashes_older_than_the_window_are_forgotten() {
     let mut p = policy(1, Parallel);
     p.restart.limit = 2;
     p.restart.window = secs(10);
     let mut h = started_with(spec_of("v1", p));
     assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(100)));
-    h.advance(secs(5)).await;
+    h.advance(secs(5));
     h.ready(1, 0);
     assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(200)));
-    h.advance(ms(200)).await;
+    h.advance(ms(200));
     h.ready(1, 0);
-    h.advance(secs(5)).await; // the first crash is now 10.2s old
+    h.advance(secs(5)); // the first crash is now 10.2s old
     assert_eq!(
         crash_for_delay(&mut h, 1, 0),
         Some(ms(200)),
         "the first crash is forgotten"
     );
-    h.advance(ms(200)).await;
+    h.advance(ms(200));
     h.ready(1, 0);
     assert_eq!(crash_for_delay(&mut h, 1, 0), None, "three within 10s: given up");
     assert_eq!(h.take().last(), Some(&Ev::Exit(1)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn restarted_worker_that_never_gets_ready_is_replaced() {
+#[test]
+fn restarted_worker_that_never_gets_ready_is_replaced() {
     let mut h = started(1, Parallel);
     h.crash(1, 0, FAIL);
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.expect(&[failed(1, 0, exited(FAIL, true)), spawn(2, 1, 0)]);
-    h.advance(secs(60)).await;
+    h.advance(secs(60));
     h.expect(&[kill(2), failed(1, 0, not_ready())]);
-    h.advance(ms(200)).await;
+    h.advance(ms(200));
     h.expect(&[spawn(3, 1, 0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn restart_spawn_failure_counts_as_a_crash() {
+#[test]
+fn restart_spawn_failure_counts_as_a_crash() {
     let mut h = started(1, Parallel);
     h.crash(1, 0, FAIL);
-    h.fail_spawns.insert((1, 0));
-    h.advance(ms(100)).await;
+    h.fail_spawns.insert((GenId(1), 0));
+    h.advance(ms(100));
     let spawn_failure = Failure::Spawn {
         error: "fork: out of memory".into(),
     };
@@ -1739,16 +1777,16 @@ async fn restart_spawn_failure_counts_as_a_crash() {
         spawn(2, 1, 0),
         failed(1, 0, spawn_failure),
     ]);
-    h.advance(ms(199)).await;
+    h.advance(ms(199));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[spawn(3, 1, 0)]);
 }
 
 // ---- 15. --wait -------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn wait_clients_are_answered_once_the_old_generation_has_exited() {
+#[test]
+fn wait_clients_are_answered_once_the_old_generation_has_exited() {
     let mut h = H::new();
     h.start(spec("v1", 2, Parallel));
     h.ready(1, 0);
@@ -1760,7 +1798,7 @@ async fn wait_clients_are_answered_once_the_old_generation_has_exited() {
     h.ready(2, 0);
     h.ready(2, 1);
     h.expect(&[term(1), term(2), progress(&[1]), Ev::Phase(Phase::Ready)]);
-    assert!(h.answers[&1].is_empty());
+    assert!(h.answers[&ClientId(1)].is_empty());
     h.exit_after_signal(1);
     h.expect(&[]);
     h.exit_after_signal(2);
@@ -1791,8 +1829,8 @@ async fn wait_clients_are_answered_once_the_old_generation_has_exited() {
     h.expect(&[ok(&[3], 4)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn wait_client_of_a_failed_reload_is_answered_at_once() {
+#[test]
+fn wait_client_of_a_failed_reload_is_answered_at_once() {
     let mut h = started(1, Parallel);
     h.reload_wait(1);
     h.load(spec("v2", 1, Parallel));
@@ -1806,8 +1844,8 @@ async fn wait_client_of_a_failed_reload_is_answered_at_once() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn wait_client_is_answered_even_if_baton_stops_meanwhile() {
+#[test]
+fn wait_client_is_answered_even_if_baton_stops_meanwhile() {
     let mut h = started(1, Parallel);
     h.reload_wait(1);
     h.load(spec("v2", 1, Parallel));
@@ -1823,17 +1861,21 @@ async fn wait_client_is_answered_even_if_baton_stops_meanwhile() {
 
 // ---- 16. STOPPING=1 and the worker watchdog --------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn stopping_from_a_serving_worker_replaces_it_and_counts_toward_the_limit() {
+#[test]
+fn stopping_from_a_serving_worker_replaces_it_and_counts_toward_the_limit() {
     let mut h = started(2, Parallel);
-    let v1 = h.sup.gens[&1].spec.clone();
+    let v1 = h.sup.gens[&GenId(1)].spec.clone();
     h.send(1, Notify::Stopping);
     // It drains while its replacement comes up after the restart delay.
     h.expect(&[term(1)]);
-    assert_eq!(h.sup.gens[&1].slots[0].crashes.len(), 1, "counts toward the limit");
-    h.advance(ms(100)).await;
+    assert_eq!(
+        h.sup.gens[&GenId(1)].slots[0].crashes.len(),
+        1,
+        "counts toward the limit"
+    );
+    h.advance(ms(100));
     h.expect(&[spawn(3, 1, 0)]);
-    assert!(Arc::ptr_eq(&h.specs[&3], &v1));
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(3)], &v1));
     h.exit_after_signal(1);
     h.expect(&[]);
     h.ready(1, 0);
@@ -1843,8 +1885,8 @@ async fn stopping_from_a_serving_worker_replaces_it_and_counts_toward_the_limit(
     assert_eq!(crash_for_delay(&mut h, 1, 0), Some(ms(200)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_worker_that_keeps_sending_stopping_is_given_up() {
+#[test]
+fn a_worker_that_keeps_sending_stopping_is_given_up() {
     let mut h = started(1, Parallel);
     // limit = 5: five STOPPING=1 in the window are restarted (with backoff),
     // the sixth gives the slot up instead of looping forever.
@@ -1852,7 +1894,7 @@ async fn a_worker_that_keeps_sending_stopping_is_given_up() {
         let w = h.at(1, 0);
         h.send(w, Notify::Stopping);
         h.exit_after_signal(w);
-        h.advance(secs(2)).await;
+        h.advance(secs(2));
         h.ready(1, 0);
         h.take();
     }
@@ -1861,31 +1903,31 @@ async fn a_worker_that_keeps_sending_stopping_is_given_up() {
     assert_eq!(h.gen_snap(1).unwrap().given_up, [0]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn watchdog_trigger_replaces_the_worker_as_a_crash() {
+#[test]
+fn watchdog_trigger_replaces_the_worker_as_a_crash() {
     let mut p = policy(1, Parallel);
     p.watchdog = Some(secs(1));
     let mut h = started_with(spec_of("v1", p));
     h.send(1, Notify::WatchdogTrigger);
     h.expect(&[term(1), failed(1, 0, Failure::WatchdogTrigger)]);
-    assert_eq!(h.sup.gens[&1].slots[0].crashes.len(), 1);
-    h.advance(ms(100)).await;
+    assert_eq!(h.sup.gens[&GenId(1)].slots[0].crashes.len(), 1);
+    h.advance(ms(100));
     h.expect(&[spawn(2, 1, 0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn missed_watchdog_replaces_the_worker_and_pings_keep_it_alive() {
+#[test]
+fn missed_watchdog_replaces_the_worker_and_pings_keep_it_alive() {
     let mut p = policy(2, Parallel);
     p.watchdog = Some(secs(1));
     let mut h = started_with(spec_of("v1", p));
-    h.advance(ms(500)).await;
+    h.advance(ms(500));
     h.send(1, Notify::Watchdog);
-    h.advance(ms(500)).await;
+    h.advance(ms(500));
     h.expect(&[term(2), failed(1, 1, Failure::WatchdogTimeout)]);
-    assert_eq!(h.sup.gens[&1].slots[1].crashes.len(), 1);
+    assert_eq!(h.sup.gens[&GenId(1)].slots[1].crashes.len(), 1);
     h.send(1, Notify::Watchdog);
     for _ in 0..20 {
-        h.advance(ms(500)).await;
+        h.advance(ms(500));
         h.send(1, Notify::Watchdog);
         if let Some(&w) = h.live(1).iter().find(|&&w| w != 1) {
             if h.state(w) == Some(WorkerState::Starting) {
@@ -1901,12 +1943,12 @@ async fn missed_watchdog_replaces_the_worker_and_pings_keep_it_alive() {
 
 // ---- 17, 18. spawn failures and MAINPID ------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn spawn_failure_during_reload_fails_it() {
+#[test]
+fn spawn_failure_during_reload_fails_it() {
     let mut h = started(2, Parallel);
     h.reload(1);
     h.take();
-    h.fail_spawns.insert((2, 1));
+    h.fail_spawns.insert((GenId(2), 1));
     h.load(spec("v2", 2, Parallel));
     let failure = Failure::Spawn {
         error: "fork: out of memory".into(),
@@ -1927,10 +1969,10 @@ async fn spawn_failure_during_reload_fails_it() {
     assert_eq!(h.live(1), [1, 2]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn mainpid_gets_the_stop_signal_and_the_group_gets_sigkill() {
+#[test]
+fn mainpid_gets_the_stop_signal_and_the_group_gets_sigkill() {
     let mut h = started(1, Parallel);
-    h.send(1, Notify::MainPid(4242));
+    h.send(1, Notify::MainPid(Pid::from_raw(4242)));
     assert_eq!(h.gen_snap(1).unwrap().workers[0].pid, Some(4242));
     h.reload(1);
     h.load(spec("v2", 1, Parallel));
@@ -1938,19 +1980,22 @@ async fn mainpid_gets_the_stop_signal_and_the_group_gets_sigkill() {
     h.ready(2, 0);
     h.expect(&[
         Ev::Signal {
-            worker: 1,
+            worker: WorkerId(1),
             pid: 4242,
             signal: Signal::SIGTERM,
         },
         ok(&[1], 2),
         Ev::Phase(Phase::Ready),
     ]);
-    h.advance(secs(30)).await;
-    h.expect(&[Ev::KillGroup { worker: 1, pgid: 1001 }]);
+    h.advance(secs(30));
+    h.expect(&[Ev::KillGroup {
+        worker: WorkerId(1),
+        pgid: 1001,
+    }]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn stop_signal_comes_from_the_generation_policy() {
+#[test]
+fn stop_signal_comes_from_the_generation_policy() {
     let mut p = policy(1, Parallel);
     p.stop_signal = Signal::SIGQUIT;
     let mut h = started_with(spec_of("v1", p));
@@ -1961,7 +2006,7 @@ async fn stop_signal_comes_from_the_generation_policy() {
     assert_eq!(
         h.take()[0],
         Ev::Signal {
-            worker: 1,
+            worker: WorkerId(1),
             pid: 1001,
             signal: Signal::SIGQUIT
         }
@@ -1970,15 +2015,15 @@ async fn stop_signal_comes_from_the_generation_policy() {
 
 // ---- the serving generation lost while a reload runs -----------------------------
 
-#[tokio::test(start_paused = true)]
-async fn config_error_after_the_serving_generation_gave_up_exits_1() {
+#[test]
+fn config_error_after_the_serving_generation_gave_up_exits_1() {
     let mut p = policy(1, Parallel);
     p.restart.limit = 1;
     let mut h = started_with(spec_of("v1", p));
     h.reload(1);
     h.take();
     h.crash(1, 0, FAIL);
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.crash(1, 0, FAIL);
     assert_eq!(h.gen_snap(1).unwrap().given_up, [0]);
     h.take();
@@ -1991,8 +2036,8 @@ async fn config_error_after_the_serving_generation_gave_up_exits_1() {
     ]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn successful_reload_rescues_a_serving_generation_that_gave_up() {
+#[test]
+fn successful_reload_rescues_a_serving_generation_that_gave_up() {
     let mut p = policy(1, Parallel);
     p.restart.limit = 0;
     let mut h = started_with(spec_of("v1", p));
@@ -2088,7 +2133,7 @@ struct Coverage {
 struct Run {
     h: H,
     rng: Rng,
-    next_client: ClientId,
+    next_client: u64,
     version: u64,
 }
 
@@ -2110,7 +2155,7 @@ impl Run {
         self.next_client += 1;
         let wait = self.rng.chance(30);
         self.h.request(Some(Waiter {
-            client: self.next_client,
+            client: ClientId(self.next_client),
             wait,
         }));
     }
@@ -2128,7 +2173,7 @@ impl Run {
         }
     }
 
-    async fn step(&mut self) {
+    fn step(&mut self) {
         let r = &mut self.rng;
         match r.below(100) {
             0..=9 => self.request(),
@@ -2166,7 +2211,7 @@ impl Run {
             62..=75 => {
                 let d = [1, 10, 100, 100, 500, 1000, 2000, 6000, 11_000];
                 let d = self.rng.pick(&d).unwrap();
-                self.h.advance(ms(d)).await;
+                self.h.advance(ms(d));
             }
             76..=78 => {
                 if let Some(w) = self.rng.pick(&self.alive()) {
@@ -2191,7 +2236,7 @@ impl Run {
             }
             89 => {
                 if let Some(w) = self.rng.pick(&self.alive()) {
-                    self.h.send(w, Notify::MainPid(50_000 + w as i32));
+                    self.h.send(w, Notify::MainPid(Pid::from_raw(50_000 + w.0 as i32)));
                 }
             }
             90..=95 => {
@@ -2230,7 +2275,7 @@ impl Run {
 
     /// Everything behaves from now on: a running reload must finish and
     /// the serving generation must get back to full strength.
-    async fn quiesce(&mut self) {
+    fn quiesce(&mut self) {
         for _ in 0..60 {
             if self.h.exit.is_some() || self.shutdown() {
                 return;
@@ -2259,7 +2304,7 @@ impl Run {
                 self.h.send(w, Notify::Watchdog);
             }
             self.h.exit_signalled();
-            self.h.advance(secs(1)).await;
+            self.h.advance(secs(1));
         }
         panic!(
             "did not settle: reload {:?}, queued {:?}, serving {:?}, candidate {:?}",
@@ -2268,7 +2313,7 @@ impl Run {
     }
 
     /// Stop, and let everything exit.
-    async fn finish(&mut self) {
+    fn finish(&mut self) {
         if self.h.exit.is_none() {
             self.h.stop();
             if self.rng.chance(30) {
@@ -2284,7 +2329,7 @@ impl Run {
             }
             self.h.exit_signalled();
             if self.h.exit.is_none() {
-                self.h.advance(secs(6)).await;
+                self.h.advance(secs(6));
             }
         }
         assert!(self.h.exit.is_some(), "never exited: {:?}", self.h.sup.workers);
@@ -2292,8 +2337,8 @@ impl Run {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn randomized_event_sequences_keep_the_invariants() {
+#[test]
+fn randomized_event_sequences_keep_the_invariants() {
     let mut cov = Coverage::default();
     for seed in 1..=200u64 {
         // Shown with the failure, to replay one seed.
@@ -2311,17 +2356,17 @@ async fn randomized_event_sequences_keep_the_invariants() {
         };
         // Most runs get past the first start; the rest exercise it.
         if run.rng.chance(80) {
-            run.quiesce().await;
+            run.quiesce();
         }
         for _ in 0..200 {
             if run.h.exit.is_some() {
                 break;
             }
-            run.step().await;
+            run.step();
             cov.steps += 1;
         }
-        run.quiesce().await;
-        run.finish().await;
+        run.quiesce();
+        run.finish();
 
         let h = &run.h;
         assert_eq!(h.actions.iter().filter(|a| matches!(a, Action::Exit(_))).count(), 1);
@@ -2343,7 +2388,9 @@ async fn randomized_event_sequences_keep_the_invariants() {
                 Action::Progress { text, .. } if text.contains("waiting for the old one") => cov.wait_answers += 1,
                 Action::Kill { .. } => cov.killgroup += 1,
                 Action::Exit(0) => cov.exit0 += 1,
-                Action::Exit(_) if h.sup.last_reload.is_none() && h.sup.next_gen == 2 => cov.first_start_failed += 1,
+                Action::Exit(_) if h.sup.last_reload.is_none() && h.sup.next_gen == GenId(2) => {
+                    cov.first_start_failed += 1
+                }
                 Action::Exit(_) => cov.exit1 += 1,
                 _ => {}
             }
@@ -2364,8 +2411,8 @@ async fn randomized_event_sequences_keep_the_invariants() {
 
 // ---- issue 5: [stop] message and the memory limit ---------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
+#[test]
+fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
     let mut p = policy(1, Parallel);
     p.stop_message = true;
     p.stop_timeout = secs(10);
@@ -2375,24 +2422,30 @@ async fn stop_message_goes_first_then_the_signal_at_half_time_then_sigkill() {
     h.ready(2, 0);
     // The old worker hears the message; no signal yet.
     let events = h.take();
-    assert!(events.contains(&Ev::Message(1)), "{events:?}");
+    assert!(events.contains(&Ev::Message(WorkerId(1))), "{events:?}");
     assert!(
-        !events.iter().any(|e| matches!(e, Ev::Signal { worker: 1, .. })),
+        !events.iter().any(|e| matches!(
+            e,
+            Ev::Signal {
+                worker: WorkerId(1),
+                ..
+            }
+        )),
         "{events:?}"
     );
-    h.advance(secs(5) - ms(1)).await;
+    h.advance(secs(5) - ms(1));
     h.expect(&[]);
-    h.advance(ms(1)).await;
+    h.advance(ms(1));
     h.expect(&[term(1)]);
-    h.advance(secs(5)).await;
+    h.advance(secs(5));
     h.expect(&[Ev::KillGroup {
-        worker: 1,
-        pgid: pid_of(1),
+        worker: WorkerId(1),
+        pgid: pid_of(WorkerId(1)),
     }]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_worker_that_leaves_on_the_message_gets_no_signal() {
+#[test]
+fn a_worker_that_leaves_on_the_message_gets_no_signal() {
     let mut p = policy(1, Parallel);
     p.stop_message = true;
     let mut h = started_with(spec_of("v1", p.clone()));
@@ -2401,7 +2454,7 @@ async fn a_worker_that_leaves_on_the_message_gets_no_signal() {
     h.ready(2, 0);
     h.take();
     h.exit_worker(1, ExitStatus::Code(0));
-    h.advance(secs(60)).await;
+    h.advance(secs(60));
     let events = h.take();
     assert!(
         !events
@@ -2417,8 +2470,8 @@ fn limited(workers: usize) -> Arc<GenSpec> {
     spec_of("v1", p)
 }
 
-#[tokio::test(start_paused = true)]
-async fn memory_limit_replaces_the_worker_only_once_its_successor_is_ready() {
+#[test]
+fn memory_limit_replaces_the_worker_only_once_its_successor_is_ready() {
     let mut h = started_with(limited(2));
     h.memory(1);
     // The successor starts in slot 0; the old worker is untouched.
@@ -2435,11 +2488,11 @@ async fn memory_limit_replaces_the_worker_only_once_its_successor_is_ready() {
     let snap = h.gen_snap(1).unwrap();
     assert_eq!(snap.ready, 2);
     assert_eq!(snap.restarts, 1, "a memory replacement shows as a restart");
-    assert!(h.sup.gens[&1].slots[0].crashes.is_empty(), "and is not a crash");
+    assert!(h.sup.gens[&GenId(1)].slots[0].crashes.is_empty(), "and is not a crash");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_successor_that_fails_leaves_the_old_worker_serving() {
+#[test]
+fn a_successor_that_fails_leaves_the_old_worker_serving() {
     let mut h = started_with(limited(1));
     h.memory(1);
     h.expect(&[spawn(2, 1, 0)]);
@@ -2449,7 +2502,7 @@ async fn a_successor_that_fails_leaves_the_old_worker_serving() {
         events.iter().any(|e| matches!(
             e,
             Ev::Failed {
-                generation: 1,
+                generation: GenId(1),
                 slot: 0,
                 ..
             }
@@ -2457,28 +2510,34 @@ async fn a_successor_that_fails_leaves_the_old_worker_serving() {
         "{events:?}"
     );
     assert!(
-        !events.iter().any(|e| matches!(e, Ev::Signal { worker: 1, .. })),
+        !events.iter().any(|e| matches!(
+            e,
+            Ev::Signal {
+                worker: WorkerId(1),
+                ..
+            }
+        )),
         "{events:?}"
     );
     assert_eq!(h.live(1), [1]);
     // Its restart timer finds the slot occupied and starts nothing.
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     h.expect(&[]);
     // A later report tries again.
     h.memory(1);
     h.expect(&[spawn(3, 1, 0)]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_old_worker_crashing_hands_the_slot_to_its_starting_successor() {
+#[test]
+fn the_old_worker_crashing_hands_the_slot_to_its_starting_successor() {
     let mut h = started_with(limited(1));
     h.memory(1);
     h.expect(&[spawn(2, 1, 0)]);
     h.crash(1, 0, FAIL);
     h.take();
-    assert_eq!(h.at(1, 0), 2, "the successor holds the slot");
+    assert_eq!(h.at(1, 0), WorkerId(2), "the successor holds the slot");
     h.send(2, Notify::Ready);
-    h.advance(secs(1)).await;
+    h.advance(secs(1));
     let events = h.take();
     assert!(
         !events.iter().any(|e| matches!(e, Ev::Spawn { .. })),
@@ -2488,8 +2547,8 @@ async fn the_old_worker_crashing_hands_the_slot_to_its_starting_successor() {
     assert_eq!(h.gen_snap(1).unwrap().ready, 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
+#[test]
+fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
     let mut h = started_with(limited(1));
     h.reload(1);
     h.load(limited(1));
@@ -2506,8 +2565,8 @@ async fn memory_reports_during_a_reload_or_for_other_generations_are_ignored() {
 /// overflowing the clock, which used to panic baton ("overflow when adding
 /// duration to instant") at start, at the first crash, and when a reload
 /// retired the generation that pinned them.
-#[tokio::test(start_paused = true)]
-async fn huge_durations_saturate_instead_of_panicking() {
+#[test]
+fn huge_durations_saturate_instead_of_panicking() {
     let huge = Duration::MAX;
     let mut p = policy(2, Parallel);
     p.ready_timeout = huge;
@@ -2520,22 +2579,23 @@ async fn huge_durations_saturate_instead_of_panicking() {
     let mut h = H::new();
     h.start(spec_of("v1", p.clone()));
     h.take();
-    let far = Instant::now() + secs(20 * 365 * 24 * 3600);
-    assert!(h.armed(Timer::Ready(1)).is_some_and(|at| at > far));
+    let far = h.now + secs(20 * 365 * 24 * 3600);
+    assert!(h.armed(Timer::Ready(WorkerId(1))).is_some_and(|at| at > far));
     h.send(1, Notify::ExtendTimeout(Duration::from_micros(u64::MAX)));
     h.ready(1, 0);
     h.ready(1, 1);
-    assert_eq!(h.sup.serving, Some(1));
+    assert_eq!(h.sup.serving, Some(GenId(1)));
     h.send(1, Notify::Watchdog);
-    assert!(h.armed(Timer::Watchdog(1)).is_some_and(|at| at > far));
+    assert!(h.armed(Timer::Watchdog(WorkerId(1))).is_some_and(|at| at > far));
 
     // A crash arms its restart in the far future.
     h.crash(1, 1, FAIL);
     h.take();
     assert!(
-        h.timers
+        h.sup
+            .timers
             .iter()
-            .any(|(at, _, t)| matches!(t, Timer::Restart { .. }) && *at > far)
+            .any(|(&(at, _), t)| matches!(t, Timer::Restart { .. }) && at > far)
     );
 
     // A reload retires generation 1: its stop message and deadlines too.
@@ -2545,10 +2605,10 @@ async fn huge_durations_saturate_instead_of_panicking() {
     h.load(spec_of("v2", p2));
     h.ready(2, 0);
     h.ready(2, 1);
-    assert_eq!(h.sup.serving, Some(2));
-    assert!(h.armed(Timer::Stop(1)).is_some_and(|at| at > far));
-    assert!(h.armed(Timer::Escalate(1)).is_some_and(|at| at > far));
-    h.advance(secs(3600)).await;
+    assert_eq!(h.sup.serving, Some(GenId(2)));
+    assert!(h.armed(Timer::Stop(WorkerId(1))).is_some_and(|at| at > far));
+    assert!(h.armed(Timer::Escalate(WorkerId(1))).is_some_and(|at| at > far));
+    h.advance(secs(3600));
     h.exit_worker(1, TERMED);
     h.stop();
     h.exit_signalled();
@@ -2557,6 +2617,30 @@ async fn huge_durations_saturate_instead_of_panicking() {
         h.exit_worker(w, TERMED);
     }
     assert_eq!(h.exit, Some(0));
+}
+
+/// A worker's timers go once they can only find their cause gone, so an
+/// idle baton has no deadline pending and its driver sleeps.
+#[test]
+fn timers_of_ready_and_exited_workers_are_dropped() {
+    let mut h = started(1, Parallel);
+    assert_eq!(h.armed(Timer::Ready(WorkerId(1))), None);
+    assert_eq!(h.sup.poll_timeout(), None);
+    h.reload(7);
+    h.load(spec("v2", 1, Parallel));
+    h.ready(2, 0);
+    h.expect(&[
+        Ev::Phase(Phase::Reloading),
+        Ev::LoadConfig,
+        progress(&[7]),
+        spawn(2, 2, 0),
+        term(1),
+        ok(&[7], 2),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert_eq!(h.armed(Timer::Stop(WorkerId(1))), Some(h.now + secs(30)));
+    h.exit_after_signal(1);
+    assert_eq!(h.sup.poll_timeout(), None, "{:?}", h.sup.timers);
 }
 
 #[test]
@@ -2571,21 +2655,21 @@ fn after_saturates() {
 
 /// Every failure line says what happens next, and the last one, when baton
 /// gives up, says so: it once said "restarting it" while baton exited.
-#[tokio::test(start_paused = true)]
-async fn the_log_says_what_happens_next_down_to_the_exit() {
+#[test]
+fn the_log_says_what_happens_next_down_to_the_exit() {
     let mut p = policy(2, Parallel);
     p.restart.limit = 1;
     p.restart.window = secs(600);
     let mut h = started_with(spec_of("v1", p));
     let ok0 = ExitStatus::Code(0);
     h.crash(1, 0, ok0);
-    h.advance(ms(100)).await;
+    h.advance(ms(100));
     h.crash(1, 0, ok0);
     // Slot 1: a restarted worker that is never ready is stopped, then
     // given up; that was the last slot, so baton exits.
     h.crash(1, 1, FAIL);
-    h.advance(ms(100)).await;
-    h.advance(secs(60)).await;
+    h.advance(ms(100));
+    h.advance(secs(60));
     h.exit_signalled();
     assert_eq!(h.exit, Some(1), "{:#?}\n{:#?}", h.log, h.events);
     assert_eq!(
@@ -2602,13 +2686,13 @@ async fn the_log_says_what_happens_next_down_to_the_exit() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn failed_spawns_and_stopping_workers_say_what_happens_next() {
+#[test]
+fn failed_spawns_and_stopping_workers_say_what_happens_next() {
     let mut h = started(1, Parallel);
-    h.fail_spawns.insert((1, 0));
+    h.fail_spawns.insert((GenId(1), 0));
     h.crash(1, 0, FAIL);
-    h.advance(ms(100)).await;
-    h.advance(ms(200)).await;
+    h.advance(ms(100));
+    h.advance(ms(200));
     let w = h.at(1, 0);
     h.ready(1, 0);
     h.send(w, Notify::Stopping);
