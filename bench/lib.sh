@@ -94,7 +94,7 @@ bench_header() {
 }
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# --- A systemd container, as tests/common/container.rs boots it -------------
+# --- A systemd container, as tests/container/mod.rs boots it -------------
 # An overlay with lowerdir=/ (the container sees the host's files; whatever it
 # writes stays in the overlay), `systemd-nspawn -b` into a target with only
 # sysinit, sockets and journald, commands run inside with nsenter. Needs root.

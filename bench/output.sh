@@ -3,7 +3,7 @@
 # stderr.
 #
 # Real journald, so a real systemd: a container booted like the system tests
-# (tests/common/container.rs: nspawn on an overlay of /, journald with
+# (tests/container/mod.rs: nspawn on an overlay of /, journald with
 # Storage=volatile and no rate limit). Inside it, `systemd-run` starts
 # `baton run` as a Type=notify service with one worker (bench/worker.c):
 #   journal: the service's stderr is the journal stream, so baton sends each

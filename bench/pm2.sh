@@ -33,7 +33,7 @@ done
 cargo build --release --quiet --bin baton
 baton=$root/target/release/baton
 
-# The app's dependencies, as tests/node.rs installs them (same lock file).
+# The app's dependencies, as tests/it/node.rs installs them (same lock file).
 if [[ ! -d examples/node/node_modules/express ]]; then
   (cd examples/node && flock "$root/target/examples-node.lock" npm ci --no-audit --no-fund >&2)
 fi

@@ -9,8 +9,14 @@
 //! where it can be counted. The tests take turns (`SERIAL`) so that every
 //! child of the test belongs to the test that looks.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
+// The helpers of tests/it, shared by path: this suite is a binary of its
+// own (tests/it/main.rs says why) and uses only part of them; the `it`
+// binary uses all of them, and is where an unused one is caught.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::sync::Mutex;

@@ -1,7 +1,6 @@
-//! Package tests (issue 4, "Tests"): the .deb that `packaging/build deb`
-//! makes, installed with apt in a real systemd 252 container
-//! ([`common::container`], DESIGN §4), then the design card's story driven
-//! the way a user would, with requests from the host through the shared
+//! Package tests: the .deb that `packaging/build deb` makes, installed with
+//! apt in a real systemd 252 container ([`container`]), then the story of
+//! README's "Packages" and "Under systemd" driven the way a user would, with requests from the host through the shared
 //! network and the load client that counts every failed request.
 //!
 //! The test builds two packages of this checkout itself:
@@ -27,9 +26,19 @@
 //! Skipped (loudly) only when not root, or when systemd-nspawn is missing and
 //! cannot be installed; under `CI=true` either is a failure.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
+// The helpers of tests/it, shared by path: this suite is a binary of its
+// own (tests/it/main.rs says why) and uses only part of them; the `it`
+// binary uses all of them, and is where an unused one is caught.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
 mod common;
+// Shared with the other container suite; each uses part of it.
+#[allow(dead_code)]
+#[path = "container/mod.rs"]
+mod container;
 
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -37,9 +46,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::container::{Container, describe, run_bounded, say, skip, stdout};
 use common::load::{Load, LoadStats};
-use common::{example_bin, free_port, get, wait_until};
+use common::{example_bin, free_port, get, say, skip, wait_until};
+use container::{Container, describe, run_bounded, stdout};
 use serde_json::Value;
 
 const APP: &str = "myapp";
@@ -138,7 +147,7 @@ fn deb_installs_upgrades_and_removes_in_a_container() {
                     .push(format!("ok     {:>5.1}s  {name}", t.elapsed().as_secs_f64()));
             }
             Err(panic) => {
-                let message = common::panic_message(panic.as_ref());
+                let message = container::panic_message(panic.as_ref());
                 say(&format!(
                     "--- FAILED ({:.1}s): {message}\n(systemctl status and the journal are in the failure report)",
                     t.elapsed().as_secs_f64()

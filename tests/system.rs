@@ -1,8 +1,8 @@
-//! System tests (issue 3, "Tests"): a real systemd 252, booted in a container
-//! by the test itself ([`common::container`], DESIGN §4), runs the units that
-//! `baton init` writes, driven with `systemctl` and `journalctl` the way a
-//! user would. Requests come from the host, through the shared network, with
-//! the load client that counts every failed request.
+//! System tests: a real systemd 252, booted in a container by the test
+//! itself ([`container`]), runs the units that `baton init` writes, driven
+//! with `systemctl` and `journalctl` the way a user would. Requests come
+//! from the host, through the shared network, with the load client that
+//! counts every failed request.
 //!
 //! One container is booted and the scenarios run in sequence on it (they
 //! build on each other: scenario 3 reads the journal of the generation 2
@@ -38,9 +38,19 @@
 //! Skipped (loudly) only when not root, or when systemd-nspawn is missing and
 //! cannot be installed; under `CI=true` either is a failure.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
 
+// The helpers of tests/it, shared by path: this suite is a binary of its
+// own (tests/it/main.rs says why) and uses only part of them; the `it`
+// binary uses all of them, and is where an unused one is caught.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
 mod common;
+// Shared with the other container suite; each uses part of it.
+#[allow(dead_code)]
+#[path = "container/mod.rs"]
+mod container;
 
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -48,9 +58,9 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::container::{Container, describe, say, stdout};
 use common::load::Load;
-use common::{GetError, baton_bin, example_bin, free_port, get, wait_until};
+use common::{GetError, baton_bin, example_bin, free_port, get, say, wait_until};
+use container::{Container, describe, stdout};
 use serde_json::Value;
 
 const APP: &str = "myapp";
@@ -151,7 +161,7 @@ fn systemd_runs_baton_units_in_a_container() {
                 Ok(figures)
             }
             Err(panic) => {
-                let message = common::panic_message(panic.as_ref());
+                let message = container::panic_message(panic.as_ref());
                 let report = format!("{message}\n{}", system.diagnostics());
                 say(&format!(
                     "--- FAILED ({:.1}s): {message}\n(systemctl status, journal and baton status are in the failure report)",
@@ -432,7 +442,7 @@ impl Sandbox {
 }
 
 /// `npm ci` in examples/node unless node_modules matches package-lock.json
-/// (the same marker and lock as tests/node.rs, so the two share the work).
+/// (the same marker and lock as tests/it/node.rs, so the two share the work).
 fn provision_node_modules() -> std::path::PathBuf {
     use common::baton::{run_setup, target_dir, with_file_lock};
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
@@ -510,7 +520,7 @@ fn copy_into(c: &Container, host: &std::path::Path, inside: &str) {
 fn the_sandboxed_unit_runs_every_example_app() {
     // Before the host-side provisioning, which would fail first (as another
     // user, on target/) and hide the real reason.
-    if !common::container::can_boot() {
+    if !container::can_boot() {
         return;
     }
     let node = provision_node_modules();
@@ -584,7 +594,7 @@ fn the_sandboxed_unit_runs_every_example_app() {
                 Ok(figures)
             }
             Err(panic) => {
-                let message = common::panic_message(panic.as_ref());
+                let message = container::panic_message(panic.as_ref());
                 say(&format!("--- FAILED ({:.1}s): {message}", t.elapsed().as_secs_f64()));
                 Err(format!("{message}\n{}", diagnose()))
             }

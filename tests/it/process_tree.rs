@@ -4,12 +4,8 @@
 //! `status` and in its log. Cgroup mode needs systemd (`Delegate=yes`) and is
 //! covered by the system tests.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
-use common::baton::{Baton, config_text, port};
-use common::example_bin;
+use crate::common::baton::{Baton, config_text, port};
+use crate::common::example_bin;
 
 #[test]
 fn standalone_baton_uses_process_groups_and_says_so() {

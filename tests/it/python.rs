@@ -1,4 +1,4 @@
-//! Issue 5: the gunicorn example (`examples/python`) under baton. gunicorn
+//! The gunicorn example (`examples/python`) under baton. gunicorn
 //! takes the socket from LISTEN_FDS/LISTEN_PID, says READY=1 from its
 //! `when_ready` hook and drains on SIGTERM; 5 reloads under load fail no
 //! request.
@@ -7,19 +7,15 @@
 //! `target/examples-python-venv` and installs `requirements.txt` into it
 //! when it is missing or was made from other requirements.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::baton::{Baton, children_of, fd_targets, port, run_setup, target_dir, with_file_lock, worker_lines};
-use common::load::Load;
-use common::wait_until;
+use crate::common::baton::{Baton, children_of, fd_targets, port, run_setup, target_dir, with_file_lock, worker_lines};
+use crate::common::load::Load;
+use crate::common::wait_until;
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python")
@@ -31,7 +27,7 @@ fn provision_venv() -> PathBuf {
     match version {
         Ok(out) if out.status.success() => {}
         other => panic!(
-            "python3 is required for tests/python.rs but `python3 --version` failed ({other:?}); \
+            "python3 is required for tests/it/python.rs but `python3 --version` failed ({other:?}); \
              install it (Debian: apt-get install python3 python3-venv)"
         ),
     }
@@ -134,7 +130,7 @@ fn gunicorn_five_reloads_under_load_fail_no_request() {
     std::thread::sleep(Duration::from_millis(300));
     // A request in flight across the first reload: gunicorn's graceful stop
     // must finish it.
-    let slow = common::slow_request_in_background(baton.addr(), 3000);
+    let slow = crate::common::slow_request_in_background(baton.addr(), 3000);
     std::thread::sleep(Duration::from_millis(200));
 
     let started = Instant::now();

@@ -3,15 +3,12 @@
 //! [`load`]) a load client that counts every failed request, and (in
 //! [`baton`]) a running supervisor under test.
 //!
-//! Every test binary compiles this module and uses part of it, hence the
-//! `dead_code` allowance.
-
-#![forbid(unsafe_code)]
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
+//! Compiled once, into the `it` test binary, which must use all of it: an
+//! unused helper is a warning (an error under clippy's `-D warnings`). The
+//! binaries that cannot share the `it` process (see `tests/it/main.rs`)
+//! include it by path and use only part of it.
 
 pub mod baton;
-pub mod container;
 pub mod load;
 
 use std::collections::hash_map::RandomState;
@@ -242,11 +239,30 @@ pub fn slow_request_in_background(addr: SocketAddr, ms: u64) -> std::thread::Joi
     })
 }
 
-/// What a caught panic said (scenario runners report it and go on).
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "(a panic without a message)".to_owned())
+/// Writes straight to the process's stderr, past the test harness's output
+/// capture, so that CI logs always show it.
+pub fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+    let _ = err.flush();
+}
+
+/// Whether this is a CI run (`CI=true`, as CI services set it), where a
+/// test must never pass without having run.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// A precondition of the test is missing. On a developer machine (say, not
+/// root) the test says SKIPPED loudly and the caller returns; under
+/// `CI=true` this panics with the reason, so a CI run can't pass a test
+/// that did not run.
+pub fn skip(reason: &str) {
+    if in_ci() {
+        panic!("CI=true, and this test cannot run here: {reason}");
+    }
+    let bar = "!".repeat(78);
+    say(&format!(
+        "\n{bar}\nSKIPPED: {reason}\n(under CI=true this is a failure)\n{bar}\n"
+    ));
 }

@@ -2,13 +2,9 @@
 //! prefixed `NAME[generation.worker pid]:`, in order, however fast it comes
 //! and however long it is.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, port, script};
+use crate::common::baton::{Baton, config_text, port, script};
 
 #[test]
 fn a_burst_of_lines_and_a_huge_line_lose_nothing() {
@@ -30,7 +26,7 @@ fn a_burst_of_lines_and_a_huge_line_lose_nothing() {
     .to_string();
     let port = port();
     let baton = Baton::start(port, &config_text(port, &[&worker], 1, ""));
-    assert!(common::wait_until(Duration::from_secs(30), || baton
+    assert!(crate::common::wait_until(Duration::from_secs(30), || baton
         .log()
         .contains("]: done")));
     let log = baton.log();

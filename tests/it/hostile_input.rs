@@ -2,16 +2,12 @@
 //! worker's notify socket, garbage on the control socket, and signals in the
 //! middle of a reload.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, port};
-use common::load::Load;
-use common::{example_bin, http_get, wait_until};
+use crate::common::baton::{Baton, config_text, port};
+use crate::common::load::Load;
+use crate::common::{example_bin, http_get, wait_until};
 
 fn hello() -> String {
     example_bin("hello").display().to_string()

@@ -1,14 +1,10 @@
-//! Issue 2, integration test 3: SIGTERM drains, and a worker that ignores it
-//! is killed after the stop timeout.
-
-#![allow(clippy::unwrap_used)]
-
-mod common;
+//! SIGTERM drains, and a worker that ignores it is killed after the stop
+//! timeout (README, "Stopping").
 
 use std::time::{Duration, Instant};
 
-use common::baton::{Baton, alive, config_text, port};
-use common::{example_bin, http_get};
+use crate::common::baton::{Baton, alive, config_text, port};
+use crate::common::{example_bin, http_get};
 
 fn hello() -> String {
     example_bin("hello").display().to_string()

@@ -18,17 +18,13 @@
 //! random sequence comes from `BATON_CHAOS_SEED` (default: the clock) and
 //! is printed, so a failing run can be replayed.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::baton::{Baton, children_of, config_text, fd_count, port, rss_kib, zombies_of};
-use common::example_bin;
-use common::load::{Load, LoadStats};
+use crate::common::baton::{Baton, children_of, config_text, fd_count, port, rss_kib, zombies_of};
+use crate::common::example_bin;
+use crate::common::load::{Load, LoadStats};
 use nix::sys::signal::{SIGKILL, kill, killpg};
 use nix::unistd::Pid;
 
@@ -176,7 +172,7 @@ impl Chaos {
 
     /// Waits until only the serving generation is left, at full strength.
     fn settle(&self) {
-        let settled = common::wait_until(SETTLE, || {
+        let settled = crate::common::wait_until(SETTLE, || {
             self.baton.try_status().is_some_and(|s| {
                 let sup = &s["supervisor"];
                 let gens = sup["generations"].as_array().cloned().unwrap_or_default();
@@ -374,7 +370,7 @@ fn chaos_soak_under_load() {
     // tokio's blocking pool (status and memory sampling) may hold an extra
     // thread, with its stack and arena, for up to 10 s after its last job;
     // compare like with like. A thread that never goes away is growth.
-    common::wait_until(Duration::from_secs(15), || look(pid).threads <= early.threads);
+    crate::common::wait_until(Duration::from_secs(15), || look(pid).threads <= early.threads);
     let last = sample(pid);
     let stats = load.stop();
     let kinds: BTreeSet<Round> = rounds.iter().copied().collect();

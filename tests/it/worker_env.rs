@@ -1,16 +1,11 @@
-//! Issue 2, integration test 4: a worker gets exactly DESIGN 1.3's
-//! environment and fds, LISTEN_PID is its own pid, and nothing of baton's
-//! leaks in.
-
-#![allow(clippy::unwrap_used)]
-
-mod common;
+//! A worker gets exactly the environment and fds of README's "What a worker
+//! gets", LISTEN_PID is its own pid, and nothing of baton's leaks in.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, fd_targets, port};
-use common::{example_bin, http_get};
+use crate::common::baton::{Baton, config_text, fd_targets, port};
+use crate::common::{example_bin, http_get};
 
 #[test]
 fn listen_pid_is_the_workers_own_pid_and_no_fd_leaks() {

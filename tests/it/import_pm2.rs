@@ -1,5 +1,6 @@
 //! `baton import-pm2` on real ecosystem files, evaluated by the real node
-//! (issue 5). Needs node in PATH, as the command itself does.
+//! (README, "Migrating from PM2"). Needs node in PATH, as the command itself
+//! does.
 //!
 //! Each case copies `tests/pm2/FIXTURE/` into a temp dir, runs the `baton`
 //! binary there with `--config-dir` and `--unit-dir` inside it, and compares
@@ -12,14 +13,12 @@
 //! After a deliberate change to the output, re-bless and review the diff:
 //!
 //! ```sh
-//! BATON_BLESS=1 cargo test --test import_pm2
+//! BATON_BLESS=1 cargo test --test it import_pm2::
 //! git diff tests/pm2/
 //! ```
 //!
 //! The `broken` case holds node's own syntax error message, which can change
 //! with the node version: re-bless for that too.
-
-#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -131,7 +130,7 @@ impl Sandbox {
                 std::fs::write(target, self.normalise(&text)).unwrap();
             }
         }
-        let stale = "run BATON_BLESS=1 cargo test --test import_pm2 if the change is intended";
+        let stale = "run BATON_BLESS=1 cargo test --test it import_pm2:: if the change is intended";
         assert_eq!(
             output.status.code(),
             Some(code),

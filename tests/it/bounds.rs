@@ -3,16 +3,12 @@
 //! and the WATCHDOG_USEC values that mean "off" in baton's own environment
 //! do not crash the supervisor.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, port};
-use common::{baton_bin, example_bin, wait_until};
+use crate::common::baton::{Baton, config_text, port};
+use crate::common::{baton_bin, example_bin, wait_until};
 
 /// 2^64-1 seconds: parses as a Duration, and used to pass `check` and then
 /// panic `run` ("overflow when adding duration to instant").

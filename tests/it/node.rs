@@ -1,4 +1,4 @@
-//! Issue 5: Node.js under baton, with real node processes.
+//! Node.js under baton, with real node processes (README, "Node.js").
 //!
 //! - The Express example (`examples/node`): 20 reloads of 4 workers under
 //!   load with zero failed requests, readiness through `process.send('ready')`
@@ -14,10 +14,6 @@
 //! `package-lock.json`. The other workers are the scripts in
 //! `examples/node/test-fixtures`, which need nothing from npm.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,11 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::baton::{
+use crate::common::baton::{
     Baton, WorkerLine, config_text, fd_targets, port, rss_kib, run_setup, target_dir, with_file_lock, worker_lines,
 };
-use common::load::Load;
-use common::wait_until;
+use crate::common::load::Load;
+use crate::common::wait_until;
 
 fn node_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node")
@@ -46,7 +42,7 @@ fn require_node() {
     match out {
         Ok(out) if out.status.success() => {}
         other => panic!(
-            "node is required for tests/node.rs but `node --version` failed ({other:?}); \
+            "node is required for tests/it/node.rs but `node --version` failed ({other:?}); \
              install Node.js 18.2 or later (Debian: apt-get install nodejs npm)"
         ),
     }
@@ -125,7 +121,7 @@ fn express_twenty_reloads_under_load_fail_no_request() {
     // A request in flight across the first reload: the drain must finish it.
     // It lasts longer than a reload of four Node workers takes on a loaded
     // 2-core machine (seen: up to about 3 s), and far less than the 20.
-    let slow = common::slow_request_in_background(baton.addr(), 10_000);
+    let slow = crate::common::slow_request_in_background(baton.addr(), 10_000);
     std::thread::sleep(Duration::from_millis(200));
 
     let started = Instant::now();

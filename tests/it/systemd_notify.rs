@@ -1,16 +1,12 @@
 //! What baton tells systemd, checked on a notify socket this test binds
-//! itself (issue 3, test 8): systemd 252 has no Type=notify-reload, so the
-//! RELOADING=1 + MONOTONIC_USEC → READY=1 ordering is verified here.
-
-#![allow(clippy::unwrap_used)]
-
-mod common;
+//! itself: systemd 252 has no Type=notify-reload, so the RELOADING=1 +
+//! MONOTONIC_USEC → READY=1 ordering is verified here.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, port};
-use common::example_bin;
+use crate::common::baton::{Baton, config_text, port};
+use crate::common::example_bin;
 
 struct Systemd {
     socket: UnixDatagram,

@@ -1,5 +1,5 @@
 //! A real systemd (the host's, 252 on Debian 12) booted in a container, for
-//! the system tests, following DESIGN §4:
+//! the system and package tests:
 //!
 //! - an overlay with `lowerdir=/` on a temp dir, so the container sees the
 //!   host's files (this checkout's `target/debug/baton`, the examples) at the
@@ -26,13 +26,15 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::common::{say, skip};
 
 /// PATH for every command run inside (and for the tools run on the host).
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -67,34 +69,6 @@ pub struct Container {
     init: Option<(i32, u64)>,
     /// From spawning nspawn to `is-system-running` saying running/degraded.
     pub boot_time: Duration,
-}
-
-/// Writes straight to the process's stderr, past the test harness's output
-/// capture, so that CI logs always show it.
-pub fn say(line: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{line}");
-    let _ = err.flush();
-}
-
-/// Whether this is a CI run (`CI=true`, as CI services set it), where a
-/// test must never pass without having run.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
-
-/// A precondition of the test is missing. On a developer machine (say, not
-/// root) the test says SKIPPED loudly and the caller returns; under
-/// `CI=true` this panics with the reason, so a CI run can't pass a test
-/// that did not run.
-pub fn skip(reason: &str) {
-    if in_ci() {
-        panic!("CI=true, and this test cannot run here: {reason}");
-    }
-    let bar = "!".repeat(78);
-    say(&format!(
-        "\n{bar}\nSKIPPED: {reason}\n(under CI=true this is a failure)\n{bar}\n"
-    ));
 }
 
 /// For a test that prepares things on the host before it boots a
@@ -247,7 +221,7 @@ impl Container {
                     c.boot_log()
                 );
             }
-            let found = super::baton::children_of(nspawn_pid)
+            let found = crate::common::baton::children_of(nspawn_pid)
                 .into_iter()
                 .map(|(pid, _)| pid)
                 .find(|&pid| is_container_init(pid));
@@ -300,11 +274,6 @@ impl Container {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The container's root as seen from the host (the overlay mount).
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Host pid of the container's systemd.
@@ -452,7 +421,7 @@ impl Container {
 
     fn init_alive(&self) -> bool {
         self.init
-            .is_some_and(|(pid, start)| proc_starttime(pid) == Some(start) && super::baton::alive(pid))
+            .is_some_and(|(pid, start)| proc_starttime(pid) == Some(start) && crate::common::baton::alive(pid))
     }
 
     fn teardown(&mut self) {
@@ -718,4 +687,13 @@ fn remove_stale_overlays() {
             remove_dir(&dir);
         }
     }
+}
+
+/// What a caught panic said (scenario runners report it and go on).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "(a panic without a message)".to_owned())
 }

@@ -1,15 +1,11 @@
-//! Issue 2, integration test 2: a broken release fails the reload loudly and
-//! the old generation serves throughout, at full strength.
-
-#![allow(clippy::unwrap_used)]
-
-mod common;
+//! A broken release fails the reload loudly and the old generation serves
+//! throughout, at full strength.
 
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, port};
-use common::example_bin;
-use common::load::Load;
+use crate::common::baton::{Baton, config_text, port};
+use crate::common::example_bin;
+use crate::common::load::Load;
 
 fn hello() -> String {
     example_bin("hello").display().to_string()
@@ -117,7 +113,7 @@ fn a_release_that_never_becomes_ready_times_out_and_is_killed() {
     assert!(stderr.contains("readiness timeout"), "{stderr}");
     // The stuck workers ignore SIGTERM; after the stop timeout they are killed.
     assert!(
-        common::wait_until(Duration::from_secs(10), || baton.status()["supervisor"]["generations"]
+        crate::common::wait_until(Duration::from_secs(10), || baton.status()["supervisor"]["generations"]
             .as_array()
             .is_some_and(|g| g.len() == 1)),
         "generation 2 was not cleaned up: {:#}",

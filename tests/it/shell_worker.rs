@@ -1,14 +1,9 @@
-//! Issue 2, integration test 5: a shell-script worker becomes ready with
-//! `systemd-notify --ready`, which sends BARRIER=1 and waits for baton to
-//! close the fd it passes.
-
-#![allow(clippy::unwrap_used)]
-
-mod common;
+//! A shell-script worker becomes ready with `systemd-notify --ready`, which
+//! sends BARRIER=1 and waits for baton to close the fd it passes.
 
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, port, script};
+use crate::common::baton::{Baton, config_text, port, script};
 
 #[test]
 fn systemd_notify_ready_from_a_shell_worker_works() {
@@ -38,7 +33,7 @@ fn systemd_notify_ready_from_a_shell_worker_works() {
     // READY=1 came through; now check that BARRIER=1 was released quickly
     // (systemd-notify gives up after 5 s and exits non-zero otherwise).
     assert!(
-        common::wait_until(Duration::from_secs(10), || {
+        crate::common::wait_until(Duration::from_secs(10), || {
             let s = baton.status();
             let workers = s["supervisor"]["generations"][0]["workers"]
                 .as_array()

@@ -3,15 +3,11 @@
 //! use those fds (not bind), pass them on with their names, and find the
 //! control socket as root and as an unprivileged user with no flags.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::baton::alive;
-use common::{baton_bin, example_bin, free_port, http_get, wait_until};
+use crate::common::baton::alive;
+use crate::common::{baton_bin, example_bin, free_port, http_get, wait_until};
 
 /// Kills the process if a test fails before it stopped it.
 struct Reap(std::process::Child);
@@ -86,7 +82,7 @@ fn sockets_passed_by_an_activator_are_used_and_named() {
 #[test]
 fn a_normal_user_finds_its_own_supervisor_without_flags() {
     if !nix::unistd::Uid::effective().is_root() {
-        common::container::skip("needs root to switch to the nobody user");
+        crate::common::skip("needs root to switch to the nobody user");
         return;
     }
     let port = free_port();

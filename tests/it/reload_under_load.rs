@@ -1,16 +1,12 @@
-//! Issue 2, integration test 1: reloads under continuous load lose nothing.
-//! A real baton, real `hello` workers, and a load client that opens a new
-//! connection per request and counts every failure.
-
-#![allow(clippy::unwrap_used)]
-
-mod common;
+//! Reloads under continuous load lose nothing. A real baton, real `hello`
+//! workers, and a load client that opens a new connection per request and
+//! counts every failure.
 
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, port};
-use common::example_bin;
-use common::load::Load;
+use crate::common::baton::{Baton, config_text, port};
+use crate::common::example_bin;
+use crate::common::load::Load;
 
 fn hello() -> String {
     example_bin("hello").display().to_string()

@@ -5,18 +5,14 @@
 //! `CI=true` and everywhere else a run without root fails rather than
 //! passing without having tested anything.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, port};
-use common::{baton_bin, example_bin};
+use crate::common::baton::{Baton, config_text, port};
+use crate::common::{baton_bin, example_bin};
 
 /// The squatter: `nobody`.
 const SQUATTER: u32 = 65534;
@@ -299,7 +295,7 @@ fn the_fallback_directory_is_made_private_and_the_socket_owner_only() {
     let _run = Reap(run.spawn().unwrap());
     let socket = fallback.0.join("app/control.sock");
     assert!(
-        common::wait_until(Duration::from_secs(20), || socket.exists()),
+        crate::common::wait_until(Duration::from_secs(20), || socket.exists()),
         "no control socket at {}",
         socket.display()
     );

@@ -1,14 +1,10 @@
-//! Issue 2, integration test 6: 200 reloads in a row. baton's open fds and
-//! RSS do not grow, and no zombie is left behind.
-
-#![allow(clippy::unwrap_used)]
-
-mod common;
+//! 200 reloads in a row. baton's open fds and RSS do not grow, and no zombie
+//! is left behind.
 
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, fd_count, port, rss_kib, zombies_of};
-use common::example_bin;
+use crate::common::baton::{Baton, config_text, fd_count, port, rss_kib, zombies_of};
+use crate::common::example_bin;
 
 #[test]
 fn two_hundred_reloads_leak_no_fds_memory_or_zombies() {

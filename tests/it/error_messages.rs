@@ -3,16 +3,12 @@
 //! position), and a missing working directory is not repeated three times,
 //! whether `check`, `run` or a reload reports it.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::baton::{Baton, config_text, port};
-use common::{baton_bin, example_bin};
+use crate::common::baton::{Baton, config_text, port};
+use crate::common::{baton_bin, example_bin};
 
 fn baton(args: &[&str], config: &Path) -> Output {
     Command::new(baton_bin())

@@ -1,15 +1,11 @@
 //! Crash restarts with backoff, `status` showing them, and exit 1 when the
 //! serving generation is lost with its restarts exhausted.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::baton::{Baton, alive, config_text, port, script};
-use common::example_bin;
-use common::load::Load;
+use crate::common::baton::{Baton, alive, config_text, port, script};
+use crate::common::example_bin;
+use crate::common::load::Load;
 
 #[test]
 fn a_killed_worker_is_restarted_and_status_counts_it() {
@@ -20,7 +16,7 @@ fn a_killed_worker_is_restarted_and_status_counts_it() {
     let before = baton.worker_pids(1);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), nix::sys::signal::SIGKILL).unwrap();
     assert!(
-        common::wait_until(Duration::from_secs(10), || {
+        crate::common::wait_until(Duration::from_secs(10), || {
             let s = baton.status();
             let g = &s["supervisor"]["generations"][0];
             g["restarts"] == 1 && g["ready"] == 2
@@ -113,7 +109,7 @@ fn a_first_generation_that_never_gets_ready_exits_1_and_leaves_nothing() {
     let extra = "[readiness]\ntimeout = \"1s\"\n\n[stop]\ntimeout = \"1s\"\n\n[environment]\nHELLO_NO_READY = \"1\"\n";
     let mut baton = Baton::spawn(port, &config_text(port, &[&hello], 2, extra));
     std::thread::sleep(Duration::from_millis(300));
-    let pids: Vec<i32> = common::baton::children_of(baton.pid())
+    let pids: Vec<i32> = crate::common::baton::children_of(baton.pid())
         .into_iter()
         .map(|(p, _)| p)
         .collect();
@@ -155,11 +151,11 @@ fn a_worker_that_stops_pinging_its_watchdog_is_replaced() {
     let extra = "[watchdog]\ntimeout = \"1s\"\n\n[environment]\nHELLO_NO_WATCHDOG = \"1\"\n";
     let baton = Baton::start(port, &config_text(port, &[&hello], 1, extra));
     let first = baton.worker_pids(1);
-    let (_, env) = common::http_get(baton.addr(), "/env", Duration::from_secs(5)).unwrap();
+    let (_, env) = crate::common::http_get(baton.addr(), "/env", Duration::from_secs(5)).unwrap();
     assert!(env.contains("WATCHDOG_USEC=1000000\n"), "{env}");
     assert!(env.contains(&format!("WATCHDOG_PID={}\n", first[0])), "{env}");
     assert!(
-        common::wait_until(Duration::from_secs(15), || {
+        crate::common::wait_until(Duration::from_secs(15), || {
             let s = baton.status();
             s["supervisor"]["generations"][0]["restarts"].as_u64() >= Some(1)
         }),
@@ -172,7 +168,7 @@ fn a_worker_that_stops_pinging_its_watchdog_is_replaced() {
         baton.log()
     );
     assert!(
-        common::wait_until(Duration::from_secs(10), || baton
+        crate::common::wait_until(Duration::from_secs(10), || baton
             .worker_pids(1)
             .iter()
             .any(|p| !first.contains(p))),
