@@ -28,6 +28,11 @@
 //!
 //! Every task has an owner: a `TaskTracker` that is closed and awaited at
 //! exit. Channels fed by workers are bounded; a worker that floods waits.
+//!
+//! The file is long because it is one type, the `Driver`, whose job is to
+//! be the single owner of every OS handle a worker has; the handles
+//! themselves live in their own modules (`sys`, `cgroup`, `notify`, `ipc`,
+//! `output`, `control`).
 
 #![forbid(unsafe_code)]
 

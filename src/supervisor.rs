@@ -62,6 +62,13 @@
 //! Actions name workers ([`WorkerId`]), never processes: the driver alone
 //! maps them to pids and pidfds, and decides when a process counts as
 //! exited. The pids the core is told of serve only its reports.
+//!
+//! # Why one long file
+//!
+//! The file is one type, [`Supervisor`], whose rules (rules 2-4 of
+//! ARCHITECTURE.md's invariants) cut across generations, slots and workers;
+//! split across files, each rule would be read in pieces. The tests live
+//! beside it in `supervisor/tests.rs`.
 
 #![forbid(unsafe_code)]
 
