@@ -112,6 +112,14 @@ fn as_user(uid: u32, program: &Path) -> Command {
 
 /// Runs with a deadline, so that a baton that wrongly starts serving fails
 /// the test instead of hanging it.
+/// `baton run --name NAME --listen 127.0.0.1:PORT -- hello` as `victim`.
+fn run_as(victim: u32, bins: &Binaries, name: &str, port: u16) -> Command {
+    let mut run = as_user(victim, &bins.baton);
+    run.args(["run", "--name", name, "--listen", &format!("127.0.0.1:{port}"), "--"])
+        .arg(&bins.hello);
+    run
+}
+
 fn output_within(mut command: Command, timeout: Duration) -> (Option<i32>, String, String) {
     let mut child = Reap(command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
     let started = std::time::Instant::now();
@@ -186,16 +194,7 @@ fn a_squatter_in_tmp_is_refused_by_run_and_not_believed_by_reload() {
     );
 
     // The victim's run refuses the directory, naming its owner.
-    let mut run = as_user(victim, &bins.baton);
-    run.args([
-        "run",
-        "--name",
-        "squat",
-        "--listen",
-        &format!("127.0.0.1:{}", port()),
-        "--",
-    ])
-    .arg(&bins.hello);
+    let run = run_as(victim, &bins, "squat", port());
     let (code, out, err) = output_within(run, Duration::from_secs(20));
     assert_eq!(
         code,
@@ -222,16 +221,7 @@ fn run_refuses_a_squatted_directory_even_with_nobody_listening() {
         .status()
         .unwrap();
     assert!(made.success());
-    let mut run = as_user(victim, &bins.baton);
-    run.args([
-        "run",
-        "--name",
-        "app",
-        "--listen",
-        &format!("127.0.0.1:{}", port()),
-        "--",
-    ])
-    .arg(&bins.hello);
+    let run = run_as(victim, &bins, "app", port());
     let (code, out, err) = output_within(run, Duration::from_secs(20));
     assert_eq!(
         code,
@@ -262,16 +252,7 @@ fn run_refuses_its_own_directory_when_others_can_write_it() {
     )
     .unwrap();
     std::fs::set_permissions(&fallback.0, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mut run = as_user(victim, &bins.baton);
-    run.args([
-        "run",
-        "--name",
-        "app",
-        "--listen",
-        &format!("127.0.0.1:{}", port()),
-        "--",
-    ])
-    .arg(&bins.hello);
+    let run = run_as(victim, &bins, "app", port());
     let (code, out, err) = output_within(run, Duration::from_secs(20));
     assert_eq!(code, Some(1), "exit {code:?}\n{out}{err}");
     assert!(
@@ -287,11 +268,8 @@ fn the_fallback_directory_is_made_private_and_the_socket_owner_only() {
     let fallback = Fallback::new(victim);
     let bins = binaries();
     let port = port();
-    let mut run = as_user(victim, &bins.baton);
-    run.args(["run", "--name", "app", "--listen", &format!("127.0.0.1:{port}"), "--"])
-        .arg(&bins.hello)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut run = run_as(victim, &bins, "app", port);
+    run.stdout(Stdio::null()).stderr(Stdio::null());
     let _run = Reap(run.spawn().unwrap());
     let socket = fallback.0.join("app/control.sock");
     assert!(

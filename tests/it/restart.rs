@@ -41,22 +41,26 @@ fn a_killed_worker_is_restarted_and_status_counts_it() {
     assert!(baton.log().contains("killed by SIGKILL"), "{}", baton.log());
 }
 
-#[test]
-fn exhausted_restarts_of_the_serving_generation_exit_1() {
+/// One worker running `body` under `[restart] limit = 2`: waits until baton
+/// gives up, asserts it exits 1, and returns its log.
+fn exhaust_restarts(name: &str, body: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let worker = script(
-        dir.path(),
-        "flaky.sh",
-        "#!/bin/sh\nsystemd-notify --ready\nsleep 0.2\necho 'flaky: giving up' >&2\nexit 7\n",
-    )
-    .display()
-    .to_string();
+    let worker = script(dir.path(), name, body).display().to_string();
     let port = port();
     let extra = "[restart]\ndelay = \"50ms\"\nmax_delay = \"200ms\"\nlimit = 2\nwindow = \"60s\"\n";
     let mut baton = Baton::spawn(port, &config_text(port, &[&worker], 1, extra));
     let status = baton.wait_exit(Duration::from_secs(30)).expect("baton did not give up");
     let log = baton.log();
     assert_eq!(status.code(), Some(1), "{log}");
+    log
+}
+
+#[test]
+fn exhausted_restarts_of_the_serving_generation_exit_1() {
+    let log = exhaust_restarts(
+        "flaky.sh",
+        "#!/bin/sh\nsystemd-notify --ready\nsleep 0.2\necho 'flaky: giving up' >&2\nexit 7\n",
+    );
     assert!(log.contains("exited with status 7"), "{log}");
     assert!(log.contains("giving up"), "{log}");
     assert!(log.contains("restarts are exhausted"), "{log}");
@@ -67,20 +71,7 @@ fn exhausted_restarts_of_the_serving_generation_exit_1() {
 /// "no worker left ...; exiting".
 #[test]
 fn the_last_words_say_that_baton_gives_up_not_that_it_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let worker = script(
-        dir.path(),
-        "quits.sh",
-        "#!/bin/sh\nsystemd-notify --ready\nsleep 0.2\nexit 0\n",
-    )
-    .display()
-    .to_string();
-    let port = port();
-    let extra = "[restart]\ndelay = \"50ms\"\nmax_delay = \"200ms\"\nlimit = 2\nwindow = \"60s\"\n";
-    let mut baton = Baton::spawn(port, &config_text(port, &[&worker], 1, extra));
-    let status = baton.wait_exit(Duration::from_secs(30)).expect("baton did not give up");
-    let log = baton.log();
-    assert_eq!(status.code(), Some(1), "{log}");
+    let log = exhaust_restarts("quits.sh", "#!/bin/sh\nsystemd-notify --ready\nsleep 0.2\nexit 0\n");
     let exits: Vec<&str> = log.lines().filter(|l| l.contains("exited with status 0")).collect();
     assert_eq!(exits.len(), 3, "{log}");
     assert!(exits[0].ends_with("; restarting it in 50ms"), "{log}");
