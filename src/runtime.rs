@@ -52,20 +52,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::activation::Listener;
-use crate::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
 use crate::config::{self, Config, Overrides, Source};
+use crate::control::status;
 use crate::control::{self, Command, ReloadAnswer, Reply};
-use crate::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
-use crate::output::{self, Origin, Stream, Tail, Writer};
-use crate::spec::GenSpec;
-use crate::status;
-use crate::supervisor::{
+use crate::engine::spec::GenSpec;
+use crate::engine::supervisor::{
     Action, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor,
     Waiter, WorkerId,
 };
-use crate::sys::{self, Spawner};
-use crate::systemd::Notifier;
+use crate::os::activation::Listener;
+use crate::os::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
+use crate::os::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
+use crate::os::output::{self, Origin, Stream, Tail, Writer};
+use crate::os::sys::{self, Spawner};
+use crate::systemd::manager::Notifier;
 
 /// Everything `run` needs, prepared by `main` before the runtime started.
 pub struct Context {
@@ -99,7 +99,7 @@ pub enum RunError {
     #[error("cannot start the spawner thread")]
     Spawner(#[source] std::io::Error),
     #[error(transparent)]
-    Spec(#[from] crate::spec::SpecError),
+    Spec(#[from] crate::engine::spec::SpecError),
 }
 
 /// Why a reload's config could not be used.
@@ -108,7 +108,7 @@ enum LoadError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    Spec(#[from] crate::spec::SpecError),
+    Spec(#[from] crate::engine::spec::SpecError),
     #[error("loading the config failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -822,10 +822,10 @@ impl Driver {
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
         let channel = match spec.launch.node_ipc {
-            true => Some(crate::ipc::channel().map_err(StartError::Ipc)?),
+            true => Some(crate::os::ipc::channel().map_err(StartError::Ipc)?),
             false => None,
         };
-        let mut cmd = crate::spawn::command(spec, &self.listeners, &endpoint.address, generation.get(), slot)?;
+        let mut cmd = crate::os::spawn::command(spec, &self.listeners, &endpoint.address, generation.get(), slot)?;
         let cgroup = match &self.tree {
             Ok(tree) => {
                 let (cg, procs) = tree
@@ -907,7 +907,7 @@ impl Driver {
                         }
                     };
                     let serve = async move {
-                        let dropped = crate::ipc::serve(parent, rx, || {
+                        let dropped = crate::os::ipc::serve(parent, rx, || {
                             let _ = ready_tx.try_send(());
                         })
                         .await;
@@ -1183,7 +1183,7 @@ impl Driver {
     fn send_stop_message(&self, worker: WorkerId) {
         let Some(io) = self.workers.get(&worker) else { return };
         if let (Some(tx), Some(message)) = (&io.ipc, &io.stop_message) {
-            let _ = tx.send(crate::ipc::encode(message));
+            let _ = tx.send(crate::os::ipc::encode(message));
         }
     }
 

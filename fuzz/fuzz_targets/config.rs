@@ -16,9 +16,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton::config::{Overrides, parse};
-use baton::spec::GenSpec;
-use baton::supervisor::{Action, ClientId, DriverError, ExitStatus, Notify, Supervisor, Waiter, WorkerId};
+use baton::fuzzing::GenSpec;
+use baton::fuzzing::{Action, ClientId, DriverError, ExitStatus, Notify, Supervisor, Waiter, WorkerId};
+use baton::fuzzing::{Overrides, parse};
 use libfuzzer_sys::fuzz_target;
 
 /// Start, all ready, a reload that works, one that fails, a crash, time.
@@ -228,7 +228,7 @@ impl Harness {
             11 => self.core.request_stop(self.now),
             12 => {
                 let snapshot = self.core.snapshot(self.now);
-                let _ = baton::status::summary(&snapshot, None);
+                let _ = baton::fuzzing::summary(&snapshot, None);
                 let _ = serde_json::to_string(&snapshot);
             }
             _ => {

@@ -4,7 +4,7 @@
 //! client's reply parser is fuzzed on the same bytes.
 #![no_main]
 
-use baton::control::{MAX_REQUEST, Reply, Request, parse_request};
+use baton::fuzzing::{MAX_REQUEST, Reply, Request, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

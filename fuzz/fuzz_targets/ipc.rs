@@ -5,7 +5,7 @@
 //! holds more than the limit.
 #![no_main]
 
-use baton::ipc::{Frame, Framer};
+use baton::fuzzing::{Frame, Framer};
 use libfuzzer_sys::fuzz_target;
 
 fn frames(max: usize, stream: &[u8], chunk: usize) -> Vec<Frame> {
@@ -30,6 +30,6 @@ fuzz_target!(|data: &[u8]| {
     // seen as ready.
     let big = frames(1 << 20, stream, 7);
     for (line, frame) in stream.split(|&b| b == b'\n').zip(&big) {
-        assert_eq!(*frame == Frame::Ready, baton::ipc::is_ready(line.trim_ascii()));
+        assert_eq!(*frame == Frame::Ready, baton::fuzzing::is_ready(line.trim_ascii()));
     }
 });

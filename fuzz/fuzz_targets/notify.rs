@@ -3,8 +3,8 @@
 //! hold what the datagram said.
 #![no_main]
 
-use baton::notify::parse;
-use baton::supervisor::Notify;
+use baton::fuzzing::Notify;
+use baton::fuzzing::parse_notify as parse;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -31,7 +31,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 
-pub use types::{Dur, ListenAddress, RESERVED_ENV, Size, StopSignal, Workers};
+pub use types::{Dur, ListenAddress, RESERVED_ENV, Workers};
 use validate::{Origin, validate};
 
 /// The largest `workers` accepted.

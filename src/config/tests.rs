@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use super::*;
-use types::closest;
+use types::{Size, closest};
 
 /// 1-based line and column (in characters) of a byte offset.
 fn position(text: &str, offset: usize) -> (usize, usize) {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::config::{self, Dur, ListenAddress, Overrides, Readiness, Restart, Stop};
 
-const SERVICE_TEMPLATE: &str = include_str!("../units/baton@.service");
+const SERVICE_TEMPLATE: &str = include_str!("../../units/baton@.service");
 
 impl crate::cli::InitArgs {
     pub fn into_request(self, baton: PathBuf) -> Request {

@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::activation::{self, Inherited};
 use crate::cli::Target;
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::{self, Reply, Request};
-use crate::output::{self, JournalSink, LogSink, StderrSink};
+use crate::engine::supervisor::Phase;
+use crate::os::activation::{self, Inherited};
+use crate::os::output::{self, JournalSink, LogSink, StderrSink};
 use crate::runtime::{self, Context};
-use crate::supervisor::Phase;
 
 pub use crate::exit::{EX_CONFIG, EX_FAILED, EX_OK, EX_USAGE, chain};
 
@@ -242,7 +242,7 @@ pub fn status(target: Target, json: bool) -> i32 {
             let text = if json {
                 format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
             } else {
-                crate::status::render(&v)
+                crate::control::status::render(&v)
             };
             // `baton status | head` closes the pipe early; that is not an error.
             use std::io::Write;
@@ -292,13 +292,13 @@ pub fn check(target: Target) -> i32 {
 }
 
 /// `baton init`.
-pub fn init(req: crate::init::Request) -> i32 {
-    use crate::init::Account;
+pub fn init(req: crate::systemd::init::Request) -> i32 {
+    use crate::systemd::init::Account;
     let default_units = req.unit_dir == std::path::Path::new("/etc/systemd/system");
-    let default_sysusers = req.sysusers_dir == std::path::Path::new(crate::init::DEFAULT_SYSUSERS_DIR);
+    let default_sysusers = req.sysusers_dir == std::path::Path::new(crate::systemd::init::DEFAULT_SYSUSERS_DIR);
     let name = req.name.clone();
-    let account = crate::init::account(&req);
-    match crate::init::write(&req) {
+    let account = crate::systemd::init::account(&req);
+    match crate::systemd::init::write(&req) {
         Ok(paths) => {
             for p in &paths {
                 println!("wrote {}", p.display());
@@ -337,7 +337,7 @@ pub fn init(req: crate::init::Request) -> i32 {
             println!("then: systemctl reload {name}   ·   journalctl -u {name}   ·   baton status {name}");
             EX_OK
         }
-        Err(e @ crate::init::InitError::Invalid(_)) => {
+        Err(e @ crate::systemd::init::InitError::Invalid(_)) => {
             eprintln!("baton init: {}", chain(&e));
             EX_CONFIG
         }
@@ -349,14 +349,14 @@ pub fn init(req: crate::init::Request) -> i32 {
 }
 
 /// `baton import-pm2`.
-pub fn import_pm2(req: crate::pm2::Request) -> i32 {
-    crate::pm2::run(&req)
+pub fn import_pm2(req: crate::import::pm2::Request) -> i32 {
+    crate::import::pm2::run(&req)
 }
 
 /// What `check` adds on top of parsing: the program and directory exist.
 fn validate_runnable(config: &Config) -> Result<(), String> {
     let path = std::env::var("PATH").ok();
-    crate::spec::GenSpec::resolve(config, path.as_deref())
+    crate::engine::spec::GenSpec::resolve(config, path.as_deref())
         .map(|_| ())
         .map_err(|e| {
             format!(

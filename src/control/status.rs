@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::Snapshot;
+use crate::engine::supervisor::Snapshot;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SocketInfo {
@@ -27,19 +27,19 @@ pub struct Report {
     pub last_reload_at: Option<String>,
     /// What holds each worker's process tree: its own cgroup, or its
     /// process group (see the `cgroup` module).
-    pub process_tree: crate::cgroup::Mode,
+    pub process_tree: crate::os::cgroup::Mode,
     /// In cgroup mode, baton's delegated cgroup; otherwise why process
     /// groups are used.
     pub process_tree_detail: String,
     /// Where each worker's `rss_bytes` comes from.
-    pub memory_source: crate::cgroup::MemorySource,
+    pub memory_source: crate::os::cgroup::MemorySource,
     pub supervisor: Snapshot,
 }
 
 /// The one-line STATUS= for systemd, e.g.
 /// `gen 3: 4/4 ready · last reload 12:03:04 UTC ok in 1.2s`.
 pub fn summary(snapshot: &Snapshot, last_reload_at: Option<&str>) -> String {
-    let count = |id: Option<crate::supervisor::GenId>| {
+    let count = |id: Option<crate::engine::supervisor::GenId>| {
         snapshot
             .generations
             .iter()
@@ -47,7 +47,7 @@ pub fn summary(snapshot: &Snapshot, last_reload_at: Option<&str>) -> String {
             .map(|g| format!("gen {}: {}/{} ready", g.id, g.ready, g.slots))
     };
     let mut line = count(snapshot.serving).unwrap_or_else(|| match snapshot.phase {
-        crate::supervisor::Phase::Stopping => "stopping".to_owned(),
+        crate::engine::supervisor::Phase::Stopping => "stopping".to_owned(),
         _ => "starting".to_owned(),
     });
     if snapshot.serving.is_some() {
@@ -57,7 +57,7 @@ pub fn summary(snapshot: &Snapshot, last_reload_at: Option<&str>) -> String {
     } else if let Some(candidate) = count(snapshot.candidate) {
         line = format!("starting {candidate}");
     }
-    if snapshot.phase == crate::supervisor::Phase::Stopping && snapshot.serving.is_some() {
+    if snapshot.phase == crate::engine::supervisor::Phase::Stopping && snapshot.serving.is_some() {
         line.push_str(" · stopping");
     }
     if let Some(r) = &snapshot.last_reload {

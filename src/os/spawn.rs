@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::activation::Listener;
-use crate::spec::GenSpec;
-use crate::sys::{self, SpawnError};
+use crate::engine::spec::GenSpec;
+use crate::os::activation::Listener;
+use crate::os::sys::{self, SpawnError};
 
 /// The command for worker `slot` of `generation`. Its fds must be passed to
 /// `spawn` as `[/dev/null, stdout pipe, stderr pipe, sockets..., IPC]`, the

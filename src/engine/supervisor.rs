@@ -81,7 +81,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::config::ReloadStrategy;
-use crate::spec::GenSpec;
+use crate::engine::spec::GenSpec;
 
 /// `now + d`, saturating at a far-off instant instead of panicking.
 ///
@@ -1077,7 +1077,7 @@ impl Supervisor {
         self.gens.get(&generation).map_or(0, |g| g.slots.len())
     }
 
-    fn policy_of(&self, worker: WorkerId) -> Option<&crate::spec::Policy> {
+    fn policy_of(&self, worker: WorkerId) -> Option<&crate::engine::spec::Policy> {
         let w = self.workers.get(&worker)?;
         self.gens.get(&w.generation).map(|g| &g.spec.policy)
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::plan::{Ctx, PM2_KILL_TIMEOUT_MS, Plan, READY_DELAY, Runner, Workers};
 use crate::config::{self, ListenAddress, Overrides};
-use crate::init;
+use crate::systemd::init;
 
 fn quote(s: &str) -> String {
     toml_edit::Value::from(s).to_string().trim().to_owned()

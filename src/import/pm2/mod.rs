@@ -30,7 +30,7 @@ pub use self::eval::EvalError;
 use self::plan::{Ctx, Facts, Planned};
 use crate::config::ListenAddress;
 use crate::exit::{EX_FAILED, EX_OK, EX_USAGE, chain};
-use crate::init;
+use crate::systemd::init;
 
 impl crate::cli::ImportPm2Args {
     pub fn into_request(self, baton: PathBuf) -> Request {

@@ -518,7 +518,7 @@ mod tests {
     #[test]
     fn an_oom_kill_says_so() {
         assert_eq!(
-            crate::supervisor::ExitStatus::OomKilled.to_string(),
+            crate::engine::supervisor::ExitStatus::OomKilled.to_string(),
             "killed by the OOM killer"
         );
     }

@@ -1,7 +1,6 @@
-//! The command line (README "Commands and exit codes"). Help texts are written for an operator
-//! woken at 3 a.m.: what the command does, what the exit codes mean.
-
-#![forbid(unsafe_code)]
+//! The command line's shape (README "Commands and exit codes"). Help texts
+//! are written for an operator woken at 3 a.m.: what the command does, what
+//! the exit codes mean.
 
 use std::path::PathBuf;
 

@@ -13,7 +13,7 @@
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-use crate::supervisor::Phase;
+use crate::engine::supervisor::Phase;
 
 /// A connection to systemd's notify socket.
 #[derive(Debug)]

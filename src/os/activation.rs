@@ -43,7 +43,7 @@ pub struct Inherited {
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
     #[error("systemd passed bad socket-activation variables")]
-    Systemd(#[source] crate::sys::ListenFdsError),
+    Systemd(#[source] crate::os::sys::ListenFdsError),
     #[error("cannot bind {address}")]
     Bind {
         address: String,
@@ -69,7 +69,7 @@ pub fn take_inherited() -> Result<Inherited, ActivationError> {
         Ok(pid) if pid != me => None,
         _ => std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse().ok()),
     };
-    let sockets = crate::sys::take_listen_fds()
+    let sockets = crate::os::sys::take_listen_fds()
         .map_err(ActivationError::Systemd)?
         .map(|fds| {
             let names: Vec<String> = names

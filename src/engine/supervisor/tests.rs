@@ -13,7 +13,7 @@ use super::*;
 use std::collections::BTreeSet;
 
 use crate::config::Restart;
-use crate::spec::{Launch, Policy};
+use crate::engine::spec::{Launch, Policy};
 
 use ReloadStrategy::{Parallel, Rolling};
 

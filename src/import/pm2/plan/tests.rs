@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::pm2::keys::RemarkKind;
+use crate::import::pm2::keys::RemarkKind;
 
 const BASE: &str = "/srv/app";
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{setsockopt, sockopt};
 
-use crate::supervisor::Notify;
+use crate::engine::supervisor::Notify;
 
 /// Largest datagram accepted; systemd's own limit is similar.
 const MAX_DATAGRAM: usize = 4096;
@@ -153,12 +153,12 @@ fn receive(fd: std::os::fd::BorrowedFd<'_>, leader: i32) -> std::io::Result<Rece
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // Passed fds are held until the sender is authenticated, then closed
     // (see `recv`).
-    let crate::sys::Datagram {
+    let crate::os::sys::Datagram {
         len,
         truncated,
         pid,
         fds: passed,
-    } = crate::sys::recv_with_credentials(fd, &mut buf)?;
+    } = crate::os::sys::recv_with_credentials(fd, &mut buf)?;
     if truncated {
         return Ok(Received::Rejected {
             pid,

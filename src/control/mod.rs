@@ -15,6 +15,8 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod status;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::notify::SharedRateLimit;
+use crate::os::notify::SharedRateLimit;
 
 /// Longest request line accepted; anything longer is garbage.
 pub const MAX_REQUEST: usize = 4096;
@@ -394,7 +396,7 @@ async fn handle(
         Ok(r) => r,
         Err(e) => {
             if let Some(suppressed) = rejected.allow(std::time::Instant::now()) {
-                let more = crate::notify::suppressed_note(suppressed);
+                let more = crate::os::notify::suppressed_note(suppressed);
                 tracing::warn!("control socket: rejected a client: {e}{more}");
             }
             return send(&mut write, &Reply::Error(e)).await;

@@ -1,0 +1,7 @@
+//! The systemd side: `manager` is what baton tells systemd about itself
+//! while it runs (READY, RELOADING, STATUS, WATCHDOG); `init` writes what
+//! systemd needs to run baton (the config, the socket and service units,
+//! the sysusers.d entry).
+
+pub(crate) mod init;
+pub(crate) mod manager;
