@@ -64,6 +64,8 @@ use crate::os::activation::Listener;
 use crate::os::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
 use crate::os::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
 use crate::os::output::{self, Origin, Stream, Tail, Writer};
+use crate::os::procfs;
+use crate::os::spawn;
 use crate::os::sys::{self, Spawner};
 use crate::systemd::manager::Notifier;
 
@@ -99,7 +101,7 @@ pub enum RunError {
     #[error("cannot start the spawner thread")]
     Spawner(#[source] std::io::Error),
     #[error(transparent)]
-    Spec(#[from] crate::engine::spec::SpecError),
+    Spec(#[from] spawn::SpecError),
 }
 
 /// Why a reload's config could not be used.
@@ -108,7 +110,7 @@ enum LoadError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    Spec(#[from] crate::engine::spec::SpecError),
+    Spec(#[from] spawn::SpecError),
     #[error("loading the config failed")]
     Task(#[source] tokio::task::JoinError),
 }
@@ -293,7 +295,7 @@ const CGROUP_PATIENCE: Duration = Duration::from_secs(5);
 pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender<Phase>) -> Result<i32, RunError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(RunError::Subreaper)?;
     let devnull = std::fs::File::open("/dev/null").map_err(RunError::DevNull)?.into();
-    let spec = GenSpec::resolve(&ctx.config, ctx.path.as_deref())?;
+    let spec = spawn::resolve(&ctx.config, ctx.path.as_deref())?;
     let tree = tokio::task::spawn_blocking(cgroup::Tree::setup)
         .await
         .unwrap_or_else(|e| Err(format!("cgroup setup failed: {e}")))
@@ -704,7 +706,7 @@ impl Driver {
                         );
                     }
                 }
-                GenSpec::resolve(&config, path.as_deref())
+                spawn::resolve(&config, path.as_deref())
                     .map(Arc::new)
                     .map_err(LoadError::from)
             });
@@ -825,7 +827,7 @@ impl Driver {
             true => Some(crate::os::ipc::channel().map_err(StartError::Ipc)?),
             false => None,
         };
-        let mut cmd = crate::os::spawn::command(spec, &self.listeners, &endpoint.address, generation.get(), slot)?;
+        let mut cmd = spawn::command(spec, &self.listeners, &endpoint.address, generation.get(), slot)?;
         let cgroup = match &self.tree {
             Ok(tree) => {
                 let (cg, procs) = tree
@@ -1106,7 +1108,7 @@ impl Driver {
     /// `fallback`: the generation of the process whose exit just orphaned
     /// it. An orphan of a retired generation is killed at once.
     fn adopt_orphans(&mut self, fallback: Option<GenId>) {
-        for pid in children() {
+        for pid in procfs::own_children() {
             if self.orphans.contains_key(&pid) || self.pids.contains_key(&pid) || self.spawner.forked(pid) {
                 continue;
             }
@@ -1172,7 +1174,7 @@ impl Driver {
                 }
             }
             if Instant::now() >= deadline {
-                tracing::warn!("processes still running at exit: {:?}", children());
+                tracing::warn!("processes still running at exit: {:?}", procfs::own_children());
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1349,27 +1351,12 @@ fn kill_orphan(pid: i32, orphan: &Orphan) {
     }
 }
 
-/// baton's children: /proc/self/task/*/children (a child adopted as
-/// subreaper may belong to any of baton's threads).
-fn children() -> Vec<i32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 /// `BATON_GENERATION` from a process's environment, if it is one of this
 /// app's (`BATON_NAME`).
 fn generation_of(pid: i32, name: &str) -> Option<GenId> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     let mut generation = None;
     let mut ours = false;
-    for var in environ.split(|&b| b == 0) {
+    for var in procfs::environ(pid)? {
         if let Some(v) = var.strip_prefix(b"BATON_GENERATION=") {
             generation = std::str::from_utf8(v).ok()?.parse().ok().map(GenId::new);
         } else if let Some(v) = var.strip_prefix(b"BATON_NAME=") {

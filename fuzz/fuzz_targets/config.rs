@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton::fuzzing::GenSpec;
+use baton::fuzzing::{GenSpec, resolve};
 use baton::fuzzing::{Action, ClientId, DriverError, ExitStatus, Notify, Supervisor, Waiter, WorkerId};
 use baton::fuzzing::{Overrides, parse};
 use libfuzzer_sys::fuzz_target;
@@ -249,10 +249,10 @@ impl Harness {
 fn spec_of(text: &str) -> Option<GenSpec> {
     let mut config = parse(text, Path::new("/fuzz/app.toml"), &Overrides::default()).ok()?;
     let path = Some("/usr/bin:/bin");
-    GenSpec::resolve(&config, path).ok().or_else(|| {
+    resolve(&config, path).ok().or_else(|| {
         config.command = vec!["sh".into()];
         config.directory = None;
-        GenSpec::resolve(&config, path).ok()
+        resolve(&config, path).ok()
     })
 }
 

@@ -356,7 +356,7 @@ pub fn import_pm2(req: crate::import::pm2::Request) -> i32 {
 /// What `check` adds on top of parsing: the program and directory exist.
 fn validate_runnable(config: &Config) -> Result<(), String> {
     let path = std::env::var("PATH").ok();
-    crate::engine::spec::GenSpec::resolve(config, path.as_deref())
+    crate::os::spawn::resolve(config, path.as_deref())
         .map(|_| ())
         .map_err(|e| {
             format!(

@@ -64,6 +64,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::os::procfs;
+
 /// Which mechanism holds each worker's process tree (`baton status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -249,13 +251,10 @@ impl WorkerCgroup {
                 .ok();
         }
         let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).ok()?;
-        let page = page_size();
         Some(
             procs
                 .lines()
-                .filter_map(|pid| std::fs::read_to_string(format!("/proc/{}/statm", pid.trim())).ok())
-                .filter_map(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .map(|pages| pages * page)
+                .filter_map(|pid| procfs::rss_bytes(pid.trim().parse().ok()?))
                 .sum(),
         )
     }
@@ -330,33 +329,14 @@ pub enum Probe {
 /// this is a worker with its children), from one pass over /proc. It reads
 /// a file per process: call it off the event loop (`spawn_blocking`).
 pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64;
     let mut groups = std::collections::HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return groups;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+    for pid in procfs::pids() {
+        // A zombie has no memory left to count.
+        let Some(stat) = procfs::stat(pid).filter(|s| s.state != 'Z') else {
             continue;
         };
-        let (Ok(stat), Ok(statm)) = (
-            std::fs::read_to_string(format!("/proc/{pid}/stat")),
-            std::fs::read_to_string(format!("/proc/{pid}/statm")),
-        ) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces and parens):
-        // state, ppid, pgrp. A zombie has no memory left to count.
-        let pgrp = stat
-            .rsplit_once(')')
-            .filter(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
-        let pages = statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok());
-        if let (Some(pgrp), Some(pages)) = (pgrp, pages) {
-            *groups.entry(pgrp).or_insert(0) += pages * page;
+        if let Some(bytes) = procfs::rss_bytes(pid) {
+            *groups.entry(stat.pgrp).or_insert(0) += bytes;
         }
     }
     groups
@@ -380,13 +360,6 @@ pub fn measure<K: Copy + Eq + std::hash::Hash>(probes: &[(K, Probe)]) -> HashMap
             Some((*k, used))
         })
         .collect()
-}
-
-fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as u64
 }
 
 /// `key value` lines, as in cgroup.events and memory.events.

@@ -4,7 +4,7 @@
 //! where the crate allows `unsafe_code`); `cgroup` gives each worker's
 //! process tree a cgroup; `notify` and `ipc` hear a worker's readiness
 //! (sd_notify, Node's IPC channel); `output` carries its stdout and stderr
-//! to the journal.
+//! to the journal; `procfs` is the one reader of /proc.
 //!
 //! These modules know nothing of generations or reloads: the driver
 //! (`runtime`) calls them on the core's behalf.
@@ -14,6 +14,7 @@ pub(crate) mod cgroup;
 pub(crate) mod ipc;
 pub(crate) mod notify;
 pub(crate) mod output;
+pub(crate) mod procfs;
 pub(crate) mod spawn;
 #[allow(unsafe_code)]
 pub(crate) mod sys;

@@ -76,7 +76,7 @@ pub fn belongs_to(pid: i32, leader: i32) -> bool {
     }
     let mut current = pid;
     for _ in 0..64 {
-        let Some((ppid, pgrp)) = stat_parent_and_group(current) else {
+        let Some(crate::os::procfs::Stat { ppid, pgrp, .. }) = crate::os::procfs::stat(current) else {
             return false;
         };
         if pgrp == leader || ppid == leader {
@@ -88,19 +88,6 @@ pub fn belongs_to(pid: i32, leader: i32) -> bool {
         current = ppid;
     }
     false
-}
-
-/// (ppid, pgrp) from /proc/PID/stat.
-fn stat_parent_and_group(pid: i32) -> Option<(i32, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses; fields resume
-    // after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let _state = fields.next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((ppid, pgrp))
 }
 
 /// One worker's notify socket.

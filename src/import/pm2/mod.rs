@@ -228,7 +228,7 @@ fn is_binary(path: &Path) -> bool {
 }
 
 fn in_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    std::env::var("PATH").is_ok_and(|path| crate::os::spawn::search_path(program, &path).is_some())
 }
 
 /// What became of one app: the files to write, or why there are none.

@@ -1,0 +1,116 @@
+//! baton's one reader of per-process files in /proc: a process's parent and
+//! group, its resident memory, its environment, and baton's own children.
+//! (`cgroup` reads /proc/self/cgroup and mountinfo once, to find its cgroup.) Each function reads
+//! one or a few small files and returns `None` when the process is gone
+//! (it may exit between any two reads). All of them block on the
+//! filesystem: call them off the event loop, except where the caller says
+//! why a single small read is fine.
+//!
+//! Hand-written rather than the procfs crate: baton needs four fields from
+//! three files, and the crate's parsers read and convert every field.
+
+#![forbid(unsafe_code)]
+
+/// The fields of /proc/PID/stat that baton uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// `Z` for a zombie, `R`, `S`, `D`, `T`…
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+}
+
+/// /proc/PID/stat.
+pub fn stat(pid: i32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_stat(text: &str) -> Option<Stat> {
+    // The command name may contain spaces and parentheses; the fields
+    // resume after the last ')': state, ppid, pgrp, …
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(Stat { state, ppid, pgrp })
+}
+
+/// Resident memory in bytes, from /proc/PID/statm.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+/// Every pid in /proc right now.
+pub fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
+/// baton's children: /proc/self/task/*/children (a child adopted as
+/// subreaper may belong to any of baton's threads).
+pub fn own_children() -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The `NAME=value` entries of /proc/PID/environ.
+pub fn environ(pid: i32) -> Option<Vec<Vec<u8>>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|v| !v.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect(),
+    )
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_name_with_spaces_and_parens_does_not_shift_the_fields() {
+        let stat = parse_stat("42 (my (odd) name) S 7 42 42 0 -1 4194560").expect("parses");
+        assert_eq!(
+            stat,
+            Stat {
+                state: 'S',
+                ppid: 7,
+                pgrp: 42
+            }
+        );
+        assert_eq!(parse_stat("42 (x) Z 1"), None, "a truncated line is no stat");
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id() as i32;
+        let stat = stat(me).expect("our own stat");
+        assert_eq!(stat.pgrp, nix::unistd::getpgrp().as_raw());
+        assert_eq!(stat.ppid, nix::unistd::getppid().as_raw());
+        assert!(rss_bytes(me).is_some_and(|b| b > 0));
+        assert!(pids().any(|p| p == me));
+        let env = environ(me).expect("our environ");
+        assert!(env.iter().all(|v| !v.is_empty()));
+    }
+}
