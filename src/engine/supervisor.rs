@@ -474,10 +474,11 @@ pub enum WorkerState {
 struct Worker {
     generation: GenId,
     slot: usize,
-    /// The pid we forked; it leads the worker's process group.
+    /// The pid that reports and `status` name: the one the driver forked
+    /// ([`Supervisor::spawned`]), or the MAINPID= the worker handed its role
+    /// to. `None` until spawned. Only a name: the driver alone holds the
+    /// process handles, signals and reaps.
     pid: Option<Pid>,
-    /// MAINPID= if the worker handed its role to another process.
-    main_pid: Option<Pid>,
     state: WorkerState,
     /// Asked to stop while still being spawned.
     stop_pending: bool,
@@ -492,9 +493,9 @@ struct Worker {
 }
 
 impl Worker {
-    /// The pid the worker's reports name (its MAINPID= if it sent one).
-    fn signal_target(&self) -> Option<i32> {
-        self.main_pid.or(self.pid).map(Pid::as_raw)
+    /// The pid the worker's reports name.
+    fn reported_pid(&self) -> Option<i32> {
+        self.pid.map(Pid::as_raw)
     }
 }
 
@@ -775,7 +776,11 @@ impl Supervisor {
             }
             Notify::Status(text) => w.status_text = Some(text),
             Notify::Errno(errno) => w.errno = Some(errno),
-            Notify::MainPid(pid) => w.main_pid = Some(pid),
+            Notify::MainPid(pid) => {
+                if w.pid.is_some() {
+                    w.pid = Some(pid);
+                }
+            }
             Notify::ExtendTimeout(by) => {
                 if matches!(w.state, WorkerState::Starting | WorkerState::Stopping) {
                     let extended = after(now, by);
@@ -813,7 +818,7 @@ impl Supervisor {
                 worker,
                 generation: w.generation,
                 slot: w.slot,
-                pid: w.signal_target(),
+                pid: w.reported_pid(),
                 failure: Failure::Exited {
                     status,
                     was_ready: w.state == WorkerState::Ready,
@@ -888,7 +893,7 @@ impl Supervisor {
             Timer::Escalate(id) => {
                 let signal = self.policy_of(id).map(|p| p.stop_signal);
                 let Some(w) = self.workers.get(&id) else { return };
-                if let (WorkerState::Stopping, Some(_), Some(signal)) = (w.state, w.signal_target(), signal) {
+                if let (WorkerState::Stopping, Some(_), Some(signal)) = (w.state, w.reported_pid(), signal) {
                     self.push(Action::Signal { worker: id, signal });
                 }
             }
@@ -1108,7 +1113,6 @@ impl Supervisor {
                 generation,
                 slot,
                 pid: None,
-                main_pid: None,
                 state: WorkerState::Spawning,
                 stop_pending: false,
                 started: now,
@@ -1172,7 +1176,7 @@ impl Supervisor {
         }
         let deadline = after(now, timeout);
         w.deadline = Some(deadline);
-        let target = w.signal_target();
+        let target = w.reported_pid();
         self.clear_slot(generation, slot, worker);
         if message {
             // PM2's shutdown_with_message: the message first, the signal at
@@ -1393,7 +1397,7 @@ impl Supervisor {
             worker,
             generation: w.generation,
             slot: w.slot,
-            pid: w.signal_target(),
+            pid: w.reported_pid(),
             failure,
             errno: w.errno,
         };
@@ -1735,7 +1739,7 @@ impl Supervisor {
                     .map(|(&wid, w)| WorkerSnapshot {
                         id: wid,
                         slot: w.slot,
-                        pid: w.signal_target(),
+                        pid: w.reported_pid(),
                         state: w.state,
                         uptime_ms: now.duration_since(w.started).as_millis() as u64,
                         ready_ms: w.ready_at.map(|r| now.duration_since(r).as_millis() as u64),
