@@ -51,7 +51,7 @@ out=docs/bench/overhead.md
   echo "- **config load**: until \`reload: starting generation\`."
   echo "- **spawning**: from there to the last READY=1, minus the slowest worker's"
   echo "  own exec→READY: the time the workers waited to be started. baton forks"
-  echo "  them one after another on its spawner thread (src/sys.rs, \`Spawner\`) and"
+  echo "  them one after another on its spawner thread (src/os/sys.rs, \`Spawner\`) and"
   echo "  waits for each exec to succeed before the next fork, so the last of 64"
   echo "  workers starts 64 fork+exec round trips after the first."
   echo "- **readiness**: from the last worker sending READY=1 to baton logging"
