@@ -207,6 +207,42 @@ Every PM2 key and command, and what it becomes: \"Migrating from PM2\" in \
     },
 }
 
+impl InitArgs {
+    /// What `baton init` is asked for; `baton` is the binary the units run.
+    pub fn into_request(self, baton: PathBuf) -> crate::systemd::init::Request {
+        crate::systemd::init::Request {
+            name: self.name,
+            listen: self.listen.iter().map(ToString::to_string).collect(),
+            workers: self.workers.map(|w| w.to_string()),
+            user: self.user,
+            directory: self.directory,
+            unit_dir: self.unit_dir,
+            config_dir: self.config_dir,
+            sysusers_dir: self.sysusers_dir,
+            command: self.command,
+            force: self.force,
+            baton,
+        }
+    }
+}
+
+impl ImportPm2Args {
+    /// What `baton import-pm2` is asked for; `baton` is the binary the units run.
+    pub fn into_request(self, baton: PathBuf) -> crate::import::pm2::Request {
+        crate::import::pm2::Request {
+            file: self.file,
+            listen: self.listen,
+            env: self.env,
+            user: self.user,
+            unit_dir: self.unit_dir,
+            config_dir: self.config_dir,
+            force: self.force,
+            dry_run: self.dry_run,
+            baton,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,7 @@
 //! the man pages (`docs`), and [`main`], which the `baton` binary calls.
 //!
 //! This layer sits at the edge: it may use every other part of baton, and
-//! nothing inside the daemon uses it (except the argument types that `init`
-//! and `import-pm2` take their requests from).
+//! nothing else uses it.
 
 #![forbid(unsafe_code)]
 
@@ -11,7 +10,7 @@ mod args;
 pub(crate) mod commands;
 pub(crate) mod docs;
 
-pub(crate) use args::{Cli, Cmd, ImportPm2Args, InitArgs, Target};
+pub(crate) use args::{Cli, Cmd, Target};
 
 use clap::Parser;
 

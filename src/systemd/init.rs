@@ -19,24 +19,6 @@ use crate::config::{self, Dur, ListenAddress, Overrides, Readiness, Restart, Sto
 
 const SERVICE_TEMPLATE: &str = include_str!("../../units/baton@.service");
 
-impl crate::cli::InitArgs {
-    pub fn into_request(self, baton: PathBuf) -> Request {
-        Request {
-            name: self.name,
-            listen: self.listen.iter().map(ToString::to_string).collect(),
-            workers: self.workers.map(|w| w.to_string()),
-            user: self.user,
-            directory: self.directory,
-            unit_dir: self.unit_dir,
-            config_dir: self.config_dir,
-            sysusers_dir: self.sysusers_dir,
-            command: self.command,
-            force: self.force,
-            baton,
-        }
-    }
-}
-
 /// What `baton init` was asked for.
 #[derive(Debug, Clone)]
 pub struct Request {

@@ -32,22 +32,6 @@ use crate::config::ListenAddress;
 use crate::exit::{EX_FAILED, EX_OK, EX_USAGE, chain};
 use crate::systemd::init;
 
-impl crate::cli::ImportPm2Args {
-    pub fn into_request(self, baton: PathBuf) -> Request {
-        Request {
-            file: self.file,
-            listen: self.listen,
-            env: self.env,
-            user: self.user,
-            unit_dir: self.unit_dir,
-            config_dir: self.config_dir,
-            force: self.force,
-            dry_run: self.dry_run,
-            baton,
-        }
-    }
-}
-
 /// What `baton import-pm2` was asked for.
 #[derive(Debug, Clone)]
 pub struct Request {
