@@ -213,7 +213,7 @@ impl InitArgs {
         crate::systemd::init::Request {
             name: self.name,
             listen: self.listen.iter().map(ToString::to_string).collect(),
-            workers: self.workers.map(|w| w.to_string()),
+            workers: self.workers,
             user: self.user,
             directory: self.directory,
             unit_dir: self.unit_dir,

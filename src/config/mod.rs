@@ -20,6 +20,7 @@
 //! starts (that is how a generation pins its release).
 
 mod raw;
+pub(crate) mod render;
 mod types;
 mod validate;
 
@@ -102,10 +103,11 @@ pub enum ReadinessMode {
     NodeIpc,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "toml::Value")]
 pub enum ReloadStrategy {
     /// Start a whole new generation, then retire the old one.
+    #[default]
     Parallel,
     /// Replace one worker at a time.
     Rolling,

@@ -57,9 +57,17 @@ fn must_be_string(value: Value) -> Result<String, Msg> {
 // Durations
 
 /// A duration from 0 to [`MAX_DURATION`], written like "30s" or "1m 30s".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+/// The default, zero, is "off" where a key allows it (`[watchdog] timeout`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
 #[serde(try_from = "Value")]
 pub struct Dur(pub Duration);
+
+/// As [`fmt::Display`] writes it, which [`FromStr`] reads back.
+impl serde::Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 const DURATION_LIKE: &str = r#"a duration like "30s", "250ms" or "1m 30s""#;
 
@@ -144,6 +152,16 @@ impl fmt::Display for Workers {
         match self {
             Workers::Auto => f.write_str("auto"),
             Workers::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A number, or the string "auto".
+impl serde::Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => s.serialize_str("auto"),
+            Workers::Count(n) => s.serialize_u64(*n as u64),
         }
     }
 }
@@ -501,15 +519,18 @@ impl ModeKind {
 
 from_value!(ModeKind, |value| { choice(value, Self::WORDS) });
 
-from_value!(ReloadStrategy, |value| {
-    choice(
-        value,
-        &[
-            ("parallel", ReloadStrategy::Parallel),
-            ("rolling", ReloadStrategy::Rolling),
-        ],
-    )
-});
+impl ReloadStrategy {
+    const WORDS: &[(&str, ReloadStrategy)] = &[
+        ("parallel", ReloadStrategy::Parallel),
+        ("rolling", ReloadStrategy::Rolling),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::WORDS.iter().find(|(_, s)| *s == self).map_or("", |(w, _)| w)
+    }
+}
+
+from_value!(ReloadStrategy, |value| { choice(value, Self::WORDS) });
 
 /// `Err` completes `[environment] "x" ...`.
 pub(super) fn check_env_name(name: &str) -> Result<(), Msg> {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    Config, ConfigError, ListenSpec, Overrides, Readiness, ReadinessMode, ReloadStrategy, Restart, Stop,
+    Config, ConfigError, ListenSpec, Overrides, Readiness, ReadinessMode, Restart, Stop,
     raw::{Raw, Reader},
     types::{ModeKind, Name, Workers, check_name, is_name_char},
 };
@@ -291,7 +291,7 @@ pub fn validate(
         environment: raw.environment,
         listen: listen.into_iter().map(|(spec, _)| spec).collect(),
         readiness,
-        reload: raw.reload.value.strategy.unwrap_or(ReloadStrategy::Parallel),
+        reload: raw.reload.value.strategy.unwrap_or_default(),
         stop,
         restart,
         watchdog: raw.watchdog.value.timeout.map(|t| t.0).filter(|d| !d.is_zero()),

@@ -15,7 +15,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{self, Dur, ListenAddress, Overrides, Readiness, Restart, Stop};
+use crate::config::render::{File, Place};
+use crate::config::{self, ListenAddress, Overrides, Workers};
 
 const SERVICE_TEMPLATE: &str = include_str!("../../units/baton@.service");
 
@@ -24,7 +25,7 @@ const SERVICE_TEMPLATE: &str = include_str!("../../units/baton@.service");
 pub struct Request {
     pub name: String,
     pub listen: Vec<String>,
-    pub workers: Option<String>,
+    pub workers: Option<Workers>,
     /// `--user`; none means a system user named like the app.
     pub user: Option<String>,
     pub directory: Option<PathBuf>,
@@ -53,6 +54,8 @@ pub enum InitError {
     UserName { name: String },
     #[error("the generated config is invalid")]
     Invalid(#[source] config::ConfigError),
+    #[error("cannot write the config as TOML")]
+    Render(#[source] toml_edit::ser::Error),
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -125,7 +128,7 @@ pub fn render(req: &Request) -> Result<Vec<(PathBuf, String)>, InitError> {
     }
     let account = account(req)?;
     let config_path = req.config_dir.join(format!("{}.toml", req.name));
-    let config_text = config_toml(req);
+    let config_text = config_toml(req)?;
     // The generated file must pass the same validation `baton check` does.
     let config = config::parse(&config_text, &config_path, &Overrides::default()).map_err(InitError::Invalid)?;
     let socket = socket_unit(&req.name, &config.listen.iter().map(|l| &l.address).collect::<Vec<_>>());
@@ -176,73 +179,18 @@ pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), InitError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-fn quote(s: &str) -> String {
-    toml_edit::Value::from(s).to_string().trim().to_owned()
-}
-
-fn config_toml(req: &Request) -> String {
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "# {}: supervised by baton. Written by `baton init`; edit freely.",
-        req.name
+fn config_toml(req: &Request) -> Result<String, InitError> {
+    let mut file = File::new(&req.name, "`baton init`", req.command.clone(), &req.listen);
+    file.directory = req.directory.as_ref().map(|d| d.display().to_string());
+    file.workers = req.workers.unwrap_or(Workers::Count(1));
+    file.note(Some("environment"), None, Place::Below, "NODE_ENV = \"production\"");
+    file.note(
+        Some("readiness"),
+        Some("mode"),
+        Place::Beside,
+        "the app sends READY=1 to $NOTIFY_SOCKET; or \"delay\"",
     );
-    let _ = writeln!(
-        t,
-        "# Check with `baton check {}`, apply with `systemctl reload {}`.",
-        req.name, req.name
-    );
-    let _ = writeln!(t, "name = {}", quote(&req.name));
-    let argv: Vec<String> = req.command.iter().map(|a| quote(a)).collect();
-    let _ = writeln!(t, "command = [{}]", argv.join(", "));
-    if let Some(dir) = &req.directory {
-        let _ = writeln!(t, "directory = {}", quote(&dir.display().to_string()));
-    }
-    match req.workers.as_deref() {
-        Some("auto") => t.push_str("workers = \"auto\"\n"),
-        Some(n) => {
-            let _ = writeln!(t, "workers = {n}");
-        }
-        None => t.push_str("workers = 1\n"),
-    }
-    t.push_str(
-        "\n# Under systemd the sockets come from the .socket unit; these entries are\n\
-         # used only when baton runs without it (baton run --config ...).\n",
-    );
-    for addr in &req.listen {
-        let _ = writeln!(t, "[[listen]]\naddress = {}\n", quote(addr));
-    }
-    // The defaults come from the config's own, so they are written once.
-    let (readiness, stop, restart) = (Readiness::default(), Stop::default(), Restart::default());
-    let d = |d: Duration| Dur(d).to_string();
-    let _ = write!(
-        t,
-        "[environment]\n\
-         # NODE_ENV = \"production\"\n\n\
-         [readiness]\n\
-         mode = \"notify\"          # the app sends READY=1 to $NOTIFY_SOCKET; or \"delay\"\n\
-         timeout = \"{}\"\n\n\
-         [reload]\n\
-         strategy = \"parallel\"    # or \"rolling\"\n\n\
-         [stop]\n\
-         signal = \"{}\"\n\
-         timeout = \"{}\"\n\n\
-         [restart]\n\
-         delay = \"{}\"\n\
-         max_delay = \"{}\"\n\
-         limit = {}\n\
-         window = \"{}\"\n\n\
-         [watchdog]\n\
-         timeout = \"0s\"           # e.g. \"10s\": workers must send WATCHDOG=1 this often\n",
-        d(readiness.timeout),
-        stop.signal.as_str(),
-        d(stop.timeout),
-        d(restart.delay),
-        d(restart.max_delay),
-        restart.limit,
-        d(restart.window),
-    );
-    t
+    file.render().map_err(InitError::Render)
 }
 
 /// systemd's ListenStream= syntax for an address.
@@ -341,7 +289,7 @@ mod tests {
         Request {
             name: "myapp".into(),
             listen: vec!["127.0.0.1:8080".into(), "[::1]:8080".into(), "/run/myapp.sock".into()],
-            workers: Some("4".into()),
+            workers: Some(Workers::Count(4)),
             user: Some("www-data".into()),
             directory: Some("/srv/myapp/current".into()),
             unit_dir: dir.join("units"),
@@ -491,7 +439,7 @@ mod tests {
         let req = Request {
             name: "myapp".into(),
             listen: vec!["0.0.0.0:8080".into()],
-            workers: Some("4".into()),
+            workers: Some(Workers::Count(4)),
             user: None,
             directory: Some("/srv/myapp/current".into()),
             unit_dir: "/etc/systemd/system".into(),
