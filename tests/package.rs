@@ -1,5 +1,7 @@
 //! Package tests: the .deb that `packaging/build deb` makes, installed with
-//! apt in a real systemd 252 container ([`container`]), then the story of
+//! apt in a real systemd container ([`container`]) on each system in turn
+//! (Debian 12 with systemd 252, then Debian 13 with systemd 257; the .debs
+//! are built once and installed on both), then the story of
 //! README's "Packages" and "Under systemd" driven the way a user would, with requests from the host through the shared
 //! network and the load client that counts every failed request.
 //!
@@ -21,10 +23,14 @@
 //!    reload` (new client, old supervisor) works. Then `systemctl restart`
 //!    switches myapp to the new binary; the requests that fail during that
 //!    restart are counted and reported, not asserted.
-//! 3. A summary with the figures.
+//! 3. A summary with the figures, per system; every step line, summary line
+//!    and failure names the system, and a per-system table gives boot and
+//!    total time.
 //!
-//! Skipped (loudly) only when not root, or when systemd-nspawn is missing and
-//! cannot be installed; under `CI=true` either is a failure.
+//! Skipped (loudly) only when not root, when systemd-nspawn is missing and
+//! cannot be installed, or (Debian 13 only) when its root is not cached and
+//! cannot be built (no mmdebstrap, mirror unreachable); under `CI=true`
+//! each is a failure.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used)]
@@ -78,36 +84,51 @@ fn deb_installs_upgrades_and_removes_in_a_container() {
     let (old_deb, build_old) = build_deb(root, None, &format!("baton_{OLD}-1_amd64.deb"));
     let (new_deb, build_new) = build_deb(root, Some(NEW), &format!("baton_{NEW}-1_amd64.deb"));
     say(&format!(
-        "package tests: built {} in {:.1}s and {} in {:.1}s",
+        "package tests: built {} in {:.1}s and {} in {:.1}s (once, for every system)",
         old_deb.display(),
         build_old.as_secs_f64(),
         new_deb.display(),
         build_new.as_secs_f64()
     ));
-
-    let Some(c) = Container::boot() else {
-        return;
-    };
+    let builds = [
+        format!("build {OLD}: {:.1}s (shared)", build_old.as_secs_f64()),
+        format!("build {NEW}: {:.1}s (shared)", build_new.as_secs_f64()),
+    ];
     say(&format!(
-        "package tests: container {} booted in {:.2}s (systemd pid {} on the host)",
+        "package tests: {} before the containers",
+        secs(started.elapsed())
+    ));
+    container::on_each_system("package tests", |system| {
+        deb_on(system, &old_deb, &new_deb, &builds)
+    });
+}
+
+/// The steps on one system, in a container of its own.
+fn deb_on(system: container::System, old_deb: &Path, new_deb: &Path, builds: &[String]) -> Option<container::Run> {
+    let started = Instant::now();
+    let c = Container::boot(system)?;
+    let label = c.label();
+    let boot = c.boot_time;
+    say(&format!(
+        "package tests: {label}: container {} booted in {:.2}s (systemd pid {} on the host)",
         c.name(),
         c.boot_time.as_secs_f64(),
         c.init_pid()
     ));
     let hello = c.install_host_file(&example_bin("hello"));
     let pkg = Pkg {
-        old_deb: copy_into(&c, &old_deb),
-        new_deb: copy_into(&c, &new_deb),
+        old_deb: copy_into(&c, old_deb),
+        new_deb: copy_into(&c, new_deb),
         c,
         hello,
         port: free_port(),
     };
     let mut summary = Summary {
-        lines: vec![
-            format!("build {OLD}: {:.1}s", build_old.as_secs_f64()),
-            format!("build {NEW}: {:.1}s", build_new.as_secs_f64()),
-            format!("container boot: {:.1}s", pkg.c.boot_time.as_secs_f64()),
-        ],
+        lines: builds
+            .iter()
+            .cloned()
+            .chain([format!("container boot: {:.1}s", pkg.c.boot_time.as_secs_f64())])
+            .collect(),
         ..Summary::default()
     };
 
@@ -137,11 +158,11 @@ fn deb_installs_upgrades_and_removes_in_a_container() {
     ];
     let mut failure = None;
     for (name, step) in steps {
-        say(&format!("\n=== step {name}"));
+        say(&format!("\n=== {label}: step {name}"));
         let t = Instant::now();
         match catch_unwind(AssertUnwindSafe(|| step(&pkg, &mut summary))) {
             Ok(figures) => {
-                say(&format!("--- ok ({:.1}s): {figures}", t.elapsed().as_secs_f64()));
+                say(&format!("--- {label}: ok ({:.1}s): {figures}", t.elapsed().as_secs_f64()));
                 summary
                     .steps
                     .push(format!("ok     {:>5.1}s  {name}", t.elapsed().as_secs_f64()));
@@ -149,7 +170,7 @@ fn deb_installs_upgrades_and_removes_in_a_container() {
             Err(panic) => {
                 let message = container::panic_message(panic.as_ref());
                 say(&format!(
-                    "--- FAILED ({:.1}s): {message}\n(systemctl status and the journal are in the failure report)",
+                    "--- {label}: FAILED ({:.1}s): {message}\n(systemctl status and the journal are in the failure report)",
                     t.elapsed().as_secs_f64()
                 ));
                 summary
@@ -161,19 +182,20 @@ fn deb_installs_upgrades_and_removes_in_a_container() {
             }
         }
     }
+    let scenarios = started.elapsed();
     let t = Instant::now();
     drop(pkg);
     let teardown = t.elapsed();
 
-    say("\n=== package tests: summary");
+    say(&format!("\n=== package tests on {label}: summary"));
     for line in &summary.steps {
-        say(line);
+        say(&format!("{label}: {line}"));
     }
     for line in &summary.lines {
-        say(&format!("  {line}"));
+        say(&format!("{label}:   {line}"));
     }
     say(&format!(
-        "  reloads: {} (all exit 0) · requests under load: {} · failed: {} (the restart in 2.4 not counted: {} of {} failed)",
+        "{label}:   reloads: {} (all exit 0) · requests under load: {} · failed: {} (the restart in 2.4 not counted: {} of {} failed)",
         summary.reloads,
         summary.requests,
         summary.failed,
@@ -181,13 +203,19 @@ fn deb_installs_upgrades_and_removes_in_a_container() {
         summary.restart.as_ref().map_or(0, LoadStats::total),
     ));
     say(&format!(
-        "  teardown {:.1}s · total {:.1}s",
+        "{label}:   boot {:.1}s · teardown {:.1}s · total {:.1}s",
+        boot.as_secs_f64(),
         teardown.as_secs_f64(),
         started.elapsed().as_secs_f64()
     ));
-    if let Some(failure) = failure {
-        panic!("{failure}");
-    }
+    Some(container::Run {
+        label,
+        boot,
+        scenarios: scenarios.saturating_sub(boot),
+        total: started.elapsed(),
+        ran: summary.steps.len(),
+        failures: failure.into_iter().collect(),
+    })
 }
 
 /// A step returns its figures, or panics.

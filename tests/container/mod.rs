@@ -1,15 +1,29 @@
-//! A real systemd (the host's, 252 on Debian 12) booted in a container, for
-//! the system and package tests:
+//! A real systemd booted in a container, for the system and package tests,
+//! on either of two systems ([`System`]):
 //!
-//! - an overlay with `lowerdir=/` on a temp dir, so the container sees the
-//!   host's files (this checkout's `target/debug/baton`, the examples) at the
-//!   same absolute paths, and everything it writes lands in the overlay only;
+//! - Debian 12 (systemd 252): an overlay with `lowerdir=/` on a temp dir, so
+//!   the container is the host itself (Debian 12) and sees its files at the
+//!   same absolute paths;
+//! - Debian 13 (systemd 257): an overlay with `lowerdir=` an mmdebstrap
+//!   root of trixie, built once by `tests/container/debian13-root` and
+//!   cached under `target/debian13/` (keyed by its include list). The
+//!   container sees none of the host's files: what a scenario needs from the
+//!   host (this checkout's binaries, the example apps, wheels) is copied in
+//!   ([`Container::install_host_file`], or the suites' own copies).
+//!
+//! Either way everything the container writes lands in the overlay only,
+//! and every boot starts from the same clean lower layer. Then:
+//!
 //! - `systemd-nspawn -D root --register=no --keep-unit -M baton-test-<random> -b`,
 //!   booting a small target (journald, sysinit and sockets; no getty, no
 //!   services that would bind ports on the shared host network);
 //! - commands run inside with `nsenter -t <container's systemd> -a`;
 //! - host networking is shared, so a port listened on inside is reachable
 //!   from the test on 127.0.0.1.
+//!
+//! [`Container::label`] names the system with the systemd version that
+//! `systemctl --version` reports inside ("Debian 13 (systemd 257)"); the
+//! suites put it in every failure and summary line.
 //!
 //! Dropping a [`Container`] powers it off (SIGTERM to nspawn, bounded, then
 //! SIGKILL to nspawn and to the container's init), unmounts the overlay (lazily
@@ -19,10 +33,12 @@
 //! behind.
 //!
 //! [`Container::boot`] returns `None`, after printing `SKIPPED: <reason>`
-//! to the real stderr, only when not running as root or when systemd-nspawn
-//! is missing and `apt-get install -y systemd-container` could not install it,
-//! and only outside CI: under `CI=true` a missing precondition fails the test
-//! (see [`skip`]). Anything else that goes wrong is a test failure.
+//! to the real stderr, only when a precondition is missing: not root;
+//! systemd-nspawn missing and `apt-get install -y systemd-container` could
+//! not install it; for Debian 13, no cached root and mmdebstrap missing (and
+//! not installable) or the Debian mirror not answering. And only outside
+//! CI: under `CI=true` a missing precondition fails the test (see [`skip`]).
+//! Anything else that goes wrong is a test failure.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -55,9 +71,74 @@ AllowIsolate=yes
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The systems the suites run on, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    /// The host itself (an overlay of `/`): Debian 12, systemd 252.
+    Debian12,
+    /// An mmdebstrap root of trixie: Debian 13, systemd 257.
+    Debian13,
+}
+
+impl System {
+    pub const ALL: [System; 2] = [System::Debian12, System::Debian13];
+}
+
+impl std::fmt::Display for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            System::Debian12 => "Debian 12",
+            System::Debian13 => "Debian 13",
+        })
+    }
+}
+
+/// The Debian 13 root (see `tests/container/debian13-root`), built on first
+/// use. `Err` is a missing precondition (for [`skip`]); a failed build
+/// panics.
+pub fn debian13_root() -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/container/debian13-root");
+    let target = crate::common::baton::target_dir();
+    let t = Instant::now();
+    let mut cmd = Command::new(&script);
+    cmd.arg(&target).env("PATH", PATH).stdin(Stdio::null());
+    let out = run_bounded(cmd, Duration::from_secs(1500));
+    let log = stderr(&out);
+    match out.status.code() {
+        Some(0) => {
+            let root = PathBuf::from(stdout(&out).trim());
+            if !log.trim().is_empty() {
+                say(&format!(
+                    "Debian 13 root ready in {:.1}s:\n{}",
+                    t.elapsed().as_secs_f64(),
+                    log.trim()
+                ));
+            }
+            assert!(
+                root.join("usr/lib/systemd/systemd").exists(),
+                "{} printed {}, which has no systemd",
+                script.display(),
+                root.display()
+            );
+            Ok(root)
+        }
+        Some(2) => Err(format!("Debian 13: {}", log.trim())),
+        _ => panic!(
+            "Debian 13: {} {} failed ({}):\n{}",
+            script.display(),
+            target.display(),
+            out.status,
+            log.trim()
+        ),
+    }
+}
+
 /// A booted container. See the module documentation.
 pub struct Container {
     name: String,
+    system: System,
+    /// What `systemctl --version` says inside: "252", "257".
+    systemd_version: String,
     dir: PathBuf,
     root: PathBuf,
     mounted: bool,
@@ -124,11 +205,21 @@ impl Container {
     /// Boots a container, or (see [`skip`] and [`skip_reason`]) prints
     /// `SKIPPED: <reason>` and returns `None`, or under `CI=true` panics with
     /// the reason. Panics if the boot itself fails.
-    pub fn boot() -> Option<Container> {
+    pub fn boot(system: System) -> Option<Container> {
         if let Some(reason) = skip_reason() {
             skip(&reason);
             return None;
         }
+        let lower = match system {
+            System::Debian12 => PathBuf::from("/"),
+            System::Debian13 => match debian13_root() {
+                Ok(root) => root,
+                Err(reason) => {
+                    skip(&reason);
+                    return None;
+                }
+            },
+        };
         remove_stale_overlays();
 
         let started = Instant::now();
@@ -141,6 +232,8 @@ impl Container {
             .keep();
         let mut c = Container {
             name,
+            system,
+            systemd_version: String::new(),
             root: dir.join("root"),
             dir,
             mounted: false,
@@ -155,7 +248,8 @@ impl Container {
             std::fs::create_dir(c.dir.join(sub)).expect("creating the overlay dirs");
         }
         let options = format!(
-            "lowerdir=/,upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
             c.dir.join("upper").display(),
             c.dir.join("work").display()
         );
@@ -167,7 +261,7 @@ impl Container {
         let out = run_bounded(mount, Duration::from_secs(30));
         assert!(
             out.status.success(),
-            "mounting the overlay on {} failed: {}",
+            "{system}: mounting the overlay on {} failed: {}",
             c.root.display(),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -217,7 +311,7 @@ impl Container {
         let init = loop {
             if let Some(status) = c.nspawn.as_mut().and_then(|n| n.try_wait().ok().flatten()) {
                 panic!(
-                    "systemd-nspawn exited ({status}) during boot; its log:\n{}",
+                    "{system}: systemd-nspawn exited ({status}) during boot; its log:\n{}",
                     c.boot_log()
                 );
             }
@@ -230,7 +324,7 @@ impl Container {
             }
             assert!(
                 Instant::now() < deadline,
-                "no systemd appeared under systemd-nspawn (pid {nspawn_pid}) within {BOOT_TIMEOUT:?}; its log:\n{}",
+                "{system}: no systemd appeared under systemd-nspawn (pid {nspawn_pid}) within {BOOT_TIMEOUT:?}; its log:\n{}",
                 c.boot_log()
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -241,7 +335,7 @@ impl Container {
         while Instant::now() < deadline {
             if let Some(status) = c.nspawn.as_mut().and_then(|n| n.try_wait().ok().flatten()) {
                 panic!(
-                    "systemd-nspawn exited ({status}) during boot; its log:\n{}",
+                    "{system}: systemd-nspawn exited ({status}) during boot; its log:\n{}",
                     c.boot_log()
                 );
             }
@@ -255,16 +349,24 @@ impl Container {
         if state != "running" && state != "degraded" {
             let jobs = c.systemctl(&["list-jobs", "--no-pager"]);
             panic!(
-                "the container's systemd is not up after {BOOT_TIMEOUT:?} (is-system-running: {state:?}); jobs:\n{}\nnspawn log:\n{}",
+                "{system}: the container's systemd is not up after {BOOT_TIMEOUT:?} (is-system-running: {state:?}); jobs:\n{}\nnspawn log:\n{}",
                 String::from_utf8_lossy(&jobs.stdout),
                 c.boot_log()
             );
         }
         c.boot_time = started.elapsed();
+        let version = c.exec(&["systemctl", "--version"], Duration::from_secs(10));
+        // "systemd 257 (257.9-1~deb13u1)"
+        c.systemd_version = stdout(&version)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("?")
+            .to_owned();
         if state == "degraded" {
             let failed = c.systemctl(&["--failed", "--no-pager", "--no-legend"]);
             say(&format!(
-                "container {}: degraded; failed units:\n{}",
+                "{}: container {}: degraded; failed units:\n{}",
+                c.label(),
                 c.name,
                 String::from_utf8_lossy(&failed.stdout)
             ));
@@ -274,6 +376,15 @@ impl Container {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn system(&self) -> System {
+        self.system
+    }
+
+    /// "Debian 12 (systemd 252)", with the version systemd reports inside.
+    pub fn label(&self) -> String {
+        format!("{} (systemd {})", self.system, self.systemd_version)
     }
 
     /// Host pid of the container's systemd.
@@ -379,7 +490,8 @@ impl Container {
     /// Copies a host file (a binary of this build) into the container at
     /// `/opt/baton-systest/bin/NAME` and returns that path. A copy, not the
     /// host path seen through `lowerdir=/`: the checkout may live under
-    /// /tmp, which is a fresh tmpfs inside the container, and a `cargo build`
+    /// /tmp, which is a fresh tmpfs inside the container, on Debian 13 the
+    /// host's files are not there at all, and a `cargo build`
     /// on the host while the suite runs must not swap the binary under the
     /// running units (a new `baton reload` talking to an old `baton run`).
     pub fn install_host_file(&self, host_file: &Path) -> String {
@@ -687,6 +799,68 @@ fn remove_stale_overlays() {
             remove_dir(&dir);
         }
     }
+}
+
+/// What one system's run of a suite reports to [`on_each_system`].
+pub struct Run {
+    /// [`Container::label`].
+    pub label: String,
+    pub boot: Duration,
+    /// From the end of the boot to the end of the last scenario.
+    pub scenarios: Duration,
+    /// Everything on this system, teardown included.
+    pub total: Duration,
+    /// How many scenarios (or steps) ran, and which failed, with why.
+    pub ran: usize,
+    pub failures: Vec<String>,
+}
+
+/// Runs `suite` on each [`System`] in turn (Debian 12 first), each in its
+/// own container, then prints what each took and fails with every
+/// failure, each naming its system. `run` returns `None` when it skipped
+/// (it has said why); a panic in it (a boot that failed, a precondition
+/// missing under CI) is a failure of that system, and the next one still
+/// runs.
+pub fn on_each_system(suite: &str, run: impl Fn(System) -> Option<Run>) {
+    let mut lines = Vec::new();
+    let mut failures = Vec::new();
+    for system in System::ALL {
+        say(&format!("\n##### {suite} on {system}"));
+        let t = Instant::now();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(system))) {
+            Ok(Some(r)) => {
+                lines.push(format!(
+                    "{}: {} of {} ok · boot {:.1}s · boot + scenarios {:.1}s · total {:.1}s",
+                    r.label,
+                    r.ran - r.failures.len(),
+                    r.ran,
+                    r.boot.as_secs_f64(),
+                    (r.boot + r.scenarios).as_secs_f64(),
+                    r.total.as_secs_f64()
+                ));
+                failures.extend(r.failures.iter().map(|f| format!("{}: {f}", r.label)));
+            }
+            Ok(None) => lines.push(format!("{system}: SKIPPED ({:.1}s)", t.elapsed().as_secs_f64())),
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                lines.push(format!(
+                    "{system}: FAILED before or between its scenarios after {:.1}s",
+                    t.elapsed().as_secs_f64()
+                ));
+                failures.push(format!("{system}: {message}"));
+            }
+        }
+    }
+    say(&format!("\n##### {suite}: per system"));
+    for line in &lines {
+        say(line);
+    }
+    assert!(
+        failures.is_empty(),
+        "{suite}: {} failure(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 /// What a caught panic said (scenario runners report it and go on).
