@@ -175,16 +175,21 @@ fn units_on(system: container::System) -> Option<container::Run> {
         let t = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| scenario(&system)));
         let took = t.elapsed();
+        // The sandbox test runs alongside: its lines interleave with these.
+        let id = name.split(' ').next().unwrap_or(name);
         let outcome = match outcome {
             Ok(figures) => {
-                say(&format!("--- {label}: ok ({:.1}s): {figures}", took.as_secs_f64()));
+                say(&format!(
+                    "--- {label}: scenario {id} ok ({:.1}s): {figures}",
+                    took.as_secs_f64()
+                ));
                 Ok(figures)
             }
             Err(panic) => {
                 let message = container::panic_message(panic.as_ref());
                 let report = format!("{message}\n{}", system.diagnostics());
                 say(&format!(
-                    "--- {label}: FAILED ({:.1}s): {message}\n(systemctl status, journal and baton status are in the failure report)",
+                    "--- {label}: scenario {id} FAILED ({:.1}s): {message}\n(systemctl status, journal and baton status are in the failure report)",
                     took.as_secs_f64()
                 ));
                 Err(report)
@@ -624,14 +629,22 @@ fn sandbox_on(system: container::System, node: &std::path::Path, wheels: &std::p
     let mut run = |name: String, f: &dyn Fn() -> String, diagnose: &dyn Fn() -> String| {
         say(&format!("\n=== {label}: sandbox scenario {name}"));
         let t = Instant::now();
+        // The system test runs alongside: its lines interleave with these.
+        let id = name.split([' ', ':']).next().unwrap_or_default().to_owned();
         let outcome = match catch_unwind(AssertUnwindSafe(f)) {
             Ok(figures) => {
-                say(&format!("--- {label}: ok ({:.1}s): {figures}", t.elapsed().as_secs_f64()));
+                say(&format!(
+                    "--- {label}: sandbox {id} ok ({:.1}s): {figures}",
+                    t.elapsed().as_secs_f64()
+                ));
                 Ok(figures)
             }
             Err(panic) => {
                 let message = container::panic_message(panic.as_ref());
-                say(&format!("--- {label}: FAILED ({:.1}s): {message}", t.elapsed().as_secs_f64()));
+                say(&format!(
+                    "--- {label}: sandbox {id} FAILED ({:.1}s): {message}",
+                    t.elapsed().as_secs_f64()
+                ));
                 Err(format!("{message}\n{}", diagnose()))
             }
         };
