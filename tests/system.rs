@@ -1723,8 +1723,27 @@ fn start_app(
         service.lines().any(|l| l == "Delegate=yes"),
         "baton init wrote no Delegate=yes:\n{service}"
     );
+    assert_units_fit_the_systemd(s, &service);
     s.systemctl_ok(&["start", &format!("{name}.socket"), &format!("{name}.service")]);
     port
+}
+
+/// `baton init` wrote the service for the container's own systemd (it asks
+/// `systemctl --version`): from 257 on with `ProtectControlGroups=private`,
+/// before that without `ProtectControlGroups=` (README "systemd versions").
+/// The cgroup scenarios then show that the workers' cgroups work with it.
+fn assert_units_fit_the_systemd(s: &System, service: &str) {
+    let version_line = stdout(&s.c.exec(&["systemctl", "--version"], COMMAND_TIMEOUT));
+    let version: u32 = version_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("systemctl --version: {version_line:?}"));
+    let header = format!("# Written by `baton init` from baton@.service, for systemd {version}.");
+    assert_eq!(service.lines().next(), Some(header.as_str()), "{service}");
+    let protect = service.lines().find(|l| l.starts_with("ProtectControlGroups="));
+    let expected = (version >= 257).then_some("ProtectControlGroups=private");
+    assert_eq!(protect, expected, "systemd {version}:\n{service}");
 }
 
 /// Waits until app `name` serves with all workers ready, and returns its status.

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton::fuzzing::{GenSpec, resolve};
 use baton::fuzzing::{Action, ClientId, DriverError, ExitStatus, Notify, Supervisor, Waiter, WorkerId};
+use baton::fuzzing::{GenSpec, resolve};
 use baton::fuzzing::{Overrides, parse};
 use libfuzzer_sys::fuzz_target;
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ListenAddress, Workers};
+use crate::systemd::version::SystemdVersion;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +72,11 @@ pub struct InitArgs {
     /// (systemd-sysusers runs only for the default directory)
     #[arg(long, value_name = "DIR", default_value = "/etc/sysusers.d")]
     pub sysusers_dir: PathBuf,
+    /// Write the units for this systemd version (the number `systemctl
+    /// --version` prints on the target host). Default: this machine's;
+    /// 252 if it has no systemctl
+    #[arg(long, value_name = "N")]
+    pub systemd_version: Option<SystemdVersion>,
     /// Overwrite existing files
     #[arg(long)]
     pub force: bool,
@@ -100,6 +106,11 @@ pub struct ImportPm2Args {
     /// Where to write NAME.toml
     #[arg(long, value_name = "DIR", default_value = "/etc/baton")]
     pub config_dir: PathBuf,
+    /// Write the units for this systemd version (the number `systemctl
+    /// --version` prints on the target host). Default: this machine's;
+    /// 252 if it has no systemctl
+    #[arg(long, value_name = "N")]
+    pub systemd_version: Option<SystemdVersion>,
     /// Overwrite existing files that differ
     #[arg(long)]
     pub force: bool,
@@ -208,8 +219,9 @@ Every PM2 key and command, and what it becomes: \"Migrating from PM2\" in \
 }
 
 impl InitArgs {
-    /// What `baton init` is asked for; `baton` is the binary the units run.
-    pub fn into_request(self, baton: PathBuf) -> crate::systemd::init::Request {
+    /// What `baton init` is asked for; `baton` is the binary the units run,
+    /// `here` the systemd version of this machine (used without the flag).
+    pub fn into_request(self, baton: PathBuf, here: impl FnOnce() -> SystemdVersion) -> crate::systemd::init::Request {
         crate::systemd::init::Request {
             name: self.name,
             listen: self.listen.iter().map(ToString::to_string).collect(),
@@ -222,13 +234,15 @@ impl InitArgs {
             command: self.command,
             force: self.force,
             baton,
+            systemd: self.systemd_version.unwrap_or_else(here),
         }
     }
 }
 
 impl ImportPm2Args {
-    /// What `baton import-pm2` is asked for; `baton` is the binary the units run.
-    pub fn into_request(self, baton: PathBuf) -> crate::import::pm2::Request {
+    /// What `baton import-pm2` is asked for; `baton` is the binary the units
+    /// run, `here` the systemd version of this machine (used without the flag).
+    pub fn into_request(self, baton: PathBuf, here: impl FnOnce() -> SystemdVersion) -> crate::import::pm2::Request {
         crate::import::pm2::Request {
             file: self.file,
             listen: self.listen,
@@ -239,6 +253,7 @@ impl ImportPm2Args {
             force: self.force,
             dry_run: self.dry_run,
             baton,
+            systemd: self.systemd_version.unwrap_or_else(here),
         }
     }
 }

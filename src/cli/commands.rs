@@ -15,6 +15,7 @@ use crate::engine::supervisor::Phase;
 use crate::os::activation::{self, Inherited};
 use crate::os::output::{self, JournalSink, LogSink, StderrSink};
 use crate::runtime::{self, Context};
+use crate::systemd::version::SystemdVersion;
 
 pub use crate::exit::{EX_CONFIG, EX_FAILED, EX_OK, EX_USAGE, chain};
 
@@ -346,6 +347,18 @@ pub fn init(req: crate::systemd::init::Request) -> i32 {
             EX_FAILED
         }
     }
+}
+
+/// This machine's systemd version, for units written without
+/// `--systemd-version`; the baseline (with a note) when it has none.
+pub fn systemd_here() -> SystemdVersion {
+    SystemdVersion::detect().unwrap_or_else(|e| {
+        eprintln!(
+            "baton: {e}; writing units for {} (pass --systemd-version N for another host)",
+            SystemdVersion::BASELINE
+        );
+        SystemdVersion::BASELINE
+    })
 }
 
 /// `baton import-pm2`.

@@ -57,11 +57,11 @@ pub fn main() -> i32 {
         }
         Cmd::Init(args) => {
             init_logging("warn", false);
-            commands::init(args.into_request(this_binary()))
+            commands::init(args.into_request(this_binary(), commands::systemd_here))
         }
         Cmd::ImportPm2(args) => {
             init_logging("warn", false);
-            commands::import_pm2(args.into_request(this_binary()))
+            commands::import_pm2(args.into_request(this_binary(), commands::systemd_here))
         }
         Cmd::GenerateDocs { dir } => match crate::cli::docs::generate(&dir) {
             Ok(files) => {

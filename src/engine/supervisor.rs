@@ -444,7 +444,9 @@ pub enum Action {
     LoadConfig,
     /// Tell reload clients how it is going.
     Progress { clients: Vec<ClientId>, text: String },
-    /// The final answer for these clients.
+    /// A reload ended: log its result, and give these clients their final
+    /// answer. Emitted for every reload that ran, also one with no client
+    /// (SIGHUP), so that its result reaches the journal.
     ReloadDone {
         clients: Vec<ClientId>,
         result: ReloadResult,
@@ -1380,9 +1382,7 @@ impl Supervisor {
             elapsed_ms,
         });
         let clients: Vec<ClientId> = reload.waiters.iter().map(|w| w.client).collect();
-        if !clients.is_empty() {
-            self.push(Action::ReloadDone { clients, result });
-        }
+        self.push(Action::ReloadDone { clients, result });
         if !self.stopping {
             self.set_phase(Phase::Ready);
         }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::config::render::{File, Place};
 use crate::config::{self, ListenAddress, Overrides, Workers};
+use crate::systemd::version::SystemdVersion;
 
 const SERVICE_TEMPLATE: &str = include_str!("../../units/baton@.service");
 
@@ -37,6 +38,8 @@ pub struct Request {
     pub force: bool,
     /// The baton binary the units run.
     pub baton: PathBuf,
+    /// The systemd the units are for.
+    pub systemd: SystemdVersion,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +242,24 @@ fn exec_arg(arg: &str) -> String {
     }
 }
 
+/// The template's note on `ProtectControlGroups=`, true up to systemd 256.
+const CGROUPS_LEFT_OUT: &str = "\
+# ProtectControlGroups= is left out on purpose: on systemd 252 it makes all
+# of /sys/fs/cgroup read-only, including the subtree Delegate=yes hands to
+# baton, which could then not give each worker a cgroup of its own.
+";
+/// What replaces it from systemd 257 on (measured: README "systemd versions").
+const CGROUPS_PRIVATE: &str = "\
+# A cgroup namespace of the unit's own: /sys/fs/cgroup shows only this
+# unit's cgroup, and the subtree Delegate=yes hands to baton stays writable
+# for the workers' cgroups. Written for systemd 257 or later: older versions
+# lack \"private\", and their ProtectControlGroups=yes would make that
+# subtree read-only.
+ProtectControlGroups=private
+";
+
+/// The service unit for `req`, from the packaged template (README "Under
+/// systemd"), adapted to `req.systemd`.
 pub(crate) fn service_unit(req: &Request, stop_timeout: Duration) -> String {
     let baton = exec_arg(&req.baton.display().to_string());
     // `baton check NAME` and `baton run NAME` read /etc/baton/NAME.toml; a
@@ -248,8 +269,13 @@ pub(crate) fn service_unit(req: &Request, stop_timeout: Duration) -> String {
         let path = std::path::absolute(&path).unwrap_or(path);
         format!("--config {}", exec_arg(&path.display().to_string()))
     });
-    let mut t = String::from("# Written by `baton init` from baton@.service.\n");
-    for line in SERVICE_TEMPLATE.lines() {
+    let template = if req.systemd >= SystemdVersion::PRIVATE_CGROUPS {
+        SERVICE_TEMPLATE.replace(CGROUPS_LEFT_OUT, CGROUPS_PRIVATE)
+    } else {
+        SERVICE_TEMPLATE.to_owned()
+    };
+    let mut t = format!("# Written by `baton init` from baton@.service, for {}.\n", req.systemd);
+    for line in template.lines() {
         // The template's own header comments describe the template.
         if line.starts_with("# baton@.service") || line.starts_with("# Started by baton@") {
             continue;
@@ -298,6 +324,7 @@ mod tests {
             command: vec!["node".into(), "server.js".into()],
             force: false,
             baton: "/usr/bin/baton".into(),
+            systemd: SystemdVersion::BASELINE,
         }
     }
 
@@ -434,36 +461,86 @@ mod tests {
     /// units/example/ holds what `baton init` writes with the defaults, for
     /// people who read units before running tools. `BATON_BLESS=1 cargo
     /// test` refreshes it.
+    /// `units/example/` is what `baton init` writes for systemd 252 (and
+    /// the README shows); `units/example/systemd-257/` holds the service
+    /// unit for 257, the only file that differs.
     #[test]
     fn the_example_units_are_what_init_writes() {
-        let req = Request {
-            name: "myapp".into(),
-            listen: vec!["0.0.0.0:8080".into()],
-            workers: Some(Workers::Count(4)),
-            user: None,
-            directory: Some("/srv/myapp/current".into()),
-            unit_dir: "/etc/systemd/system".into(),
-            config_dir: DEFAULT_CONFIG_DIR.into(),
-            sysusers_dir: DEFAULT_SYSUSERS_DIR.into(),
-            command: vec!["node".into(), "server.js".into()],
-            force: true,
-            baton: "/usr/bin/baton".into(),
-        };
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("units/example");
-        let files = render(&req).unwrap();
-        assert_eq!(files.len(), 4);
-        for (path, text) in files {
-            let path = root.join(path.file_name().unwrap());
-            if std::env::var_os("BATON_BLESS").is_some() {
-                std::fs::write(&path, &text).unwrap();
+        for (systemd, dir, count) in [
+            (SystemdVersion(252), "units/example", 4),
+            (SystemdVersion(257), "units/example/systemd-257", 1),
+        ] {
+            let req = Request {
+                name: "myapp".into(),
+                listen: vec!["0.0.0.0:8080".into()],
+                workers: Some(Workers::Count(4)),
+                user: None,
+                directory: Some("/srv/myapp/current".into()),
+                unit_dir: "/etc/systemd/system".into(),
+                config_dir: DEFAULT_CONFIG_DIR.into(),
+                sysusers_dir: DEFAULT_SYSUSERS_DIR.into(),
+                command: vec!["node".into(), "server.js".into()],
+                force: true,
+                baton: "/usr/bin/baton".into(),
+                systemd,
+            };
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            let files = render(&req).unwrap();
+            assert_eq!(files.len(), 4);
+            let files: Vec<_> = files
+                .into_iter()
+                .filter(|(p, _)| count == 4 || p.extension().is_some_and(|e| e == "service"))
+                .collect();
+            assert_eq!(files.len(), count);
+            for (path, text) in files {
+                let path = root.join(path.file_name().unwrap());
+                if std::env::var_os("BATON_BLESS").is_some() {
+                    std::fs::create_dir_all(&root).unwrap();
+                    std::fs::write(&path, &text).unwrap();
+                }
+                let committed = std::fs::read_to_string(&path).unwrap_or_default();
+                assert_eq!(
+                    committed,
+                    text,
+                    "{} is stale: run BATON_BLESS=1 cargo test",
+                    path.display()
+                );
             }
-            let committed = std::fs::read_to_string(&path).unwrap_or_default();
-            assert_eq!(
-                committed,
-                text,
-                "{} is stale: run BATON_BLESS=1 cargo test",
-                path.display()
+        }
+    }
+
+    /// Measured on systemd 257 (README "systemd versions"): with
+    /// `ProtectControlGroups=private` each worker still gets a cgroup of its
+    /// own; on 252 the setting would take that away, so it is left out.
+    #[test]
+    fn protect_control_groups_is_private_from_systemd_257_on() {
+        assert!(
+            SERVICE_TEMPLATE.contains(CGROUPS_LEFT_OUT),
+            "the template's note changed"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        for (version, expected) in [
+            (252, None),
+            (256, None),
+            (257, Some("ProtectControlGroups=private")),
+            (258, Some("ProtectControlGroups=private")),
+        ] {
+            let req = Request {
+                systemd: SystemdVersion(version),
+                ..request(dir.path())
+            };
+            let service = &render(&req).unwrap()[2].1;
+            assert_eq!(line_of(service, "ProtectControlGroups="), expected, "systemd {version}");
+            assert!(
+                service.starts_with(&format!(
+                    "# Written by `baton init` from baton@.service, for systemd {version}.\n"
+                )),
+                "{service}"
             );
+            for line in ["Type=notify", "ExecReload=/usr/bin/baton reload myapp", "Delegate=yes"] {
+                assert_eq!(line_of(service, line), Some(line), "systemd {version}");
+            }
+            assert_eq!(line_of(service, "ReloadSignal="), None);
         }
     }
 

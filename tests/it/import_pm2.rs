@@ -96,6 +96,8 @@ impl Sandbox {
             .arg(self.out().join("baton"))
             .arg("--unit-dir")
             .arg(self.out().join("systemd/system"))
+            // The golden units are for Debian 12's systemd, whatever runs here.
+            .args(["--systemd-version", "252"])
             .current_dir(&self.app)
             .env_remove("NODE_OPTIONS");
         cmd

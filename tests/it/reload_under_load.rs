@@ -49,4 +49,21 @@ fn sighup_reloads_like_baton_reload() {
     assert!(baton.wait_serving(2, Duration::from_secs(20)), "{}", baton.log());
     baton.signal(nix::sys::signal::SIGHUP);
     assert!(baton.wait_serving(3, Duration::from_secs(20)), "{}", baton.log());
+    // Nobody waits for a SIGHUP reload, so the log is the only place that
+    // says how it ended: a success, then a failure.
+    assert!(
+        baton.wait_log(Duration::from_secs(5), |l| l
+            .contains("reload finished: generation 3 serving")),
+        "{}",
+        baton.log()
+    );
+    baton.write_config(&config_text(port, &["/nonexistent/release/server"], 2, ""));
+    baton.signal(nix::sys::signal::SIGHUP);
+    assert!(
+        baton.wait_log(Duration::from_secs(20), |l| l.contains("reload failed: ")
+            && l.contains("/nonexistent/release/server")),
+        "{}",
+        baton.log()
+    );
+    assert_eq!(baton.status()["supervisor"]["serving"].as_u64(), Some(3));
 }

@@ -291,6 +291,8 @@ struct H {
     stop_pending_answers: usize,
     /// The lines baton would log (`WorkerFailed` and `Log`), in order.
     log: Vec<String>,
+    /// Reloads that ended with nobody to answer (SIGHUP).
+    unanswered_reloads: usize,
 }
 
 impl H {
@@ -319,6 +321,7 @@ impl H {
             saw_given_up: false,
             stop_pending_answers: 0,
             log: Vec::new(),
+            unanswered_reloads: 0,
         }
     }
 
@@ -475,8 +478,15 @@ impl H {
                 }
                 self.events.push(Ev::Progress(clients));
             }
+            Action::ReloadDone { clients, result } if clients.is_empty() => {
+                // A reload nobody waits for (SIGHUP): only its log line.
+                self.log.push(match &result {
+                    Ok(ok) => format!("reload finished: generation {} serving", ok.generation),
+                    Err(e) => format!("reload failed: {e}"),
+                });
+                self.unanswered_reloads += 1;
+            }
             Action::ReloadDone { clients, result } => {
-                assert!(!clients.is_empty());
                 for c in &clients {
                     assert!(self.clients.contains(c), "answer to unknown client {c}");
                     let answers = self.answers.get_mut(c).unwrap();
@@ -1322,6 +1332,30 @@ fn sighup_during_a_reload_queues_a_follow_up() {
     h.ready(3, 0);
     h.expect(&[spawn(3, 3, 0), term(2), Ev::Phase(Phase::Ready)]);
     assert_eq!(h.load_configs(), 2);
+}
+
+#[test]
+fn a_reload_nobody_waits_for_still_reports_its_result() {
+    // SIGHUP has no client to answer, yet the journal must say how it ended.
+    let mut h = started(1, Parallel);
+    h.hup();
+    h.load(spec("v2", 1, Parallel));
+    h.ready(2, 0);
+    h.hup();
+    h.load_err("no such file");
+    assert_eq!(h.unanswered_reloads, 2, "{:#?}", h.log);
+    assert!(
+        h.log.iter().any(|l| l == "reload finished: generation 2 serving"),
+        "{:#?}",
+        h.log
+    );
+    assert!(
+        h.log
+            .iter()
+            .any(|l| l.starts_with("reload failed: ") && l.contains("no such file")),
+        "{:#?}",
+        h.log
+    );
 }
 
 #[test]

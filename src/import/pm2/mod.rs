@@ -49,6 +49,8 @@ pub struct Request {
     pub dry_run: bool,
     /// The baton binary the units run.
     pub baton: PathBuf,
+    /// The systemd the units are for.
+    pub systemd: crate::systemd::version::SystemdVersion,
 }
 
 /// Problems with the file or the command line, before any app is looked at.

@@ -130,6 +130,7 @@ pub(super) fn render(ctx: &Ctx<'_>, p: &Plan) -> Result<Vec<(PathBuf, String)>, 
         command: p.command.clone(),
         force: req.force,
         baton: req.baton.clone(),
+        systemd: req.systemd,
     };
     let addrs: Vec<&ListenAddress> = config.listen.iter().map(|l| &l.address).collect();
     Ok(vec![

@@ -21,6 +21,7 @@ fn request() -> Request {
         force: false,
         dry_run: false,
         baton: PathBuf::from("/usr/bin/baton"),
+        systemd: crate::systemd::version::SystemdVersion::BASELINE,
     }
 }
 
