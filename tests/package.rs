@@ -98,9 +98,7 @@ fn deb_installs_upgrades_and_removes_in_a_container() {
         "package tests: {} before the containers",
         secs(started.elapsed())
     ));
-    container::on_each_system("package tests", |system| {
-        deb_on(system, &old_deb, &new_deb, &builds)
-    });
+    container::on_each_system("package tests", |system| deb_on(system, &old_deb, &new_deb, &builds));
 }
 
 /// The steps on one system, in a container of its own.
@@ -162,7 +160,10 @@ fn deb_on(system: container::System, old_deb: &Path, new_deb: &Path, builds: &[S
         let t = Instant::now();
         match catch_unwind(AssertUnwindSafe(|| step(&pkg, &mut summary))) {
             Ok(figures) => {
-                say(&format!("--- {label}: ok ({:.1}s): {figures}", t.elapsed().as_secs_f64()));
+                say(&format!(
+                    "--- {label}: ok ({:.1}s): {figures}",
+                    t.elapsed().as_secs_f64()
+                ));
                 summary
                     .steps
                     .push(format!("ok     {:>5.1}s  {name}", t.elapsed().as_secs_f64()));

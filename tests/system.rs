@@ -205,7 +205,10 @@ fn units_on(system: container::System) -> Option<container::Run> {
     say(&format!("\n=== system tests on {label}: summary"));
     for (name, took, outcome) in &results {
         let verdict = if outcome.is_ok() { "ok    " } else { "FAILED" };
-        say(&format!("{label}: {verdict} {:>5.1}s  scenario {name}", took.as_secs_f64()));
+        say(&format!(
+            "{label}: {verdict} {:>5.1}s  scenario {name}",
+            took.as_secs_f64()
+        ));
     }
     say(&format!(
         "{label}: boot {:.2}s · boot + scenarios {:.1}s · teardown {:.1}s · total {:.1}s",

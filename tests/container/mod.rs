@@ -357,11 +357,7 @@ impl Container {
         c.boot_time = started.elapsed();
         let version = c.exec(&["systemctl", "--version"], Duration::from_secs(10));
         // "systemd 257 (257.9-1~deb13u1)"
-        c.systemd_version = stdout(&version)
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("?")
-            .to_owned();
+        c.systemd_version = stdout(&version).split_whitespace().nth(1).unwrap_or("?").to_owned();
         if state == "degraded" {
             let failed = c.systemctl(&["--failed", "--no-pager", "--no-legend"]);
             say(&format!(
