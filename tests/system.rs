@@ -1635,7 +1635,8 @@ fn stop_drains(s: &System) -> String {
     let cgroup_listing = || {
         stdout(&s.c.sh(&format!(
             "for root in /sys/fs/cgroup /sys/fs/cgroup/unified /sys/fs/cgroup/systemd; do \
-               f=$root{cgroup}/cgroup.procs; if [ -e $f ]; then echo \"$f:\"; cat $f; fi; done; \
+               d=$root{cgroup}; if [ -e $d/cgroup.procs ]; then echo \"$d:\"; \
+               find $d -name cgroup.procs -exec cat {{}} +; fi; done; \
              systemd-cgls --no-pager -u {SERVICE} 2>&1; true"
         )))
     };
@@ -1828,9 +1829,16 @@ fn cgroup_per_worker(s: &System) -> String {
         status["process_tree"], "cgroup",
         "baton status does not report cgroup mode under Delegate=yes: {status}"
     );
-    assert_eq!(
-        status["process_tree_detail"],
-        format!("delegated cgroup {unit}"),
+    // Under ProtectControlGroups=private (systemd 257+, a cgroup namespace
+    // of the unit's own on a cgroup2 system) baton sees its unit's cgroup as
+    // the root of the hierarchy, "/".
+    let private =
+        s.c.read_file(&format!("/etc/systemd/system/{service}"))
+            .lines()
+            .any(|l| l == "ProtectControlGroups=private");
+    let detail = status["process_tree_detail"].as_str().unwrap_or_default();
+    assert!(
+        detail == format!("delegated cgroup {unit}") || (private && detail == "delegated cgroup /"),
         "{status}"
     );
     let text = stdout(&s.baton(&["status", DAEMONS]));
@@ -1849,6 +1857,9 @@ fn cgroup_per_worker(s: &System) -> String {
 
     let (id, _, _) = serving(&status).unwrap();
     let mut seen = Vec::new();
+    // baton names cgroups as it sees them: from the root of its cgroup
+    // namespace, which under ProtectControlGroups=private is the unit's.
+    let seen_by_baton = if private { "" } else { unit.as_str() };
     for w in generation(&status, id).unwrap()["workers"].as_array().unwrap() {
         let pid = w["pid"].as_i64().unwrap();
         let cgroup = w["cgroup"]
@@ -1857,11 +1868,12 @@ fn cgroup_per_worker(s: &System) -> String {
         let slot = w["slot"].as_u64().unwrap();
         assert_eq!(
             cgroup,
-            format!("{unit}/gen{id}-worker{slot}-id{}", w["id"]),
+            format!("{seen_by_baton}/gen{id}-worker{slot}-id{}", w["id"]),
             "worker cgroup name: {w}"
         );
-        assert_eq!(own(pid), cgroup, "worker pid {pid} is not in the cgroup status names");
-        seen.push(cgroup.to_owned());
+        let full = format!("{unit}/gen{id}-worker{slot}-id{}", w["id"]);
+        assert_eq!(own(pid), full, "worker pid {pid} is not in the cgroup status names");
+        seen.push(full);
     }
     seen.sort();
     seen.dedup();

@@ -185,7 +185,9 @@ impl Tree {
         let procs = std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
         let cgroup = WorkerCgroup {
             dir,
-            path: format!("{}/{name}", self.path),
+            // The unit's cgroup is "/" inside a cgroup namespace of its own
+            // (ProtectControlGroups=private).
+            path: format!("{}/{name}", self.path.trim_end_matches('/')),
             memory: self.memory,
         };
         Ok((Arc::new(cgroup), procs.into()))

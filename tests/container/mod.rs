@@ -277,7 +277,16 @@ impl Container {
         // shared one would share `/system.slice/myapp.service`, and a
         // `systemctl stop` in one would kill the other's processes.
         let cgroups = c.make_cgroups();
-        let child = Command::new("sh")
+        // Debian 13 boots into a pure cgroup2 tree (/sys/fs/cgroup), the
+        // layout every Debian 13 machine has, rather than this host's hybrid
+        // one (which systemd 257 boots too, but marks tainted "cgroupsv1").
+        // Debian 12 keeps the host's layout, as the host itself runs it.
+        let mut child = Command::new("sh");
+        child.env_clear();
+        if system == System::Debian13 {
+            child.env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1");
+        }
+        let child = child
             .args([
                 "-c",
                 r#"for cg in $BATON_TEST_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 125; done; exec "$@""#,
@@ -292,7 +301,6 @@ impl Container {
             .arg(&c.root)
             .args(["--register=no", "--keep-unit", "-M", &c.name, "-b"])
             .arg(format!("systemd.unit={TARGET_NAME}"))
-            .env_clear()
             .env("PATH", PATH)
             .env("LANG", "C.UTF-8")
             .env("BATON_TEST_CGROUPS", cgroups.join(" "))
