@@ -86,6 +86,7 @@ fn policy(workers: usize, strategy: ReloadStrategy) -> Policy {
         watchdog: None,
         stop_message: false,
         memory_limit: None,
+        check: None,
     }
 }
 
@@ -143,6 +144,9 @@ enum Ev {
     },
     Phase(Phase),
     Exit(i32),
+    /// A canary ended: "promoted", "rolled back" or "aborted".
+    CanaryEnded(GenId, &'static str),
+    RunCheck(GenId),
 }
 
 /// A [`ReloadError`] without the parts that only repeat the scenario.
@@ -150,6 +154,10 @@ enum Ev {
 enum Why {
     Config,
     Stopping,
+    CanaryRunning(GenId),
+    Busy,
+    NoCanary,
+    NoTarget,
     Worker {
         generation: GenId,
         slot: usize,
@@ -161,6 +169,10 @@ fn why(e: &ReloadError) -> Why {
     match e {
         ReloadError::Config { .. } => Why::Config,
         ReloadError::Stopping => Why::Stopping,
+        ReloadError::CanaryRunning { generation } => Why::CanaryRunning(*generation),
+        ReloadError::Busy { .. } => Why::Busy,
+        ReloadError::NoCanary => Why::NoCanary,
+        ReloadError::NoRollbackTarget => Why::NoTarget,
         ReloadError::Worker { fault } => Why::Worker {
             generation: fault.generation,
             slot: fault.slot,
@@ -293,6 +305,12 @@ struct H {
     log: Vec<String>,
     /// Reloads that ended with nobody to answer (SIGHUP).
     unanswered_reloads: usize,
+    /// Slots of canary generations that got a worker: each gets one.
+    canary_slots: BTreeSet<(GenId, usize)>,
+    /// Canaries that became ready, and how many CanaryEnded each got.
+    canaries: BTreeMap<GenId, usize>,
+    /// RunCheck not yet answered.
+    checks: BTreeSet<GenId>,
 }
 
 impl H {
@@ -322,6 +340,9 @@ impl H {
             stop_pending_answers: 0,
             log: Vec::new(),
             unanswered_reloads: 0,
+            canary_slots: BTreeSet::new(),
+            canaries: BTreeMap::new(),
+            checks: BTreeSet::new(),
         }
     }
 
@@ -357,8 +378,19 @@ impl H {
         for a in &self.actions[n..] {
             if let Action::ReloadDone { result, .. } = a {
                 match result {
+                    Ok(ok) if ok.canary => {
+                        assert_eq!(self.sup.canary.as_ref().map(|c| c.generation), Some(ok.generation));
+                        assert_eq!(self.sup.gens[&ok.generation].role, Role::Canary);
+                    }
                     Ok(ok) => assert!(self.sup.serving >= Some(ok.generation)),
                     Err(ReloadError::Stopping) => {}
+                    // Refused at once: nothing changed.
+                    Err(
+                        ReloadError::CanaryRunning { .. }
+                        | ReloadError::Busy { .. }
+                        | ReloadError::NoCanary
+                        | ReloadError::NoRollbackTarget,
+                    ) => assert!(self.sup.serving == before.serving),
                     // A failed reload leaves the serving generation in place.
                     Err(_) => assert!(self.sup.serving == before.serving && self.sup.candidate.is_none()),
                 }
@@ -388,6 +420,15 @@ impl H {
     fn record(&mut self, action: Action) {
         assert!(self.exit.is_none(), "action after Exit: {action:?}");
         self.actions.push(action.clone());
+        if let Action::ReloadDone { result: Ok(ok), .. } = &action {
+            if ok.canary {
+                assert!(
+                    self.canaries.insert(ok.generation, 0).is_none(),
+                    "canary {} ready twice",
+                    ok.generation
+                );
+            }
+        }
         match action {
             Action::Spawn {
                 worker,
@@ -401,6 +442,21 @@ impl H {
                     "rule 4: worker {worker} of generation {generation} spawned with another generation's spec"
                 );
                 assert!(slot < g.slots.len());
+                if let Some(n) = g.canary {
+                    // A canary worker is never restarted: each slot of a
+                    // canary generation gets one worker, and the slots
+                    // beyond the canary's only by `promote`.
+                    assert!(
+                        self.canary_slots.insert((generation, slot)),
+                        "slot {slot} of canary generation {generation} restarted"
+                    );
+                    if slot >= n {
+                        assert!(
+                            self.sup.reload.as_ref().is_some_and(|r| r.kind == ReloadKind::Promote),
+                            "slot {slot} of canary generation {generation} started outside a promotion"
+                        );
+                    }
+                }
                 assert!(
                     self.meta.insert(worker, (generation, slot)).is_none(),
                     "worker id reused"
@@ -498,6 +554,29 @@ impl H {
                 }
                 self.events
                     .push(Ev::Done(clients, result.map(|ok| ok.generation).map_err(|e| why(&e))));
+            }
+            Action::CanaryEnded { generation, outcome } => {
+                let ended = self.canaries.get_mut(&generation);
+                assert!(
+                    ended.is_some(),
+                    "CanaryEnded for {generation}, which was never a ready canary"
+                );
+                if let Some(n) = ended {
+                    *n += 1;
+                    assert_eq!(*n, 1, "canary {generation} ended twice");
+                }
+                self.checks.remove(&generation);
+                self.log.push(format!("canary generation {generation}: {outcome}"));
+                let kind = match outcome {
+                    CanaryOutcome::Promoted => "promoted",
+                    CanaryOutcome::RolledBack => "rolled back",
+                    CanaryOutcome::Aborted { .. } => "aborted",
+                };
+                self.events.push(Ev::CanaryEnded(generation, kind));
+            }
+            Action::RunCheck { generation, .. } => {
+                assert!(self.checks.insert(generation), "two checks of canary {generation}");
+                self.events.push(Ev::RunCheck(generation));
             }
             Action::WorkerFailed { fault, context } => {
                 assert!(!context.is_empty());
@@ -656,6 +735,35 @@ impl H {
             assert!(alive, "generation {s} is lost and baton keeps running");
         }
 
+        // A canary never takes strength from the serving generation: with
+        // no reload running, every slot of the serving generation is its
+        // own (none handed over) and holds a live worker, a pending
+        // restart, or was given up by its own crashes.
+        if let (Some(s), None) = (sup.serving, &sup.reload) {
+            for (i, slot) in sup.gens[&s].slots.iter().enumerate() {
+                assert!(
+                    !slot.handed_over,
+                    "slot {i} of serving generation {s} handed over with no reload"
+                );
+                assert!(
+                    slot.gave_up || slot.restart_pending || slot.worker.is_some_and(|w| !sup.workers[&w].stop_pending),
+                    "slot {i} of serving generation {s} is empty"
+                );
+            }
+        }
+        // A ready canary sits beside the serving generation, alone.
+        if let Some(c) = &sup.canary {
+            assert!(sup.reload.is_none() && sup.candidate.is_none() && sup.queued.is_none());
+            assert_eq!(sup.gens[&c.generation].role, Role::Canary);
+            assert!(sup.gens[&c.generation].canary.is_some());
+            assert!(sup.serving.is_some_and(|s| s < c.generation));
+        }
+        for (&gid, g) in &sup.gens {
+            if g.role == Role::Canary {
+                assert_eq!(sup.canary.as_ref().map(|c| c.generation), Some(gid));
+            }
+        }
+
         // One candidate at most, only while starting or reloading.
         let loading = sup.reload.as_ref().is_some_and(|r| r.generation.is_some());
         assert_eq!(sup.candidate.is_some(), sup.serving.is_none() || loading);
@@ -715,6 +823,36 @@ impl H {
     fn reload_wait(&mut self, client: impl Id<ClientId>) {
         let client: ClientId = client.id();
         self.request(Some(Waiter { client, wait: true }));
+    }
+
+    fn new_client(&mut self, client: Option<u64>) -> Option<Waiter> {
+        let client = ClientId(client?);
+        assert!(self.clients.insert(client), "client id reused");
+        self.answers.insert(client, Vec::new());
+        Some(Waiter { client, wait: false })
+    }
+
+    /// `baton reload --canary N [--hold D]`.
+    fn canary(&mut self, client: Option<u64>, workers: usize, hold: Option<Duration>) {
+        let waiter = self.new_client(client);
+        self.call(Cause::Other, |s, now| s.request_canary(now, waiter, workers, hold));
+    }
+
+    fn promote(&mut self, client: Option<u64>) {
+        let waiter = self.new_client(client);
+        self.call(Cause::Other, |s, now| s.promote(now, waiter));
+    }
+
+    fn rollback(&mut self, client: Option<u64>, target: Option<Arc<GenSpec>>) {
+        let waiter = self.new_client(client);
+        self.call(Cause::Other, |s, now| s.rollback(now, waiter, target));
+    }
+
+    fn check_done(&mut self, generation: impl Id<GenId>, result: Result<(), &str>) {
+        let generation: GenId = generation.id();
+        assert!(self.checks.remove(&generation), "no check of {generation} runs");
+        let result = result.map_err(DriverError::from);
+        self.call(Cause::Other, |s, now| s.check_done(now, generation, result));
     }
 
     /// SIGHUP: nobody to answer.
