@@ -2893,3 +2893,598 @@ fn failed_spawns_and_stopping_workers_say_what_happens_next() {
         ]
     );
 }
+
+// ---- canary, promote, rollback (issue 11) ---------------------------------------
+
+use crate::engine::spec::CanaryCheck;
+
+fn ended(generation: impl Id<GenId>, how: &'static str) -> Ev {
+    Ev::CanaryEnded(generation.id(), how)
+}
+
+/// `spec` with a `[canary] check`.
+fn checked(tag: &str, workers: usize) -> Arc<GenSpec> {
+    let mut p = policy(workers, Parallel);
+    p.check = Some(CanaryCheck {
+        argv: vec!["check-error-rate".into()],
+        timeout: secs(10),
+    });
+    spec_of(tag, p)
+}
+
+/// Generation 1 of `workers` serving (workers 1..=workers), and `v2` as a
+/// ready canary of `n` workers, generation 2 (client 7 asked for it).
+fn with_canary(workers: usize, strategy: ReloadStrategy, n: usize, v2: Arc<GenSpec>, hold: Option<Duration>) -> H {
+    let mut h = started(workers, strategy);
+    h.canary(Some(7), n, hold);
+    h.expect(&[Ev::Phase(Phase::Reloading), Ev::LoadConfig]);
+    h.load(v2);
+    let n = n.min(h.sup.gens[&GenId(2)].spec.policy.workers);
+    let first = workers as u64 + 1;
+    let mut want = vec![progress(&[7])];
+    want.extend((0..n).map(|slot| spawn(first + slot as u64, 2, slot)));
+    h.expect(&want);
+    for slot in 0..n {
+        h.ready(2, slot);
+    }
+    h.expect(&[ok(&[7], 2), Ev::Phase(Phase::Ready)]);
+    match h.answer(7) {
+        Ok(ok) => assert!(ok.canary && ok.generation == GenId(2), "{ok:?}"),
+        Err(e) => panic!("{e}"),
+    }
+    h
+}
+
+fn last_canary(h: &H) -> (GenId, CanaryOutcome) {
+    let last = h.snap().last_canary.expect("no canary ended");
+    (last.generation, last.outcome)
+}
+
+fn aborted_because(h: &H) -> String {
+    match last_canary(h).1 {
+        CanaryOutcome::Aborted { reason } => reason,
+        other => panic!("not aborted: {other:?}"),
+    }
+}
+
+#[test]
+fn canary_starts_beside_the_serving_generation_and_answers_once_ready() {
+    let mut h = started(3, Parallel);
+    h.canary(Some(7), 2, None);
+    h.expect(&[Ev::Phase(Phase::Reloading), Ev::LoadConfig]);
+    let v2 = spec("v2", 3, Parallel);
+    h.load(v2.clone());
+    h.expect(&[progress(&[7]), spawn(4, 2, 0), spawn(5, 2, 1)]);
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(4)], &v2));
+    h.ready(2, 0);
+    h.expect(&[]);
+    h.ready(2, 1);
+    h.expect(&[ok(&[7], 2), Ev::Phase(Phase::Ready)]);
+    assert!(matches!(h.answer(7), Ok(ReloadOk { canary: true, .. })));
+
+    let snap = h.snap();
+    assert_eq!(
+        (snap.serving, snap.candidate, snap.phase),
+        (Some(GenId(1)), None, Phase::Ready)
+    );
+    assert_eq!(snap.canary.as_ref().map(|c| c.generation), Some(GenId(2)));
+    assert!(!snap.reload_in_progress);
+    let g2 = h.gen_snap(2).unwrap();
+    assert_eq!((g2.role, g2.slots, g2.ready), (Role::Canary, 2, 2));
+    let g1 = h.gen_snap(1).unwrap();
+    assert_eq!(
+        (g1.role, g1.slots, g1.ready),
+        (Role::Serving, 3, 3),
+        "the old stays at full strength"
+    );
+    assert_eq!(h.live(1), [1, 2, 3]);
+    let json = serde_json::to_value(&snap).unwrap();
+    assert_eq!(json["generations"][1]["role"], "canary");
+    assert_eq!(json["canary"]["generation"], 2);
+    let last = snap.last_reload.unwrap();
+    assert!(
+        last.ok && last.message.contains("canary beside generation 1"),
+        "{last:?}"
+    );
+
+    // A canary asks for at most the configured number of workers.
+    let mut h = started(2, Parallel);
+    h.canary(Some(7), 9, None);
+    h.load(spec("v2", 2, Parallel));
+    h.expect(&[
+        Ev::Phase(Phase::Reloading),
+        Ev::LoadConfig,
+        progress(&[7]),
+        spawn(3, 2, 0),
+        spawn(4, 2, 1),
+    ]);
+}
+
+#[test]
+fn canary_failing_to_start_leaves_the_serving_generation_untouched() {
+    let mut h = started(3, Parallel);
+    h.canary(Some(7), 2, None);
+    h.load(spec("v2", 3, Parallel));
+    h.take();
+    h.crash(2, 1, FAIL);
+    let failure = exited(FAIL, false);
+    h.expect(&[
+        failed(2, 1, failure.clone()),
+        kill(4),
+        err(&[7], worker_failed(2, 1, failure)),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert!(
+        h.log.iter().any(|l| l.contains("the canary failed to start")),
+        "{:#?}",
+        h.log
+    );
+    h.exit_after_signal(4);
+    let snap = h.snap();
+    assert!(snap.canary.is_none() && snap.last_canary.is_none());
+    assert_eq!((snap.serving, snap.generations.len()), (Some(GenId(1)), 1));
+    assert_eq!(h.live(1), [1, 2, 3]);
+    h.advance(secs(120));
+    h.expect(&[]);
+    // Nothing is left of it: the next canary may start.
+    h.canary(Some(8), 1, None);
+    h.expect(&[Ev::Phase(Phase::Reloading), Ev::LoadConfig]);
+}
+
+#[test]
+fn canary_worker_exiting_after_ready_aborts_it_without_a_restart() {
+    let mut h = with_canary(3, Parallel, 2, spec("v2", 3, Parallel), None);
+    h.crash(2, 0, FAIL);
+    h.expect(&[failed(2, 0, exited(FAIL, true)), term(5), ended(2, "aborted")]);
+    assert!(aborted_because(&h).starts_with("worker 0 of generation 2 (pid 1004) exited with status 1"));
+    assert!(
+        h.log
+            .iter()
+            .any(|l| l.contains("none is restarted; generation 1 keeps serving"))
+    );
+    let snap = h.snap();
+    assert!(snap.canary.is_none());
+    assert_eq!(h.gen_snap(2).unwrap().role, Role::Retiring);
+    h.exit_after_signal(5);
+    assert!(h.gen_snap(2).is_none());
+    h.advance(secs(120));
+    h.expect(&[]);
+    assert_eq!(h.live(1), [1, 2, 3]);
+    assert_eq!(h.snap().phase, Phase::Ready);
+}
+
+#[test]
+fn errno_from_a_canary_worker_aborts_it() {
+    let mut h = with_canary(2, Parallel, 2, spec("v2", 2, Parallel), None);
+    // From a serving worker, ERRNO= is only remembered for its report.
+    h.send(1, Notify::Errno(5));
+    h.expect(&[]);
+    h.send(4, Notify::Errno(5));
+    h.expect(&[term(4), failed(2, 1, Failure::Errno), term(3), ended(2, "aborted")]);
+    let reason = aborted_because(&h);
+    assert!(
+        reason.contains("reported an error") && reason.contains("ERRNO=5"),
+        "{reason}"
+    );
+    h.exit_signalled();
+    assert_eq!(h.live(1), [1, 2]);
+    assert!(h.snap().generations.len() == 1);
+}
+
+#[test]
+fn missed_watchdog_of_a_canary_worker_aborts_it() {
+    let mut p = policy(3, Parallel);
+    p.watchdog = Some(secs(3));
+    let mut h = started_with(spec_of("v1", p.clone()));
+    h.canary(Some(7), 2, None);
+    h.load(spec_of("v2", p));
+    h.ready(2, 0);
+    h.ready(2, 1);
+    h.take();
+    h.advance(secs(2));
+    for w in [1, 2, 3, 5] {
+        h.send(w, Notify::Watchdog);
+    }
+    h.advance(secs(1));
+    h.expect(&[
+        term(4),
+        failed(2, 0, Failure::WatchdogTimeout),
+        term(5),
+        ended(2, "aborted"),
+    ]);
+    h.exit_signalled();
+    for w in [1, 2, 3] {
+        h.send(w, Notify::Watchdog);
+    }
+    h.advance(secs(2));
+    h.expect(&[]);
+    assert_eq!(h.live(1), [1, 2, 3]);
+}
+
+#[test]
+fn memory_limit_of_a_canary_worker_aborts_it_instead_of_a_successor() {
+    let mut h = with_canary(2, Parallel, 1, limited(2), None);
+    h.memory(3);
+    h.expect(&[term(3), failed(2, 0, Failure::MemoryLimit), ended(2, "aborted")]);
+    assert!(aborted_because(&h).contains("stayed above its memory limit"));
+    h.exit_signalled();
+    // A serving worker still gets its successor while nothing else runs.
+    h.memory(1);
+    h.expect(&[spawn(4, 1, 0)]);
+}
+
+#[test]
+fn reload_and_sighup_are_refused_while_a_canary_runs() {
+    let mut h = started(2, Parallel);
+    h.canary(Some(7), 1, None);
+    // While it starts, a reload would replace it behind the user's back.
+    h.reload(8);
+    h.load(spec("v2", 2, Parallel));
+    h.ready(2, 0);
+    h.take();
+    assert!(matches!(h.answer(8), Err(ReloadError::Busy { .. })));
+
+    h.reload(9);
+    h.expect(&[err(&[9], Why::CanaryRunning(GenId(2)))]);
+    let text = h.answer(9).clone().unwrap_err().to_string();
+    assert_eq!(
+        text,
+        "a canary (generation 2) is running: `baton promote` or `baton rollback` decide what happens next"
+    );
+    h.hup();
+    h.expect(&[]);
+    assert_eq!(h.unanswered_reloads, 1);
+    assert!(
+        h.log.last().unwrap().contains("a canary (generation 2) is running"),
+        "{:#?}",
+        h.log
+    );
+    assert_eq!(h.load_configs(), 1);
+    assert!(!h.snap().reload_queued);
+    assert_eq!(h.snap().canary.map(|c| c.generation), Some(GenId(2)));
+}
+
+#[test]
+fn canary_is_refused_unless_the_serving_generation_is_alone() {
+    // Before the first generation serves.
+    let mut h = H::new();
+    h.start(spec("v1", 1, Parallel));
+    h.take();
+    h.canary(Some(7), 1, None);
+    h.expect(&[err(&[7], Why::Busy)]);
+
+    // During a reload.
+    let mut h = started(2, Parallel);
+    h.reload(7);
+    h.take();
+    h.canary(Some(8), 1, None);
+    h.expect(&[err(&[8], Why::Busy)]);
+    assert_eq!(
+        h.answer(8).clone().unwrap_err().to_string(),
+        "a reload is in progress; nothing changed"
+    );
+
+    // Beside another canary; promote while it starts.
+    let mut h = with_canary(2, Parallel, 1, spec("v2", 2, Parallel), None);
+    h.canary(Some(8), 1, None);
+    h.expect(&[err(&[8], Why::CanaryRunning(GenId(2)))]);
+
+    let mut h = started(2, Parallel);
+    h.promote(Some(7));
+    h.expect(&[err(&[7], Why::NoCanary)]);
+    h.canary(Some(8), 1, None);
+    h.take();
+    h.promote(Some(9));
+    h.canary(Some(10), 1, None);
+    h.expect(&[err(&[9], Why::Busy), err(&[10], Why::Busy)]);
+
+    // While stopping.
+    let mut h = started(1, Parallel);
+    h.stop();
+    h.take();
+    h.canary(Some(7), 1, None);
+    h.promote(Some(8));
+    h.rollback(Some(9), Some(spec("v0", 1, Parallel)));
+    h.expect(&[
+        err(&[7], Why::Stopping),
+        err(&[8], Why::Stopping),
+        err(&[9], Why::Stopping),
+    ]);
+}
+
+#[test]
+fn promote_parallel_starts_the_remaining_slots_from_the_pinned_spec() {
+    let v2 = spec("v2", 3, Parallel);
+    let mut h = with_canary(3, Parallel, 2, v2.clone(), None);
+    h.promote(Some(8));
+    h.expect(&[Ev::Phase(Phase::Reloading), progress(&[8]), spawn(6, 2, 2)]);
+    assert!(
+        Arc::ptr_eq(&h.specs[&WorkerId(6)], &v2),
+        "promote uses the canary's pinned spec"
+    );
+    assert_eq!(h.load_configs(), 1, "promote loads no config");
+    assert_eq!(
+        h.live(1),
+        [1, 2, 3],
+        "the old generation serves until the new one is complete"
+    );
+    h.ready(2, 2);
+    h.expect(&[
+        term(1),
+        term(2),
+        term(3),
+        ok(&[8], 2),
+        ended(2, "promoted"),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert!(matches!(h.answer(8), Ok(ReloadOk { canary: false, .. })));
+    assert_eq!(h.live(2), [4, 5, 6], "the canary's workers joined without a restart");
+    let snap = h.snap();
+    assert_eq!((snap.serving, snap.canary.is_none()), (Some(GenId(2)), true));
+    assert_eq!(last_canary(&h), (GenId(2), CanaryOutcome::Promoted));
+    h.exit_signalled();
+    let g2 = h.gen_snap(2).unwrap();
+    assert_eq!((g2.role, g2.slots, g2.ready), (Role::Serving, 3, 3));
+
+    // A canary of every worker takes over at once.
+    let mut h = with_canary(2, Parallel, 2, spec("v2", 2, Parallel), None);
+    h.promote(Some(8));
+    h.expect(&[
+        Ev::Phase(Phase::Reloading),
+        progress(&[8]),
+        term(1),
+        term(2),
+        ok(&[8], 2),
+        ended(2, "promoted"),
+        Ev::Phase(Phase::Ready),
+    ]);
+}
+
+#[test]
+fn promote_rolling_retires_the_covered_slots_first_then_rolls_the_rest() {
+    let mut h = with_canary(3, Rolling, 2, spec("v2", 3, Rolling), None);
+    h.promote(Some(8));
+    h.expect(&[
+        Ev::Phase(Phase::Reloading),
+        progress(&[8]),
+        term(1),
+        term(2),
+        spawn(6, 2, 2),
+    ]);
+    assert_eq!(h.live(1), [3]);
+    h.exit_after_signal(1);
+    h.ready(2, 2);
+    h.expect(&[
+        progress(&[8]),
+        term(3),
+        ok(&[8], 2),
+        ended(2, "promoted"),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert_eq!(h.live(2), [4, 5, 6]);
+}
+
+#[test]
+fn promote_failing_midway_restores_the_old_generation_to_full_strength() {
+    let mut h = with_canary(4, Rolling, 2, spec("v2", 4, Rolling), None);
+    h.promote(Some(8));
+    h.expect(&[
+        Ev::Phase(Phase::Reloading),
+        progress(&[8]),
+        term(1),
+        term(2),
+        spawn(7, 2, 2),
+    ]);
+    h.exit_after_signal(1);
+    h.exit_after_signal(2);
+    h.crash(2, 2, ExitStatus::Code(3));
+    let failure = exited(ExitStatus::Code(3), false);
+    h.expect(&[
+        failed(2, 2, failure.clone()),
+        progress(&[8]),
+        spawn(8, 1, 0),
+        spawn(9, 1, 1),
+    ]);
+    h.ready(1, 0);
+    h.expect(&[term(5)]);
+    h.ready(1, 1);
+    h.expect(&[
+        term(6),
+        err(&[8], worker_failed(2, 2, failure)),
+        ended(2, "aborted"),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert!(aborted_because(&h).starts_with("the promotion failed: worker 2 of generation 2"));
+    let g1 = h.gen_snap(1).unwrap();
+    assert_eq!(
+        (g1.role, g1.ready, g1.slots),
+        (Role::Serving, 4, 4),
+        "back at full strength"
+    );
+    h.exit_signalled();
+    assert!(h.gen_snap(2).is_none());
+
+    // Parallel: the whole canary retires, the old generation never moved.
+    let mut h = with_canary(3, Parallel, 1, spec("v2", 3, Parallel), None);
+    h.promote(Some(8));
+    h.take();
+    h.crash(2, 1, FAIL);
+    h.expect(&[
+        failed(2, 1, exited(FAIL, false)),
+        term(4),
+        kill(6),
+        err(&[8], worker_failed(2, 1, exited(FAIL, false))),
+        ended(2, "aborted"),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert_eq!(h.live(1), [1, 2, 3]);
+}
+
+#[test]
+fn hold_without_a_check_promotes_the_canary() {
+    let mut h = with_canary(2, Parallel, 1, spec("v2", 2, Parallel), Some(secs(60)));
+    assert_eq!(h.armed(Timer::CanaryHold(GenId(2))), Some(h.now + secs(60)));
+    assert_eq!(h.snap().canary.unwrap().hold_left_ms, Some(60_000));
+    h.advance(secs(60) - ms(1));
+    h.expect(&[]);
+    h.advance(ms(1));
+    h.expect(&[Ev::Phase(Phase::Reloading), spawn(4, 2, 1)]);
+    assert!(
+        h.log
+            .iter()
+            .any(|l| l.contains("hold of canary generation 2 is over; promoting"))
+    );
+    h.ready(2, 1);
+    h.expect(&[term(1), term(2), ended(2, "promoted"), Ev::Phase(Phase::Ready)]);
+    assert_eq!(
+        h.unanswered_reloads, 1,
+        "the promotion is reported like a SIGHUP reload"
+    );
+}
+
+#[test]
+fn hold_then_a_passing_check_promotes_the_canary() {
+    let mut h = with_canary(2, Parallel, 1, checked("v2", 2), Some(secs(5)));
+    h.advance(secs(5));
+    h.expect(&[Ev::RunCheck(GenId(2))]);
+    assert!(h.snap().canary.unwrap().checking);
+    match h.actions.last() {
+        Some(Action::RunCheck { check, .. }) => assert_eq!(check.argv, ["check-error-rate"]),
+        other => panic!("{other:?}"),
+    }
+    h.check_done(2, Ok(()));
+    h.expect(&[Ev::Phase(Phase::Reloading), spawn(4, 2, 1)]);
+    h.ready(2, 1);
+    h.expect(&[term(1), term(2), ended(2, "promoted"), Ev::Phase(Phase::Ready)]);
+}
+
+#[test]
+fn hold_then_a_failing_check_aborts_the_canary() {
+    let mut h = with_canary(2, Parallel, 1, checked("v2", 2), Some(secs(5)));
+    h.advance(secs(5));
+    h.expect(&[Ev::RunCheck(GenId(2))]);
+    h.check_done(2, Err("exited with status 1: error rate 12%"));
+    h.expect(&[term(3), ended(2, "aborted")]);
+    assert_eq!(
+        aborted_because(&h),
+        "check failed: exited with status 1: error rate 12%"
+    );
+    h.exit_signalled();
+    assert_eq!(h.live(1), [1, 2]);
+    h.advance(secs(60));
+    h.expect(&[]);
+}
+
+#[test]
+fn a_canary_aborted_before_its_hold_drops_the_timer() {
+    let mut h = with_canary(2, Parallel, 1, checked("v2", 2), Some(secs(60)));
+    h.crash(2, 0, TERMED);
+    h.expect(&[failed(2, 0, exited(TERMED, true)), ended(2, "aborted")]);
+    assert_eq!(h.armed(Timer::CanaryHold(GenId(2))), None);
+    h.advance(secs(120));
+    h.expect(&[]);
+    assert!(h.checks.is_empty());
+}
+
+#[test]
+fn rollback_during_a_canary_aborts_it() {
+    let mut h = with_canary(2, Parallel, 2, spec("v2", 2, Parallel), Some(secs(60)));
+    h.rollback(Some(8), None);
+    h.expect(&[term(3), term(4), ended(2, "rolled back"), ok(&[8], 1)]);
+    assert_eq!(last_canary(&h), (GenId(2), CanaryOutcome::RolledBack));
+    assert_eq!(h.armed(Timer::CanaryHold(GenId(2))), None);
+    h.exit_signalled();
+    assert_eq!(h.live(1), [1, 2]);
+    assert_eq!(h.snap().generations.len(), 1);
+    // Now a reload may run again.
+    h.reload(9);
+    h.expect(&[Ev::Phase(Phase::Reloading), Ev::LoadConfig]);
+}
+
+#[test]
+fn rollback_to_a_spec_is_a_reload_without_loading_the_config() {
+    let mut h = started(2, Parallel);
+    let v0 = spec("v0", 2, Parallel);
+    h.rollback(Some(8), Some(v0.clone()));
+    h.expect(&[
+        Ev::Phase(Phase::Reloading),
+        progress(&[8]),
+        spawn(3, 2, 0),
+        spawn(4, 2, 1),
+    ]);
+    assert!(Arc::ptr_eq(&h.specs[&WorkerId(3)], &v0));
+    assert_eq!(h.load_configs(), 0);
+    // Requests meanwhile queue behind it, as behind any reload.
+    h.reload(9);
+    h.expect(&[progress(&[9])]);
+    h.ready(2, 0);
+    h.ready(2, 1);
+    h.expect(&[
+        term(1),
+        term(2),
+        ok(&[8], 2),
+        Ev::Phase(Phase::Ready),
+        Ev::Phase(Phase::Reloading),
+        Ev::LoadConfig,
+    ]);
+
+    // A failing rollback leaves the serving generation as it was.
+    let mut h = started(2, Parallel);
+    h.rollback(Some(8), Some(spec("v0", 2, Parallel)));
+    h.take();
+    h.crash(2, 0, FAIL);
+    h.expect(&[
+        failed(2, 0, exited(FAIL, false)),
+        kill(4),
+        err(&[8], worker_failed(2, 0, exited(FAIL, false))),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert_eq!(h.live(1), [1, 2]);
+}
+
+#[test]
+fn rollback_with_no_target_is_refused() {
+    let mut h = started(2, Parallel);
+    h.rollback(Some(8), None);
+    h.expect(&[err(&[8], Why::NoTarget)]);
+    assert_eq!(
+        h.answer(8).clone().unwrap_err().to_string(),
+        "no earlier release to roll back to"
+    );
+    h.reload(9);
+    h.take();
+    h.rollback(Some(10), Some(spec("v0", 2, Parallel)));
+    h.expect(&[err(&[10], Why::Busy)]);
+}
+
+#[test]
+fn stop_during_a_canary_retires_it_with_everything_else() {
+    let mut h = with_canary(2, Parallel, 1, checked("v2", 2), Some(secs(5)));
+    h.advance(secs(5));
+    h.expect(&[Ev::RunCheck(GenId(2))]);
+    h.stop();
+    h.expect(&[
+        Ev::Phase(Phase::Stopping),
+        ended(2, "aborted"),
+        term(1),
+        term(2),
+        term(3),
+    ]);
+    assert_eq!(aborted_because(&h), "baton is stopping");
+    // The check's late answer changes nothing.
+    h.checks.insert(GenId(2));
+    h.check_done(2, Ok(()));
+    h.expect(&[]);
+    h.exit_signalled();
+    h.expect(&[Ev::Exit(0)]);
+
+    // While it starts: its client hears that baton stops.
+    let mut h = started(1, Parallel);
+    h.canary(Some(7), 1, None);
+    h.load(spec("v2", 1, Parallel));
+    h.take();
+    h.stop();
+    h.expect(&[Ev::Phase(Phase::Stopping), err(&[7], Why::Stopping), term(1), kill(2)]);
+    h.exit_signalled();
+    h.expect(&[Ev::Exit(0)]);
+}
