@@ -1573,16 +1573,15 @@ impl Supervisor {
     /// Rolling: the candidate's `slot` is ready, so the old one retires.
     fn hand_over(&mut self, now: Instant, slot: usize) {
         let Some(old) = self.serving else { return };
-        let old_worker = self
-            .gens
-            .get_mut(&old)
-            .and_then(|g| g.slots.get_mut(slot))
-            .and_then(|s| {
-                s.handed_over = true;
-                s.restart_pending = false;
-                s.worker
-            });
-        if let Some(id) = old_worker {
+        let Some(s) = self.gens.get_mut(&old).and_then(|g| g.slots.get_mut(slot)) else {
+            return;
+        };
+        s.handed_over = true;
+        s.restart_pending = false;
+        // A memory successor on its way goes too: the slot is no longer
+        // the old generation's to fill.
+        let (worker, successor) = (s.worker, s.successor);
+        for id in successor.into_iter().chain(worker) {
             self.retire_worker(now, id);
         }
     }
@@ -1777,6 +1776,8 @@ impl Supervisor {
             canary: true,
         };
         self.finish_reload(now, Ok(ok));
+        // The serving generation may have been lost while the canary started.
+        self.check_lost(now);
     }
 
     /// The canary's hold is over without a failure: its check runs, or

@@ -378,9 +378,19 @@ impl H {
         for a in &self.actions[n..] {
             if let Action::ReloadDone { result, .. } = a {
                 match result {
+                    // A ready canary, unless a zero hold already promoted
+                    // it, or the serving generation was lost meanwhile
+                    // (then baton exits 1).
                     Ok(ok) if ok.canary => {
-                        assert_eq!(self.sup.canary.as_ref().map(|c| c.generation), Some(ok.generation));
-                        assert_eq!(self.sup.gens[&ok.generation].role, Role::Canary);
+                        let g = ok.generation;
+                        let canary = self.sup.canary.as_ref().is_some_and(|c| c.generation == g)
+                            && self.sup.gens[&g].role == Role::Canary;
+                        let promoting = self.sup.candidate == Some(g)
+                            && self.sup.reload.as_ref().is_some_and(|r| r.kind == ReloadKind::Promote);
+                        let ended = self.actions[n..]
+                            .iter()
+                            .any(|a| matches!(a, Action::CanaryEnded { generation, .. } if *generation == g));
+                        assert!(canary || promoting || ended || self.sup.exit_code.is_some());
                     }
                     Ok(ok) => assert!(self.sup.serving >= Some(ok.generation)),
                     Err(ReloadError::Stopping) => {}
@@ -442,10 +452,11 @@ impl H {
                     "rule 4: worker {worker} of generation {generation} spawned with another generation's spec"
                 );
                 assert!(slot < g.slots.len());
-                if let Some(n) = g.canary {
-                    // A canary worker is never restarted: each slot of a
-                    // canary generation gets one worker, and the slots
-                    // beyond the canary's only by `promote`.
+                if let Some(n) = g.canary.filter(|_| self.sup.serving != Some(generation)) {
+                    // A canary worker is never restarted: until it serves
+                    // (promoted), each slot of a canary generation gets one
+                    // worker, and the slots beyond the canary's only by
+                    // `promote`.
                     assert!(
                         self.canary_slots.insert((generation, slot)),
                         "slot {slot} of canary generation {generation} restarted"
@@ -663,8 +674,9 @@ impl H {
         }
         let active: Vec<&Generation> = sup.gens.values().filter(|g| g.role != Role::Retiring).collect();
         assert!(active.len() <= 2, "more than a serving and a candidate generation");
-        let max_workers = sup.gens.values().map(|g| g.slots.len()).max().unwrap_or(0);
-        assert!(live <= 2 * max_workers, "{live} live workers");
+        // A slot holds a worker and at most a successor.
+        let slots: usize = active.iter().map(|g| g.slots.len()).sum();
+        assert!(live <= 2 * slots, "{live} live workers");
 
         if shutdown {
             assert!(sup.reload.is_none() && sup.queued.is_none() && sup.candidate.is_none());
@@ -713,10 +725,17 @@ impl H {
                         .and_then(|s| s.worker)
                         .is_some_and(|cw| sup.workers[&cw].state == WorkerState::Ready)
                 });
-            // Memory limit: its ready successor took the slot.
-            let replaced = matches!(*cause, Cause::Message(t)
-                if sup.gens[&w.generation].slots[w.slot].worker == Some(t)
-                    && sup.workers.get(&t).is_some_and(|x| x.state == WorkerState::Ready));
+            // Memory limit: its successor, ready now (READY=1, or alive
+            // for the readiness delay), took the slot.
+            let successor_ready = |t: WorkerId| {
+                sup.gens[&w.generation].slots[w.slot].worker == Some(t)
+                    && sup.workers.get(&t).is_some_and(|x| x.state == WorkerState::Ready)
+            };
+            let replaced = match cause {
+                Cause::Message(t) => successor_ready(*t),
+                Cause::Timers(due) => due.iter().any(|t| matches!(*t, Timer::Delay(t) if successor_ready(t))),
+                _ => false,
+            };
             assert!(
                 own || handed || replaced,
                 "serving worker {id} (slot {}) retired without cause ({cause:?})",
@@ -2282,6 +2301,12 @@ fn random_spec(rng: &mut Rng, version: u64) -> Arc<GenSpec> {
     if rng.chance(20) {
         p.stop_message = true;
     }
+    if rng.chance(30) {
+        p.check = Some(crate::engine::spec::CanaryCheck {
+            argv: vec!["check".into()],
+            timeout: secs(5),
+        });
+    }
     spec_of(&format!("v{version}"), p)
 }
 
@@ -2298,6 +2323,12 @@ struct Coverage {
     stop_pending_spawns: usize,
     wait_answers: usize,
     first_start_failed: usize,
+    canary_ready: usize,
+    canary_aborted: usize,
+    canary_promoted: usize,
+    canary_rolled_back: usize,
+    canary_refused: usize,
+    checks: usize,
     /// Steps taken before Exit, over all seeds.
     steps: usize,
 }
@@ -2332,6 +2363,49 @@ impl Run {
         }));
     }
 
+    fn client(&mut self) -> Option<u64> {
+        self.next_client += 1;
+        self.rng.chance(80).then_some(self.next_client)
+    }
+
+    /// Canary, promote, rollback and check answers, in any state.
+    fn release_step(&mut self) {
+        match self.rng.below(12) {
+            0..=3 => {
+                let client = self.client();
+                let workers = 1 + self.rng.below(3) as usize;
+                let hold = match self.rng.below(4) {
+                    0 => None,
+                    n => Some(ms([0, 500, 4000][n as usize - 1])),
+                };
+                self.h.canary(client, workers, hold);
+            }
+            4..=5 => {
+                let client = self.client();
+                self.h.promote(client);
+            }
+            6..=7 => {
+                let client = self.client();
+                let target = self.rng.chance(70).then(|| {
+                    self.version += 1;
+                    random_spec(&mut self.rng, self.version)
+                });
+                self.h.rollback(client, target);
+            }
+            _ => {
+                let pending: Vec<GenId> = self.h.checks.iter().copied().collect();
+                if let Some(g) = self.rng.pick(&pending) {
+                    let result = if self.rng.chance(60) {
+                        Ok(())
+                    } else {
+                        Err("check failed")
+                    };
+                    self.h.check_done(g, result);
+                }
+            }
+        }
+    }
+
     fn answer_config(&mut self, good: bool) {
         if self.h.loads == 0 {
             return;
@@ -2347,7 +2421,8 @@ impl Run {
 
     fn step(&mut self) {
         let r = &mut self.rng;
-        match r.below(100) {
+        match r.below(115) {
+            100.. => self.release_step(),
             0..=9 => self.request(),
             10..=12 => self.h.hup(),
             13..=24 => self.answer_config(false),
@@ -2466,6 +2541,9 @@ impl Run {
                 return;
             }
             self.answer_config(true);
+            for g in self.h.checks.clone() {
+                self.h.check_done(g, Ok(()));
+            }
             for w in self.h.held.clone() {
                 self.h.release(w, None);
             }
@@ -2567,6 +2645,26 @@ fn randomized_event_sequences_keep_the_invariants() {
                 _ => {}
             }
         }
+        // Every canary that became ready ended exactly once.
+        for (g, n) in &h.canaries {
+            assert_eq!(*n, 1, "canary {g} ended {n} times");
+        }
+        cov.canary_ready += h.canaries.len();
+        for a in &h.actions {
+            match a {
+                Action::CanaryEnded { outcome, .. } => match outcome {
+                    CanaryOutcome::Promoted => cov.canary_promoted += 1,
+                    CanaryOutcome::RolledBack => cov.canary_rolled_back += 1,
+                    CanaryOutcome::Aborted { .. } => cov.canary_aborted += 1,
+                },
+                Action::ReloadDone {
+                    result: Err(ReloadError::CanaryRunning { .. } | ReloadError::Busy { .. }),
+                    ..
+                } => cov.canary_refused += 1,
+                Action::RunCheck { .. } => cov.checks += 1,
+                _ => {}
+            }
+        }
         cov.given_up += usize::from(h.saw_given_up);
         cov.stop_pending_spawns += h.stop_pending_answers;
     }
@@ -2579,6 +2677,12 @@ fn randomized_event_sequences_keep_the_invariants() {
     assert!(cov.killgroup > 5, "{cov:?}");
     assert!(cov.exit0 > 20 && cov.exit1 > 5, "{cov:?}");
     assert!(cov.given_up > 5 && cov.stop_pending_spawns > 5, "{cov:?}");
+    assert!(cov.canary_ready > 20 && cov.canary_refused > 20, "{cov:?}");
+    assert!(
+        cov.canary_aborted > 5 && cov.canary_promoted > 5 && cov.canary_rolled_back > 5,
+        "{cov:?}"
+    );
+    assert!(cov.checks > 5, "{cov:?}");
 }
 
 // ---- [stop] message and the memory limit ------------------------------------------
