@@ -34,6 +34,32 @@
 //! its slot; the successor must be ready before the old worker retires, so
 //! the slot never goes empty.
 //!
+//! ## Canaries
+//!
+//! `reload --canary N` runs like a reload whose candidate has only
+//! `min(N, workers)` slots and replaces nothing: once they are all ready the
+//! candidate becomes the *canary* (role `Canary`) beside the serving
+//! generation, which keeps every slot, and the reload is over. Two
+//! generations are then active, the serving one and the canary, and
+//! nothing else may start beside them: a plain reload or SIGHUP is refused
+//! at once ([`ReloadError::CanaryRunning`]), and so is a second canary.
+//!
+//! A canary is judged strictly. Any failure of one of its workers (exit,
+//! watchdog, STOPPING=1, ERRNO=, the memory limit) *aborts* it: every
+//! canary worker retires, none is ever restarted, and
+//! [`Action::CanaryEnded`] says why. `promote` turns the canary back into a
+//! candidate of a reload with its pinned spec and its workers kept: it
+//! grows to full size (parallel), or first retires the old slots it covers
+//! and then rolls the rest (rolling), and from there it is a reload like any
+//! other, failures and rolling reverts included. A hold arms
+//! [`Timer::CanaryHold`]; when it fires with the canary still there, the
+//! check runs ([`Action::RunCheck`], answered by `check_done`) or, without
+//! one, the canary is promoted. `rollback` aborts a running canary;
+//! otherwise it is a reload from the release the driver names, without
+//! loading the config. Every canary that became ready gets exactly one
+//! `CanaryEnded`: promoted, rolled back, or aborted (a failed promotion and
+//! a stop included).
+//!
 //! # Driving it
 //!
 //! The core does no I/O and reads no clock, in the way of quinn-proto: the
@@ -882,10 +908,10 @@ impl Supervisor {
     }
 
     /// `baton rollback`. With a canary running, it is aborted
-    /// ([`CanaryOutcome::RolledBack`]) and the waiter answered at once.
+    /// (`CanaryOutcome::RolledBack`) and the waiter answered at once.
     /// Otherwise `target` (the earlier release, which the driver resolves
     /// from its history) starts as a reload would, without loading the
-    /// config; `None` is refused ([`ReloadError::NoRollbackTarget`]), as is
+    /// config; `None` is refused (`ReloadError::NoRollbackTarget`), as is
     /// a rollback while a reload or a stop runs.
     pub fn rollback(&mut self, now: Instant, waiter: Option<Waiter>, target: Option<Arc<GenSpec>>) {
         if self.canary.is_some() {
