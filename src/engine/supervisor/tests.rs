@@ -1677,6 +1677,23 @@ fn rolling_reload_replaces_one_slot_at_a_time() {
     assert!(h.gen_snap(1).is_none());
 }
 
+/// A rolling reload of generation 2 that handed over slots 0 and 1
+/// (workers 1 and 2 signalled) and started worker 7 in slot 2: worker 7
+/// fails, so the old slots restart (workers 8 and 9). `client` waits.
+fn fail_rolling_slot_2(h: &mut H, client: u64) -> Failure {
+    h.exit_after_signal(1);
+    h.exit_after_signal(2);
+    h.crash(2, 2, ExitStatus::Code(3));
+    let failure = exited(ExitStatus::Code(3), false);
+    h.expect(&[
+        failed(2, 2, failure.clone()),
+        progress(&[client]),
+        spawn(8, 1, 0),
+        spawn(9, 1, 1),
+    ]);
+    failure
+}
+
 #[test]
 fn rolling_reload_failing_midway_restores_the_old_generation_first() {
     let mut h = started(4, Rolling);
@@ -1697,17 +1714,7 @@ fn rolling_reload_failing_midway_restores_the_old_generation_first() {
         term(2),
         spawn(7, 2, 2),
     ]);
-    h.exit_after_signal(1);
-    h.exit_after_signal(2);
-
-    h.crash(2, 2, ExitStatus::Code(3));
-    let failure = exited(ExitStatus::Code(3), false);
-    h.expect(&[
-        failed(2, 2, failure.clone()),
-        progress(&[1]),
-        spawn(8, 1, 0),
-        spawn(9, 1, 1),
-    ]);
+    let failure = fail_rolling_slot_2(&mut h, 1);
     assert!(
         Arc::ptr_eq(&h.specs[&WorkerId(8)], &v1) && Arc::ptr_eq(&h.specs[&WorkerId(9)], &v1),
         "rule 4"
@@ -3344,17 +3351,23 @@ fn promote_parallel_starts_the_remaining_slots_from_the_pinned_spec() {
     ]);
 }
 
-#[test]
-fn promote_rolling_retires_the_covered_slots_first_then_rolls_the_rest() {
-    let mut h = with_canary(3, Rolling, 2, spec("v2", 3, Rolling), None);
+/// Client 8 promotes a rolling canary of 2 (slots 0 and 1): the old
+/// workers 1 and 2 retire, and `worker` starts in slot 2.
+fn promote_rolling_from_2(h: &mut H, worker: u64) {
     h.promote(Some(8));
     h.expect(&[
         Ev::Phase(Phase::Reloading),
         progress(&[8]),
         term(1),
         term(2),
-        spawn(6, 2, 2),
+        spawn(worker, 2, 2),
     ]);
+}
+
+#[test]
+fn promote_rolling_retires_the_covered_slots_first_then_rolls_the_rest() {
+    let mut h = with_canary(3, Rolling, 2, spec("v2", 3, Rolling), None);
+    promote_rolling_from_2(&mut h, 6);
     assert_eq!(h.live(1), [3]);
     h.exit_after_signal(1);
     h.ready(2, 2);
@@ -3371,24 +3384,8 @@ fn promote_rolling_retires_the_covered_slots_first_then_rolls_the_rest() {
 #[test]
 fn promote_failing_midway_restores_the_old_generation_to_full_strength() {
     let mut h = with_canary(4, Rolling, 2, spec("v2", 4, Rolling), None);
-    h.promote(Some(8));
-    h.expect(&[
-        Ev::Phase(Phase::Reloading),
-        progress(&[8]),
-        term(1),
-        term(2),
-        spawn(7, 2, 2),
-    ]);
-    h.exit_after_signal(1);
-    h.exit_after_signal(2);
-    h.crash(2, 2, ExitStatus::Code(3));
-    let failure = exited(ExitStatus::Code(3), false);
-    h.expect(&[
-        failed(2, 2, failure.clone()),
-        progress(&[8]),
-        spawn(8, 1, 0),
-        spawn(9, 1, 1),
-    ]);
+    promote_rolling_from_2(&mut h, 7);
+    let failure = fail_rolling_slot_2(&mut h, 8);
     h.ready(1, 0);
     h.expect(&[term(5)]);
     h.ready(1, 1);
