@@ -867,6 +867,7 @@ impl Supervisor {
         let generation = canary.generation;
         self.disarm(Timer::CanaryHold(generation));
         let Some(g) = self.gens.get_mut(&generation) else {
+            self.refuse(waiter, ReloadError::NoCanary);
             return;
         };
         g.role = Role::Starting;
