@@ -3589,3 +3589,18 @@ fn stop_during_a_canary_retires_it_with_everything_else() {
     h.exit_signalled();
     h.expect(&[Ev::Exit(0)]);
 }
+
+#[test]
+fn a_rolling_hand_over_retires_a_memory_successor_in_the_slot_too() {
+    let mut h = started(2, Rolling);
+    h.memory(1);
+    h.expect(&[spawn(3, 1, 0)]);
+    h.reload(7);
+    h.load(spec("v2", 2, Rolling));
+    h.take();
+    h.ready(2, 0);
+    // Found by the randomized test: left alone, the successor was orphaned
+    // when a revert restarted the slot.
+    h.expect(&[progress(&[7]), kill(3), term(1), spawn(5, 2, 1)]);
+    assert_eq!(h.live(1), [2]);
+}
