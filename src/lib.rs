@@ -38,7 +38,7 @@ pub mod fuzzing {
     pub use crate::control::{MAX_REQUEST, Reply, Request, parse_request};
     pub use crate::engine::spec::GenSpec;
     pub use crate::engine::supervisor::{
-        Action, ClientId, DriverError, ExitStatus, Notify, Supervisor, Waiter, WorkerId,
+        Action, ClientId, DriverError, ExitStatus, GenId, Notify, Supervisor, Waiter, WorkerId,
     };
     pub use crate::os::ipc::{Frame, Framer, is_ready};
     pub use crate::os::notify::parse as parse_notify;

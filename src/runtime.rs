@@ -678,6 +678,14 @@ impl Driver {
                     }
                     self.status_line = line;
                 }
+                // Nothing starts a canary yet: the driver side of issue 11
+                // (history, the check command, the CLI) comes next.
+                Action::CanaryEnded { generation, outcome } => {
+                    tracing::info!("canary generation {generation}: {outcome}");
+                }
+                Action::RunCheck { generation, .. } => {
+                    tracing::warn!("canary generation {generation}: running its check is not supported yet");
+                }
                 Action::Exit(code) => return Some(code),
             }
         }

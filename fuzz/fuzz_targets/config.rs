@@ -5,10 +5,12 @@
 //! script. A config that parses is resolved into a generation spec (the
 //! command falls back to `sh` when the fuzzed one does not exist, so the
 //! policy is what counts), and the supervisor core is driven through the
-//! script: spawns, readiness, notify messages, exits, reloads, timers, and
-//! jumps of time up to the far future. Without a script a fixed scenario
+//! script: spawns, readiness, notify messages, exits, reloads, canaries
+//! (promote, rollback, the hold's check), timers, and jumps of time up to
+//! the far future. Without a script a fixed scenario
 //! runs, so every seed config gets a start, a reload and a stop. Then baton
-//! is stopped, and it must get to `Exit` with every reload answered once.
+//! is stopped, and it must get to `Exit` with every reload answered once
+//! and every canary ended at most once.
 #![no_main]
 
 use std::collections::BTreeSet;
@@ -16,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton::fuzzing::{Action, ClientId, DriverError, ExitStatus, Notify, Supervisor, Waiter, WorkerId};
+use baton::fuzzing::{Action, ClientId, DriverError, ExitStatus, GenId, Notify, Supervisor, Waiter, WorkerId};
 use baton::fuzzing::{GenSpec, resolve};
 use baton::fuzzing::{Overrides, parse};
 use libfuzzer_sys::fuzz_target;
@@ -65,6 +67,10 @@ struct Harness {
     waiting: BTreeSet<ClientId>,
     next_pid: i32,
     exit: Option<i32>,
+    /// RunCheck not yet answered.
+    checks: Vec<GenId>,
+    /// Canaries that ended.
+    ended: BTreeSet<GenId>,
 }
 
 impl Harness {
@@ -80,6 +86,10 @@ impl Harness {
                     }
                 }
                 Action::Exit(code) => self.exit = Some(code),
+                Action::RunCheck { generation, .. } => self.checks.push(generation),
+                Action::CanaryEnded { generation, .. } => {
+                    assert!(self.ended.insert(generation), "canary {generation} ended twice");
+                }
                 Action::Signal { .. }
                 | Action::StopMessage { .. }
                 | Action::Kill { .. }
@@ -88,6 +98,21 @@ impl Harness {
                 | Action::WorkerFailed { .. }
                 | Action::Log { .. }
                 | Action::Phase(_) => {}
+            }
+        }
+    }
+
+    /// A new client (or none, like SIGHUP), which must get one answer.
+    fn waiter(&mut self, s: &mut Script<'_>) -> Option<Waiter> {
+        match s.byte() % 3 {
+            0 => None,
+            n => {
+                self.next_client = self.next_client.next();
+                self.waiting.insert(self.next_client);
+                Some(Waiter {
+                    client: self.next_client,
+                    wait: n == 2,
+                })
             }
         }
     }
@@ -147,7 +172,7 @@ impl Harness {
     }
 
     fn step(&mut self, op: u8, s: &mut Script<'_>) {
-        match op % 14 {
+        match op % 18 {
             0 => self.spawn_next(true),
             1 => self.spawn_next(false),
             2 => {
@@ -184,17 +209,7 @@ impl Harness {
             5 => self.fire_next(),
             6 => self.fire_due(),
             7 => {
-                let waiter = match s.byte() % 3 {
-                    0 => None,
-                    n => {
-                        self.next_client = self.next_client.next();
-                        self.waiting.insert(self.next_client);
-                        Some(Waiter {
-                            client: self.next_client,
-                            wait: n == 2,
-                        })
-                    }
-                };
+                let waiter = self.waiter(s);
                 self.core.request_reload(self.now, waiter);
             }
             8 => {
@@ -230,6 +245,36 @@ impl Harness {
                 let snapshot = self.core.snapshot(self.now);
                 let _ = baton::fuzzing::summary(&snapshot, None);
                 let _ = serde_json::to_string(&snapshot);
+            }
+            14 => {
+                let waiter = self.waiter(s);
+                let workers = usize::from(s.byte());
+                let hold = match s.byte() % 3 {
+                    0 => None,
+                    1 => Some(Duration::from_millis(u64::from(s.byte()))),
+                    _ => Some(Duration::from_nanos(s.u64())),
+                };
+                self.core.request_canary(self.now, waiter, workers, hold);
+            }
+            15 => {
+                let waiter = self.waiter(s);
+                self.core.promote(self.now, waiter);
+            }
+            16 => {
+                let waiter = self.waiter(s);
+                let target = (s.byte() % 2 == 0).then(|| self.spec.clone());
+                self.core.rollback(self.now, waiter, target);
+            }
+            17 => {
+                if let Some(generation) = s.pick(&self.checks) {
+                    self.checks.retain(|&g| g != generation);
+                    let result = if s.byte() % 2 == 0 {
+                        Ok(())
+                    } else {
+                        Err(DriverError::new(std::io::Error::other("fuzz: check failed")))
+                    };
+                    self.core.check_done(self.now, generation, result);
+                }
             }
             _ => {
                 while !self.to_spawn.is_empty() {
@@ -275,6 +320,8 @@ fuzz_target!(|data: &[u8]| {
         waiting: BTreeSet::new(),
         next_pid: 1000,
         exit: None,
+        checks: Vec::new(),
+        ended: BTreeSet::new(),
     };
     h.core.start(h.now, spec);
     h.drain();

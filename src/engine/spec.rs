@@ -32,6 +32,18 @@ pub struct Policy {
     pub stop_message: bool,
     /// `[limits] memory`, bytes.
     pub memory_limit: Option<u64>,
+    /// `[canary] check`: run when a canary's hold has passed; it promotes
+    /// the canary if it exits 0 and aborts it otherwise.
+    pub check: Option<CanaryCheck>,
+}
+
+/// The command that decides whether a canary is promoted after its hold.
+/// The driver runs it (and enforces its timeout); the core only asks for it
+/// ([`crate::engine::supervisor::Action::RunCheck`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryCheck {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
 }
 
 /// How to start a worker of this generation.

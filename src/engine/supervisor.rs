@@ -34,6 +34,32 @@
 //! its slot; the successor must be ready before the old worker retires, so
 //! the slot never goes empty.
 //!
+//! ## Canaries
+//!
+//! `reload --canary N` runs like a reload whose candidate has only
+//! `min(N, workers)` slots and replaces nothing: once they are all ready the
+//! candidate becomes the *canary* (role `Canary`) beside the serving
+//! generation, which keeps every slot, and the reload is over. Two
+//! generations are then active, the serving one and the canary, and
+//! nothing else may start beside them: a plain reload or SIGHUP is refused
+//! at once ([`ReloadError::CanaryRunning`]), and so is a second canary.
+//!
+//! A canary is judged strictly. Any failure of one of its workers (exit,
+//! watchdog, STOPPING=1, ERRNO=, the memory limit) *aborts* it: every
+//! canary worker retires, none is ever restarted, and
+//! [`Action::CanaryEnded`] says why. `promote` turns the canary back into a
+//! candidate of a reload with its pinned spec and its workers kept: it
+//! grows to full size (parallel), or first retires the old slots it covers
+//! and then rolls the rest (rolling), and from there it is a reload like any
+//! other, failures and rolling reverts included. A hold arms
+//! [`Timer::CanaryHold`]; when it fires with the canary still there, the
+//! check runs ([`Action::RunCheck`], answered by `check_done`) or, without
+//! one, the canary is promoted. `rollback` aborts a running canary;
+//! otherwise it is a reload from the release the driver names, without
+//! loading the config. Every canary that became ready gets exactly one
+//! `CanaryEnded`: promoted, rolled back, or aborted (a failed promotion and
+//! a stop included).
+//!
 //! # Driving it
 //!
 //! The core does no I/O and reads no clock, in the way of quinn-proto: the
@@ -92,6 +118,17 @@ use crate::engine::spec::GenSpec;
 pub fn after(now: Instant, d: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
     now.checked_add(d.min(FAR)).unwrap_or(now)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn strategy_name(strategy: ReloadStrategy) -> &'static str {
+    match strategy {
+        ReloadStrategy::Parallel => "parallel",
+        ReloadStrategy::Rolling => "rolling",
+    }
 }
 
 /// Declares an id newtype: a `u64` that cannot be mixed up with the other
@@ -250,6 +287,8 @@ pub enum Timer {
     Restart { generation: GenId, slot: usize, seq: u64 },
     /// A worker must ping (WATCHDOG=1) by its deadline.
     Watchdog(WorkerId),
+    /// A canary's hold is over: run its check, or promote it.
+    CanaryHold(GenId),
 }
 
 /// Lifecycle phase, for systemd's notify protocol and for tests.
@@ -279,6 +318,10 @@ pub enum Failure {
     WatchdogTrigger,
     /// It sent STOPPING=1 before its generation took over.
     StoppedEarly,
+    /// A canary worker sent ERRNO= (the errno is in the [`Fault`]).
+    Errno,
+    /// A canary worker stayed above `[limits] memory`.
+    MemoryLimit,
 }
 
 impl std::fmt::Display for Failure {
@@ -300,6 +343,8 @@ impl std::fmt::Display for Failure {
             Failure::WatchdogTimeout => f.write_str("stopped sending watchdog pings"),
             Failure::WatchdogTrigger => f.write_str("asked for its watchdog to fire (WATCHDOG=trigger)"),
             Failure::StoppedEarly => f.write_str("sent STOPPING=1 before its generation took over"),
+            Failure::Errno => f.write_str("reported an error, which fails a canary worker"),
+            Failure::MemoryLimit => f.write_str("stayed above its memory limit"),
         }
     }
 }
@@ -346,6 +391,16 @@ pub enum ReloadError {
     Worker { fault: Fault },
     /// baton is shutting down.
     Stopping,
+    /// A plain reload (or another canary) while a canary runs: `promote`
+    /// or `rollback` decide what happens next.
+    CanaryRunning { generation: GenId },
+    /// A canary, promote or rollback was asked for while something else
+    /// runs; nothing changed.
+    Busy { reason: String },
+    /// `promote` with no canary running.
+    NoCanary,
+    /// `rollback` with no canary running and no earlier release.
+    NoRollbackTarget,
 }
 
 impl std::fmt::Display for ReloadError {
@@ -354,6 +409,13 @@ impl std::fmt::Display for ReloadError {
             ReloadError::Config { error } => write!(f, "invalid config, nothing changed:\n{error}"),
             ReloadError::Worker { fault } => write!(f, "{fault}"),
             ReloadError::Stopping => f.write_str("baton is stopping"),
+            ReloadError::CanaryRunning { generation } => write!(
+                f,
+                "a canary (generation {generation}) is running: `baton promote` or `baton rollback` decide what happens next"
+            ),
+            ReloadError::Busy { reason } => write!(f, "{reason}; nothing changed"),
+            ReloadError::NoCanary => f.write_str("no canary is running"),
+            ReloadError::NoRollbackTarget => f.write_str("no earlier release to roll back to"),
         }
     }
 }
@@ -415,6 +477,32 @@ impl Next {
 pub struct ReloadOk {
     pub generation: GenId,
     pub elapsed_ms: u64,
+    /// `generation` is a canary beside the serving generation (it is not
+    /// serving alone).
+    pub canary: bool,
+}
+
+/// How a canary that became ready ended ([`Action::CanaryEnded`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum CanaryOutcome {
+    /// It became the serving generation.
+    Promoted,
+    /// `rollback` ended it.
+    RolledBack,
+    /// A failure ended it (a worker, the check, a failed promotion, a
+    /// stop); `reason` says which.
+    Aborted { reason: String },
+}
+
+impl std::fmt::Display for CanaryOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CanaryOutcome::Promoted => f.write_str("promoted"),
+            CanaryOutcome::RolledBack => f.write_str("rolled back"),
+            CanaryOutcome::Aborted { reason } => write!(f, "aborted: {reason}"),
+        }
+    }
 }
 
 pub type ReloadResult = Result<ReloadOk, ReloadError>;
@@ -457,6 +545,15 @@ pub enum Action {
     /// A line for baton's log, in order with the other actions (the core
     /// does no I/O, logging included).
     Log { level: tracing::Level, text: String },
+    /// A canary that became ready is over: log it, write the history.
+    /// Exactly one per canary that became ready.
+    CanaryEnded { generation: GenId, outcome: CanaryOutcome },
+    /// A canary's hold is over: run `check` (with the canary's pids in its
+    /// environment, killed at its timeout) and answer with `check_done`.
+    RunCheck {
+        generation: GenId,
+        check: crate::engine::spec::CanaryCheck,
+    },
     /// The phase changed.
     Phase(Phase),
     /// Nothing is left running; exit with this code.
@@ -522,6 +619,9 @@ struct Slot {
 pub enum Role {
     Starting,
     Serving,
+    /// Ready beside the serving generation, waiting for `promote`,
+    /// `rollback` or its hold.
+    Canary,
     Retiring,
 }
 
@@ -533,6 +633,9 @@ struct Generation {
     created: Instant,
     /// `reload --wait` clients, answered when this generation has exited.
     drain_waiters: Vec<(ClientId, ReloadOk)>,
+    /// Started as a canary of this many workers (slots `0..n`): none of
+    /// them is ever restarted.
+    canary: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -552,6 +655,41 @@ struct Reload {
     next_slot: usize,
     /// Rolling: failed midway, old slots being restored; the answer to give.
     reverting: Option<ReloadError>,
+    kind: ReloadKind,
+}
+
+/// What a running [`Reload`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReloadKind {
+    /// A reload: it loads the config and replaces the serving generation.
+    Plain,
+    /// `reload --canary`: it loads the config and starts `workers` beside
+    /// the serving generation, which stays as it is.
+    Canary { workers: usize, hold: Option<Duration> },
+    /// `promote`: the canary grows into the serving generation.
+    Promote,
+    /// `rollback` to a release the driver resolved: a reload without
+    /// loading the config.
+    Rollback,
+}
+
+/// A canary that is ready, beside the serving generation.
+#[derive(Debug)]
+struct Canary {
+    generation: GenId,
+    /// When its workers were all ready.
+    ready_at: Instant,
+    /// Its check runs ([`Action::RunCheck`]).
+    checking: bool,
+}
+
+/// How the last canary ended, for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastCanary {
+    pub generation: GenId,
+    pub outcome: CanaryOutcome,
+    #[serde(skip)]
+    pub finished: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -582,6 +720,9 @@ pub struct Supervisor {
     exited: bool,
     phase: Phase,
     last_reload: Option<LastReload>,
+    /// The canary beside the serving generation, once it is ready.
+    canary: Option<Canary>,
+    last_canary: Option<LastCanary>,
     actions: VecDeque<Action>,
     /// Pending timers by deadline, then arming order (so timers due at the
     /// same instant fire in the order they were armed).
@@ -614,6 +755,8 @@ impl Supervisor {
             exited: false,
             phase: Phase::Starting,
             last_reload: None,
+            canary: None,
+            last_canary: None,
             actions: VecDeque::new(),
             timers: BTreeMap::new(),
             armed: HashMap::new(),
@@ -659,6 +802,10 @@ impl Supervisor {
             }
             return;
         }
+        if let Some(error) = self.canary_refusal() {
+            self.refuse(waiter, error);
+            return;
+        }
         let busy = self.reload.is_some() || self.serving.is_none();
         if busy {
             let queued = self.queued.get_or_insert_with(Vec::new);
@@ -671,7 +818,153 @@ impl Supervisor {
             }
             return;
         }
-        self.begin_reload(now, waiter.into_iter().collect());
+        self.begin_reload(now, waiter.into_iter().collect(), ReloadKind::Plain);
+    }
+
+    /// `baton reload --canary N [--hold D]`: like a reload (the config is
+    /// loaded, answer with `config_loaded`), but the new generation starts
+    /// only `workers` (at most its configured count) beside the serving
+    /// generation, which stays at full strength. The waiter is answered
+    /// once they are all ready (`ReloadOk::canary`), or with the fault of
+    /// the first that fails. With `hold`, the canary promotes itself that
+    /// long after it became ready (after its check, if the spec has one).
+    /// Refused at once while a reload, a canary or a stop runs, or before
+    /// the first generation serves.
+    pub fn request_canary(&mut self, now: Instant, waiter: Option<Waiter>, workers: usize, hold: Option<Duration>) {
+        if let Some(error) = self.busy() {
+            self.refuse(waiter, error);
+            return;
+        }
+        let kind = ReloadKind::Canary {
+            workers: workers.max(1),
+            hold,
+        };
+        self.begin_reload(now, waiter.into_iter().collect(), kind);
+    }
+
+    /// `baton promote`: the running canary grows into the serving
+    /// generation from its pinned spec (no config is loaded), with its
+    /// strategy, keeping the canary's workers. Parallel: the remaining
+    /// slots start, and it takes over once all are ready. Rolling: the old
+    /// generation's slots the canary covers retire first, then the rest
+    /// roll one by one. A failure ends it like a failed reload: the whole
+    /// canary retires and the old generation is (back) at full strength.
+    /// The waiter is answered as for a reload; [`Action::CanaryEnded`]
+    /// follows either way.
+    pub fn promote(&mut self, now: Instant, waiter: Option<Waiter>) {
+        if self.stopping || self.exit_code.is_some() {
+            self.refuse(waiter, ReloadError::Stopping);
+            return;
+        }
+        let Some(canary) = self.canary.take() else {
+            let error = match self.canary_refusal() {
+                Some(busy) => busy,
+                None => ReloadError::NoCanary,
+            };
+            self.refuse(waiter, error);
+            return;
+        };
+        let generation = canary.generation;
+        self.disarm(Timer::CanaryHold(generation));
+        let Some(g) = self.gens.get_mut(&generation) else {
+            self.refuse(waiter, ReloadError::NoCanary);
+            return;
+        };
+        g.role = Role::Starting;
+        let covered = g.slots.len();
+        let workers = g.spec.policy.workers.max(covered);
+        let strategy = g.spec.policy.strategy;
+        g.slots.resize_with(workers, Slot::default);
+        self.candidate = Some(generation);
+        self.reload = Some(Reload {
+            waiters: waiter.into_iter().collect(),
+            started: now,
+            generation: Some(generation),
+            next_slot: covered,
+            reverting: None,
+            kind: ReloadKind::Promote,
+        });
+        self.set_phase(Phase::Reloading);
+        self.progress(format!(
+            "promoting canary generation {generation}: {covered} of {workers} workers ready ({})",
+            strategy_name(strategy)
+        ));
+        match strategy {
+            ReloadStrategy::Parallel => {
+                for slot in covered..workers {
+                    self.spawn(now, generation, slot);
+                }
+                if self.all_ready(generation) {
+                    self.take_over(now);
+                }
+            }
+            ReloadStrategy::Rolling => {
+                // The canary's ready workers replace the old slots they cover.
+                for slot in 0..covered {
+                    self.hand_over(now, slot);
+                }
+                self.roll_next(now);
+            }
+        }
+    }
+
+    /// `baton rollback`. With a canary running, it is aborted
+    /// (`CanaryOutcome::RolledBack`) and the waiter answered at once.
+    /// Otherwise `target` (the earlier release, which the driver resolves
+    /// from its history) starts as a reload would, without loading the
+    /// config; `None` is refused (`ReloadError::NoRollbackTarget`), as is
+    /// a rollback while a reload or a stop runs.
+    pub fn rollback(&mut self, now: Instant, waiter: Option<Waiter>, target: Option<Arc<GenSpec>>) {
+        if self.canary.is_some() {
+            self.end_canary(now, CanaryOutcome::RolledBack);
+            let ok = ReloadOk {
+                generation: self.serving.unwrap_or_default(),
+                elapsed_ms: 0,
+                canary: false,
+            };
+            self.push(Action::ReloadDone {
+                clients: waiter.into_iter().map(|w| w.client).collect(),
+                result: Ok(ok),
+            });
+            return;
+        }
+        if let Some(error) = self.busy() {
+            self.refuse(waiter, error);
+            return;
+        }
+        let Some(spec) = target else {
+            self.refuse(waiter, ReloadError::NoRollbackTarget);
+            return;
+        };
+        self.begin_reload(now, waiter.into_iter().collect(), ReloadKind::Rollback);
+        self.start_candidate(now, spec);
+    }
+
+    /// The answer to [`Action::RunCheck`]: `Ok` promotes the canary, an
+    /// error aborts it. Ignored if that canary is gone meanwhile.
+    pub fn check_done(&mut self, now: Instant, generation: GenId, result: Result<(), DriverError>) {
+        if !self
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.generation == generation && c.checking)
+        {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.push(Action::Log {
+                    level: tracing::Level::INFO,
+                    text: format!("the check of canary generation {generation} passed; promoting it"),
+                });
+                self.promote(now, None);
+            }
+            Err(error) => self.end_canary(
+                now,
+                CanaryOutcome::Aborted {
+                    reason: format!("check failed: {error}"),
+                },
+            ),
+        }
     }
 
     /// The answer to [`Action::LoadConfig`]: the resolved spec, or why the
@@ -691,20 +984,39 @@ impl Supervisor {
                 return;
             }
         };
+        self.start_candidate(now, spec);
+    }
+
+    /// The reload's generation from `spec`: all of it, or a canary's share.
+    fn start_candidate(&mut self, now: Instant, spec: Arc<GenSpec>) {
+        let kind = self.reload.as_ref().map_or(ReloadKind::Plain, |r| r.kind);
         let strategy = spec.policy.strategy;
         let generation = self.new_generation(now, spec);
         self.candidate = Some(generation);
-        let count = self.slot_count(generation);
         if let Some(reload) = self.reload.as_mut() {
             reload.generation = Some(generation);
         }
+        if let ReloadKind::Canary { workers, .. } = kind {
+            let count = workers.min(self.slot_count(generation));
+            if let Some(g) = self.gens.get_mut(&generation) {
+                g.slots.truncate(count);
+                g.canary = Some(count);
+            }
+            self.progress(format!(
+                "starting canary generation {generation} with {count} worker{} beside generation {}",
+                plural(count),
+                self.serving.unwrap_or_default()
+            ));
+            for slot in 0..count {
+                self.spawn(now, generation, slot);
+            }
+            return;
+        }
+        let count = self.slot_count(generation);
         let text = format!(
             "starting generation {generation} with {count} worker{} ({})",
-            if count == 1 { "" } else { "s" },
-            match strategy {
-                ReloadStrategy::Parallel => "parallel",
-                ReloadStrategy::Rolling => "rolling",
-            }
+            plural(count),
+            strategy_name(strategy)
         );
         self.progress(text);
         match strategy {
@@ -777,7 +1089,14 @@ impl Supervisor {
                 }
             }
             Notify::Status(text) => w.status_text = Some(text),
-            Notify::Errno(errno) => w.errno = Some(errno),
+            Notify::Errno(errno) => {
+                w.errno = Some(errno);
+                // A canary is judged strictly: a reported error ends it.
+                let (generation, state) = (w.generation, w.state);
+                if state != WorkerState::Stopping && self.in_canary(generation) {
+                    self.fail_live_worker(now, worker, Failure::Errno);
+                }
+            }
             Notify::MainPid(pid) => {
                 if w.pid.is_some() {
                     w.pid = Some(pid);
@@ -900,6 +1219,7 @@ impl Supervisor {
                 }
             }
             Timer::Restart { generation, slot, seq } => self.restart_slot(now, generation, slot, seq),
+            Timer::CanaryHold(generation) => self.hold_over(now, generation),
             Timer::Watchdog(id) => {
                 let Some(w) = self.workers.get_mut(&id) else { return };
                 if w.state != WorkerState::Ready {
@@ -926,6 +1246,11 @@ impl Supervisor {
     pub fn memory_exceeded(&mut self, now: Instant, worker: WorkerId) {
         let Some(w) = self.workers.get(&worker) else { return };
         let (generation, slot) = (w.generation, w.slot);
+        if matches!(w.state, WorkerState::Starting | WorkerState::Ready) && self.in_canary(generation) {
+            // A canary worker is never replaced: its failure ends the canary.
+            self.fail_live_worker(now, worker, Failure::MemoryLimit);
+            return;
+        }
         if w.state != WorkerState::Ready
             || Some(generation) != self.serving
             || self.reload.is_some()
@@ -1075,6 +1400,7 @@ impl Supervisor {
                 slots,
                 created: now,
                 drain_waiters: Vec::new(),
+                canary: None,
             },
         );
         id
@@ -1238,14 +1564,21 @@ impl Supervisor {
             if reverting {
                 return;
             }
-            let rolling = self.reload.is_some()
+            let kind = self.reload.as_ref().map(|r| r.kind);
+            let canary = matches!(kind, Some(ReloadKind::Canary { .. }));
+            let rolling = kind.is_some()
+                && !canary
                 && self.gens.get(&generation).map(|g| g.spec.policy.strategy) == Some(ReloadStrategy::Rolling);
             if rolling {
                 self.progress(format!("worker {slot} of generation {generation} is ready"));
                 self.hand_over(now, slot);
                 self.roll_next(now);
             } else if self.all_ready(generation) {
-                self.promote(now);
+                if canary {
+                    self.canary_ready(now);
+                } else {
+                    self.take_over(now);
+                }
             }
         } else if Some(generation) == self.serving {
             self.successor_ready(now, generation, slot, worker);
@@ -1267,16 +1600,15 @@ impl Supervisor {
     /// Rolling: the candidate's `slot` is ready, so the old one retires.
     fn hand_over(&mut self, now: Instant, slot: usize) {
         let Some(old) = self.serving else { return };
-        let old_worker = self
-            .gens
-            .get_mut(&old)
-            .and_then(|g| g.slots.get_mut(slot))
-            .and_then(|s| {
-                s.handed_over = true;
-                s.restart_pending = false;
-                s.worker
-            });
-        if let Some(id) = old_worker {
+        let Some(s) = self.gens.get_mut(&old).and_then(|g| g.slots.get_mut(slot)) else {
+            return;
+        };
+        s.handed_over = true;
+        s.restart_pending = false;
+        // A memory successor on its way goes too: the slot is no longer
+        // the old generation's to fill.
+        let (worker, successor) = (s.worker, s.successor);
+        for id in successor.into_iter().chain(worker) {
             self.retire_worker(now, id);
         }
     }
@@ -1291,12 +1623,12 @@ impl Supervisor {
             reload.next_slot += 1;
             self.spawn(now, generation, next);
         } else {
-            self.promote(now);
+            self.take_over(now);
         }
     }
 
     /// The candidate is ready: it serves, the old generation retires.
-    fn promote(&mut self, now: Instant) {
+    fn take_over(&mut self, now: Instant) {
         let Some(generation) = self.candidate.take() else {
             return;
         };
@@ -1309,7 +1641,11 @@ impl Supervisor {
         }
         if self.reload.is_some() {
             let elapsed_ms = self.reload.as_ref().map_or(0, |r| (now - r.started).as_millis() as u64);
-            let ok = ReloadOk { generation, elapsed_ms };
+            let ok = ReloadOk {
+                generation,
+                elapsed_ms,
+                canary: false,
+            };
             let waiting: Vec<Waiter> = self
                 .reload
                 .as_ref()
@@ -1344,25 +1680,179 @@ impl Supervisor {
         }
     }
 
-    fn begin_reload(&mut self, now: Instant, waiters: Vec<Waiter>) {
+    fn begin_reload(&mut self, now: Instant, waiters: Vec<Waiter>, kind: ReloadKind) {
         self.reload = Some(Reload {
             waiters,
             started: now,
             generation: None,
             next_slot: 0,
             reverting: None,
+            kind,
         });
         self.set_phase(Phase::Reloading);
-        self.push(Action::LoadConfig);
+        if matches!(kind, ReloadKind::Plain | ReloadKind::Canary { .. }) {
+            self.push(Action::LoadConfig);
+        }
     }
 
     fn start_queued(&mut self, now: Instant) {
         if self.reload.is_some() || self.stopping || self.exit_code.is_some() {
             return;
         }
-        if let Some(waiters) = self.queued.take() {
-            self.begin_reload(now, waiters);
+        let Some(waiters) = self.queued.take() else { return };
+        match self.canary_refusal() {
+            // A follow-up must not replace a canary behind its back.
+            Some(error) => {
+                let clients = waiters.iter().map(|w| w.client).collect();
+                self.push(Action::ReloadDone {
+                    clients,
+                    result: Err(error),
+                });
+            }
+            None => self.begin_reload(now, waiters, ReloadKind::Plain),
         }
+    }
+
+    /// Answers a request that cannot run now, at once; nothing changes. A
+    /// request nobody waits for (SIGHUP) is still reported, for the log.
+    fn refuse(&mut self, waiter: Option<Waiter>, error: ReloadError) {
+        self.push(Action::ReloadDone {
+            clients: waiter.into_iter().map(|w| w.client).collect(),
+            result: Err(error),
+        });
+    }
+
+    /// Why a plain reload must not run now because of a canary.
+    fn canary_refusal(&self) -> Option<ReloadError> {
+        if let Some(c) = &self.canary {
+            return Some(ReloadError::CanaryRunning {
+                generation: c.generation,
+            });
+        }
+        if self
+            .reload
+            .as_ref()
+            .is_some_and(|r| matches!(r.kind, ReloadKind::Canary { .. }))
+        {
+            return Some(ReloadError::Busy {
+                reason: "a canary is starting; once it is ready, `baton promote` or `baton rollback` decide what happens next"
+                    .into(),
+            });
+        }
+        None
+    }
+
+    /// Why a canary or a rollback cannot start now.
+    fn busy(&self) -> Option<ReloadError> {
+        if self.stopping || self.exit_code.is_some() {
+            return Some(ReloadError::Stopping);
+        }
+        if let Some(error) = self.canary_refusal() {
+            return Some(error);
+        }
+        let reason = if self.reload.is_some() {
+            "a reload is in progress"
+        } else if self.serving.is_none() {
+            "the first generation is not serving yet"
+        } else {
+            return None;
+        };
+        Some(ReloadError::Busy { reason: reason.into() })
+    }
+
+    /// `generation` is a canary: ready beside the serving generation, or
+    /// still starting as one. Its workers fail on ERRNO= and the memory
+    /// limit, and are never restarted.
+    fn in_canary(&self, generation: GenId) -> bool {
+        match self.gens.get(&generation).map(|g| g.role) {
+            Some(Role::Canary) => true,
+            Some(Role::Starting) => self
+                .reload
+                .as_ref()
+                .is_some_and(|r| r.generation == Some(generation) && matches!(r.kind, ReloadKind::Canary { .. })),
+            _ => false,
+        }
+    }
+
+    /// Every canary worker is ready: it runs beside the serving generation
+    /// until `promote`, `rollback`, a failure or its hold.
+    fn canary_ready(&mut self, now: Instant) {
+        let Some(generation) = self.candidate.take() else {
+            return;
+        };
+        let Some(reload) = self.reload.as_ref() else { return };
+        let hold = match reload.kind {
+            ReloadKind::Canary { hold, .. } => hold,
+            _ => None,
+        };
+        let elapsed_ms = now.duration_since(reload.started).as_millis() as u64;
+        if let Some(g) = self.gens.get_mut(&generation) {
+            g.role = Role::Canary;
+        }
+        self.canary = Some(Canary {
+            generation,
+            ready_at: now,
+            checking: false,
+        });
+        if let Some(hold) = hold {
+            self.arm(after(now, hold), Timer::CanaryHold(generation));
+        }
+        let ok = ReloadOk {
+            generation,
+            elapsed_ms,
+            canary: true,
+        };
+        self.finish_reload(now, Ok(ok));
+        // The serving generation may have been lost while the canary started.
+        self.check_lost(now);
+    }
+
+    /// The canary's hold is over without a failure: its check runs, or
+    /// (without one) it is promoted.
+    fn hold_over(&mut self, now: Instant, generation: GenId) {
+        let check = self.gens.get(&generation).and_then(|g| g.spec.policy.check.clone());
+        let Some(canary) = self
+            .canary
+            .as_mut()
+            .filter(|c| c.generation == generation && !c.checking)
+        else {
+            return;
+        };
+        match check {
+            Some(check) => {
+                canary.checking = true;
+                self.push(Action::Log {
+                    level: tracing::Level::INFO,
+                    text: format!("the hold of canary generation {generation} is over; running its check"),
+                });
+                self.push(Action::RunCheck { generation, check });
+            }
+            None => {
+                self.push(Action::Log {
+                    level: tracing::Level::INFO,
+                    text: format!("the hold of canary generation {generation} is over; promoting it"),
+                });
+                self.promote(now, None);
+            }
+        }
+    }
+
+    /// Ends the running canary: every worker retires (none is restarted),
+    /// the serving generation stays as it is.
+    fn end_canary(&mut self, now: Instant, outcome: CanaryOutcome) {
+        let Some(canary) = self.canary.take() else { return };
+        self.disarm(Timer::CanaryHold(canary.generation));
+        self.retire_generation(now, canary.generation);
+        self.canary_ended(now, canary.generation, outcome);
+    }
+
+    fn canary_ended(&mut self, now: Instant, generation: GenId, outcome: CanaryOutcome) {
+        self.last_canary = Some(LastCanary {
+            generation,
+            outcome: outcome.clone(),
+            finished: now,
+        });
+        self.push(Action::CanaryEnded { generation, outcome });
     }
 
     fn finish_reload(&mut self, now: Instant, result: ReloadResult) {
@@ -1375,14 +1865,32 @@ impl Supervisor {
             },
             ok: result.is_ok(),
             message: match &result {
+                Ok(ok) if ok.canary => format!(
+                    "generation {} is a canary beside generation {}",
+                    ok.generation,
+                    self.serving.unwrap_or_default()
+                ),
                 Ok(ok) => format!("generation {} serving", ok.generation),
                 Err(e) => e.to_string(),
             },
             finished: now,
             elapsed_ms,
         });
+        let promoted = match (&result, reload.kind, reload.generation) {
+            (Ok(ok), ReloadKind::Promote, _) => Some((ok.generation, CanaryOutcome::Promoted)),
+            (Err(e), ReloadKind::Promote, Some(generation)) => Some((
+                generation,
+                CanaryOutcome::Aborted {
+                    reason: format!("the promotion failed: {e}"),
+                },
+            )),
+            _ => None,
+        };
         let clients: Vec<ClientId> = reload.waiters.iter().map(|w| w.client).collect();
         self.push(Action::ReloadDone { clients, result });
+        if let Some((generation, outcome)) = promoted {
+            self.canary_ended(now, generation, outcome);
+        }
         if !self.stopping {
             self.set_phase(Phase::Ready);
         }
@@ -1428,11 +1936,28 @@ impl Supervisor {
                 self.check_revert(now);
                 return;
             }
+            let context = if self.in_canary(generation) {
+                "the canary failed to start; the serving generation is untouched"
+            } else {
+                "the new generation failed; the old one keeps serving"
+            };
             self.push(Action::WorkerFailed {
                 fault: fault.clone(),
-                context: "the new generation failed; the old one keeps serving".into(),
+                context: context.into(),
             });
             self.fail_reload(now, ReloadError::Worker { fault });
+            return;
+        }
+        if self.canary.as_ref().is_some_and(|c| c.generation == generation) {
+            self.push(Action::WorkerFailed {
+                fault: fault.clone(),
+                context: format!(
+                    "aborting canary generation {generation}: its workers retire and none is restarted; generation {} keeps serving",
+                    self.serving.unwrap_or_default()
+                ),
+            });
+            let reason = fault.to_string();
+            self.end_canary(now, CanaryOutcome::Aborted { reason });
             return;
         }
         if Some(generation) == self.serving && !self.stopping {
@@ -1480,7 +2005,7 @@ impl Supervisor {
         self.progress(format!(
             "{error}; restoring {} worker{} of generation {}",
             handed_over.len(),
-            if handed_over.len() == 1 { "" } else { "s" },
+            plural(handed_over.len()),
             self.serving.unwrap_or_default()
         ));
         if let Some(r) = self.reload.as_mut() {
@@ -1622,7 +2147,7 @@ impl Supervisor {
             return;
         }
         let (generation, slot) = (w.generation, w.slot);
-        if Some(generation) == self.candidate {
+        if Some(generation) == self.candidate || self.in_canary(generation) {
             self.fail_live_worker(now, worker, Failure::StoppedEarly);
             return;
         }
@@ -1670,6 +2195,22 @@ impl Supervisor {
 
     fn shut_everything_down(&mut self, now: Instant) {
         self.set_phase(Phase::Stopping);
+        let reason = if self.stopping {
+            "baton is stopping"
+        } else {
+            "baton is exiting"
+        };
+        let canary = self.canary.take().map(|c| c.generation).or_else(|| {
+            self.reload
+                .as_ref()
+                .filter(|r| r.kind == ReloadKind::Promote)
+                .and_then(|r| r.generation)
+        });
+        if let Some(generation) = canary {
+            self.disarm(Timer::CanaryHold(generation));
+            let reason = reason.to_owned();
+            self.canary_ended(now, generation, CanaryOutcome::Aborted { reason });
+        }
         if let Some(reload) = self.reload.take() {
             let clients: Vec<ClientId> = reload.waiters.iter().map(|w| w.client).collect();
             if !clients.is_empty() {
@@ -1787,6 +2328,16 @@ impl Supervisor {
             reload_queued: self.queued.is_some(),
             generations,
             last_reload: self.last_reload.clone(),
+            canary: self.canary.as_ref().map(|c| CanarySnapshot {
+                generation: c.generation,
+                ready_ms: now.duration_since(c.ready_at).as_millis() as u64,
+                hold_left_ms: self
+                    .armed
+                    .get(&Timer::CanaryHold(c.generation))
+                    .map(|&(at, _)| at.saturating_duration_since(now).as_millis() as u64),
+                checking: c.checking,
+            }),
+            last_canary: self.last_canary.clone(),
         }
     }
 }
@@ -1829,6 +2380,22 @@ pub struct Snapshot {
     pub reload_queued: bool,
     pub generations: Vec<GenerationSnapshot>,
     pub last_reload: Option<LastReload>,
+    /// The canary beside the serving generation, once it is ready (its
+    /// generation has role "canary").
+    pub canary: Option<CanarySnapshot>,
+    /// How the last canary ended.
+    pub last_canary: Option<LastCanary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CanarySnapshot {
+    pub generation: GenId,
+    /// Since its workers were all ready.
+    pub ready_ms: u64,
+    /// Until its hold is over (`None`: no hold, or it is over).
+    pub hold_left_ms: Option<u64>,
+    /// Its check runs.
+    pub checking: bool,
 }
 
 #[cfg(test)]

@@ -108,6 +108,8 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
         watchdog: config.watchdog,
         stop_message: config.stop.message.is_some(),
         memory_limit: config.memory_limit,
+        // `[canary] check` comes with the config side of issue 11.
+        check: None,
     };
     Ok(GenSpec {
         policy,
