@@ -54,11 +54,11 @@ use tracing::Instrument;
 
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::status;
-use crate::control::{self, Command, ReloadAnswer, Reply};
-use crate::engine::spec::GenSpec;
+use crate::control::{self, Change, Command, ReloadAnswer, Reply};
+use crate::engine::spec::{CanaryCheck, GenSpec};
 use crate::engine::supervisor::{
-    Action, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult, Supervisor,
-    Waiter, WorkerId,
+    Action, CanaryOutcome, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult,
+    Supervisor, Waiter, WorkerId,
 };
 use crate::os::activation::Listener;
 use crate::os::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
@@ -115,6 +115,33 @@ enum LoadError {
     Task(#[source] tokio::task::JoinError),
 }
 
+/// Why a canary's check did not pass.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error("cannot start `{argv}`")]
+    Start {
+        argv: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{argv}` {status}")]
+    Failed { argv: String, status: ExitStatus },
+    #[error("`{argv}` did not finish within {} ([canary] check_timeout); killed it", humantime::format_duration(*.timeout))]
+    Timeout { argv: String, timeout: Duration },
+}
+
+/// A canary's check that runs: a child of baton in a process group of its
+/// own, reaped by [`Driver::reap`].
+struct RunningCheck {
+    generation: GenId,
+    argv: String,
+}
+
+/// The checks that run, by pid. The task that starts one holds the lock
+/// across the fork and the insert, so the reaper, which asks here before it
+/// reaps a child, never takes a check's exit for somebody else's.
+type Checks = Arc<std::sync::Mutex<HashMap<i32, RunningCheck>>>;
+
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
 enum StartError {
@@ -161,6 +188,16 @@ enum Event {
     Status {
         reply: tokio::sync::oneshot::Sender<serde_json::Value>,
         memory: HashMap<WorkerId, u64>,
+    },
+    /// A canary's check could not start.
+    CheckFailed {
+        generation: GenId,
+        error: DriverError,
+    },
+    /// A canary's check (this pid) reached its timeout.
+    CheckTimeout {
+        pid: i32,
+        timeout: Duration,
     },
 }
 
@@ -272,6 +309,8 @@ struct Driver {
     sampling: bool,
     /// Removals of emptied worker cgroups, awaited (bounded) before exit.
     cleanup: TaskTracker,
+    /// The canary checks that run.
+    checks: Checks,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -396,6 +435,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         tree,
         sampling: false,
         cleanup: TaskTracker::new(),
+        checks: Checks::default(),
     };
     if driver.systemd.is_some() {
         tracing::debug!("notifying systemd");
@@ -560,11 +600,51 @@ impl Driver {
                 let _ = reply.send(self.status_json(now, &memory));
             }
             Event::Memory(used) => self.memory_sampled(used),
-            Event::Control(Command::Reload { wait, replies }) => {
+            Event::Control(Command::Reload { change, wait, replies }) => {
                 let client = self.next_client;
                 self.next_client = client.next();
                 self.clients.insert(client, replies);
-                self.core.request_reload(now, Some(Waiter { client, wait }));
+                let waiter = Some(Waiter { client, wait });
+                match change {
+                    Change::Reload { canary: None, .. } => self.core.request_reload(now, waiter),
+                    Change::Reload {
+                        canary: Some(workers),
+                        hold,
+                    } => {
+                        tracing::info!(
+                            "canary of {workers} worker{} requested",
+                            if workers == 1 { "" } else { "s" }
+                        );
+                        self.core.request_canary(now, waiter, workers, hold);
+                    }
+                    Change::Promote => {
+                        tracing::info!("promote requested");
+                        self.core.promote(now, waiter);
+                    }
+                    Change::Rollback { to } => {
+                        match &to {
+                            Some(release) => tracing::info!("rollback to release {release} requested"),
+                            None => tracing::info!("rollback requested"),
+                        }
+                        // Releases are not remembered yet: without a canary
+                        // the core answers that there is nothing to go back to.
+                        self.core.rollback(now, waiter, None);
+                    }
+                }
+            }
+            Event::CheckFailed { generation, error } => self.core.check_done(now, generation, Err(error)),
+            Event::CheckTimeout { pid, timeout } => {
+                if let Some(check) = self.take_check(pid) {
+                    // Unreaped (the reaper removes a check before it reaps
+                    // it), so the group id is still the check's.
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    let error = CheckError::Timeout {
+                        argv: check.argv,
+                        timeout,
+                    };
+                    self.core
+                        .check_done(now, check.generation, Err(DriverError::new(error)));
+                }
             }
         }
     }
@@ -678,14 +758,18 @@ impl Driver {
                     }
                     self.status_line = line;
                 }
-                // Nothing starts a canary yet: the driver side of issue 11
-                // (history, the check command, the CLI) comes next.
                 Action::CanaryEnded { generation, outcome } => {
-                    tracing::info!("canary generation {generation}: {outcome}");
+                    match &outcome {
+                        CanaryOutcome::Aborted { .. } => {
+                            tracing::warn!(
+                                "canary generation {generation} {outcome}; the serving generation is untouched"
+                            )
+                        }
+                        _ => tracing::info!("canary generation {generation} {outcome}"),
+                    }
+                    self.stop_checks(Some(generation));
                 }
-                Action::RunCheck { generation, .. } => {
-                    tracing::warn!("canary generation {generation}: running its check is not supported yet");
-                }
+                Action::RunCheck { generation, check } => self.run_check(generation, check),
                 Action::Exit(code) => return Some(code),
             }
         }
@@ -726,6 +810,110 @@ impl Driver {
         });
     }
 
+    /// Runs a canary's check: on the blocking pool (fork and exec), in a
+    /// process group of its own, with the canary's name, generation and
+    /// pids in its environment and its directory as cwd; its output goes to
+    /// baton's log. The reaper answers `check_done` when it exits; a task
+    /// arms its timeout.
+    fn run_check(&mut self, generation: GenId, check: CanaryCheck) {
+        let mut pids: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|io| io.generation == generation)
+            .map(|io| io.main)
+            .collect();
+        pids.sort_unstable();
+        let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
+        let directory = self
+            .core
+            .snapshot(Instant::now())
+            .generations
+            .into_iter()
+            .find(|g| g.id == generation)
+            .and_then(|g| g.directory);
+        let argv = check.argv.join(" ");
+        tracing::info!(
+            "canary generation {generation}: running its check `{argv}` (pids {}, timeout {})",
+            pids.join(" "),
+            humantime::format_duration(check.timeout)
+        );
+        let Some((program, args)) = check.argv.split_first() else {
+            return;
+        };
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        for key in config::RESERVED_ENV {
+            cmd.env_remove(key);
+        }
+        cmd.env_remove("JOURNAL_STREAM")
+            .env("BATON_NAME", &*self.name)
+            .env("BATON_GENERATION", generation.to_string())
+            .env("BATON_CANARY_PIDS", pids.join(" "))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::io::stderr())
+            .stderr(std::io::stderr());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if let Some(dir) = directory {
+            cmd.current_dir(dir);
+        }
+        let (checks, events, tasks, timeout) = (
+            self.checks.clone(),
+            self.events.clone(),
+            self.tasks.clone(),
+            check.timeout,
+        );
+        spawn_task(&self.tasks, &self.done, "check", async move {
+            let start = tasks.spawn_blocking(move || {
+                let mut running = checks.lock().unwrap_or_else(|e| e.into_inner());
+                let child = cmd.spawn().map_err(|source| CheckError::Start {
+                    argv: argv.clone(),
+                    source,
+                })?;
+                let pid = child.id() as i32;
+                running.insert(pid, RunningCheck { generation, argv });
+                Ok::<_, CheckError>(pid)
+            });
+            let event = match start.await {
+                Ok(Ok(pid)) => {
+                    tokio::time::sleep(timeout).await;
+                    Event::CheckTimeout { pid, timeout }
+                }
+                Ok(Err(e)) => Event::CheckFailed {
+                    generation,
+                    error: DriverError::new(e),
+                },
+                Err(e) => Event::CheckFailed {
+                    generation,
+                    error: DriverError::new(e),
+                },
+            };
+            let _ = events.send(event).await;
+        });
+    }
+
+    /// The running check with this pid, now no longer tracked.
+    fn take_check(&self, pid: i32) -> Option<RunningCheck> {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid)
+    }
+
+    /// Kills the checks of `generation` (all with `None`); their exits are
+    /// then reaped like any other child's.
+    fn stop_checks(&self, generation: Option<GenId>) {
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        checks.retain(|&pid, check| {
+            if generation.is_some_and(|g| g != check.generation) {
+                return true;
+            }
+            tracing::info!(
+                "killing the check `{}` of canary generation {}",
+                check.argv,
+                check.generation
+            );
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            false
+        });
+    }
+
     fn tail_of(&self, worker: WorkerId) -> Vec<String> {
         self.workers
             .get(&worker)
@@ -756,15 +944,21 @@ impl Driver {
     fn reload_done(&mut self, clients: Vec<ClientId>, result: ReloadResult) {
         let answer = match &result {
             Ok(ok) => {
-                tracing::info!(
-                    "reload finished: generation {} serving (took {})",
-                    ok.generation,
-                    humantime::format_duration(Duration::from_millis(ok.elapsed_ms))
-                );
+                let took = humantime::format_duration(Duration::from_millis(ok.elapsed_ms));
+                let message = if ok.canary {
+                    tracing::info!("canary generation {} is ready (took {took})", ok.generation);
+                    format!(
+                        "canary generation {} is ready beside the serving generation; `baton promote` or `baton rollback` decide what happens next",
+                        ok.generation
+                    )
+                } else {
+                    tracing::info!("reload finished: generation {} serving (took {took})", ok.generation);
+                    format!("generation {} is serving", ok.generation)
+                };
                 ReloadAnswer {
                     ok: true,
                     generation: Some(ok.generation.get()),
-                    message: format!("generation {} is serving", ok.generation),
+                    message,
                     output: Vec::new(),
                 }
             }
@@ -1050,6 +1244,20 @@ impl Driver {
                 },
             };
             let raw = pid.as_raw();
+            if let Some(check) = self.take_check(raw) {
+                // Its group first, while the zombie still holds the id.
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                let result = match status {
+                    ExitStatus::Code(0) => Ok(()),
+                    status => Err(DriverError::new(CheckError::Failed {
+                        argv: check.argv,
+                        status,
+                    })),
+                };
+                self.core.check_done(Instant::now(), check.generation, result);
+                continue;
+            }
             let main_of = self.pids.remove(&raw);
             let leader_of = self
                 .workers
@@ -1116,8 +1324,19 @@ impl Driver {
     /// `fallback`: the generation of the process whose exit just orphaned
     /// it. An orphan of a retired generation is killed at once.
     fn adopt_orphans(&mut self, fallback: Option<GenId>) {
+        let checks: BTreeSet<i32> = self
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
         for pid in procfs::own_children() {
-            if self.orphans.contains_key(&pid) || self.pids.contains_key(&pid) || self.spawner.forked(pid) {
+            if self.orphans.contains_key(&pid)
+                || self.pids.contains_key(&pid)
+                || self.spawner.forked(pid)
+                || checks.contains(&pid)
+            {
                 continue;
             }
             let generation = generation_of(pid, &self.name).or(fallback);
@@ -1154,6 +1373,8 @@ impl Driver {
     /// stop request did not wait for), and reaps until there is none, so
     /// nothing is left as a zombie of PID 1.
     async fn kill_everything_and_reap(&mut self) {
+        // Untracked, they are adopted (and killed) below like orphans.
+        self.stop_checks(None);
         let deadline = Instant::now() + EXIT_GRACE;
         loop {
             self.adopt_orphans(None);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ListenAddress, Workers};
+use crate::config::{Dur, ListenAddress, Workers};
 use crate::systemd::version::SystemdVersion;
 
 #[derive(Debug, Parser)]
@@ -148,18 +148,70 @@ baton run --listen 127.0.0.1:8080 --workers 4 -- node server.js"
         #[arg(last = true, value_name = "CMD ARGS")]
         command: Vec<String>,
     },
-    /// Start a new generation, wait until it is ready, retire the old one
+    /// Start a new generation, wait until it is ready, retire the old one (or, with --canary, start a few beside it)
     #[command(
-        after_help = "Exit codes: 0 the new generation is serving · 1 the reload failed and the old \
-generation is still serving (the reason and the failing worker's last output are printed) · \
-2 usage error or no supervisor reachable."
+        after_help = "Exit codes: 0 the new generation is serving (with --canary: the canary's workers \
+are ready beside the serving generation) · 1 the reload failed or was refused and the old generation \
+is still serving at full strength (the reason and the failing worker's last output are printed; a \
+plain reload is refused while a canary runs: promote or roll it back first) · 2 usage error or no \
+supervisor reachable.\n\n\
+Canary release:\n  baton reload myapp --canary 1            # 1 new worker beside the serving ones\n  \
+baton promote myapp                      # happy: the new release takes over\n  \
+baton rollback myapp                     # unhappy: the canary stops, nothing else changes\n  \
+baton reload myapp --canary 1 --hold 10m # promote by itself after 10 minutes without a failure\n\n\
+Any failure of a canary worker (exit, crash, readiness or watchdog timeout, ERRNO=, memory limit) \
+aborts the canary: its workers stop and are never restarted."
     )]
     Reload {
         #[command(flatten)]
         target: Target,
         /// Also wait until the old generation has fully exited
-        #[arg(long)]
+        #[arg(long, conflicts_with = "canary")]
         wait: bool,
+        /// Start only N workers of the new release BESIDE the serving
+        /// generation, which keeps all its workers (a canary). Exit 0 once
+        /// they are ready; then `baton promote` or `baton rollback` decide
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        canary: Option<u32>,
+        /// With --canary: after this long without a failure, run
+        /// [canary] check (if any) and promote the canary by itself
+        /// (default: [canary] hold; without one, a person decides)
+        #[arg(long, value_name = "DURATION", requires = "canary")]
+        hold: Option<Dur>,
+    },
+    /// Finish a canary: grow it into the serving generation, from the release it pinned
+    #[command(
+        long_about = "Finish the running canary (started by `baton reload --canary N`): its release \
+becomes the serving generation, started with the configured strategy (parallel or rolling). The \
+canary's workers join the new generation without a restart. It uses the release the canary \
+pinned when it started, NOT the config or the `current` symlink as they are now.",
+        after_help = "Exit codes: 0 the canary's release is serving · 1 the promotion failed or was \
+refused (no canary running, another reload running): the reason is printed, and the old generation \
+is still serving at full strength · 2 usage error or no supervisor reachable.\n\n\
+Example:\n  baton reload myapp --canary 1     # 1 worker of the new release beside the old ones\n  \
+baton status myapp                 # look: both generations serve\n  baton promote myapp"
+    )]
+    Promote {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Abort the running canary (its workers stop; the serving generation is untouched)
+    #[command(
+        long_about = "With a canary running: abort it. Its workers stop and are not restarted; the \
+serving generation is untouched. Without a canary, rollback would go back to the release that served \
+before the current one (a second rollback returns to where the first started, like `cd -`), or \
+to --to RELEASE; this baton does not remember releases yet, so it refuses with exit 1 and changes \
+nothing.",
+        after_help = "Exit codes: 0 the canary was aborted · 1 refused or failed (the reason is \
+printed); nothing changed · 2 usage error or no supervisor reachable.\n\n\
+Example:\n  baton rollback myapp"
+    )]
+    Rollback {
+        #[command(flatten)]
+        target: Target,
+        /// Go back to this release (an id that `baton history` shows)
+        #[arg(long, value_name = "RELEASE")]
+        to: Option<String>,
     },
     /// Show generations, workers, pids, states, restarts, memory and the last reload
     #[command(after_help = "Exit codes: 0 ok · 2 usage error or no supervisor reachable.")]

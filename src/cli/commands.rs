@@ -177,32 +177,33 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// `baton reload`.
-pub fn reload(target: Target, wait: bool) -> i32 {
+/// `baton reload`, `baton promote` and `baton rollback`: a request
+/// answered like a reload. `verb` names the command in messages.
+pub fn change(target: Target, verb: &str, request: &Request) -> i32 {
     let (path, what) = match control_target(&target) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("baton reload: {}", chain(&e));
+            eprintln!("baton {verb}: {}", chain(&e));
             return EX_USAGE;
         }
     };
     let rt = match client_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("baton reload: {e:#}");
+            eprintln!("baton {verb}: {e:#}");
             return EX_USAGE;
         }
     };
-    let reply = rt.block_on(control::request(&path, &what, &Request::Reload { wait }, |p| {
+    let reply = rt.block_on(control::request(&path, &what, request, |p| {
         println!("baton: {p}");
     }));
     match reply {
         Ok(Reply::Reloaded(answer)) if answer.ok => {
-            println!("baton: reload ok: {}", answer.message);
+            println!("baton: {verb} ok: {}", answer.message);
             EX_OK
         }
         Ok(Reply::Reloaded(answer)) => {
-            eprintln!("baton: RELOAD FAILED: {}", answer.message);
+            eprintln!("baton: {} FAILED: {}", verb.to_uppercase(), answer.message);
             eprintln!("baton: the previous generation is still serving");
             if !answer.output.is_empty() {
                 eprintln!("baton: last output of the failing worker:");
@@ -213,19 +214,19 @@ pub fn reload(target: Target, wait: bool) -> i32 {
             EX_FAILED
         }
         Ok(Reply::Error(e)) => {
-            eprintln!("baton reload: the supervisor refused: {e}");
+            eprintln!("baton {verb}: the supervisor refused: {e}");
             EX_USAGE
         }
         Ok(other) => {
-            eprintln!("baton reload: unexpected answer: {other:?}");
+            eprintln!("baton {verb}: unexpected answer: {other:?}");
             EX_USAGE
         }
         Err(control::ControlError::NoAnswer) => {
-            eprintln!("baton reload: the supervisor went away before answering (did it stop?)");
+            eprintln!("baton {verb}: the supervisor went away before answering (did it stop?)");
             EX_FAILED
         }
         Err(e) => {
-            eprintln!("baton reload: {}", chain(&e));
+            eprintln!("baton {verb}: {}", chain(&e));
             EX_USAGE
         }
     }

@@ -47,9 +47,27 @@ pub fn main() -> i32 {
             };
             commands::run(target, overrides, inherited, journal)
         }
-        Cmd::Reload { target, wait } => {
+        Cmd::Reload {
+            target,
+            wait,
+            canary,
+            hold,
+        } => {
             init_logging("warn", false);
-            commands::reload(target, wait)
+            let request = crate::control::Request::Reload {
+                wait,
+                canary: canary.map(|n| n as usize),
+                hold_ms: hold.map(|d| d.0.as_millis() as u64),
+            };
+            commands::change(target, "reload", &request)
+        }
+        Cmd::Promote { target } => {
+            init_logging("warn", false);
+            commands::change(target, "promote", &crate::control::Request::Promote {})
+        }
+        Cmd::Rollback { target, to } => {
+            init_logging("warn", false);
+            commands::change(target, "rollback", &crate::control::Request::Rollback { to })
         }
         Cmd::Status { target, json } => {
             init_logging("warn", false);

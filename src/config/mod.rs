@@ -74,6 +74,29 @@ pub struct Config {
     pub watchdog: Option<Duration>,
     /// Per-worker memory limit in bytes.
     pub memory_limit: Option<u64>,
+    pub canary: Canary,
+}
+
+/// `[canary]`: how `baton reload --canary` ends without a person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Canary {
+    /// After this long without a failure the canary is checked (or, with
+    /// no check, promoted). `--hold` overrides it; `None`: a person decides.
+    pub hold: Option<Duration>,
+    /// argv of the check; exit 0 promotes the canary, anything else aborts it.
+    pub check: Option<Vec<String>>,
+    /// The check is killed (and the canary aborted) after this long.
+    pub check_timeout: Duration,
+}
+
+impl Default for Canary {
+    fn default() -> Self {
+        Canary {
+            hold: None,
+            check: None,
+            check_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// One `[[listen]]` entry.

@@ -42,6 +42,7 @@ const SECTIONS: &[&str] = &[
     "restart",
     "watchdog",
     "limits",
+    "canary",
 ];
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -94,6 +95,14 @@ pub struct Limits {
     pub memory: Option<Size>,
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    pub hold: Option<Dur>,
+    pub check: Option<Command>,
+    pub check_timeout: Option<Spanned<Dur>>,
+}
+
 /// A section and the keys that were written but invalid (rules that depend
 /// on them are skipped rather than judged against a default).
 #[derive(Debug, Default)]
@@ -122,6 +131,7 @@ pub struct Raw {
     pub restart: Read<Restart>,
     pub watchdog: Read<Watchdog>,
     pub limits: Read<Limits>,
+    pub canary: Read<Canary>,
 }
 
 /// Reads a file, and gathers the problems of the file and the command line.
@@ -209,6 +219,7 @@ impl<'t> Reader<'t> {
                 "restart" => raw.restart = self.section("[restart]", value),
                 "watchdog" => raw.watchdog = self.section("[watchdog]", value),
                 "limits" => raw.limits = self.section("[limits]", value),
+                "canary" => raw.canary = self.section("[canary]", value),
                 _ => {
                     raw.command_seen |= key.get_ref() == "command";
                     top.insert(key, value);

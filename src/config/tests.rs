@@ -113,6 +113,7 @@ fn full_design_example() {
             },
             watchdog: None,
             memory_limit: Some(512 * 1024 * 1024),
+            canary: super::Canary::default(),
         }
     );
 }
@@ -136,6 +137,7 @@ fn minimal_file_gets_defaults() {
             restart: Restart::default(),
             watchdog: None,
             memory_limit: None,
+            canary: super::Canary::default(),
         }
     );
     assert_eq!(config.readiness.timeout, Duration::from_secs(60));
@@ -176,7 +178,7 @@ address = "8080"
         problems(text),
         vec![
             r#"/etc/baton/myapp.toml:1:20: command[1] must be a string, found 3; quote it"#,
-            r#"/etc/baton/myapp.toml:2:1: unknown key "workerz" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits (did you mean "workers"?)"#,
+            r#"/etc/baton/myapp.toml:2:1: unknown key "workerz" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary (did you mean "workers"?)"#,
             r#"/etc/baton/myapp.toml:3:11: workers must be a positive integer or "auto", found 0"#,
             r#"/etc/baton/myapp.toml:6:10: [stop] signal "SIGKIL" is not a signal name; use a name like SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 or SIGUSR2"#,
             r#"/etc/baton/myapp.toml:7:11: [stop] timeout must be a duration like "30s", "250ms" or "1m 30s", found 30: a bare number has no unit; write "30s" for seconds or "30ms" for milliseconds"#,
@@ -259,7 +261,7 @@ fn unknown_table_and_far_off_key_get_no_suggestion() {
     let message = problem("command = [\"x\"]\n[logging]\nlevel = 1\n");
     assert_eq!(
         message,
-        r#"/etc/baton/myapp.toml:2:2: unknown key "logging" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits"#
+        r#"/etc/baton/myapp.toml:2:2: unknown key "logging" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary"#
     );
 }
 
@@ -998,6 +1000,7 @@ fn quick_mode() {
             restart: Restart::default(),
             watchdog: None,
             memory_limit: None,
+            canary: super::Canary::default(),
         }
     );
     // Listening is optional (socket activation may provide sockets).
@@ -1158,4 +1161,54 @@ fn suggestions() {
     assert_eq!(closest("retsart", TOP_KEYS), Some("restart"), "a swap is one edit");
     assert_eq!(closest(&"x".repeat(1 << 20), TOP_KEYS), None);
     assert_eq!(closest("key000049", TOP_KEYS), None);
+}
+
+#[test]
+fn canary_section() {
+    let config = ok(r#"command = ["x"]
+[canary]
+hold = "10m"
+check = ["./check-error-rate", "--max", "1%"]
+check_timeout = "45s"
+"#);
+    assert_eq!(
+        config.canary,
+        super::Canary {
+            hold: Some(Duration::from_secs(600)),
+            check: Some(strings(&["./check-error-rate", "--max", "1%"])),
+            check_timeout: Duration::from_secs(45),
+        }
+    );
+    assert_eq!(ok(r#"command = ["x"]"#).canary, super::Canary::default());
+    assert_eq!(super::Canary::default().check_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn canary_section_problems_have_positions() {
+    let all = problems(
+        r#"command = ["x"]
+[canary]
+hold = "soon"
+check = ["", 3]
+check_timeout = "0s"
+checks = 1
+"#,
+    );
+    assert_eq!(all.len(), 5, "{all:#?}");
+    assert!(all[0].contains(":3:") && all[0].contains("[canary] hold"), "{all:#?}");
+    assert!(
+        all.iter()
+            .any(|p| p.contains("[canary] check[0], the program, is empty")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter().any(|p| p.contains("[canary] check[1] must be a string")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|p| p.contains("[canary] check_timeout must be greater than 0")),
+        "{all:#?}"
+    );
+    assert!(all.iter().any(|p| p.contains("checks")), "{all:#?}");
 }

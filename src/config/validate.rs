@@ -38,24 +38,7 @@ pub fn validate(
         }
         overrides.command.clone()
     } else if let Some(command) = top.command {
-        let mut argv = Vec::new();
-        for (i, arg) in command.0.into_iter().enumerate() {
-            let span = Some(arg.span());
-            match arg.get_ref() {
-                toml::Value::String(s) if s.is_empty() && i == 0 => {
-                    reader.report(span, "command[0], the program, is empty");
-                }
-                toml::Value::String(s) if s.contains('\0') => {
-                    reader.report(span, format!("command[{i}] contains a NUL character"));
-                }
-                toml::Value::String(s) => argv.push(s.clone()),
-                _ => {
-                    let found = reader.text_at(arg.span());
-                    reader.report(span, format!("command[{i}] must be a string, found {found}; quote it"));
-                }
-            }
-        }
-        argv
+        argv_of(reader, command, "command")
     } else {
         match origin {
             // An invalid `command` has been reported already.
@@ -273,6 +256,26 @@ pub fn validate(
             .unwrap_or(default.window),
     };
 
+    // canary
+    let canary = raw.canary.value;
+    let canary_default = super::Canary::default();
+    let mut check_timeout = canary_default.check_timeout;
+    if let Some(t) = canary.check_timeout {
+        if t.get_ref().0.is_zero() {
+            reader.report(
+                Some(t.span()),
+                "[canary] check_timeout must be greater than 0: the check needs some time to run",
+            );
+        } else {
+            check_timeout = t.get_ref().0;
+        }
+    }
+    let canary = super::Canary {
+        hold: canary.hold.map(|h| h.0),
+        check: canary.check.map(|c| argv_of(reader, c, "[canary] check")),
+        check_timeout,
+    };
+
     if !reader.problems.is_empty() {
         let mut problems = std::mem::take(&mut reader.problems);
         problems.sort_by_key(|p| (p.line, p.column));
@@ -296,7 +299,31 @@ pub fn validate(
         restart,
         watchdog: raw.watchdog.value.timeout.map(|t| t.0).filter(|d| !d.is_zero()),
         memory_limit: raw.limits.value.memory.map(|m| m.0),
+        canary,
     })
+}
+
+/// An argv array (`command`, `[canary] check`), each bad item reported at
+/// its own position as `key[i]`.
+fn argv_of(reader: &mut Reader<'_>, command: super::types::Command, key: &str) -> Vec<String> {
+    let mut argv = Vec::new();
+    for (i, arg) in command.0.into_iter().enumerate() {
+        let span = Some(arg.span());
+        match arg.get_ref() {
+            toml::Value::String(s) if s.is_empty() && i == 0 => {
+                reader.report(span, format!("{key}[0], the program, is empty"));
+            }
+            toml::Value::String(s) if s.contains('\0') => {
+                reader.report(span, format!("{key}[{i}] contains a NUL character"));
+            }
+            toml::Value::String(s) => argv.push(s.clone()),
+            _ => {
+                let found = reader.text_at(arg.span());
+                reader.report(span, format!("{key}[{i}] must be a string, found {found}; quote it"));
+            }
+        }
+    }
+    argv
 }
 
 /// The quick-mode name: the program's file name, with characters that are

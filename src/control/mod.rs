@@ -39,9 +39,23 @@ pub enum Request {
     Reload {
         #[serde(default)]
         wait: bool,
+        /// `--canary N`: start only N workers beside the serving generation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        canary: Option<usize>,
+        /// `--hold D` of a canary, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hold_ms: Option<u64>,
     },
     /// A struct variant, so that unknown fields are rejected here too.
     Status {},
+    /// Grow the running canary into the serving generation.
+    Promote {},
+    /// Abort the running canary, or go back to an earlier release.
+    Rollback {
+        /// `--to RELEASE`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,10 +77,26 @@ pub struct ReloadAnswer {
     pub output: Vec<String>,
 }
 
+/// What a reload-like request asks to change; each is answered like a
+/// reload (progress lines, then [`Reply::Reloaded`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A reload, or with `canary` a canary of that many workers.
+    Reload {
+        canary: Option<usize>,
+        hold: Option<Duration>,
+    },
+    Promote,
+    Rollback {
+        to: Option<String>,
+    },
+}
+
 /// A request as the supervisor's main task receives it.
 #[derive(Debug)]
 pub enum Command {
     Reload {
+        change: Change,
         wait: bool,
         replies: mpsc::UnboundedSender<Reply>,
     },
@@ -413,18 +443,39 @@ async fn handle(
                 Err(_) => send(&mut write, &Reply::Error("supervisor is shutting down".into())).await,
             }
         }
-        Request::Reload { wait } => {
-            let (tx, mut rx) = mpsc::unbounded_channel();
-            if commands.send(Command::Reload { wait, replies: tx }).await.is_err() {
-                return send(&mut write, &Reply::Error("supervisor is shutting down".into())).await;
-            }
-            while let Some(reply) = rx.recv().await {
-                // A client that went away does not stop the reload.
-                send(&mut write, &reply).await?;
-            }
-            Ok(())
+        Request::Reload { wait, canary, hold_ms } => {
+            let change = Change::Reload {
+                canary,
+                hold: hold_ms.map(Duration::from_millis),
+            };
+            answer_change(&mut write, &commands, change, wait).await
         }
+        Request::Promote {} => answer_change(&mut write, &commands, Change::Promote, false).await,
+        Request::Rollback { to } => answer_change(&mut write, &commands, Change::Rollback { to }, false).await,
     }
+}
+
+/// Hands a reload-like request to the supervisor and relays its answers.
+async fn answer_change(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    commands: &mpsc::Sender<Command>,
+    change: Change,
+    wait: bool,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let command = Command::Reload {
+        change,
+        wait,
+        replies: tx,
+    };
+    if commands.send(command).await.is_err() {
+        return send(write, &Reply::Error("supervisor is shutting down".into())).await;
+    }
+    while let Some(reply) = rx.recv().await {
+        // A client that went away does not stop the reload.
+        send(write, &reply).await?;
+    }
+    Ok(())
 }
 
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
@@ -472,13 +523,41 @@ mod tests {
     #[test]
     fn request_wire_format() {
         assert_eq!(
-            serde_json::to_string(&Request::Reload { wait: true }).unwrap(),
+            serde_json::to_string(&Request::Reload {
+                wait: true,
+                canary: None,
+                hold_ms: None
+            })
+            .unwrap(),
             r#"{"cmd":"reload","wait":true}"#
         );
+        // An old client's request still parses.
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"reload"}"#).unwrap(),
-            Request::Reload { wait: false }
+            Request::Reload {
+                wait: false,
+                canary: None,
+                hold_ms: None
+            }
         );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"reload","canary":1,"hold_ms":1000}"#).unwrap(),
+            Request::Reload {
+                wait: false,
+                canary: Some(1),
+                hold_ms: Some(1000)
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"promote"}"#).unwrap(),
+            Request::Promote {}
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"rollback","to":"3"}"#).unwrap(),
+            Request::Rollback { to: Some("3".into()) }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"promote","now":true}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"rollback","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
     }

@@ -37,7 +37,8 @@ pub struct Report {
 }
 
 /// The one-line STATUS= for systemd, e.g.
-/// `gen 3: 4/4 ready · last reload 12:03:04 UTC ok in 1.2s`.
+/// `gen 3: 4/4 ready · last reload 12:03:04 UTC ok in 1.2s`, with
+/// `· canary gen 4: 1/1 ready` while a canary runs.
 pub fn summary(snapshot: &Snapshot, last_reload_at: Option<&str>) -> String {
     let count = |id: Option<crate::engine::supervisor::GenId>| {
         snapshot
@@ -56,6 +57,14 @@ pub fn summary(snapshot: &Snapshot, last_reload_at: Option<&str>) -> String {
         }
     } else if let Some(candidate) = count(snapshot.candidate) {
         line = format!("starting {candidate}");
+    }
+    if let Some(canary) = &snapshot.canary {
+        if let Some(c) = count(Some(canary.generation)) {
+            let _ = write!(line, " · canary {c}");
+            if canary.checking {
+                line.push_str(", checking");
+            }
+        }
     }
     if snapshot.phase == crate::engine::supervisor::Phase::Stopping && snapshot.serving.is_some() {
         line.push_str(" · stopping");
@@ -187,6 +196,35 @@ pub fn render(v: &serde_json::Value) -> String {
             }
             out.push('\n');
         }
+    }
+    if let Some(c) = sup["canary"].as_object() {
+        let generation = c.get("generation").map_or(0, n);
+        let _ = write!(
+            out,
+            "canary: generation {generation} beside the serving generation, ready for {}",
+            ms(c.get("ready_ms").map_or(0, n))
+        );
+        if c.get("checking").and_then(|x| x.as_bool()) == Some(true) {
+            out.push_str("; its check is running (exit 0 promotes it)\n");
+        } else if let Some(left) = c.get("hold_left_ms").and_then(|x| x.as_u64()) {
+            let _ = writeln!(out, "; hold: {} left, then it is checked or promoted", ms(left));
+        } else {
+            out.push_str("; waiting for `baton promote` or `baton rollback`\n");
+        }
+    }
+    if let Some(c) = sup["last_canary"].as_object() {
+        let outcome = &c["outcome"];
+        let text = match outcome["kind"].as_str() {
+            Some("promoted") => "promoted".to_owned(),
+            Some("rolled_back") => "rolled back".to_owned(),
+            Some("aborted") => format!("ABORTED: {}", s(&outcome["reason"])),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "last canary: generation {} {text}",
+            c.get("generation").map_or(0, n)
+        );
     }
     if sup["reload_in_progress"].as_bool() == Some(true) {
         out.push_str("a reload is in progress\n");

@@ -35,6 +35,9 @@ pub struct Policy {
     /// `[canary] check`: run when a canary's hold has passed; it promotes
     /// the canary if it exits 0 and aborts it otherwise.
     pub check: Option<CanaryCheck>,
+    /// `[canary] hold`: a canary of this spec started without `--hold`
+    /// holds this long (then its check runs, or it is promoted).
+    pub canary_hold: Option<Duration>,
 }
 
 /// The command that decides whether a canary is promoted after its hold.

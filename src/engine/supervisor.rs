@@ -1781,8 +1781,11 @@ impl Supervisor {
             return;
         };
         let Some(reload) = self.reload.as_ref() else { return };
+        // `--hold`, else the canary's own `[canary] hold`.
         let hold = match reload.kind {
-            ReloadKind::Canary { hold, .. } => hold,
+            ReloadKind::Canary { hold, .. } => {
+                hold.or_else(|| self.gens.get(&generation).and_then(|g| g.spec.policy.canary_hold))
+            }
             _ => None,
         };
         let elapsed_ms = now.duration_since(reload.started).as_millis() as u64;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ReadinessMode};
-use crate::engine::spec::{GenSpec, Launch, Policy};
+use crate::engine::spec::{CanaryCheck, GenSpec, Launch, Policy};
 use crate::os::activation::Listener;
 use crate::os::sys::{self, SpawnError};
 
@@ -108,8 +108,11 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
         watchdog: config.watchdog,
         stop_message: config.stop.message.is_some(),
         memory_limit: config.memory_limit,
-        // `[canary] check` comes with the config side of issue 11.
-        check: None,
+        check: config.canary.check.clone().map(|argv| CanaryCheck {
+            argv,
+            timeout: config.canary.check_timeout,
+        }),
+        canary_hold: config.canary.hold,
     };
     Ok(GenSpec {
         policy,

@@ -87,6 +87,7 @@ fn policy(workers: usize, strategy: ReloadStrategy) -> Policy {
         stop_message: false,
         memory_limit: None,
         check: None,
+        canary_hold: None,
     }
 }
 
