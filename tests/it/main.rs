@@ -32,6 +32,7 @@ mod common;
 
 mod bounds;
 mod broken_release;
+mod canary;
 mod chaos;
 mod control_socket;
 mod error_messages;

@@ -127,3 +127,27 @@ fn watchdog_pings_at_half_the_interval() {
     // rate would mean the interval was misread.
     assert!(start.elapsed() >= Duration::from_millis(500), "{:?}", start.elapsed());
 }
+
+#[test]
+fn status_names_the_canary_while_one_runs() {
+    let mut systemd = Systemd::bind();
+    let port = port();
+    let hello = example_bin("hello").display().to_string();
+    let baton = Baton::spawn_with_env(
+        port,
+        &config_text(port, &[&hello], 2, ""),
+        &[("NOTIFY_SOCKET", &systemd.path)],
+    );
+    systemd.wait_for("READY=1", Duration::from_secs(20));
+    let out = baton.client(&["reload", "--canary", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    systemd.wait_for("RELOADING=1", Duration::from_secs(5));
+    let ready = systemd.wait_for("READY=1", Duration::from_secs(5));
+    assert!(
+        ready.contains("STATUS=gen 1: 2/2 ready · canary gen 2: 1/1 ready"),
+        "{ready}"
+    );
+    assert!(baton.client(&["rollback"]).status.success());
+    let after = systemd.wait_for("STATUS=", Duration::from_secs(5));
+    assert!(!after.contains("canary gen"), "{after}");
+}
