@@ -321,6 +321,26 @@ mod tests {
     }
 
     #[test]
+    fn canary_flags() {
+        let cli = Cli::try_parse_from(["baton", "reload", "app", "--canary", "2", "--hold", "90s"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Reload { canary: Some(2), hold: Some(Dur(d)), wait: false, .. } if d.as_secs() == 90
+        ));
+        // --hold needs --canary, a canary needs a worker, and --wait is for plain reloads.
+        for bad in [
+            &["baton", "reload", "--hold", "1s"][..],
+            &["baton", "reload", "--canary", "0"],
+            &["baton", "reload", "--canary", "1", "--wait"],
+            &["baton", "promote", "--to", "x"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["baton", "rollback", "app", "--to", "a1b2"]).unwrap();
+        assert!(matches!(cli.command, Cmd::Rollback { to: Some(ref t), .. } if t == "a1b2"));
+    }
+
+    #[test]
     fn quick_mode_parses() {
         let cli = Cli::try_parse_from([
             "baton",
