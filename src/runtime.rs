@@ -55,13 +55,14 @@ use tracing::Instrument;
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::status;
 use crate::control::{self, Change, Command, ReloadAnswer, Reply};
-use crate::engine::spec::{CanaryCheck, GenSpec};
+use crate::engine::spec::{CanaryCheck, GenSpec, Launch};
 use crate::engine::supervisor::{
     Action, CanaryOutcome, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult,
     Supervisor, Waiter, WorkerId,
 };
 use crate::os::activation::Listener;
 use crate::os::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
+use crate::os::history::{self, History, Outcome, Release, Via};
 use crate::os::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
 use crate::os::output::{self, Origin, Stream, Tail, Writer};
 use crate::os::procfs;
@@ -199,6 +200,27 @@ enum Event {
         pid: i32,
         timeout: Duration,
     },
+    /// A rollback's target was checked on the blocking pool: it can start
+    /// (and `directory` is a symlink to re-point: link, target), or why not.
+    RollbackChecked {
+        waiter: Waiter,
+        release: Release,
+        result: Result<Option<(PathBuf, PathBuf)>, String>,
+    },
+    /// A rollback's `directory` symlink was re-pointed (or not: why).
+    Repointed {
+        client: ClientId,
+        answer: ReloadAnswer,
+        result: Result<(PathBuf, PathBuf), String>,
+    },
+}
+
+/// A rollback that started: its client, and the symlink to re-point once
+/// it serves.
+struct PendingRollback {
+    client: ClientId,
+    release: String,
+    repoint: Option<(PathBuf, PathBuf)>,
 }
 
 /// Room in the event channel. Per-worker tasks (notify, IPC, output) wait
@@ -311,6 +333,18 @@ struct Driver {
     cleanup: TaskTracker,
     /// The canary checks that run.
     checks: Checks,
+    /// The releases that served (README "Rollback and history"), and the
+    /// file they are written to.
+    history: History,
+    history_path: Option<PathBuf>,
+    history_tx: watch::Sender<Option<History>>,
+    /// This run in the history: its start, ns since the epoch.
+    run_id: u64,
+    /// Each live generation's spec (from its spawns), for its release.
+    specs: HashMap<GenId, Arc<GenSpec>>,
+    /// The serving generation the history last saw.
+    last_serving: Option<GenId>,
+    rollback: Option<PendingRollback>,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -401,6 +435,46 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     }
 
     let name: Arc<str> = ctx.config.name.as_str().into();
+    // The history: read once here (a bad file is reported, never fatal),
+    // then written by a task on the blocking pool whenever it changes.
+    let history_path = history::state_dir(&name).map(|d| d.join(history::FILE));
+    let history = match &history_path {
+        Some(path) => match history::load(path) {
+            Ok(h) => {
+                tracing::info!("release history: {} ({} releases)", path.display(), h.entries.len());
+                h
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring the release history: {}; starting a new one",
+                    crate::exit::chain(&e)
+                );
+                History::default()
+            }
+        },
+        None => {
+            tracing::warn!(
+                "no state directory (no STATE_DIRECTORY, XDG_STATE_HOME or HOME): the release history is not kept"
+            );
+            History::default()
+        }
+    };
+    let (history_tx, mut history_rx) = watch::channel::<Option<History>>(None);
+    if let Some(path) = history_path.clone() {
+        let blocking = tasks.clone();
+        spawn_task(&tasks, &done, "history", async move {
+            while history_rx.changed().await.is_ok() {
+                let Some(h) = history_rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let path = path.clone();
+                let saved = blocking.spawn_blocking(move || history::save(&path, &h)).await;
+                if let Ok(Err(e)) = saved {
+                    tracing::warn!("cannot write the release history: {e}");
+                }
+            }
+        });
+    }
     let mut ctx = ctx;
     let listeners = Arc::new(std::mem::take(&mut ctx.listeners));
     for l in listeners.iter() {
@@ -436,6 +510,15 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         sampling: false,
         cleanup: TaskTracker::new(),
         checks: Checks::default(),
+        history,
+        history_path,
+        history_tx,
+        run_id: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        specs: HashMap::new(),
+        last_serving: None,
+        rollback: None,
     };
     if driver.systemd.is_some() {
         tracing::debug!("notifying systemd");
@@ -491,7 +574,14 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
             _ = memory.tick(), if driver.has_memory_limits() => driver.sample_memory(),
         }
         driver.update_status();
+        driver.track_serving();
     };
+    // The last word, written here: the writer task may not get to it.
+    if let Some(path) = &driver.history_path {
+        if let Err(e) = history::save(path, &driver.history) {
+            tracing::warn!("cannot write the release history {}: {e}", path.display());
+        }
+    }
     driver.remove_cgroups(&mut sigchld).await;
     driver.kill_everything_and_reap().await;
     if let Some(n) = &driver.systemd {
@@ -626,10 +716,33 @@ impl Driver {
                             Some(release) => tracing::info!("rollback to release {release} requested"),
                             None => tracing::info!("rollback requested"),
                         }
-                        // Releases are not remembered yet: without a canary
-                        // the core answers that there is nothing to go back to.
-                        self.core.rollback(now, waiter, None);
+                        self.start_rollback(now, Waiter { client, wait }, to.as_deref());
                     }
+                }
+            }
+            Event::RollbackChecked {
+                waiter,
+                release,
+                result,
+            } => self.rollback_checked(now, waiter, release, result),
+            Event::Repointed { client, answer, result } => {
+                let mut answer = answer;
+                match result {
+                    Ok((link, target)) => {
+                        tracing::info!("re-pointed {} → {}", link.display(), target.display());
+                        answer.message.push_str(&format!(
+                            "; re-pointed {} → {}, so later reloads and restarts stay there",
+                            link.display(),
+                            target.display()
+                        ));
+                    }
+                    Err(why) => {
+                        tracing::warn!("{why}");
+                        answer.message.push_str(&format!("; but {why}"));
+                    }
+                }
+                if let Some(tx) = self.clients.remove(&client) {
+                    let _ = tx.send(Reply::Reloaded(answer));
                 }
             }
             Event::CheckFailed { generation, error } => self.core.check_done(now, generation, Err(error)),
@@ -712,7 +825,10 @@ impl Driver {
                     generation,
                     slot,
                     spec,
-                } => self.spawn(worker, generation, slot, &spec),
+                } => {
+                    self.specs.entry(generation).or_insert_with(|| spec.clone());
+                    self.spawn(worker, generation, slot, &spec);
+                }
                 Action::Signal { worker, signal } => self.signal(worker, signal),
                 Action::StopMessage { worker } => self.send_stop_message(worker),
                 Action::Kill { worker, why } => {
@@ -732,7 +848,10 @@ impl Driver {
                     }
                     self.kill_tree(worker);
                 }
-                Action::Retired { generation } => self.retired(generation),
+                Action::Retired { generation } => {
+                    self.specs.remove(&generation);
+                    self.retired(generation);
+                }
                 Action::LoadConfig => self.load_config(),
                 Action::Progress { clients, text } => {
                     tracing::info!("reload: {text}");
@@ -768,6 +887,7 @@ impl Driver {
                         _ => tracing::info!("canary generation {generation} {outcome}"),
                     }
                     self.stop_checks(Some(generation));
+                    self.canary_history(generation, &outcome);
                 }
                 Action::RunCheck { generation, check } => self.run_check(generation, check),
                 Action::Exit(code) => return Some(code),
@@ -942,6 +1062,16 @@ impl Driver {
     }
 
     fn reload_done(&mut self, clients: Vec<ClientId>, result: ReloadResult) {
+        let mut clients = clients;
+        if let Ok(ok) = &result {
+            if ok.canary {
+                self.record(ok.generation, Via::Canary, false, Outcome::Canary);
+            }
+        }
+        let rollback = match &self.rollback {
+            Some(r) if clients.contains(&r.client) => self.rollback.take(),
+            _ => None,
+        };
         let answer = match &result {
             Ok(ok) => {
                 let took = humantime::format_duration(Duration::from_millis(ok.elapsed_ms));
@@ -976,11 +1106,221 @@ impl Driver {
                 }
             }
         };
+        if let Some(r) = rollback {
+            let mut answer = answer.clone();
+            if result.is_ok() {
+                answer.message.push_str(&format!(" (release {})", r.release));
+            }
+            if let (Ok(_), Some((link, target))) = (&result, r.repoint) {
+                // Answered once the link is re-pointed, which it says.
+                clients.retain(|&c| c != r.client);
+                self.repoint(r.client, answer, link, target);
+            } else if let Some(tx) = self.clients.remove(&r.client) {
+                clients.retain(|&c| c != r.client);
+                let _ = tx.send(Reply::Reloaded(answer));
+            }
+        }
         for c in clients {
             if let Some(tx) = self.clients.remove(&c) {
                 let _ = tx.send(Reply::Reloaded(answer.clone()));
             }
         }
+    }
+
+    /// Answers a client that the core never heard of (a refused rollback).
+    fn refuse_now(&mut self, client: ClientId, message: String) {
+        tracing::error!("{message}");
+        if let Some(tx) = self.clients.remove(&client) {
+            let _ = tx.send(Reply::Reloaded(ReloadAnswer {
+                ok: false,
+                generation: None,
+                message,
+                output: Vec::new(),
+            }));
+        }
+    }
+
+    /// `baton rollback`: aborts a running canary; otherwise finds the
+    /// target in the history and checks it on the blocking pool
+    /// (`Event::RollbackChecked`).
+    fn start_rollback(&mut self, now: Instant, waiter: Waiter, to: Option<&str>) {
+        if self.core.canary().is_some() {
+            self.core.rollback(now, Some(waiter), None);
+            return;
+        }
+        let current = self
+            .core
+            .serving()
+            .and_then(|g| self.specs.get(&g))
+            .map(|spec| Release::of(&spec.launch).id);
+        let release = match self.history.target(current.as_deref(), to) {
+            Ok(entry) => entry.release.clone(),
+            Err(why) if to.is_some() => {
+                self.refuse_now(waiter.client, format!("cannot roll back: {why}; nothing changed"));
+                return;
+            }
+            // The core's own answer: nothing to roll back to.
+            Err(_) => {
+                self.core.rollback(now, Some(waiter), None);
+                return;
+            }
+        };
+        let link = self.ctx.config.directory.clone();
+        let events = self.events.clone();
+        let tasks = self.tasks.clone();
+        spawn_task(&self.tasks, &self.done, "rollback-check", async move {
+            let checked = release.clone();
+            let result = tasks
+                .spawn_blocking(move || {
+                    checked.verify()?;
+                    Ok(repoint_of(link.as_deref(), checked.directory.as_deref()))
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("checking the release failed: {e}")));
+            let _ = events
+                .send(Event::RollbackChecked {
+                    waiter,
+                    release,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// The rollback's target can start: it becomes a generation with the
+    /// serving generation's policy and the release's launch.
+    fn rollback_checked(
+        &mut self,
+        now: Instant,
+        waiter: Waiter,
+        release: Release,
+        result: Result<Option<(PathBuf, PathBuf)>, String>,
+    ) {
+        let repoint = match result {
+            Ok(r) => r,
+            Err(why) => {
+                self.refuse_now(waiter.client, format!("refusing to roll back: {why}; nothing changed"));
+                return;
+            }
+        };
+        let Some(base) = self.core.serving().and_then(|g| self.specs.get(&g)).cloned() else {
+            self.core.rollback(now, Some(waiter), None);
+            return;
+        };
+        tracing::info!(
+            "rolling back to release {} ({} in {})",
+            release.id,
+            release.command.join(" "),
+            release
+                .directory
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |d| d.display().to_string())
+        );
+        let spec = GenSpec {
+            policy: base.policy.clone(),
+            launch: Launch {
+                program: release.program.clone(),
+                argv: release.command.clone(),
+                directory: release.directory.clone(),
+                environment: release.environment.clone(),
+                executable: release.executable.clone(),
+                ..base.launch.clone()
+            },
+        };
+        self.rollback = Some(PendingRollback {
+            client: waiter.client,
+            release: release.id,
+            repoint,
+        });
+        self.core.rollback(now, Some(waiter), Some(Arc::new(spec)));
+    }
+
+    /// Re-points the `directory` symlink on the blocking pool, then answers
+    /// the rollback's client (`Event::Repointed`).
+    fn repoint(&self, client: ClientId, answer: ReloadAnswer, link: PathBuf, target: PathBuf) {
+        let events = self.events.clone();
+        let tasks = self.tasks.clone();
+        spawn_task(&self.tasks, &self.done, "repoint", async move {
+            let (l, t) = (link.clone(), target.clone());
+            let result = tasks
+                .spawn_blocking(move || repoint_symlink(&l, &t))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map(|()| (link.clone(), target.clone()))
+                .map_err(|e| format!("cannot re-point {} → {}: {e}", link.display(), target.display()));
+            let _ = events.send(Event::Repointed { client, answer, result }).await;
+        });
+    }
+
+    /// A new entry for `generation`, unless it has one.
+    fn record(&mut self, generation: GenId, via: Via, served: bool, outcome: Outcome) {
+        let Some(spec) = self.specs.get(&generation) else {
+            return;
+        };
+        let release = Release::of(&spec.launch);
+        if self.history.entry_mut(self.run_id, generation.get()).is_some() {
+            return;
+        }
+        self.history.push(history::Entry {
+            run: self.run_id,
+            generation: generation.get(),
+            release,
+            via,
+            served,
+            started: now_rfc3339(),
+            stopped: None,
+            outcome,
+        });
+        self.history_tx.send_replace(Some(self.history.clone()));
+    }
+
+    /// The history follows the serving generation: the one before stopped
+    /// serving, the new one (or the promoted canary) serves.
+    fn track_serving(&mut self) {
+        let serving = self.core.serving();
+        if serving == self.last_serving {
+            return;
+        }
+        let at = now_rfc3339();
+        if let Some(old) = self.last_serving {
+            if let Some(e) = self.history.entry_mut(self.run_id, old.get()) {
+                e.stopped.get_or_insert(at.clone());
+            }
+        }
+        self.last_serving = serving;
+        if let Some(new) = serving {
+            match self.history.entry_mut(self.run_id, new.get()) {
+                Some(e) => {
+                    e.served = true;
+                    e.outcome = Outcome::Ok;
+                }
+                None => {
+                    let via = if self.rollback.is_some() {
+                        Via::Rollback
+                    } else if new.get() == 1 {
+                        Via::Start
+                    } else {
+                        Via::Reload
+                    };
+                    self.record(new, via, true, Outcome::Ok);
+                }
+            }
+        }
+        self.history_tx.send_replace(Some(self.history.clone()));
+    }
+
+    /// A canary ended: its entry says how.
+    fn canary_history(&mut self, generation: GenId, outcome: &CanaryOutcome) {
+        let Some(e) = self.history.entry_mut(self.run_id, generation.get()) else {
+            return;
+        };
+        match outcome {
+            CanaryOutcome::Promoted => return,
+            CanaryOutcome::RolledBack => e.outcome = Outcome::RolledBack,
+            CanaryOutcome::Aborted { reason } => e.outcome = Outcome::CanaryAborted { reason: reason.clone() },
+        }
+        e.stopped.get_or_insert_with(now_rfc3339);
+        self.history_tx.send_replace(Some(self.history.clone()));
     }
 
     /// Prepares a worker's pipes and sockets here, then hands the fork to
@@ -1565,6 +1905,39 @@ impl Driver {
 
 /// SIGKILL to an orphan and its process group (a daemon that called
 /// setsid leads one; its members are still in it while it is unreaped).
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// The symlink to re-point for a rollback to `target`: the configured
+/// `directory` when it is a symlink that leads elsewhere now.
+fn repoint_of(link: Option<&std::path::Path>, target: Option<&std::path::Path>) -> Option<(PathBuf, PathBuf)> {
+    let (link, target) = (link?, target?);
+    let meta = std::fs::symlink_metadata(link).ok()?;
+    if !meta.file_type().is_symlink() {
+        return None;
+    }
+    if std::fs::canonicalize(link).ok().as_deref() == Some(target) {
+        return None;
+    }
+    Some((link.to_owned(), target.to_owned()))
+}
+
+/// Points the symlink `link` at `target` atomically: a new link beside it,
+/// renamed over it (rename(2) replaces it in one step).
+fn repoint_symlink(link: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = link.with_file_name(format!(".{name}.baton-{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, link).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 fn kill_orphan(pid: i32, orphan: &Orphan) {
     if nix::unistd::getpgid(Some(Pid::from_raw(pid))) == Ok(Pid::from_raw(pid)) {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);

@@ -254,6 +254,7 @@ fn workers_get_the_nofile_limit_baton_started_with_and_a_wide_reload_has_enough_
             .args(["run", "--config"])
             .arg(&path)
             .env("BATON_RUNTIME_DIR", dir.path().join("run"))
+            .env("BATON_STATE_DIR", dir.path().join("state"))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("log")).unwrap())
@@ -274,6 +275,7 @@ fn workers_get_the_nofile_limit_baton_started_with_and_a_wide_reload_has_enough_
             .arg("--config")
             .arg(&path)
             .env("BATON_RUNTIME_DIR", dir.path().join("run"))
+            .env("BATON_STATE_DIR", dir.path().join("state"))
             .output()
             .unwrap()
     };

@@ -195,16 +195,21 @@ baton status myapp                 # look: both generations serve\n  baton promo
         #[command(flatten)]
         target: Target,
     },
-    /// Abort the running canary (its workers stop; the serving generation is untouched)
+    /// Abort the running canary, or go back to the release that served before the current one
     #[command(
         long_about = "With a canary running: abort it. Its workers stop and are not restarted; the \
 serving generation is untouched. Without a canary, rollback would go back to the release that served \
 before the current one (a second rollback returns to where the first started, like `cd -`), or \
-to --to RELEASE; this baton does not remember releases yet, so it refuses with exit 1 and changes \
-nothing.",
-        after_help = "Exit codes: 0 the canary was aborted · 1 refused or failed (the reason is \
-printed); nothing changed · 2 usage error or no supervisor reachable.\n\n\
-Example:\n  baton rollback myapp"
+to --to RELEASE (an id from `baton history`), with the same overlap and failure rules as a \
+reload. A release whose directory or executable is gone (or was replaced) is refused and nothing \
+changes. If the configured `directory` is a symlink (current -> releases/...), baton re-points it \
+to the rolled-back release, so that later reloads and restarts stay there, and says so.",
+        after_help = "Exit codes: 0 the canary was aborted, or the earlier release is serving · 1 \
+refused or failed (the reason is printed), the serving generation is untouched · 2 usage error or \
+no supervisor reachable.\n\n\
+Examples:\n  baton rollback myapp              # back to the release before the current one\n  \
+baton rollback myapp              # again: forward to where the first rollback started\n  \
+baton history myapp               # the release ids\n  baton rollback myapp --to 3f2a9c"
     )]
     Rollback {
         #[command(flatten)]
@@ -212,6 +217,24 @@ Example:\n  baton rollback myapp"
         /// Go back to this release (an id that `baton history` shows)
         #[arg(long, value_name = "RELEASE")]
         to: Option<String>,
+    },
+    /// The releases that served, newest first (read from the state directory; works with baton stopped)
+    #[command(
+        long_about = "The last 10 releases that served, newest first: generation, release id, how it \
+came to serve (start, reload, canary, rollback), how that ended (ok, canary aborted with the \
+reason, canary rolled back), when it served, its command, directory and executable. baton writes \
+them to history.json in its state directory: $STATE_DIRECTORY under systemd \
+(/var/lib/baton/NAME), else $XDG_STATE_HOME/baton/NAME or ~/.local/state/baton/NAME. A release id \
+is what `baton rollback --to` takes.",
+        after_help = "Exit codes: 0 ok (also when nothing is recorded yet) · 1 the history file is \
+unreadable or corrupt · 2 usage error."
+    )]
+    History {
+        #[command(flatten)]
+        target: Target,
+        /// Print the file's JSON instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// Show generations, workers, pids, states, restarts, memory and the last reload
     #[command(after_help = "Exit codes: 0 ok · 2 usage error or no supervisor reachable.")]

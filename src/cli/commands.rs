@@ -232,6 +232,38 @@ pub fn change(target: Target, verb: &str, request: &Request) -> i32 {
     }
 }
 
+/// `baton history`: reads the file itself, so it works with baton stopped.
+pub fn history(target: Target, json: bool) -> i32 {
+    use crate::os::history;
+    let name = match control_target(&target) {
+        Ok((_, name)) => name,
+        Err(e) => {
+            eprintln!("baton history: {}", chain(&e));
+            return EX_USAGE;
+        }
+    };
+    let Some(path) = history::state_dir(&name).map(|d| d.join(history::FILE)) else {
+        eprintln!("baton history: no state directory: set STATE_DIRECTORY, XDG_STATE_HOME or HOME");
+        return EX_USAGE;
+    };
+    match history::load(&path) {
+        Ok(h) => {
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&h).unwrap_or_default())
+            } else {
+                history::render(&h)
+            };
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            EX_OK
+        }
+        Err(e) => {
+            eprintln!("baton history: {}", chain(&e));
+            EX_FAILED
+        }
+    }
+}
+
 /// `baton status`.
 pub fn status(target: Target, json: bool) -> i32 {
     let result = control_target(&target).map_err(|e| chain(&e)).and_then(|(path, what)| {

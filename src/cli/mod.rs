@@ -69,6 +69,10 @@ pub fn main() -> i32 {
             init_logging("warn", false);
             commands::change(target, "rollback", &crate::control::Request::Rollback { to })
         }
+        Cmd::History { target, json } => {
+            init_logging("warn", false);
+            commands::history(target, json)
+        }
         Cmd::Status { target, json } => {
             init_logging("warn", false);
             commands::status(target, json)

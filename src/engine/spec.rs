@@ -66,6 +66,21 @@ pub struct Launch {
     pub node_ipc: bool,
     /// `[stop] message`, sent over the IPC channel when the worker retires.
     pub stop_message: Option<String>,
+    /// What `program` was when the spec was made (`None` if it could not
+    /// be read): part of the release's identity, and checked again before a
+    /// rollback starts it.
+    pub executable: Option<Executable>,
+}
+
+/// A file's identity: a release whose executable was replaced in place
+/// (same path, new inode, size or mtime) is another release.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Executable {
+    pub path: PathBuf,
+    pub inode: u64,
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

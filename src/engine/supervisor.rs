@@ -778,6 +778,16 @@ impl Supervisor {
         self.phase
     }
 
+    /// The serving generation.
+    pub fn serving(&self) -> Option<GenId> {
+        self.serving
+    }
+
+    /// The canary beside it, once ready.
+    pub fn canary(&self) -> Option<GenId> {
+        self.canary.as_ref().map(|c| c.generation)
+    }
+
     /// Starts the first generation from `spec`. Call it once, first.
     pub fn start(&mut self, now: Instant, spec: Arc<GenSpec>) {
         let generation = self.new_generation(now, spec);

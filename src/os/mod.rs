@@ -11,6 +11,7 @@
 
 pub(crate) mod activation;
 pub(crate) mod cgroup;
+pub(crate) mod history;
 pub(crate) mod ipc;
 pub(crate) mod notify;
 pub(crate) mod output;

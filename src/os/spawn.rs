@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ReadinessMode};
-use crate::engine::spec::{CanaryCheck, GenSpec, Launch, Policy};
+use crate::engine::spec::{CanaryCheck, Executable, GenSpec, Launch, Policy};
 use crate::os::activation::Listener;
 use crate::os::sys::{self, SpawnError};
 
@@ -114,6 +114,7 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
         }),
         canary_hold: config.canary.hold,
     };
+    let executable = executable(&program);
     Ok(GenSpec {
         policy,
         launch: Launch {
@@ -124,7 +125,23 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
             environment: config.environment.clone(),
             node_ipc: config.readiness.mode == ReadinessMode::NodeIpc,
             stop_message: config.stop.message.clone(),
+            executable,
         },
+    })
+}
+
+/// `path`'s identity now, following symlinks (`None` if it cannot be read).
+pub fn executable(path: &Path) -> Option<Executable> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Executable {
+        path: path.to_owned(),
+        inode: meta.ino(),
+        size: meta.size(),
+        mtime_ns: meta
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
     })
 }
 

@@ -44,6 +44,7 @@ mod process_tree;
 mod python;
 mod reload_under_load;
 mod restart;
+mod rollback;
 mod shell_worker;
 mod soak;
 mod socket_activation;

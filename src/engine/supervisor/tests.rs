@@ -102,6 +102,7 @@ fn spec_of(tag: &str, policy: Policy) -> Arc<GenSpec> {
             environment: vec![("RELEASE".into(), tag.into())],
             node_ipc: false,
             stop_message: None,
+            executable: None,
         },
     })
 }

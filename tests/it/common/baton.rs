@@ -57,6 +57,8 @@ impl Baton {
             .args(["run", "--config"])
             .arg(&path)
             .env("BATON_RUNTIME_DIR", dir.path().join("run"))
+            // The release history stays in the test's directory.
+            .env("BATON_STATE_DIR", dir.path().join("state"))
             .env("BATON_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -126,6 +128,7 @@ impl Baton {
             .arg("--config")
             .arg(&self.config)
             .env("BATON_RUNTIME_DIR", self.dir.path().join("run"))
+            .env("BATON_STATE_DIR", self.dir.path().join("state"))
             .stdin(Stdio::null())
             .output()
             .expect("run baton client")
