@@ -940,6 +940,7 @@ fn socket_activation(s: &System) -> String {
         "Restart=on-failure",
         "WatchdogSec=30s",
         "RuntimeDirectory=baton/myapp",
+        "StateDirectory=baton/myapp",
     ] {
         assert!(
             service.lines().any(|l| l == line),
