@@ -576,12 +576,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         driver.update_status();
         driver.track_serving();
     };
-    // The last word, written here: the writer task may not get to it.
-    if let Some(path) = &driver.history_path {
-        if let Err(e) = history::save(path, &driver.history) {
-            tracing::warn!("cannot write the release history {}: {e}", path.display());
-        }
-    }
+
     driver.remove_cgroups(&mut sigchld).await;
     driver.kill_everything_and_reap().await;
     if let Some(n) = &driver.systemd {
@@ -592,6 +587,17 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     drop(rx);
     if tokio::time::timeout(EXIT_GRACE, driver.tasks.wait()).await.is_err() {
         tracing::debug!("{} tasks did not finish in time", driver.tasks.len());
+    }
+    // The last word, once the writer task is done: what served stopped.
+    if let Some(path) = &driver.history_path {
+        if let Some(serving) = driver.last_serving {
+            if let Some(e) = driver.history.entry_mut(driver.run_id, serving.get()) {
+                e.stopped.get_or_insert_with(now_rfc3339);
+            }
+        }
+        if let Err(e) = history::save(path, &driver.history) {
+            tracing::warn!("cannot write the release history {}: {e}", path.display());
+        }
     }
     let _ = std::fs::remove_file(&control_path);
     Ok(code)

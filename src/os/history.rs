@@ -273,7 +273,11 @@ pub fn save(path: &Path, history: &History) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let tmp = dir.join(format!(".{FILE}.{}.tmp", std::process::id()));
+    // A name of its own per write: the writer task and the last write at
+    // exit may overlap.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{FILE}.{}.{n}.tmp", std::process::id()));
     let text = serde_json::to_vec_pretty(history).map_err(std::io::Error::other)?;
     let written = (|| {
         let mut file = std::fs::File::create(&tmp)?;
