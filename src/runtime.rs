@@ -1258,6 +1258,20 @@ impl Driver {
         });
     }
 
+    /// The serving release for `status`, and what changed since the one
+    /// that served before it.
+    fn release_report(&self) -> Option<status::ReleaseReport> {
+        let current = Release::of(&self.specs.get(&self.core.serving()?)?.launch);
+        let previous = self.history.target(Some(&current.id), None).ok();
+        Some(status::ReleaseReport {
+            changes: previous
+                .map(|p| history::changes(&p.release, &current))
+                .unwrap_or_default(),
+            previous: previous.map(|p| p.release.id.clone()),
+            id: current.id,
+        })
+    }
+
     /// A new entry for `generation`, unless it has one.
     fn record(&mut self, generation: GenId, via: Via, served: bool, outcome: Outcome) {
         let Some(spec) = self.specs.get(&generation) else {
@@ -1323,6 +1337,10 @@ impl Driver {
         match outcome {
             CanaryOutcome::Promoted => return,
             CanaryOutcome::RolledBack => e.outcome = Outcome::RolledBack,
+            // The core's words for a canary that failed while it grew.
+            CanaryOutcome::Aborted { reason } if reason.starts_with("the promotion failed") => {
+                e.outcome = Outcome::Failed { reason: reason.clone() }
+            }
             CanaryOutcome::Aborted { reason } => e.outcome = Outcome::CanaryAborted { reason: reason.clone() },
         }
         e.stopped.get_or_insert_with(now_rfc3339);
@@ -1885,6 +1903,7 @@ impl Driver {
                 Err(why) => why.clone(),
             },
             memory_source: self.memory_source(),
+            release: self.release_report(),
             supervisor: snapshot,
         };
         serde_json::to_value(report).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))

@@ -33,7 +33,18 @@ pub struct Report {
     pub process_tree_detail: String,
     /// Where each worker's `rss_bytes` comes from.
     pub memory_source: crate::os::cgroup::MemorySource,
+    /// The serving release, and what changed since the one before it.
+    pub release: Option<ReleaseReport>,
     pub supervisor: Snapshot,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseReport {
+    pub id: String,
+    /// The release that served before (where `rollback` goes).
+    pub previous: Option<String>,
+    /// What differs from it (`history::changes`).
+    pub changes: Vec<String>,
 }
 
 /// The one-line STATUS= for systemd, e.g.
@@ -156,6 +167,29 @@ pub fn render(v: &serde_json::Value) -> String {
             _ => "-",
         },
     );
+    if let Some(r) = v["release"].as_object() {
+        let id = r.get("id").map_or_else(|| "-".to_owned(), s);
+        match r.get("previous").and_then(|p| p.as_str()) {
+            None => {
+                let _ = writeln!(out, "release {id} (no earlier release recorded)");
+            }
+            Some(previous) => {
+                let changes: Vec<String> = r
+                    .get("changes")
+                    .and_then(|c| c.as_array())
+                    .map(|c| c.iter().map(s).collect())
+                    .unwrap_or_default();
+                if changes.is_empty() {
+                    let _ = writeln!(out, "release {id}, the same as the one before ({previous})");
+                } else {
+                    let _ = writeln!(out, "release {id}, changed since {previous}:");
+                    for c in changes {
+                        let _ = writeln!(out, "  {c}");
+                    }
+                }
+            }
+        }
+    }
     for g in sup["generations"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,

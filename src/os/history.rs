@@ -103,6 +103,58 @@ impl Release {
     }
 }
 
+/// What changed from release `old` to `new`, one line per kind: the
+/// command, the environment keys whose values changed (not the values: they
+/// may be secrets), the directory, the executable. Empty if nothing did.
+pub fn changes(old: &Release, new: &Release) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.command != new.command {
+        out.push(format!(
+            "command: {} → {}",
+            old.command.join(" "),
+            new.command.join(" ")
+        ));
+    }
+    let value = |r: &Release, k: &str| {
+        r.environment
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let keys: std::collections::BTreeSet<&str> = old
+        .environment
+        .iter()
+        .chain(&new.environment)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let changed: Vec<&str> = keys.into_iter().filter(|k| value(old, k) != value(new, k)).collect();
+    if !changed.is_empty() {
+        out.push(format!("environment: {} changed", changed.join(", ")));
+    }
+    if old.directory != new.directory {
+        let show = |d: &Option<PathBuf>| d.as_ref().map_or_else(|| "-".to_owned(), |d| d.display().to_string());
+        out.push(format!(
+            "directory: {} → {}",
+            show(&old.directory),
+            show(&new.directory)
+        ));
+    }
+    if old.program != new.program {
+        out.push(format!(
+            "executable: {} → {}",
+            old.program.display(),
+            new.program.display()
+        ));
+    } else if old.executable != new.executable {
+        out.push(format!(
+            "executable: {} was replaced (inode, size or mtime differ)",
+            new.program.display()
+        ));
+    }
+    out
+}
+
 /// How a release's generation came to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -375,6 +427,29 @@ mod tests {
             stopped: None,
             outcome: Outcome::Ok,
         }
+    }
+
+    #[test]
+    fn changes_name_what_differs_and_never_an_environment_value() {
+        let (a, mut b) = (release("v1"), release("v1"));
+        assert!(changes(&a, &b).is_empty());
+        b.command[1] = "--fast".into();
+        b.environment.push(("SECRET".into(), "hunter2".into()));
+        b.directory = Some("/srv".into());
+        if let Some(x) = b.executable.as_mut() {
+            x.size += 1;
+        }
+        let c = changes(&a, &b);
+        assert_eq!(
+            c,
+            vec![
+                "command: server v1 → server --fast".to_owned(),
+                "environment: SECRET changed".to_owned(),
+                "directory: / → /srv".to_owned(),
+                "executable: /bin/sh was replaced (inode, size or mtime differ)".to_owned(),
+            ]
+        );
+        assert!(!c.concat().contains("hunter2"));
     }
 
     #[test]

@@ -128,6 +128,20 @@ fn rollback_goes_back_and_forth_repoints_current_and_survives_a_restart() {
     layout.deploy("v2");
     baton.write_config(&layout.config(port, "v2"));
     assert!(baton.reload().status.success(), "{}", baton.log());
+    // `status` says what changed since the release before.
+    let out = baton.client(&["status"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("changed since"), "{shown}");
+    assert!(shown.contains("  environment: APP_RELEASE changed\n"), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "  directory: {} → {}\n",
+            layout.releases.join("v1").display(),
+            layout.releases.join("v2").display()
+        )),
+        "{shown}"
+    );
+    assert!(!shown.contains("command:") && !shown.contains("executable:"), "{shown}");
     std::thread::sleep(Duration::from_millis(300));
     rollback_to(&baton, &layout, 3, "v1");
     std::thread::sleep(Duration::from_millis(300));
