@@ -3446,6 +3446,20 @@ fn hold_without_a_check_promotes_the_canary() {
 }
 
 #[test]
+fn the_canarys_own_config_hold_applies_unless_the_request_names_one() {
+    let held = |hold: Option<Duration>| {
+        let mut p = policy(2, Parallel);
+        p.canary_hold = Some(secs(30));
+        let h = with_canary(2, Parallel, 1, spec_of("v2", p), hold);
+        h.armed(Timer::CanaryHold(GenId(2))).map(|at| at - h.now)
+    };
+    // `[canary] hold` of the new release, when `--hold` is not given...
+    assert_eq!(held(None), Some(secs(30)));
+    // ...and `--hold` wins over it.
+    assert_eq!(held(Some(secs(5))), Some(secs(5)));
+}
+
+#[test]
 fn hold_then_a_passing_check_promotes_the_canary() {
     let mut h = with_canary(2, Parallel, 1, checked("v2", 2), Some(secs(5)));
     h.advance(secs(5));
