@@ -322,7 +322,7 @@ pub fn load(path: &Path) -> Result<History, HistoryError> {
 /// Writes `history` to `path` atomically: a temporary file beside it,
 /// synced, then renamed over it. Creates the directory (0700) if needed.
 pub fn save(path: &Path, history: &History) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     // A name of its own per write: the writer task and the last write at
@@ -332,7 +332,12 @@ pub fn save(path: &Path, history: &History) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{FILE}.{}.{n}.tmp", std::process::id()));
     let text = serde_json::to_vec_pretty(history).map_err(std::io::Error::other)?;
     let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        // 0600: the environment may hold secrets.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(&text)?;
         file.write_all(b"\n")?;
         file.sync_all()?;
@@ -493,6 +498,9 @@ mod tests {
         assert_eq!(h.entries[0].generation, 12);
         save(&path, &h).unwrap();
         assert_eq!(load(&path).unwrap(), h);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        save(&path, &h).unwrap();
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
         assert_eq!(load(&dir.path().join("none.json")).unwrap(), History::default());
