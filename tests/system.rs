@@ -469,28 +469,6 @@ impl Sandbox {
     }
 }
 
-/// `npm ci` in examples/node unless node_modules matches package-lock.json
-/// (the same marker and lock as tests/it/node.rs, so the two share the work).
-fn provision_node_modules() -> std::path::PathBuf {
-    use common::baton::{run_setup, target_dir, with_file_lock};
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
-    let lock = std::fs::read_to_string(dir.join("package-lock.json")).unwrap();
-    let marker = dir.join("node_modules/.baton-installed-from-package-lock.json");
-    with_file_lock(&target_dir().join("examples-node.lock"), || {
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == lock) {
-            return;
-        }
-        run_setup(
-            "npm ci in examples/node",
-            std::process::Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir),
-        );
-        std::fs::write(&marker, &lock).unwrap();
-    });
-    dir
-}
-
 /// Wheels for examples/python/requirements.txt, downloaded once into
 /// target/system-wheels with the system's python3 (what the container has),
 /// so that the container's venv installs offline.
@@ -551,7 +529,7 @@ fn the_sandboxed_unit_runs_every_example_app() {
     if !container::can_boot() {
         return;
     }
-    let node = provision_node_modules();
+    let node = common::baton::provision_node_modules();
     let wheels = provision_wheels();
     container::on_each_system("sandbox tests", |system| sandbox_on(system, &node, &wheels));
 }

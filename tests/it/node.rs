@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::baton::{
-    Baton, WorkerLine, config_text, fd_targets, port, rss_kib, run_setup, target_dir, with_file_lock, worker_lines,
+    Baton, WorkerLine, config_text, fd_targets, port, provision_node_modules, rss_kib, worker_lines,
 };
 use crate::common::load::Load;
 use crate::common::wait_until;
@@ -48,26 +48,10 @@ fn require_node() {
     }
 }
 
-/// `npm ci` in examples/node unless node_modules already matches
-/// package-lock.json. A marker in node_modules holds the lock file it was
-/// installed from; a file lock keeps parallel tests from racing.
+/// Node is there, and examples/node has its node_modules.
 fn provision_express() {
     require_node();
-    let dir = node_dir();
-    let lock = std::fs::read_to_string(dir.join("package-lock.json")).unwrap();
-    let marker = dir.join("node_modules/.baton-installed-from-package-lock.json");
-    with_file_lock(&target_dir().join("examples-node.lock"), || {
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == lock) {
-            return;
-        }
-        run_setup(
-            "npm ci in examples/node",
-            Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir),
-        );
-        std::fs::write(&marker, &lock).unwrap();
-    });
+    provision_node_modules();
 }
 
 /// The lines of one worker process.

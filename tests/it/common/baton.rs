@@ -424,3 +424,26 @@ pub fn run_setup(what: &str, command: &mut Command) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `npm ci` in examples/node unless its node_modules already matches
+/// package-lock.json, and that directory. A marker in node_modules holds
+/// the lock file it was installed from; a file lock keeps parallel tests
+/// (tests/it/node.rs and the system tests) from racing.
+pub fn provision_node_modules() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
+    let lock = std::fs::read_to_string(dir.join("package-lock.json")).unwrap();
+    let marker = dir.join("node_modules/.baton-installed-from-package-lock.json");
+    with_file_lock(&target_dir().join("examples-node.lock"), || {
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == lock) {
+            return;
+        }
+        run_setup(
+            "npm ci in examples/node",
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+        );
+        std::fs::write(&marker, &lock).unwrap();
+    });
+    dir
+}
