@@ -54,7 +54,7 @@ use tracing::Instrument;
 
 use crate::config::{self, Config, Overrides, Source};
 use crate::control::status;
-use crate::control::{self, Change, Command, ReloadAnswer, Reply};
+use crate::control::{self, Change, Command, ReloadAnswer, Reply, Repoint};
 use crate::engine::spec::{CanaryCheck, GenSpec, Launch};
 use crate::engine::supervisor::{
     Action, CanaryOutcome, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult,
@@ -211,7 +211,8 @@ enum Event {
     Repointed {
         client: ClientId,
         answer: ReloadAnswer,
-        result: Result<(PathBuf, PathBuf), String>,
+        repoint: Repoint,
+        result: std::io::Result<()>,
     },
 }
 
@@ -731,20 +732,27 @@ impl Driver {
                 release,
                 result,
             } => self.rollback_checked(now, waiter, release, result),
-            Event::Repointed { client, answer, result } => {
-                let mut answer = answer;
+            Event::Repointed {
+                client,
+                mut answer,
+                repoint,
+                result,
+            } => {
+                let (link, target) = (repoint.link.display(), repoint.target.display());
                 match result {
-                    Ok((link, target)) => {
-                        tracing::info!("re-pointed {} → {}", link.display(), target.display());
+                    Ok(()) => {
+                        tracing::info!("re-pointed {link} → {target}");
                         answer.message.push_str(&format!(
-                            "; re-pointed {} → {}, so later reloads and restarts stay there",
-                            link.display(),
-                            target.display()
+                            "; re-pointed {link} → {target}, so later reloads and restarts stay there"
                         ));
                     }
-                    Err(why) => {
-                        tracing::warn!("{why}");
-                        answer.message.push_str(&format!("; but {why}"));
+                    Err(e) => {
+                        // The client tries with its own rights, and says how that went.
+                        tracing::warn!("cannot re-point {link} → {target}: {e}");
+                        answer
+                            .message
+                            .push_str(&format!("; baton cannot re-point {link} → {target}: {e}"));
+                        answer.repoint = Some(repoint);
                     }
                 }
                 if let Some(tx) = self.clients.remove(&client) {
@@ -1096,6 +1104,7 @@ impl Driver {
                     generation: Some(ok.generation.get()),
                     message,
                     output: Vec::new(),
+                    repoint: None,
                 }
             }
             Err(e) => {
@@ -1109,6 +1118,7 @@ impl Driver {
                     generation,
                     message: e.to_string(),
                     output,
+                    repoint: None,
                 }
             }
         };
@@ -1142,6 +1152,7 @@ impl Driver {
                 generation: None,
                 message,
                 output: Vec::new(),
+                repoint: None,
             }));
         }
     }
@@ -1247,14 +1258,20 @@ impl Driver {
         let events = self.events.clone();
         let tasks = self.tasks.clone();
         spawn_task(&self.tasks, &self.done, "repoint", async move {
-            let (l, t) = (link.clone(), target.clone());
+            let repoint = Repoint { link, target };
+            let job = repoint.clone();
             let result = tasks
-                .spawn_blocking(move || repoint_symlink(&l, &t))
+                .spawn_blocking(move || history::repoint(&job.link, &job.target))
                 .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                .map(|()| (link.clone(), target.clone()))
-                .map_err(|e| format!("cannot re-point {} → {}: {e}", link.display(), target.display()));
-            let _ = events.send(Event::Repointed { client, answer, result }).await;
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let _ = events
+                .send(Event::Repointed {
+                    client,
+                    answer,
+                    repoint,
+                    result,
+                })
+                .await;
         });
     }
 
@@ -1946,21 +1963,6 @@ fn repoint_of(link: Option<&std::path::Path>, target: Option<&std::path::Path>) 
         return None;
     }
     Some((link.to_owned(), target.to_owned()))
-}
-
-/// Points the symlink `link` at `target` atomically: a new link beside it,
-/// renamed over it (rename(2) replaces it in one step).
-fn repoint_symlink(link: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
-    let name = link
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = link.with_file_name(format!(".{name}.baton-{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, link).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 fn kill_orphan(pid: i32, orphan: &Orphan) {

@@ -117,7 +117,7 @@ fn units_on(system: container::System) -> Option<container::Run> {
         port: free_port(),
         gen2_pids: Mutex::new(Vec::new()),
     };
-    let scenarios: [(&str, Scenario); 12] = [
+    let scenarios: [(&str, Scenario); 13] = [
         (
             "1 socket activation: the first request starts the service",
             socket_activation,
@@ -159,6 +159,10 @@ fn units_on(system: container::System) -> Option<container::Run> {
         (
             "12 [limits] memory counts a worker's whole cgroup",
             memory_limit_counts_the_cgroup,
+        ),
+        (
+            "13 history survives systemctl restart; baton rollback re-points current",
+            history_and_rollback,
         ),
     ];
     let mut results: Vec<(&str, Duration, Result<String, String>)> = Vec::new();
@@ -2008,5 +2012,124 @@ fn memory_limit_counts_the_cgroup(s: &System) -> String {
         "peak {} MiB reported (memory_source {source}); worker pid {first_pid} replaced after {}: {why:?}; its daemon is gone",
         peak >> 20,
         ms(after)
+    )
+}
+
+/// The directory generation `id` runs in, as `baton status` reports it.
+fn directory(status: &Value, id: u64) -> Option<String> {
+    generation(status, id)?["directory"].as_str().map(str::to_owned)
+}
+
+/// 13. Releases under systemd: a `current` symlink layout owned by root
+///     (baton runs as `User=myapp`, so only the operator may re-point it),
+///     two releases, `systemctl restart`, then `baton history` and
+///     `baton rollback` from a root shell with nothing but the app's name.
+fn history_and_rollback(s: &System) -> String {
+    const ROOT: &str = "/srv/myapp";
+    let v1 = format!("{ROOT}/releases/v1");
+    let v2 = format!("{ROOT}/releases/v2");
+    let current = format!("{ROOT}/current");
+    let deploy = |to: &str| {
+        let out = s.c.sh(&format!(
+            "mkdir -p {v1} {v2} && ln -sfn {to} {current}.tmp && mv -T {current}.tmp {current}"
+        ));
+        assert!(out.status.success(), "deploying {to}: {}", describe(&out));
+    };
+    let original = s.c.read_file(CONFIG);
+    // Scenario 7 stopped it.
+    s.systemctl_ok(&["start", SERVICE]);
+    s.wait_serving(Duration::from_secs(30));
+
+    deploy(&v1);
+    s.edit_config(CONFIG, |doc| {
+        doc["directory"] = toml_edit::value(current.as_str());
+        doc["environment"]["APP_RELEASE"] = toml_edit::value("v1");
+    });
+    s.systemctl_ok(&["reload", APP]);
+    deploy(&v2);
+    s.edit_config(CONFIG, |doc| doc["environment"]["APP_RELEASE"] = toml_edit::value("v2"));
+    s.systemctl_ok(&["reload", APP]);
+    let status = s.status();
+    let (on_v2, _, _) = serving(&status).unwrap();
+    assert_eq!(directory(&status, on_v2).as_deref(), Some(v2.as_str()), "{status}");
+
+    let pid_before = s.main_pid();
+    s.systemctl_ok(&["restart", SERVICE]);
+    let status = s.wait_serving(Duration::from_secs(30));
+    let pid_after = s.main_pid();
+    assert_ne!(pid_before, pid_after, "systemctl restart did not restart baton");
+    let (restarted, _, _) = serving(&status).unwrap();
+    assert_eq!(directory(&status, restarted).as_deref(), Some(v2.as_str()), "{status}");
+
+    // A root shell, the app's name and nothing else.
+    let out = s.baton(&["history", APP, "--json"]);
+    assert!(out.status.success(), "baton history {APP} --json: {}", describe(&out));
+    let history: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("baton history JSON: {e}: {}", stdout(&out)));
+    let entries = history["entries"].as_array().cloned().unwrap_or_default();
+    let dirs: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["release"]["directory"].as_str())
+        .collect();
+    assert_eq!(
+        dirs.first(),
+        Some(&v2.as_str()),
+        "the newest entry is not v2: {history:#}"
+    );
+    assert!(
+        dirs.contains(&v1.as_str()),
+        "v1 is not in the history after the restart: {history:#}"
+    );
+    assert!(
+        entries.len() >= 3,
+        "fewer than 3 entries (v1, v2, v2 after the restart): {history:#}"
+    );
+
+    let load = Load::start(s.addr(), "/", LOAD_THREADS);
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let out = s.baton(&["rollback", APP]);
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    let said = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "baton rollback {APP}: {}", describe(&out));
+    assert!(
+        said.contains(&format!("re-pointed {current} → {v1}")),
+        "baton rollback did not say it re-pointed {current}: {said}"
+    );
+    let link = stdout(&s.c.exec(&["readlink", &current], COMMAND_TIMEOUT))
+        .trim()
+        .to_owned();
+    assert_eq!(link, v1, "{current} after the rollback");
+    let status = s.status();
+    let (rolled, ready, slots) = serving(&status).unwrap();
+    assert!(rolled > restarted && ready == slots, "after the rollback: {status}");
+    assert_eq!(directory(&status, rolled).as_deref(), Some(v1.as_str()), "{status}");
+    assert_eq!(stats.failed, 0, "failed requests across the rollback: {stats}");
+    assert!(stats.ok >= 50, "too little load to mean anything: {stats}");
+
+    // The re-pointed link is what a restart (or a reboot) starts.
+    s.systemctl_ok(&["restart", SERVICE]);
+    let status = s.wait_serving(Duration::from_secs(30));
+    let (after, _, _) = serving(&status).unwrap();
+    assert_eq!(
+        directory(&status, after).as_deref(),
+        Some(v1.as_str()),
+        "after a restart: {status}"
+    );
+
+    s.c.write_file(CONFIG, &original);
+    s.systemctl_ok(&["reload", APP]);
+    let by = if said.contains("(as you)") {
+        "the root client"
+    } else {
+        "baton"
+    };
+    format!(
+        "{} history entries after systemctl restart; baton rollback exit 0 in {} (re-pointed by {by}); \
+         load across it: {stats}; after another restart, v1 serves",
+        entries.len(),
+        ms(took)
     )
 }

@@ -167,7 +167,7 @@ fn control_target(target: &Target) -> Result<(PathBuf, String), control::Control
             return Ok((path, name));
         }
     };
-    Ok((control::control_path(&name), name))
+    Ok((control::client_path(&name), name))
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -200,6 +200,9 @@ pub fn change(target: Target, verb: &str, request: &Request) -> i32 {
     match reply {
         Ok(Reply::Reloaded(answer)) if answer.ok => {
             println!("baton: {verb} ok: {}", answer.message);
+            if let Some(r) = &answer.repoint {
+                repoint_as_client(r);
+            }
             EX_OK
         }
         Ok(Reply::Reloaded(answer)) => {
@@ -232,6 +235,23 @@ pub fn change(target: Target, verb: &str, request: &Request) -> i32 {
     }
 }
 
+/// A rollback serves, but baton's user could not re-point the `directory`
+/// symlink (the deploy layout belongs to someone else): the client, run by
+/// the operator, tries with its own rights. The rollback stands either way.
+fn repoint_as_client(r: &control::Repoint) {
+    let (link, target) = (r.link.display(), r.target.display());
+    match crate::os::history::repoint(&r.link, &r.target) {
+        Ok(()) => println!("baton: re-pointed {link} → {target} (as you), so later reloads and restarts stay there"),
+        Err(e) => {
+            eprintln!("baton: WARNING: you cannot re-point {link} → {target} either: {e}");
+            eprintln!(
+                "baton: the rolled-back release serves now, but the next reload or restart starts what {link} \
+                 points to; fix it with: ln -sfn {target} {link}"
+            );
+        }
+    }
+}
+
 /// `baton history`: reads the file itself, so it works with baton stopped.
 pub fn history(target: Target, json: bool) -> i32 {
     use crate::os::history;
@@ -242,7 +262,7 @@ pub fn history(target: Target, json: bool) -> i32 {
             return EX_USAGE;
         }
     };
-    let Some(path) = history::state_dir(&name).map(|d| d.join(history::FILE)) else {
+    let Some(path) = history::file_to_read(&name) else {
         eprintln!("baton history: no state directory: set STATE_DIRECTORY, XDG_STATE_HOME or HOME");
         return EX_USAGE;
     };

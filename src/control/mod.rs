@@ -75,6 +75,18 @@ pub struct ReloadAnswer {
     /// The failing worker's last lines of output.
     #[serde(default)]
     pub output: Vec<String>,
+    /// A rollback whose `directory` symlink baton could not re-point (its
+    /// user may not write the deploy layout): the client tries with its
+    /// own rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repoint: Option<Repoint>,
+}
+
+/// `link` should point at `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repoint {
+    pub link: PathBuf,
+    pub target: PathBuf,
 }
 
 /// What a reload-like request asks to change; each is answered like a
@@ -197,6 +209,20 @@ pub fn control_path(name: &str) -> PathBuf {
         }
     }
     base_dir().join(name).join("control.sock")
+}
+
+/// The control socket a client of app `name` talks to: [`control_path`],
+/// except that a user other than root whose own runtime directory has no
+/// socket for `name` reaches the system unit's `/run/baton/NAME`, if it is
+/// there. That is the service's own user (`User=` in the unit) typing
+/// `baton promote NAME` in a shell; the peer check still applies.
+pub fn client_path(name: &str) -> PathBuf {
+    let own = control_path(name);
+    if nix::unistd::Uid::current().is_root() || own.exists() || std::env::var_os("BATON_RUNTIME_DIR").is_some() {
+        return own;
+    }
+    let system = Path::new("/run/baton").join(name).join("control.sock");
+    if system.exists() { system } else { own }
 }
 
 /// With no name given: the one supervisor running for this user.

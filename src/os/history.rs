@@ -259,8 +259,11 @@ impl History {
 }
 
 /// The state directory of app `name`: systemd's `$STATE_DIRECTORY`
-/// (`StateDirectory=baton/NAME`), else `$XDG_STATE_HOME/baton/NAME`, else
-/// `~/.local/state/baton/NAME`. `BATON_STATE_DIR` overrides the base.
+/// (`StateDirectory=baton/NAME`); else, for root, `/var/lib/baton/NAME`,
+/// which is where `StateDirectory=` puts it for a system unit, so that
+/// `baton history NAME` typed in a root shell reads what the service wrote;
+/// else `$XDG_STATE_HOME/baton/NAME`, else `~/.local/state/baton/NAME`.
+/// `BATON_STATE_DIR` overrides the base.
 pub fn state_dir(name: &str) -> Option<PathBuf> {
     if let Some(base) = std::env::var_os(STATE_DIR_ENV).filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(base).join(name));
@@ -276,11 +279,46 @@ pub fn state_dir(name: &str) -> Option<PathBuf> {
             return Some(PathBuf::from(dir));
         }
     }
+    if nix::unistd::Uid::current().is_root() {
+        return Some(system_dir(name));
+    }
     if let Some(base) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(base).join("baton").join(name));
     }
     let home = std::env::var_os("HOME").filter(|v| !v.is_empty())?;
     Some(PathBuf::from(home).join(".local/state/baton").join(name))
+}
+
+/// Points the symlink `link` at `target` atomically: a new link beside it,
+/// renamed over it, so a reader sees the old target or the new one.
+pub fn repoint(link: &Path, target: &Path) -> std::io::Result<()> {
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = link.with_file_name(format!(".{name}.baton-{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, link).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn system_dir(name: &str) -> PathBuf {
+    Path::new("/var/lib/baton").join(name)
+}
+
+/// The history file `baton history NAME` reads: the one in [`state_dir`],
+/// except that a user other than root with no history of `name` of their
+/// own reads the system unit's, if it is there: the service's own user
+/// (`User=` in the unit) typing `baton history NAME` in a shell.
+pub fn file_to_read(name: &str) -> Option<PathBuf> {
+    let own = state_dir(name).map(|d| d.join(FILE));
+    if own.as_ref().is_some_and(|f| f.exists()) || std::env::var_os(STATE_DIR_ENV).is_some() {
+        return own;
+    }
+    let system = system_dir(name).join(FILE);
+    if system.exists() { Some(system) } else { own }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,10 +358,16 @@ pub fn load(path: &Path) -> Result<History, HistoryError> {
 }
 
 /// Writes `history` to `path` atomically: a temporary file beside it,
-/// synced, then renamed over it. Creates the directory (0700) if needed.
+/// synced, then renamed over it. Creates the directory (0700) if needed,
+/// and its missing parents as `mkdir -p` would (0755 under the usual
+/// umask): a root-only `/var/lib/baton` would lock out a unit's `User=`,
+/// whose `StateDirectory=baton/NAME` systemd creates inside it.
 pub fn save(path: &Path, history: &History) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     // A name of its own per write: the writer task and the last write at
     // exit may overlap.

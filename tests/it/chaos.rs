@@ -325,6 +325,7 @@ fn chaos_soak_under_load() {
         failed_reloads: 0,
         kills: 0,
     };
+    let load_started = Instant::now();
     let load = Load::start(chaos.baton.addr(), "/", 6);
 
     let started = Instant::now();
@@ -343,6 +344,7 @@ fn chaos_soak_under_load() {
             first.remove(chaos.rng.below(first.len()))
         };
         let before = load.snapshot();
+        let round_started = Instant::now();
         chaos.play(round);
         chaos.settle();
         let after = load.snapshot();
@@ -350,11 +352,13 @@ fn chaos_soak_under_load() {
         into.ok += after.ok - before.ok;
         into.failed += after.failed - before.failed;
         if !round.kills() && after.failed > before.failed {
-            let new_errors: Vec<_> = after.first_errors.iter().skip(before.first_errors.len()).collect();
+            let new = (after.failed - before.failed) as usize;
+            let new_errors: Vec<_> = after.last_errors.iter().rev().take(new).rev().collect();
             panic!(
-                "round {} ({round:?}) failed {} requests: {new_errors:?}\n{}",
+                "round {} ({round:?}, from t+{:.3}s of the load) failed {new} requests: {new_errors:?}\n\
+                 rounds before: {rounds:?}\n{}",
                 rounds.len(),
-                after.failed - before.failed,
+                round_started.duration_since(load_started).as_secs_f64(),
                 chaos.baton.log()
             );
         }

@@ -35,11 +35,14 @@ fn sockets_passed_by_an_activator_are_used_and_named() {
             "web",
             "-E",
             "BATON_RUNTIME_DIR",
+            "-E",
+            "BATON_STATE_DIR",
         ])
         .arg(baton_bin())
         .args(["run", "--name", "activated", "--workers", "2", "--"])
         .arg(&hello)
         .env("BATON_RUNTIME_DIR", &runtime)
+        .env("BATON_STATE_DIR", dir.path().join("state"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -7,7 +7,7 @@
 //! by itself, after 10 minutes or 5 million requests, even if the test never
 //! calls [`Load::stop`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +42,9 @@ pub struct LoadStats {
     pub bad_responses: u64,
     /// The first few failures, with the time since the load started.
     pub first_errors: Vec<String>,
+    /// The last few failures, so a failure late in a long run is not lost
+    /// behind early ones that were expected.
+    pub last_errors: VecDeque<String>,
     /// `G` of every `hello from generation G ...` body.
     pub generations_seen: BTreeSet<String>,
 }
@@ -90,10 +93,14 @@ impl LoadStats {
             }
         };
         self.failed += 1;
+        let error = format!("t+{:.3}s {error}", since_start.as_secs_f64());
         if self.first_errors.len() < KEPT_ERRORS {
-            self.first_errors
-                .push(format!("t+{:.3}s {error}", since_start.as_secs_f64()));
+            self.first_errors.push(error.clone());
         }
+        if self.last_errors.len() == KEPT_ERRORS {
+            self.last_errors.pop_front();
+        }
+        self.last_errors.push_back(error);
     }
 }
 
