@@ -2085,6 +2085,26 @@ fn history_and_rollback(s: &System) -> String {
         "fewer than 3 entries (v1, v2, v2 after the restart): {history:#}"
     );
 
+    // The service's own user, in a shell, with the app's name only.
+    for args in [["history", APP, "--json"], ["status", APP, "--json"]] {
+        let mut argv = vec!["runuser", "-u", APP, "--", s.baton.as_str()];
+        argv.extend_from_slice(&args);
+        let out = s.c.exec(&argv, COMMAND_TIMEOUT);
+        assert!(
+            out.status.success(),
+            "as {APP}: baton {}: {}",
+            args.join(" "),
+            describe(&out)
+        );
+        let answer: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("as {APP}: baton {}: {e}: {}", args.join(" "), stdout(&out)));
+        assert!(
+            answer["entries"].as_array().is_some_and(|e| e.len() == entries.len()) || answer["supervisor"].is_object(),
+            "as {APP}: baton {}: {answer}",
+            args.join(" ")
+        );
+    }
+
     let load = Load::start(s.addr(), "/", LOAD_THREADS);
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
