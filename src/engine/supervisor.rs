@@ -19,9 +19,10 @@
 //! that arrive meanwhile are coalesced into one follow-up (rule 3).
 //!
 //! Retiring a worker that was ready sends the stop signal and arms a kill
-//! deadline (`[stop] timeout`). A worker that never became ready has
-//! promised nothing and is killed at once, so a candidate that was given up
-//! cannot start serving late. When every worker of a retiring generation is
+//! deadline (`[stop] timeout`). A worker that never became ready, of a
+//! generation that never served, has promised nothing and is killed at
+//! once, so a candidate that was given up cannot start serving late; a
+//! restart of a generation that served is drained like the others. When every worker of a retiring generation is
 //! gone, [`Action::Retired`] lets the driver kill what they left behind.
 //!
 //! A worker of a serving generation that dies unexpectedly is restarted
@@ -636,6 +637,10 @@ struct Generation {
     /// Started as a canary of this many workers (slots `0..n`): none of
     /// them is ever restarted.
     canary: Option<usize>,
+    /// It has been the serving generation: its release is known good, so
+    /// even a worker of it that is not ready yet (a restart) is drained
+    /// when it retires, never killed at once.
+    served: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1411,6 +1416,7 @@ impl Supervisor {
                 created: now,
                 drain_waiters: Vec::new(),
                 canary: None,
+                served: false,
             },
         );
         id
@@ -1482,8 +1488,19 @@ impl Supervisor {
     }
 
     /// Sends the stop signal and arms the kill deadline; a worker that never
-    /// became ready is killed at once. Idempotent.
+    /// became ready is killed at once, unless its generation served (a
+    /// restart, which may already accept). Idempotent.
     fn retire_worker(&mut self, now: Instant, worker: WorkerId) {
+        self.stop_worker(now, worker, false);
+    }
+
+    /// [`Self::retire_worker`] for a worker that failed: one that never
+    /// became ready is killed at once whatever its generation.
+    fn retire_failed_worker(&mut self, now: Instant, worker: WorkerId) {
+        self.stop_worker(now, worker, true);
+    }
+
+    fn stop_worker(&mut self, now: Instant, worker: WorkerId, failed: bool) {
         let stop = self
             .policy_of(worker)
             .map(|p| (p.stop_signal, p.stop_timeout, p.stop_message));
@@ -1498,12 +1515,17 @@ impl Supervisor {
             return;
         }
         let Some((signal, timeout, message)) = stop else { return };
+        let served = !failed && self.gens.get(&generation).is_some_and(|g| g.served);
+        let Some(w) = self.workers.get_mut(&worker) else { return };
         w.state = WorkerState::Stopping;
-        if w.ready_at.is_none() {
-            // It never said it was ready, so it has promised nothing and
-            // nobody relies on it draining. Killed at once, it cannot start
-            // serving from the shared sockets after its generation was
-            // given up (an app still loading when its deadline passed).
+        if w.ready_at.is_none() && !served {
+            // It never said it was ready, and its release never served, so
+            // it has promised nothing and nobody relies on it draining.
+            // Killed at once, it cannot start serving from the shared
+            // sockets after its generation was given up (an app still
+            // loading when its deadline passed). A restart of a generation
+            // that served is drained like any worker: it may already be
+            // accepting, and its release is known good.
             w.deadline = None;
             self.clear_slot(generation, slot, worker);
             self.push(Action::Kill {
@@ -1644,6 +1666,7 @@ impl Supervisor {
         };
         if let Some(g) = self.gens.get_mut(&generation) {
             g.role = Role::Serving;
+            g.served = true;
         }
         let old = self.serving.replace(generation);
         if let Some(old) = old {
@@ -1922,7 +1945,7 @@ impl Supervisor {
             failure,
             errno: w.errno,
         };
-        self.retire_worker(now, worker);
+        self.retire_failed_worker(now, worker);
         self.on_failure(now, fault);
     }
 

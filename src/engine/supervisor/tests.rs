@@ -1964,6 +1964,27 @@ fn restarted_worker_that_never_gets_ready_is_replaced() {
 }
 
 #[test]
+fn a_restart_not_yet_ready_when_its_generation_retires_is_drained_not_killed() {
+    // Found by the chaos soak: a reload right after a SIGKILL, while the
+    // slot's restart starts. The restart may already accept from the shared
+    // sockets, and its release served: it gets the stop signal, like its
+    // siblings, so no connection it accepted is reset.
+    let mut h = started(2, Parallel);
+    h.crash(1, 0, KILLED);
+    h.advance(ms(100));
+    h.expect(&[failed(1, 0, exited(KILLED, true)), spawn(3, 1, 0)]);
+    h.reload(7);
+    h.load(spec("v2", 2, Parallel));
+    h.take();
+    h.ready(2, 0);
+    h.ready(2, 1);
+    let events = h.take();
+    assert!(events.contains(&term(3)), "{events:?}");
+    assert!(!events.contains(&kill(3)), "{events:?}");
+    assert!(events.contains(&term(2)), "{events:?}");
+}
+
+#[test]
 fn restart_spawn_failure_counts_as_a_crash() {
     let mut h = started(1, Parallel);
     h.crash(1, 0, FAIL);
@@ -3616,7 +3637,8 @@ fn a_rolling_hand_over_retires_a_memory_successor_in_the_slot_too() {
     h.take();
     h.ready(2, 0);
     // Found by the randomized test: left alone, the successor was orphaned
-    // when a revert restarted the slot.
-    h.expect(&[progress(&[7]), kill(3), term(1), spawn(5, 2, 1)]);
+    // when a revert restarted the slot. Not ready yet, but of a release
+    // that served: drained, not killed at once.
+    h.expect(&[progress(&[7]), term(3), term(1), spawn(5, 2, 1)]);
     assert_eq!(h.live(1), [2]);
 }
