@@ -87,6 +87,8 @@ pub struct Context {
     pub notify_socket: Option<String>,
     /// systemd's WATCHDOG_USEC for baton itself.
     pub watchdog: Option<Duration>,
+    /// Forks the workers, on the main thread.
+    pub spawner: Spawner,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +101,6 @@ pub enum RunError {
     Control(#[from] control::ControlError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
-    #[error("cannot start the spawner thread")]
-    Spawner(#[source] std::io::Error),
     #[error(transparent)]
     Spec(#[from] spawn::SpecError),
 }
@@ -390,21 +390,6 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         Err(why) => tracing::info!("process tree: a process group per worker ({why})"),
     }
 
-    // A parallel reload holds several fds per worker; workers get back the
-    // limit baton started with.
-    let nofile = match sys::raise_nofile() {
-        Ok(n) => {
-            if n.soft < n.hard {
-                tracing::debug!("raised RLIMIT_NOFILE from {} to {}", n.soft, n.hard);
-            }
-            Some(n)
-        }
-        Err(e) => {
-            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
-            None
-        }
-    };
-    let spawner = Spawner::start(nofile).map_err(RunError::Spawner)?;
 
     // Signal handlers first: a SIGCHLD before they exist would be lost.
     let mut sigchld = signal(SignalKind::child()).map_err(RunError::Signals)?;
@@ -487,7 +472,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         listeners,
         devnull,
         events,
-        spawner,
+        spawner: ctx.spawner.clone(),
         tasks,
         done,
         pending: HashMap::new(),

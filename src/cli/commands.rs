@@ -84,7 +84,23 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
             return EX_FAILED;
         }
     };
+    // A parallel reload holds several fds per worker; workers get back the
+    // limit baton started with.
+    let nofile = match crate::os::sys::raise_nofile() {
+        Ok(n) => {
+            if n.soft < n.hard {
+                tracing::debug!("raised RLIMIT_NOFILE from {} to {}", n.soft, n.hard);
+            }
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
+            None
+        }
+    };
+    let (spawner, spawner_loop) = crate::os::sys::Spawner::new(nofile);
     let ctx = Context {
+        spawner,
         config,
         source,
         overrides,
@@ -96,6 +112,30 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         notify_socket: inherited.notify_socket,
         watchdog: inherited.watchdog_usec.and_then(watchdog_timeout),
     };
+    // The event loop runs on a thread of its own; this (main) thread forks
+    // the workers (see `os::sys`): it is the one thread an exec keeps.
+    let event_loop = std::thread::Builder::new()
+        .name("baton-loop".into())
+        .spawn(move || run_event_loop(ctx));
+    let event_loop = match event_loop {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("baton: cannot start the event loop thread: {e}");
+            return EX_FAILED;
+        }
+    };
+    // Returns once the event loop has dropped every spawner handle.
+    spawner_loop.run();
+    let code = event_loop.join().unwrap_or_else(|_| {
+        eprintln!("baton: the event loop thread panicked");
+        EX_FAILED
+    });
+    let _ = log_thread.join();
+    code
+}
+
+/// The tokio runtime and the supervisor's event loop, until baton exits.
+fn run_event_loop(ctx: Context) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -116,9 +156,9 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         }
     };
     // Dropping the runtime drops the pumps, and with them the last handles
-    // on the writer, which then writes what is queued and ends.
+    // on the writer, which then writes what is queued and ends; and the
+    // last spawner handles, which ends the main thread's spawner loop.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let _ = log_thread.join();
     code
 }
 
