@@ -295,6 +295,12 @@ impl Spawner {
         self.forked.lock().unwrap_or_else(|e| e.into_inner()).contains(&pid)
     }
 
+    /// `pid` is a worker a previous image forked (`baton upgrade`), not
+    /// reaped yet.
+    pub fn remember(&self, pid: i32) {
+        self.forked.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+    }
+
     /// `pid` was reaped.
     pub fn forget(&self, pid: i32) {
         self.forked.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
@@ -329,10 +335,7 @@ impl SpawnerLoop {
 /// handlers waits for them instead of killing baton.
 fn exec_image(image: &Image) -> io::Error {
     use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
-    let mut handled = SigSet::empty();
-    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
-        handled.add(s);
-    }
+    let handled = handled_signals();
     let mut old = SigSet::empty();
     if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled), Some(&mut old)) {
         return e.into();
@@ -375,6 +378,25 @@ fn exec_image(image: &Image) -> io::Error {
     error
 }
 
+/// The signals baton's event loop handles.
+fn handled_signals() -> nix::sys::signal::SigSet {
+    let mut handled = nix::sys::signal::SigSet::empty();
+    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+        handled.add(s);
+    }
+    handled
+}
+
+/// Unblocks, on the calling thread, the signals an upgrade blocked across
+/// its exec; call it once their handlers are installed. Threads started
+/// since the exec inherited the block, so this thread is the one that
+/// receives them (the spawner thread keeps them blocked, and its children
+/// start with an empty mask).
+pub fn unblock_handled_signals() {
+    use nix::sys::signal::{SigmaskHow, pthread_sigmask};
+    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled_signals()), None);
+}
+
 /// Sets or clears `FD_CLOEXEC` on `fd`.
 fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, FdFlag, fcntl};
@@ -383,9 +405,52 @@ fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     // take ownership.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD)?);
-    let flags = if on { flags | FdFlag::FD_CLOEXEC } else { flags - FdFlag::FD_CLOEXEC };
+    let flags = if on {
+        flags | FdFlag::FD_CLOEXEC
+    } else {
+        flags - FdFlag::FD_CLOEXEC
+    };
     fcntl(fd, FcntlArg::F_SETFD(flags))?;
     Ok(())
+}
+
+/// Takes ownership of descriptors a previous baton image handed over
+/// across `execve` (`baton upgrade`): each must be open and listed once,
+/// else nothing is taken. Each gets close-on-exec back, so no worker
+/// started later inherits it.
+pub fn adopt_fds(raw: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let mut seen = HashSet::new();
+    for &fd in raw {
+        if fd < 0 || !seen.insert(fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("descriptor {fd} is listed twice or is negative"),
+            ));
+        }
+        // SAFETY: only borrowed for this one call, which checks that the
+        // number refers to an open descriptor; nothing is closed.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        fcntl(borrowed, FcntlArg::F_GETFD)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("descriptor {fd} is not open: {e}")))?;
+    }
+    let mut owned = Vec::with_capacity(raw.len());
+    for &fd in raw {
+        // SAFETY: `fd` is open (checked above), listed once, and the
+        // hand-over gives it to this image alone: nothing else in this
+        // process owns it, so it is closed exactly once, by this OwnedFd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_cloexec(fd.as_raw_fd(), true)?;
+        owned.push(fd);
+    }
+    Ok(owned)
+}
+
+/// An anonymous in-memory file (close-on-exec), for the hand-over.
+pub fn memfd(name: &str) -> io::Result<OwnedFd> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let name = CString::new(name)?;
+    Ok(memfd_create(name.as_c_str(), MFdFlags::MFD_CLOEXEC)?)
 }
 
 /// The layout of `struct clone_args` (linux/sched.h) up to `cgroup`; libc
