@@ -325,7 +325,11 @@ async fn write_all(stream: &tokio::net::UnixStream, mut message: &[u8]) -> std::
         match stream.try_write(message) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => message = &message[n..],
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => return Err(e),
         }
     }
@@ -417,7 +421,10 @@ mod tests {
         let handover = CancellationToken::new();
         let server = tokio::spawn(serve_from(IpcRest::new(parent), rx, count(&seen), handover.clone()));
         app.write_all(b"\"ready\"\n[1]\n\"rea").unwrap();
-        until("the first ready", || seen.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+        until("the first ready", || {
+            seen.load(std::sync::atomic::Ordering::SeqCst) == 1
+        })
+        .await;
         handover.cancel();
         let (rest, dropped) = server.await.unwrap();
         let rest = rest.expect("handed over");
@@ -428,7 +435,10 @@ mod tests {
         app.write_all(b"dy\"\n").unwrap();
         let (_tx, rx) = mpsc::unbounded_channel();
         let server = tokio::spawn(serve_from(rest, rx, count(&seen), CancellationToken::new()));
-        until("the second ready", || seen.load(std::sync::atomic::Ordering::SeqCst) == 2).await;
+        until("the second ready", || {
+            seen.load(std::sync::atomic::Ordering::SeqCst) == 2
+        })
+        .await;
         drop(app);
         let (rest, dropped) = server.await.unwrap();
         assert!(rest.is_none(), "closed");
@@ -450,7 +460,10 @@ mod tests {
         let (rest, _) = server.await.unwrap();
         let rest = rest.unwrap();
         assert_eq!(rest.unsent, [encode("one"), encode("two")]);
-        assert!(tx.send(encode("late")).is_err(), "outgoing is closed: a late send fails");
+        assert!(
+            tx.send(encode("late")).is_err(),
+            "outgoing is closed: a late send fails"
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let server = tokio::spawn(serve_from(rest, rx, || {}, CancellationToken::new()));
         tx.send(encode("three")).unwrap();

@@ -410,9 +410,7 @@ mod tests {
             std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()
         };
         let send = |n: usize| {
-            sender
-                .send_to_addr(format!("STATUS={n}").as_bytes(), &addr)
-                .unwrap();
+            sender.send_to_addr(format!("STATUS={n}").as_bytes(), &addr).unwrap();
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let run = |endpoint: Endpoint, handover: CancellationToken| {

@@ -298,7 +298,15 @@ impl PipeRest {
 
 /// Reads one pipe until EOF. Returns when every writer has closed it.
 pub async fn pump(fd: OwnedFd, stream: Stream, origin: Origin, writer: Writer, tail: Tail) {
-    let _ = pump_from(PipeRest::new(fd), stream, origin, writer, tail, CancellationToken::new()).await;
+    let _ = pump_from(
+        PipeRest::new(fd),
+        stream,
+        origin,
+        writer,
+        tail,
+        CancellationToken::new(),
+    )
+    .await;
 }
 
 /// Size of each read from the pipe.
@@ -332,7 +340,11 @@ pub async fn pump_from(
     let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(pipe) => pipe,
         Err(e) => {
-            tracing::warn!("cannot read the {} pipe of worker {}: {e}", stream.as_str(), pump.origin.pid);
+            tracing::warn!(
+                "cannot read the {} pipe of worker {}: {e}",
+                stream.as_str(),
+                pump.origin.pid
+            );
             pump.finish().await;
             return None;
         }
@@ -375,7 +387,11 @@ async fn read_some(pipe: &tokio::net::unix::pipe::Receiver, buf: &mut Vec<u8>) -
     loop {
         pipe.readable().await?;
         match pipe.try_read_buf(buf) {
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
             result => return result,
         }
     }
@@ -627,7 +643,10 @@ mod tests {
             assert_eq!(text, &format!("line {i}"));
         }
         assert!(handovers > 0);
-        assert!(with_lines > 0, "no hand-over caught buffered lines ({handovers} hand-overs)");
+        assert!(
+            with_lines > 0,
+            "no hand-over caught buffered lines ({handovers} hand-overs)"
+        );
         drop(writer);
         writer_thread_done(thread);
     }
