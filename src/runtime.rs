@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{self, Config, Overrides, Source};
+use crate::config::{self, Config, Overrides};
 use crate::control::status;
 use crate::control::{self, Change, Command, ReloadAnswer, Reply, Repoint};
 use crate::engine::spec::{CanaryCheck, GenSpec, Launch};
@@ -283,7 +283,7 @@ struct WorkerIo {
     main_pidfd: Option<OwnedFd>,
     tail: Tail,
     /// Gives its notify socket back when `handover` is cancelled.
-    notify: JoinHandle<Option<Endpoint>>,
+    notify: Option<JoinHandle<Option<Endpoint>>>,
     /// The output pumps; each gives its pipe back when `handover` is
     /// cancelled, or ends (`None`) at EOF.
     outputs: Vec<(Stream, JoinHandle<Option<PipeRest>>)>,
@@ -380,7 +380,7 @@ struct Driver {
     /// Stops the control socket's accept loop for a hand-over, which then
     /// gives its listener back.
     control_stop: CancellationToken,
-    control_task: Option<JoinHandle<Option<OwnedFd>>>,
+    control_task: Option<JoinHandle<std::io::Result<OwnedFd>>>,
     /// The binary `baton upgrade` re-executes: where this supervisor was
     /// first started from.
     exe: PathBuf,
@@ -466,7 +466,7 @@ pub async fn run(
     let (events, mut rx) = mpsc::channel(EVENT_QUEUE);
     let (commands_tx, commands_rx) = mpsc::channel(control::MAX_CLIENTS);
     let control_stop = CancellationToken::new();
-    let control_task = tasks.spawn(control::serve(
+    let control_task = tasks.spawn(control::serve_until(
         listener,
         commands_tx,
         tasks.clone(),
@@ -748,7 +748,9 @@ impl Driver {
                         self.cleanup
                             .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
                     }
-                    io.notify.abort();
+                    if let Some(task) = &io.notify {
+                        task.abort();
+                    }
                     if let Some(task) = &io.ipc_task {
                         task.abort();
                     }
@@ -1551,14 +1553,8 @@ impl Driver {
         let pid = child.pid;
         tracing::info!("started worker {slot} of generation {generation} (pid {pid})");
         let io = IoParts {
-            stdout: Some(PipeRest {
-                fd: pending.out,
-                partial: Vec::new(),
-            }),
-            stderr: Some(PipeRest {
-                fd: pending.err,
-                partial: Vec::new(),
-            }),
+            stdout: Some(PipeRest::new(pending.out)),
+            stderr: Some(PipeRest::new(pending.err)),
             endpoint: pending.endpoint,
             ipc: pending.ipc.map(IpcRest::new),
             tail: Tail::default(),
@@ -1615,7 +1611,7 @@ impl Driver {
                         }
                     };
                     let serve = async move {
-                        let served = crate::os::ipc::serve(
+                        let (rest, dropped) = crate::os::ipc::serve_from(
                             rest,
                             rx,
                             || {
@@ -1624,10 +1620,10 @@ impl Driver {
                             stop,
                         )
                         .await;
-                        if served.dropped > 0 {
-                            tracing::debug!("worker #{worker}: ignored {} other IPC messages", served.dropped);
+                        if dropped > 0 {
+                            tracing::debug!("worker #{worker}: ignored {dropped} other IPC messages");
                         }
-                        served.rest
+                        rest
                     };
                     let (rest, ()) = tokio::join!(serve, forward);
                     rest
@@ -1651,7 +1647,7 @@ impl Driver {
             let (origin, log, tail, done) = (origin.clone(), self.ctx.log.clone(), tail.clone(), done_tx.clone());
             let stop = handover.clone();
             let task = self.tasks.spawn(async move {
-                let rest = output::pump(rest, stream, origin, log, tail, stop).await;
+                let rest = output::pump_from(rest, stream, origin, log, tail, stop).await;
                 drop(done);
                 rest
             });
@@ -1662,7 +1658,7 @@ impl Driver {
         let endpoint = io.endpoint;
         let stop = handover.clone();
         let notify = self.tasks.spawn(async move {
-            notify::forward(
+            notify::forward_until(
                 worker,
                 errors,
                 || endpoint.recv(pid),
@@ -1683,7 +1679,7 @@ impl Driver {
             main: pid,
             main_pidfd: None,
             tail,
-            notify,
+            notify: Some(notify),
             outputs,
             output_done: Some(done_rx),
             ipc,

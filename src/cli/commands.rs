@@ -123,7 +123,7 @@ pub fn resume(handover_fd: i32) -> i32 {
         });
     let mut resume = match bytes.and_then(|b| upgrade::Resume::adopt(&b)) {
         Ok(r) => r,
-        Err(e) => return give_up(&format!("{}", chain(&e))),
+        Err(e) => return give_up(&chain(&e)),
     };
     let settings = resume.handover.settings.clone();
     let overrides = match settings.overrides.parse() {

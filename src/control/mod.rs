@@ -57,6 +57,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<String>,
     },
+    /// `baton upgrade`: re-execute the installed baton binary in place.
+    Upgrade {},
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +66,8 @@ pub enum Request {
 pub enum Reply {
     Progress(String),
     Reloaded(ReloadAnswer),
+    /// The new image took over (`baton upgrade`).
+    Upgraded(UpgradeAnswer),
     Status(serde_json::Value),
     Error(String),
 }
@@ -81,6 +85,16 @@ pub struct ReloadAnswer {
     /// own rights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repoint: Option<Repoint>,
+}
+
+/// What the new image says once it has taken over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeAnswer {
+    pub from: String,
+    pub to: String,
+    pub pid: u32,
+    /// The workers' pids, all carried over.
+    pub workers: Vec<i32>,
 }
 
 /// `link` should point at `target`.
@@ -115,6 +129,11 @@ pub enum Command {
     },
     Status {
         reply: oneshot::Sender<serde_json::Value>,
+    },
+    /// `baton upgrade`: the supervisor answers on the client's stream
+    /// itself, and hands it to the new image, which gives the last answer.
+    Upgrade {
+        client: std::os::unix::net::UnixStream,
     },
 }
 
@@ -224,6 +243,27 @@ pub fn client_path(name: &str) -> PathBuf {
     }
     let system = Path::new("/run/baton").join(name).join("control.sock");
     if system.exists() { system } else { own }
+}
+
+/// Every supervisor running for this user (as root: every app under
+/// `/run/baton`): (control socket, app name).
+pub fn all_running() -> Vec<(PathBuf, String)> {
+    let mut found: Vec<(PathBuf, String)> = std::fs::read_dir(base_dir())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| {
+                    (
+                        e.path().join("control.sock"),
+                        e.file_name().to_string_lossy().into_owned(),
+                    )
+                })
+                .filter(|(p, _)| p.exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
 }
 
 /// With no name given: the one supervisor running for this user.
@@ -404,6 +444,7 @@ fn upgrading() -> Reply {
 /// on `tasks`, so whoever owns the tracker can wait for them at exit; once
 /// `done` is cancelled, a client that has not sent its request yet is
 /// dropped, and one that has gets its answers to the end.
+#[cfg(test)]
 pub async fn serve(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,
@@ -562,6 +603,15 @@ async fn handle(stream: UnixStream, client: Client) -> std::io::Result<()> {
             };
             answer_change(&mut write, &commands, change, wait, &handover, unpassed).await
         }
+        Request::Upgrade {} => {
+            let read = reader.into_inner().into_inner();
+            let client = read.reunite(write).map_err(std::io::Error::other)?.into_std()?;
+            if commands.send(Command::Upgrade { client }).await.is_err() {
+                return Ok(());
+            }
+            drop(unpassed);
+            Ok(())
+        }
         Request::Promote {} => answer_change(&mut write, &commands, Change::Promote, false, &handover, unpassed).await,
         Request::Rollback { to } => {
             answer_change(
@@ -629,7 +679,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 ///
 /// A request that was certainly not carried out is tried again every
 /// 100 ms for up to 10 s (the last outcome is returned after that): one
-/// answered [`UPGRADING`], and a connection refused (or a full backlog).
+/// answered [`UPGRADING`], and a full backlog.
 /// So is a `status` the supervisor closed without answering (or reset):
 /// asking again is harmless. A reload-like request that got no answer is
 /// never sent again, as it may have been carried out.
@@ -659,7 +709,9 @@ fn may_retry(request: &Request, outcome: &Result<Reply, ControlError>) -> bool {
         Ok(Reply::Error(e)) => e == UPGRADING,
         Ok(_) => false,
         Err(ControlError::NotRunning { source, .. }) => {
-            matches!(source.kind(), ErrorKind::ConnectionRefused | ErrorKind::WouldBlock)
+            // Not "refused": that is a stale socket with nobody behind it
+            // (an upgrade hands the listening socket over; it never closes).
+            source.kind() == ErrorKind::WouldBlock
         }
         Err(ControlError::NoAnswer) => status,
         Err(ControlError::Io(e)) => status && matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
@@ -936,24 +988,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_connection_is_tried_again_until_someone_listens() {
+    async fn a_stale_socket_with_nobody_behind_it_is_reported_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
-        // A socket file nobody listens on.
+        // A socket file nobody listens on (a baton that crashed).
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let started = tokio::time::Instant::now();
-        let client = tokio::spawn({
-            let path = path.clone();
-            async move { request(&path, "test", &Request::Promote {}, |_| {}).await }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        std::fs::remove_file(&path).unwrap();
-        let (server, count) = fake_server(&path, |_| Some(Reply::Error("nothing to promote".into())));
-        let reply = client.await.unwrap().unwrap();
-        assert_eq!(reply, Reply::Error("nothing to promote".into()));
-        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert!(started.elapsed() < Duration::from_secs(5));
-        server.abort();
+        let started = std::time::Instant::now();
+        let outcome = request(&path, "test", &Request::Status {}, |_| {}).await;
+        assert!(matches!(outcome, Err(ControlError::NotRunning { .. })), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,6 +163,7 @@ impl IpcRest {
 /// Serves one worker's channel until it closes: calls `ready` for each
 /// `'ready'`, writes whatever arrives on `outgoing`. Returns the number of
 /// other messages it dropped.
+#[cfg(test)]
 pub async fn serve(parent: UnixStream, outgoing: mpsc::UnboundedReceiver<Vec<u8>>, ready: impl FnMut()) -> u64 {
     serve_from(IpcRest::new(parent), outgoing, ready, CancellationToken::new())
         .await

@@ -274,6 +274,7 @@ const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// datagrams then wait in its socket, which bounds what a flood costs. A receive error is retried after [`ERROR_PAUSE`]; it is
 /// logged through `errors`, which all workers share, so an error that
 /// persists costs one line per interval instead of ten a second per worker.
+#[cfg(test)]
 pub async fn forward<F, Fut, D, DFut>(worker: impl std::fmt::Display, errors: SharedRateLimit, recv: F, deliver: D)
 where
     F: FnMut() -> Fut,

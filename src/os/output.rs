@@ -267,6 +267,15 @@ impl Tail {
         lines.push_back(format!("{}: {shown}", stream.as_str()));
     }
 
+    /// A tail that already holds `lines` (handed over by `baton upgrade`).
+    pub fn from_lines(lines: Vec<String>) -> Tail {
+        let mut kept: VecDeque<String> = lines.into();
+        while kept.len() > KEEP_LINES {
+            kept.pop_front();
+        }
+        Tail(Arc::new(Mutex::new(kept)))
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.0.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
     }
@@ -297,6 +306,7 @@ impl PipeRest {
 }
 
 /// Reads one pipe until EOF. Returns when every writer has closed it.
+#[cfg(test)]
 pub async fn pump(fd: OwnedFd, stream: Stream, origin: Origin, writer: Writer, tail: Tail) {
     let _ = pump_from(
         PipeRest::new(fd),

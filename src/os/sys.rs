@@ -269,10 +269,8 @@ impl Spawner {
     /// new process group. `reply` gets the child once `execve` succeeded,
     /// or the reason it failed.
     pub fn spawn(&self, cmd: Command, fds: Vec<OwnedFd>, reply: Reply) {
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job::Spawn { cmd, fds, reply }) {
-            if let Job::Spawn { reply, .. } = job {
-                reply(Err(SpawnError::SpawnerGone));
-            }
+        if let Err(mpsc::SendError(Job::Spawn { reply, .. })) = self.jobs.send(Job::Spawn { cmd, fds, reply }) {
+            reply(Err(SpawnError::SpawnerGone));
         }
     }
 
@@ -282,10 +280,8 @@ impl Spawner {
     /// worker's parent-death signal follows the thread that forked it).
     /// Returns only through `reply`, if the exec failed.
     pub fn exec(&self, image: Image, reply: ExecReply) {
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job::Exec { image, reply }) {
-            if let Job::Exec { reply, .. } = job {
-                reply(io::Error::other("the spawner thread is gone"));
-            }
+        if let Err(mpsc::SendError(Job::Exec { reply, .. })) = self.jobs.send(Job::Exec { image, reply }) {
+            reply(io::Error::other("the spawner thread is gone"));
         }
     }
 

@@ -331,11 +331,6 @@ pub fn monotonic_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// `fd.as_raw_fd()`, for building a [`HandOver`].
-pub fn raw(fd: &impl AsRawFd) -> RawFd {
-    fd.as_raw_fd()
-}
-
 /// The binary baton was started from, as a path: after the package
 /// replaced it, `/proc/self/exe` says "PATH (deleted)", and PATH is where
 /// the new one is.
@@ -509,33 +504,41 @@ impl Driver {
         }
         let mut stopped = Stopped::default();
         let control = self.control_task.take();
-        let workers: Vec<WorkerId> = self.workers.keys().copied().collect();
-        let collect = async {
+        let handles: Vec<_> = self
+            .workers
+            .iter_mut()
+            .map(|(&w, io)| (w, io.notify.take(), std::mem::take(&mut io.outputs), io.ipc_task.take()))
+            .collect();
+        let collect = async move {
             let control = match control {
-                Some(task) => task.await.ok().flatten(),
+                Some(task) => task.await.ok().and_then(Result::ok),
                 None => None,
             };
             let mut rests = Vec::new();
-            for w in workers {
-                let Some(io) = self.workers.get_mut(&w) else { continue };
-                let notify = (&mut io.notify).await.ok().flatten();
-                let mut outputs = Vec::new();
-                for (stream, task) in io.outputs.drain(..) {
-                    outputs.push((stream, task.await.ok().flatten()));
-                }
-                let ipc = match io.ipc_task.take() {
+            for (w, notify, outputs, ipc) in handles {
+                let notify = match notify {
                     Some(task) => task.await.ok().flatten(),
                     None => None,
                 };
-                rests.push((w, notify, outputs, ipc));
+                let mut rest_outputs = Vec::new();
+                for (stream, task) in outputs {
+                    rest_outputs.push((stream, task.await.ok().flatten()));
+                }
+                let ipc = match ipc {
+                    Some(task) => task.await.ok().flatten(),
+                    None => None,
+                };
+                rests.push((w, notify, rest_outputs, ipc));
             }
             (control, rests)
         };
-        tokio::pin!(collect);
-        let (control, rests) = loop {
-            tokio::select! {
-                done = &mut collect => break done,
-                Some(event) = rx.recv() => held.push(event),
+        let (control, rests) = {
+            tokio::pin!(collect);
+            loop {
+                tokio::select! {
+                    done = &mut collect => break done,
+                    Some(event) = rx.recv() => held.push(event),
+                }
             }
         };
         stopped.control = control;
@@ -581,6 +584,9 @@ pub(super) struct Stopped {
     rests: Vec<Rests>,
 }
 
+/// A worker's notify socket, as `Endpoint::into_parts` gives it.
+type Handed = (WorkerId, (OwnedFd, String));
+
 /// One worker's: its notify socket (fd and address), its pipes (`None`:
 /// that stream had ended), its IPC channel.
 type Rests = (
@@ -599,7 +605,10 @@ impl Driver {
         let mut endpoints = Vec::new();
         for (worker, endpoint, _, _) in &mut stopped.rests {
             match endpoint.take() {
-                Some(e) => endpoints.push((*worker, e.into_parts())),
+                Some(e) => match e.into_parts() {
+                    Ok(parts) => endpoints.push((*worker, parts)),
+                    Err(e) => return Err(format!("worker #{worker}'s notify socket: {e}")),
+                },
                 None => return Err(format!("worker #{worker}'s notify socket is gone")),
             }
         }
@@ -616,7 +625,7 @@ impl Driver {
     async fn exec_with(
         &mut self,
         stopped: &Stopped,
-        endpoints: &[(WorkerId, (OwnedFd, String))],
+        endpoints: &[Handed],
         client: &UnixStream,
     ) -> Result<std::convert::Infallible, String> {
         let control = stopped
@@ -663,7 +672,7 @@ impl Driver {
 
     /// The whole state. Without `stopped` (the check's copy), descriptors
     /// the tasks own are written as -1.
-    fn export(&self, stopped: Option<(&Stopped, &[(WorkerId, (OwnedFd, String))])>) -> Result<HandOver, String> {
+    fn export(&self, stopped: Option<(&Stopped, &[Handed])>) -> Result<HandOver, String> {
         let now = Instant::now();
         let mono_ns = monotonic_ns();
         let core = self.core.export(now);
@@ -780,7 +789,7 @@ impl Driver {
             Some(Ok(listener)) => {
                 self.control_stop = CancellationToken::new();
                 let (commands_tx, commands_rx) = mpsc::channel(control::MAX_CLIENTS);
-                self.control_task = Some(self.tasks.spawn(control::serve(
+                self.control_task = Some(self.tasks.spawn(control::serve_until(
                     listener,
                     commands_tx,
                     self.tasks.clone(),

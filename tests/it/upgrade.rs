@@ -114,7 +114,10 @@ fn upgrade_in_place_keeps_every_worker_and_line_and_fails_no_request() {
     let out = upgrade(&baton);
     assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
     let shown = text(&out);
-    assert!(shown.contains("upgraded from baton") && shown.contains("none restarted"), "{shown}");
+    assert!(
+        shown.contains("upgraded from baton") && shown.contains("none restarted"),
+        "{shown}"
+    );
     assert_eq!(worker_pids(&baton), before, "the workers changed across the upgrade");
     assert_eq!(baton.status()["pid"].as_i64(), Some(pid as i64));
 
@@ -191,12 +194,16 @@ fn a_canary_and_its_hold_carry_over_and_promote_in_the_new_image() {
     let out = upgrade(&baton);
     assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
     let status = baton.status();
-    assert_eq!(status["supervisor"]["canary"]["generation"].as_u64(), Some(2), "{status}");
+    assert_eq!(
+        status["supervisor"]["canary"]["generation"].as_u64(),
+        Some(2),
+        "{status}"
+    );
     // The hold runs out in the new image, which promotes the canary.
     let promoted = crate::common::wait_until(Duration::from_secs(15), || {
-        baton.try_status().is_some_and(|s| {
-            s["supervisor"]["serving"].as_u64() == Some(2) && s["supervisor"]["canary"].is_null()
-        })
+        baton
+            .try_status()
+            .is_some_and(|s| s["supervisor"]["serving"].as_u64() == Some(2) && s["supervisor"]["canary"].is_null())
     });
     assert!(promoted, "{}\n{}", baton.status(), baton.log());
     std::thread::sleep(Duration::from_millis(300));
