@@ -107,6 +107,31 @@ fn upgrade_in_place_keeps_every_worker_and_line_and_fails_no_request() {
     let load = Load::start(baton.addr(), "/", 8);
     std::thread::sleep(Duration::from_millis(300));
 
+    // `baton status` all along: a client that comes while the supervisor
+    // hands over gets its answer from one image or the other, never an
+    // error or a hang.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let statuses = {
+        let (stop, config, runtime) = (stop.clone(), baton.config.clone(), baton.dir.path().join("run"));
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new(crate::common::baton_bin())
+                    .args(["status", "--json", "--config"])
+                    .arg(&config)
+                    .env("BATON_RUNTIME_DIR", &runtime)
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    ok += 1;
+                } else {
+                    failed.push(text(&out));
+                }
+            }
+            (ok, failed)
+        })
+    };
+
     // Three upgrades, with a reload between the first and the second, so
     // that workers forked by an upgraded image cross an upgrade too.
     let before = worker_pids(&baton);
@@ -135,7 +160,14 @@ fn upgrade_in_place_keeps_every_worker_and_line_and_fails_no_request() {
     assert!(baton.reload().status.success(), "{}", baton.log());
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.stop();
-    eprintln!("3 upgrades and 2 reloads under load: {stats}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = statuses.join().unwrap();
+    eprintln!(
+        "3 upgrades and 2 reloads under load: {stats}; baton status all along: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "baton status failed during the upgrades: {failed:?}");
+    assert!(ok > 10, "too few status calls: {ok}");
     assert_eq!(stats.failed, 0, "{stats}\n{:?}", stats.last_errors);
     assert!(stats.ok > 200, "{stats}");
 
@@ -246,4 +278,43 @@ fn a_new_binary_that_cannot_take_over_is_refused_and_nothing_changes() {
     assert_eq!(status["upgrades"].as_array().map(Vec::len), Some(0), "{status}");
     // It still works.
     assert!(baton.reload().status.success(), "{}", baton.log());
+}
+
+#[test]
+fn a_new_image_that_dies_after_the_exec_leaves_no_worker_behind() {
+    let install = Install::new();
+    let port = port();
+    let hello = example_bin("hello").display().to_string();
+    let config = config_text(port, &[&hello], 2, "");
+    let mut baton = Baton::spawn_bin(&install.bin(), port, &config, &[]);
+    assert!(baton.wait_serving(1, Duration::from_secs(30)), "{}", baton.log());
+    let workers: Vec<i64> = worker_pids(&baton).into_iter().map(|(_, p)| p).collect();
+    // Passes the check (it is baton's), then dies instead of taking over:
+    // what a new binary that crashes at start would do.
+    let real = install.dir.path().join("baton.real");
+    std::fs::copy(crate::common::baton_bin(), &real).unwrap();
+    let script = install.dir.path().join("baton.script");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = upgrade-check ]; then exec {} \"$@\"; fi\necho 'new baton: crashed at start' >&2\nexit 70\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    install.put(&script);
+    let out = upgrade(&baton);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("UPGRADE FAILED"), "{}", text(&out));
+    let status = baton.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(70), "{}", baton.log());
+    // Nothing serves without a supervisor: the workers died with it.
+    let gone = crate::common::wait_until(Duration::from_secs(10), || {
+        workers.iter().all(|&p| {
+            !std::path::Path::new(&format!("/proc/{p}")).exists()
+                || std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z "))
+        })
+    });
+    assert!(gone, "workers {workers:?} outlived their supervisor\n{}", baton.log());
+    assert!(baton.log().contains("new baton: crashed at start"), "{}", baton.log());
 }
