@@ -823,7 +823,10 @@ fn upgrade_under_load(p: &Pkg, summary: &mut Summary) -> String {
         "the package upgrade did not say it upgraded {APP} in place:\n{text}"
     );
     let exe = p.exe_of(main);
-    assert_eq!(exe, "/usr/bin/baton", "/proc/{main}/exe after the package upgrade (the new file, not the deleted one)");
+    assert_eq!(
+        exe, "/usr/bin/baton",
+        "/proc/{main}/exe after the package upgrade (the new file, not the deleted one)"
+    );
     let after = p.wait_serving(Duration::from_secs(10));
     assert_eq!(after, generation, "the serving generation changed across the upgrade");
     let version = stdout(&p.exec(&["/usr/bin/baton", "--version"])).trim().to_owned();

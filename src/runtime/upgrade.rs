@@ -367,10 +367,7 @@ fn tell(client: &mut UnixStream, reply: &Reply) {
 
 fn refuse(mut client: UnixStream, why: &str) {
     tracing::warn!("upgrade refused: {why}");
-    tell(
-        &mut client,
-        &Reply::Error(format!("upgrade refused: {why}; nothing changed")),
-    );
+    tell(&mut client, &Reply::Error(format!("{why}; nothing changed")));
 }
 
 /// The new binary's check: `EXE upgrade-check` reads the hand-over on its
@@ -570,7 +567,7 @@ impl Driver {
         tell(
             &mut client,
             &Reply::Error(format!(
-                "upgrade failed: {why}; this baton {VERSION} carries on, nothing changed"
+                "the hand-over failed: {why}; this baton {VERSION} carries on, nothing changed"
             )),
         );
     }
