@@ -8,7 +8,9 @@ use baton::fuzzing::{HandOver, Supervisor};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(handover) = HandOver::from_json(data) else { return };
+    let Ok(handover) = HandOver::from_json(data) else {
+        return;
+    };
     let json = handover.to_json().expect("an accepted hand-over serializes");
     let again = HandOver::from_json(&json).expect("a serialized hand-over parses");
     assert_eq!(again.to_json().ok(), Some(json));
