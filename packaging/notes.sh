@@ -27,7 +27,7 @@ baton_upgrade_running() {
         echo "baton: switch them over in place when you choose (no worker restarts): baton upgrade --all"
         return 0
     fi
-    if ! /usr/bin/baton upgrade --all; then
+    if ! baton upgrade --all; then
         echo "baton: the apps not upgraded (above, with why) keep serving on the earlier baton;"
         echo "baton: retry with 'baton upgrade NAME', or 'systemctl restart NAME.service' (its socket stays open)."
     fi
