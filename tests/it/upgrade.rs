@@ -14,8 +14,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::common::baton::{Baton, config_text, port};
-use crate::common::example_bin;
 use crate::common::load::Load;
+use crate::common::{example_bin, text};
 
 /// A directory with a copy of baton in it: what `baton upgrade` re-executes.
 struct Install {
@@ -46,13 +46,14 @@ impl Install {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `workers` hello workers under the baton installed in `install`,
+/// serving.
+fn start_hello(install: &Install, workers: usize, extra: &str) -> Baton {
+    let port = port();
+    let hello = example_bin("hello").display().to_string();
+    let baton = Baton::spawn_bin(&install.bin(), port, &config_text(port, &[&hello], workers, extra), &[]);
+    assert!(baton.wait_serving(1, Duration::from_secs(30)), "{}", baton.log());
+    baton
 }
 
 /// pids of every live worker, by generation, in order.
@@ -98,11 +99,7 @@ fn upgrade(baton: &Baton) -> Output {
 #[test]
 fn upgrade_in_place_keeps_every_worker_and_line_and_fails_no_request() {
     let install = Install::new();
-    let port = port();
-    let hello = example_bin("hello").display().to_string();
-    let config = config_text(port, &[&hello], 3, "[stop]\ntimeout = \"10s\"\n");
-    let baton = Baton::spawn_bin(&install.bin(), port, &config, &[]);
-    assert!(baton.wait_serving(1, Duration::from_secs(30)), "{}", baton.log());
+    let baton = start_hello(&install, 3, "[stop]\ntimeout = \"10s\"\n");
     let pid = baton.pid();
     let load = Load::start(baton.addr(), "/", 8);
     std::thread::sleep(Duration::from_millis(300));
@@ -214,11 +211,7 @@ fn no_worker_gets_a_signal_and_no_output_line_is_lost_or_doubled() {
 #[test]
 fn a_canary_and_its_hold_carry_over_and_promote_in_the_new_image() {
     let install = Install::new();
-    let port = port();
-    let hello = example_bin("hello").display().to_string();
-    let config = config_text(port, &[&hello], 2, "");
-    let baton = Baton::spawn_bin(&install.bin(), port, &config, &[]);
-    assert!(baton.wait_serving(1, Duration::from_secs(30)), "{}", baton.log());
+    let baton = start_hello(&install, 2, "");
     let load = Load::start(baton.addr(), "/", 6);
     let out = baton.client(&["reload", "--canary", "1", "--hold", "3s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -247,11 +240,7 @@ fn a_canary_and_its_hold_carry_over_and_promote_in_the_new_image() {
 #[test]
 fn a_new_binary_that_cannot_take_over_is_refused_and_nothing_changes() {
     let install = Install::new();
-    let port = port();
-    let hello = example_bin("hello").display().to_string();
-    let config = config_text(port, &[&hello], 2, "");
-    let baton = Baton::spawn_bin(&install.bin(), port, &config, &[]);
-    assert!(baton.wait_serving(1, Duration::from_secs(30)), "{}", baton.log());
+    let baton = start_hello(&install, 2, "");
     let before = worker_pids(&baton);
     let load = Load::start(baton.addr(), "/", 4);
 
@@ -283,11 +272,7 @@ fn a_new_binary_that_cannot_take_over_is_refused_and_nothing_changes() {
 #[test]
 fn a_new_image_that_dies_after_the_exec_leaves_no_worker_behind() {
     let install = Install::new();
-    let port = port();
-    let hello = example_bin("hello").display().to_string();
-    let config = config_text(port, &[&hello], 2, "");
-    let mut baton = Baton::spawn_bin(&install.bin(), port, &config, &[]);
-    assert!(baton.wait_serving(1, Duration::from_secs(30)), "{}", baton.log());
+    let mut baton = start_hello(&install, 2, "");
     let workers: Vec<i64> = worker_pids(&baton).into_iter().map(|(_, p)| p).collect();
     // Passes the check (it is baton's), then dies instead of taking over:
     // what a new binary that crashes at start would do.
