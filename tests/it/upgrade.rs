@@ -202,7 +202,7 @@ fn no_worker_gets_a_signal_and_no_output_line_is_lost_or_doubled() {
             .filter(|rest| rest.ends_with(&format!(" of {worker}")))
             .filter_map(|rest| rest.split(' ').next()?.parse().ok())
             .collect();
-        assert!(ticks.len() > 300, "worker {worker}: only {} ticks", ticks.len());
+        assert!(ticks.len() > 100, "worker {worker}: only {} ticks", ticks.len());
         let expected: Vec<u64> = (1..=ticks.len() as u64).collect();
         assert_eq!(ticks, expected, "worker {worker}: lines lost, doubled or out of order");
     }
@@ -213,7 +213,7 @@ fn a_canary_and_its_hold_carry_over_and_promote_in_the_new_image() {
     let install = Install::new();
     let baton = start_hello(&install, 2, "");
     let load = Load::start(baton.addr(), "/", 6);
-    let out = baton.client(&["reload", "--canary", "1", "--hold", "3s"]);
+    let out = baton.client(&["reload", "--canary", "1", "--hold", "10s"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     install.put(&crate::common::baton_bin());
     let out = upgrade(&baton);
@@ -225,7 +225,7 @@ fn a_canary_and_its_hold_carry_over_and_promote_in_the_new_image() {
         "{status}"
     );
     // The hold runs out in the new image, which promotes the canary.
-    let promoted = crate::common::wait_until(Duration::from_secs(15), || {
+    let promoted = crate::common::wait_until(Duration::from_secs(40), || {
         baton
             .try_status()
             .is_some_and(|s| s["supervisor"]["serving"].as_u64() == Some(2) && s["supervisor"]["canary"].is_null())
