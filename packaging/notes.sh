@@ -16,20 +16,22 @@ baton_daemon_reload() {
     fi
 }
 
-# After an upgrade: running supervisors are not restarted (that would stop
-# their workers); they keep the old binary until their next restart.
-baton_upgrade_note() {
+# After an upgrade: every running supervisor re-executes the new binary in
+# place (`baton upgrade --all`, README "Upgrading baton"): same pid, same
+# workers, nothing restarts. An administrator who wants to choose the
+# moment creates /etc/baton/no-auto-upgrade.
+baton_upgrade_running() {
     [ -d /run/systemd/system ] || return 0
-    running=""
-    for app in $(baton_apps); do
-        if systemctl is-active --quiet "$app.service" 2>/dev/null; then
-            running="$running $app"
-        fi
-    done
-    [ -n "$running" ] || return 0
-    echo "baton: installed over an earlier version. These apps keep running the earlier baton until their next restart:$running"
-    echo "baton: they keep serving meanwhile; 'systemctl reload' keeps working. To switch one over:"
-    echo "baton:   systemctl restart NAME.service   (its socket stays open: connections wait, none is refused)"
+    if [ -e /etc/baton/no-auto-upgrade ]; then
+        echo "baton: /etc/baton/no-auto-upgrade exists, so running apps keep the earlier baton for now."
+        echo "baton: switch them over in place when you choose (no worker restarts): baton upgrade --all"
+        return 0
+    fi
+    if ! baton upgrade --all; then
+        echo "baton: the apps not upgraded (above, with why) keep serving on the earlier baton;"
+        echo "baton: retry with 'baton upgrade NAME', or 'systemctl restart NAME.service' (its socket stays open)."
+    fi
+    return 0
 }
 
 # Before removal: what stays behind.

@@ -43,4 +43,5 @@ pub mod fuzzing {
     pub use crate::os::ipc::{Frame, Framer, is_ready};
     pub use crate::os::notify::parse as parse_notify;
     pub use crate::os::spawn::resolve;
+    pub use crate::runtime::upgrade::HandOver;
 }

@@ -36,6 +36,8 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod upgrade;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -52,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::{self, Config, Overrides, Source};
+use crate::config::{self, Config, Overrides};
 use crate::control::status;
 use crate::control::{self, Change, Command, ReloadAnswer, Reply, Repoint};
 use crate::engine::spec::{CanaryCheck, GenSpec, Launch};
@@ -63,8 +65,9 @@ use crate::engine::supervisor::{
 use crate::os::activation::Listener;
 use crate::os::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
 use crate::os::history::{self, History, Outcome, Release, Via};
+use crate::os::ipc::IpcRest;
 use crate::os::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
-use crate::os::output::{self, Origin, Stream, Tail, Writer};
+use crate::os::output::{self, Origin, PipeRest, Stream, Tail, Writer};
 use crate::os::procfs;
 use crate::os::spawn;
 use crate::os::sys::{self, Spawner};
@@ -72,21 +75,29 @@ use crate::systemd::manager::Notifier;
 
 /// Everything `run` needs, prepared by `main` before the runtime started.
 pub struct Context {
-    pub config: Config,
-    pub source: Source,
+    pub settings: upgrade::Settings,
+    /// `settings.overrides`, parsed.
     pub overrides: Overrides,
     pub listeners: Vec<Listener>,
-    /// Whether the sockets came from systemd.
-    pub socket_activated: bool,
-    /// PATH as baton found it, for finding the app.
-    pub path: Option<String>,
-    pub control: PathBuf,
     /// Where worker lines go (stderr or the journal).
     pub log: Writer,
-    /// systemd's NOTIFY_SOCKET, if baton runs under it.
-    pub notify_socket: Option<String>,
-    /// systemd's WATCHDOG_USEC for baton itself.
-    pub watchdog: Option<Duration>,
+    /// Forks the workers, on the main thread.
+    pub spawner: Spawner,
+}
+
+/// How this supervisor begins.
+pub enum Start {
+    /// `baton run`: the first generation from this config.
+    Fresh(Box<Config>),
+    /// The next image after `baton upgrade`: everything the old one handed
+    /// over, with the descriptors it names, adopted.
+    Resume(Box<upgrade::Resume>),
+}
+
+impl Context {
+    fn watchdog(&self) -> Option<Duration> {
+        self.settings.watchdog_ms.map(Duration::from_millis)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +110,11 @@ pub enum RunError {
     Control(#[from] control::ControlError),
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
-    #[error("cannot start the spawner thread")]
-    Spawner(#[source] std::io::Error),
     #[error(transparent)]
     Spec(#[from] spawn::SpecError),
+    /// The hand-over of `baton upgrade` could not be taken over.
+    #[error("cannot take over from the previous baton: {0}")]
+    Resume(String),
 }
 
 /// Why a reload's config could not be used.
@@ -207,6 +219,9 @@ enum Event {
         release: Release,
         result: Result<Option<(PathBuf, PathBuf)>, String>,
     },
+    /// `baton upgrade`: the new binary's check said it can take over (its
+    /// version), or why not.
+    UpgradeChecked(Result<String, String>),
     /// A rollback's `directory` symlink was re-pointed (or not: why).
     Repointed {
         client: ClientId,
@@ -256,6 +271,7 @@ struct Orphan {
 /// Per-worker I/O the driver owns.
 struct WorkerIo {
     generation: GenId,
+    slot: usize,
     /// The pid we forked: the process group leader.
     leader: i32,
     /// Set once the leader was reaped: its group id may then be reused, so
@@ -266,12 +282,16 @@ struct WorkerIo {
     /// pidfd of `main`; signals go through it.
     main_pidfd: Option<OwnedFd>,
     tail: Tail,
-    notify: JoinHandle<()>,
+    /// Gives its notify socket back when `handover` is cancelled.
+    notify: Option<JoinHandle<Option<Endpoint>>>,
+    /// The output pumps; each gives its pipe back when `handover` is
+    /// cancelled, or ends (`None`) at EOF.
+    outputs: Vec<(Stream, JoinHandle<Option<PipeRest>>)>,
     /// Closed when both output pumps have hit EOF.
     output_done: Option<mpsc::Receiver<()>>,
     /// Node IPC channel (readiness mode "node-ipc"): messages to send.
     ipc: Option<mpsc::UnboundedSender<Vec<u8>>>,
-    ipc_task: Option<JoinHandle<()>>,
+    ipc_task: Option<JoinHandle<Option<IpcRest>>>,
     /// `[limits] memory` of its generation, and how many samples in a row
     /// found the worker above it.
     memory_limit: Option<u64>,
@@ -279,6 +299,17 @@ struct WorkerIo {
     stop_message: Option<String>,
     /// The worker's own cgroup, in cgroup mode.
     cgroup: Option<Arc<WorkerCgroup>>,
+    /// Stops the I/O tasks at a safe point, for `baton upgrade`.
+    handover: CancellationToken,
+}
+
+/// What a worker's I/O tasks start from.
+struct IoParts {
+    stdout: Option<PipeRest>,
+    stderr: Option<PipeRest>,
+    endpoint: Endpoint,
+    ipc: Option<IpcRest>,
+    tail: Tail,
 }
 
 /// How often EXTEND_TIMEOUT_USEC is sent while busy, and by how much.
@@ -346,6 +377,20 @@ struct Driver {
     /// The serving generation the history last saw.
     last_serving: Option<GenId>,
     rollback: Option<PendingRollback>,
+    /// Stops the control socket's accept loop for a hand-over, which then
+    /// gives its listener back.
+    control_stop: CancellationToken,
+    control_task: Option<JoinHandle<std::io::Result<OwnedFd>>>,
+    /// The binary `baton upgrade` re-executes: where this supervisor was
+    /// first started from.
+    exe: PathBuf,
+    /// The upgrades this supervisor went through, oldest first.
+    upgrades: Vec<upgrade::Upgraded>,
+    /// An upgrade whose new binary is being checked.
+    upgrade: Option<upgrade::Checking>,
+    /// The new binary passed its check: hand over to it (from the loop,
+    /// which may wait).
+    hand_over_to: Option<std::os::unix::net::UnixStream>,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -366,10 +411,19 @@ const CGROUP_PATIENCE: Duration = Duration::from_secs(5);
 ///
 /// Before it returns, every process baton started or adopted is killed and
 /// reaped: nothing it started outlives it.
-pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender<Phase>) -> Result<i32, RunError> {
+pub async fn run(
+    ctx: Context,
+    start: Start,
+    shutdown: CancellationToken,
+    phase: watch::Sender<Phase>,
+) -> Result<i32, RunError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(RunError::Subreaper)?;
     let devnull = std::fs::File::open("/dev/null").map_err(RunError::DevNull)?.into();
-    let spec = spawn::resolve(&ctx.config, ctx.path.as_deref())?;
+    let mut ctx = ctx;
+    let (spec, mut resume) = match start {
+        Start::Fresh(config) => (Some(spawn::resolve(&config, ctx.settings.path.as_deref())?), None),
+        Start::Resume(r) => (None, Some(*r)),
+    };
     let tree = tokio::task::spawn_blocking(cgroup::Tree::setup)
         .await
         .unwrap_or_else(|e| Err(format!("cgroup setup failed: {e}")))
@@ -390,57 +444,45 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         Err(why) => tracing::info!("process tree: a process group per worker ({why})"),
     }
 
-    // A parallel reload holds several fds per worker; workers get back the
-    // limit baton started with.
-    let nofile = match sys::raise_nofile() {
-        Ok(n) => {
-            if n.soft < n.hard {
-                tracing::debug!("raised RLIMIT_NOFILE from {} to {}", n.soft, n.hard);
-            }
-            Some(n)
-        }
-        Err(e) => {
-            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
-            None
-        }
-    };
-    let spawner = Spawner::start(nofile).map_err(RunError::Spawner)?;
-
     // Signal handlers first: a SIGCHLD before they exist would be lost.
     let mut sigchld = signal(SignalKind::child()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    // An upgrade blocked these across the exec (`sys::Spawner::exec`); one
+    // that came meanwhile is delivered now, to the handlers above.
+    sys::unblock_handled_signals();
 
-    let listener = control::bind(&ctx.control)?;
-    let control_path = ctx.control.clone();
+    let listener = match resume.as_mut() {
+        None => control::bind(&ctx.settings.control)?,
+        Some(r) => {
+            let fd = r.take(r.handover.control).map_err(RunError::Resume)?;
+            control::listener_from_fd(fd).map_err(|e| RunError::Resume(format!("the control socket: {e}")))?
+        }
+    };
+    let control_path = ctx.settings.control.clone();
     let tasks = TaskTracker::new();
     let done = CancellationToken::new();
     let (events, mut rx) = mpsc::channel(EVENT_QUEUE);
-    let (commands_tx, mut commands_rx) = mpsc::channel(control::MAX_CLIENTS);
-    spawn_task(
-        &tasks,
-        &done,
-        "control",
-        control::serve(listener, commands_tx, tasks.clone(), done.clone()),
-    );
-    {
-        let events = events.clone();
-        spawn_task(&tasks, &done, "control-forward", async move {
-            while let Some(cmd) = commands_rx.recv().await {
-                if events.send(Event::Control(cmd)).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    let (commands_tx, commands_rx) = mpsc::channel(control::MAX_CLIENTS);
+    let control_stop = CancellationToken::new();
+    let control_task = tasks.spawn(control::serve_until(
+        listener,
+        commands_tx,
+        tasks.clone(),
+        done.clone(),
+        control_stop.clone(),
+    ));
+    forward_commands(&tasks, &done, &events, commands_rx);
 
-    let name: Arc<str> = ctx.config.name.as_str().into();
+    let name: Arc<str> = ctx.settings.name.as_str().into();
     // The history: read once here (a bad file is reported, never fatal),
     // then written by a task on the blocking pool whenever it changes.
+    // After an upgrade it came with the hand-over.
     let history_path = history::state_dir(&name).map(|d| d.join(history::FILE));
-    let history = match &history_path {
-        Some(path) => match history::load(path) {
+    let history = match (&resume, &history_path) {
+        (Some(r), _) => r.handover.history.clone(),
+        (None, Some(path)) => match history::load(path) {
             Ok(h) => {
                 tracing::info!("release history: {} ({} releases)", path.display(), h.entries.len());
                 h
@@ -453,7 +495,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
                 History::default()
             }
         },
-        None => {
+        (None, None) => {
             tracing::warn!(
                 "no state directory (no STATE_DIRECTORY, XDG_STATE_HOME or HOME): the release history is not kept"
             );
@@ -476,7 +518,6 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
             }
         });
     }
-    let mut ctx = ctx;
     let listeners = Arc::new(std::mem::take(&mut ctx.listeners));
     for l in listeners.iter() {
         tracing::info!("listening on {} ({})", l.address, l.name);
@@ -487,7 +528,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         listeners,
         devnull,
         events,
-        spawner,
+        spawner: ctx.spawner.clone(),
         tasks,
         done,
         pending: HashMap::new(),
@@ -504,7 +545,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         started: Instant::now(),
         started_wall: SystemTime::now(),
         phase,
-        systemd: Notifier::new(ctx.notify_socket.as_deref()),
+        systemd: Notifier::new(ctx.settings.notify_socket.as_deref()),
         ctx,
         status_line: String::new(),
         tree,
@@ -520,6 +561,12 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
         specs: HashMap::new(),
         last_serving: None,
         rollback: None,
+        control_stop,
+        control_task: Some(control_task),
+        exe: upgrade::own_exe(),
+        upgrades: Vec::new(),
+        upgrade: None,
+        hand_over_to: None,
     };
     if driver.systemd.is_some() {
         tracing::debug!("notifying systemd");
@@ -528,7 +575,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     // and systemd's watchdog catches it.
     // A zero period panics tokio; `commands::watchdog_timeout` keeps it far
     // from that, and this keeps it so for any caller.
-    let ping = driver.ctx.watchdog.map_or(Duration::from_secs(3600), |w| w / 2);
+    let ping = driver.ctx.watchdog().map_or(Duration::from_secs(3600), |w| w / 2);
     let mut watchdog = tokio::time::interval(ping.max(Duration::from_millis(1)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // While starting, reloading or stopping, ask systemd to keep waiting;
@@ -537,7 +584,11 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut memory = tokio::time::interval(MEMORY_SAMPLE);
     memory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    driver.core.start(Instant::now(), Arc::new(spec));
+    match (spec, resume) {
+        (Some(spec), _) => driver.core.start(Instant::now(), Arc::new(spec)),
+        (None, Some(resume)) => driver.resume(resume).map_err(RunError::Resume)?,
+        (None, None) => return Err(RunError::Resume("nothing to start".into())),
+    }
     // The core's timers, all behind one sleep set to its earliest deadline.
     let timeout = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timeout);
@@ -545,6 +596,10 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     let code = loop {
         if let Some(code) = driver.drain() {
             break code;
+        }
+        if let Some(client) = driver.hand_over_to.take() {
+            driver.hand_over(client, &mut rx).await;
+            continue;
         }
         let deadline = driver.core.poll_timeout().map(tokio::time::Instant::from_std);
         if let Some(at) = deadline {
@@ -563,7 +618,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
             _ = sigterm.recv() => driver.stop("SIGTERM"),
             _ = sigint.recv() => driver.stop("SIGINT"),
             _ = shutdown.cancelled(), if !driver.core_stopping() => driver.stop("shutdown requested"),
-            _ = watchdog.tick(), if driver.ctx.watchdog.is_some() => {
+            _ = watchdog.tick(), if driver.ctx.watchdog().is_some() => {
                 if let Some(n) = &driver.systemd {
                     n.watchdog();
                 }
@@ -602,6 +657,23 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, phase: watch::Sender
     }
     let _ = std::fs::remove_file(&control_path);
     Ok(code)
+}
+
+/// Passes the control socket's commands on to the event loop.
+fn forward_commands(
+    tasks: &TaskTracker,
+    done: &CancellationToken,
+    events: &mpsc::Sender<Event>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let events = events.clone();
+    spawn_task(tasks, done, "control-forward", async move {
+        while let Some(cmd) = commands.recv().await {
+            if events.send(Event::Control(cmd)).await.is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// Runs `task` on the tracker until it ends or `done` is cancelled.
@@ -676,7 +748,9 @@ impl Driver {
                         self.cleanup
                             .spawn(async move { cg.remove_when_empty(CGROUP_PATIENCE).await });
                     }
-                    io.notify.abort();
+                    if let Some(task) = &io.notify {
+                        task.abort();
+                    }
                     if let Some(task) = &io.ipc_task {
                         task.abort();
                     }
@@ -759,6 +833,8 @@ impl Driver {
                     let _ = tx.send(Reply::Reloaded(answer));
                 }
             }
+            Event::Control(Command::Upgrade { client }) => self.upgrade_requested(client),
+            Event::UpgradeChecked(result) => self.upgrade_checked(result),
             Event::CheckFailed { generation, error } => self.core.check_done(now, generation, Err(error)),
             Event::CheckTimeout { pid, timeout } => {
                 if let Some(check) = self.take_check(pid) {
@@ -914,11 +990,11 @@ impl Driver {
     /// and resolves paths); the answer comes back as `Event::ConfigLoaded`.
     /// The sockets stay as they are.
     fn load_config(&self) {
-        let source = self.ctx.source.clone();
+        let source = self.ctx.settings.source();
         let overrides = self.ctx.overrides.clone();
-        let path = self.ctx.path.clone();
-        let before: Option<Vec<String>> = (!self.ctx.socket_activated)
-            .then(|| self.ctx.config.listen.iter().map(|l| l.address.to_string()).collect());
+        let path = self.ctx.settings.path.clone();
+        let before: Option<Vec<String>> =
+            (!self.ctx.settings.socket_activated).then(|| self.ctx.settings.listen.clone());
         let events = self.events.clone();
         let tasks = self.tasks.clone();
         spawn_task(&self.tasks, &self.done, "load-config", async move {
@@ -1182,7 +1258,7 @@ impl Driver {
                 return;
             }
         };
-        let link = self.ctx.config.directory.clone();
+        let link = self.ctx.settings.directory.clone();
         let events = self.events.clone();
         let tasks = self.tasks.clone();
         spawn_task(&self.tasks, &self.done, "rollback-check", async move {
@@ -1476,85 +1552,27 @@ impl Driver {
         };
         let pid = child.pid;
         tracing::info!("started worker {slot} of generation {generation} (pid {pid})");
-        let (ipc, ipc_task) = match pending.ipc {
-            Some(parent) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let events = self.events.clone();
-                let task = spawn_task(&self.tasks, &self.done, "ipc", async move {
-                    // `ready` is called from the IPC reader; a full event
-                    // queue makes it wait rather than drop the message.
-                    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1);
-                    let forward = async {
-                        while ready_rx.recv().await.is_some() {
-                            if events.send(Event::IpcReady { worker }).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    let serve = async move {
-                        let dropped = crate::os::ipc::serve(parent, rx, || {
-                            let _ = ready_tx.try_send(());
-                        })
-                        .await;
-                        if dropped > 0 {
-                            tracing::debug!("worker #{worker}: ignored {dropped} other IPC messages");
-                        }
-                    };
-                    tokio::join!(serve, forward);
-                });
-                (Some(tx), Some(task))
-            }
-            None => (None, None),
+        let io = IoParts {
+            stdout: Some(PipeRest::new(pending.out)),
+            stderr: Some(PipeRest::new(pending.err)),
+            endpoint: pending.endpoint,
+            ipc: pending.ipc.map(IpcRest::new),
+            tail: Tail::default(),
         };
-
-        let origin = Origin {
-            name: self.name.clone(),
-            generation: generation.get(),
-            slot,
-            pid,
-        };
-        let tail = Tail::default();
-        let (done_tx, done_rx) = mpsc::channel::<()>(1);
-        for (fd, stream) in [(pending.out, Stream::Stdout), (pending.err, Stream::Stderr)] {
-            let (origin, log, tail, done) = (origin.clone(), self.ctx.log.clone(), tail.clone(), done_tx.clone());
-            spawn_task(&self.tasks, &self.done, "output", async move {
-                output::pump(fd, stream, origin, log, tail).await;
-                drop(done);
-            });
-        }
-        let events = self.events.clone();
-        let errors = self.notify_errors.clone();
-        let endpoint = pending.endpoint;
-        let notify = spawn_task(&self.tasks, &self.done, "notify", async move {
-            notify::forward(
-                worker,
-                errors,
-                || endpoint.recv(pid),
-                |received| {
-                    let events = events.clone();
-                    async move { events.send(Event::Notify { worker, received }).await.is_ok() }
-                },
-            )
-            .await;
-        });
+        let worker_io = self.start_io(worker, generation, slot, pid, io);
         self.pids.insert(pid, worker);
         self.workers.insert(
             worker,
             WorkerIo {
-                generation,
                 leader: pid,
                 leader_reaped: false,
                 main: pid,
                 main_pidfd: child.pidfd,
-                tail,
-                notify,
-                output_done: Some(done_rx),
-                ipc,
-                ipc_task,
                 memory_limit: pending.memory_limit,
                 over_limit: 0,
                 stop_message: pending.stop_message,
                 cgroup: pending.cgroup,
+                ..worker_io
             },
         );
         self.core.spawned(now, worker, Pid::from_raw(pid));
@@ -1567,6 +1585,110 @@ impl Driver {
             self.kill_tree(worker);
             self.pids.remove(&pid);
             self.report_exit(worker, status);
+        }
+    }
+
+    /// Starts a worker's I/O tasks (its output pumps, notify socket and
+    /// Node IPC channel) from `io`: fresh ones, or what an upgrade handed
+    /// over. The returned `WorkerIo` has the process fields of a fresh
+    /// spawn; the caller fills them in.
+    fn start_io(&self, worker: WorkerId, generation: GenId, slot: usize, pid: i32, io: IoParts) -> WorkerIo {
+        let handover = CancellationToken::new();
+        let (ipc, ipc_task) = match io.ipc {
+            Some(rest) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let events = self.events.clone();
+                let stop = handover.clone();
+                let task = self.tasks.spawn(async move {
+                    // `ready` is called from the IPC reader; a full event
+                    // queue makes it wait rather than drop the message.
+                    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(1);
+                    let forward = async {
+                        while ready_rx.recv().await.is_some() {
+                            if events.send(Event::IpcReady { worker }).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let serve = async move {
+                        let (rest, dropped) = crate::os::ipc::serve_from(
+                            rest,
+                            rx,
+                            || {
+                                let _ = ready_tx.try_send(());
+                            },
+                            stop,
+                        )
+                        .await;
+                        if dropped > 0 {
+                            tracing::debug!("worker #{worker}: ignored {dropped} other IPC messages");
+                        }
+                        rest
+                    };
+                    let (rest, ()) = tokio::join!(serve, forward);
+                    rest
+                });
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
+
+        let origin = Origin {
+            name: self.name.clone(),
+            generation: generation.get(),
+            slot,
+            pid,
+        };
+        let tail = io.tail;
+        let (done_tx, done_rx) = mpsc::channel::<()>(1);
+        let mut outputs = Vec::new();
+        for (rest, stream) in [(io.stdout, Stream::Stdout), (io.stderr, Stream::Stderr)] {
+            let Some(rest) = rest else { continue };
+            let (origin, log, tail, done) = (origin.clone(), self.ctx.log.clone(), tail.clone(), done_tx.clone());
+            let stop = handover.clone();
+            let task = self.tasks.spawn(async move {
+                let rest = output::pump_from(rest, stream, origin, log, tail, stop).await;
+                drop(done);
+                rest
+            });
+            outputs.push((stream, task));
+        }
+        let events = self.events.clone();
+        let errors = self.notify_errors.clone();
+        let endpoint = io.endpoint;
+        let stop = handover.clone();
+        let notify = self.tasks.spawn(async move {
+            notify::forward_until(
+                worker,
+                errors,
+                || endpoint.recv(pid),
+                |received| {
+                    let events = events.clone();
+                    async move { events.send(Event::Notify { worker, received }).await.is_ok() }
+                },
+                &stop,
+            )
+            .await;
+            stop.is_cancelled().then_some(endpoint)
+        });
+        WorkerIo {
+            generation,
+            slot,
+            leader: pid,
+            leader_reaped: false,
+            main: pid,
+            main_pidfd: None,
+            tail,
+            notify: Some(notify),
+            outputs,
+            output_done: Some(done_rx),
+            ipc,
+            ipc_task,
+            memory_limit: None,
+            over_limit: 0,
+            stop_message: None,
+            cgroup: None,
+            handover,
         }
     }
 
@@ -1896,9 +2018,11 @@ impl Driver {
         }
         let report = status::Report {
             name: self.name.to_string(),
+            version: upgrade::VERSION.to_owned(),
+            upgrades: self.upgrades.clone(),
             pid: std::process::id(),
             uptime_ms: now.duration_since(self.started).as_millis() as u64,
-            socket_activated: self.ctx.socket_activated,
+            socket_activated: self.ctx.settings.socket_activated,
             sockets: self
                 .listeners
                 .iter()

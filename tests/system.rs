@@ -117,7 +117,7 @@ fn units_on(system: container::System) -> Option<container::Run> {
         port: free_port(),
         gen2_pids: Mutex::new(Vec::new()),
     };
-    let scenarios: [(&str, Scenario); 13] = [
+    let scenarios: [(&str, Scenario); 14] = [
         (
             "1 socket activation: the first request starts the service",
             socket_activation,
@@ -163,6 +163,10 @@ fn units_on(system: container::System) -> Option<container::Run> {
         (
             "13 history survives systemctl restart; baton rollback re-points current",
             history_and_rollback,
+        ),
+        (
+            "14 baton upgrade: the new binary in place, same MainPID and workers",
+            upgrade_in_place,
         ),
     ];
     let mut results: Vec<(&str, Duration, Result<String, String>)> = Vec::new();
@@ -2150,6 +2154,64 @@ fn history_and_rollback(s: &System) -> String {
         "{} history entries after systemctl restart; baton rollback exit 0 in {} (re-pointed by {by}); \
          load across it: {stats}; after another restart, v1 serves",
         entries.len(),
+        ms(took)
+    )
+}
+
+/// 14. `baton upgrade myapp` under systemd, after "installing" a new baton
+///     binary over the path the unit runs (a new file renamed over it, as
+///     a package does): exit 0, the same MainPID and worker pids, no
+///     restart counted, the unit active, 0 failed requests, and the new
+///     image answers `systemctl reload`.
+fn upgrade_in_place(s: &System) -> String {
+    let status = s.wait_serving(Duration::from_secs(30));
+    let (generation, _, _) = serving(&status).unwrap();
+    let workers = pids(&status, generation);
+    let main = s.main_pid();
+    let restarts = s.c.show(SERVICE, "NRestarts");
+    let load = Load::start(s.addr(), "/", LOAD_THREADS);
+    std::thread::sleep(Duration::from_millis(300));
+    let install = format!("cp {0} {0}.new && mv {0}.new {0}", s.baton);
+    let out = s.c.sh(&install);
+    assert!(out.status.success(), "installing the new binary: {}", describe(&out));
+    let exe_before = stdout(&s.c.exec(&["readlink", &format!("/proc/{main}/exe")], COMMAND_TIMEOUT))
+        .trim()
+        .to_owned();
+    let t = Instant::now();
+    let out = s.baton(&["upgrade", APP]);
+    let took = t.elapsed();
+    assert!(out.status.success(), "baton upgrade {APP}: {}", describe(&out));
+    let said = stdout(&out);
+    assert!(said.contains("upgraded from baton"), "{said}");
+    let after = s.status();
+    assert_eq!(s.main_pid(), main, "MainPID changed across the upgrade");
+    assert_eq!(pids(&after, generation), workers, "the workers changed: {after}");
+    assert_eq!(s.is_active(SERVICE), "active");
+    assert_eq!(s.c.show(SERVICE, "NRestarts"), restarts, "systemd counted a restart");
+    assert_eq!(after["upgrades"].as_array().map(Vec::len), Some(1), "{after}");
+    let exe_after = stdout(&s.c.exec(&["readlink", &format!("/proc/{main}/exe")], COMMAND_TIMEOUT))
+        .trim()
+        .to_owned();
+    assert_eq!(exe_after, s.baton, "the supervisor does not run the new file");
+    // The new image takes reloads.
+    s.systemctl_ok(&["reload", APP]);
+    let reloaded = s.status();
+    assert_eq!(serving(&reloaded).map(|g| g.0), Some(generation + 1), "{reloaded}");
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    assert_eq!(stats.failed, 0, "failed requests across the upgrade: {stats}");
+    assert!(stats.ok >= 50, "too little load to mean anything: {stats}");
+    let entries = s.journal(&["-u", APP, "--since", "-1min"]);
+    assert!(
+        entries
+            .iter()
+            .filter_map(|e| field(e, "MESSAGE"))
+            .any(|m| m.contains("upgraded in place")),
+        "no 'upgraded in place' entry in the journal"
+    );
+    format!(
+        "baton upgrade exit 0 in {}; MainPID {main} kept, exe {exe_before:?} -> {exe_after:?}; workers {workers:?} \
+         kept; NRestarts {restarts} unchanged; then systemctl reload ok; load: {stats}",
         ms(took)
     )
 }

@@ -236,6 +236,38 @@ unreadable or corrupt · 2 usage error."
         #[arg(long)]
         json: bool,
     },
+    /// Replace the running supervisor with the baton binary now installed, in place: no worker restarts
+    #[command(
+        long_about = "Upgrade baton itself without touching the app. The running supervisor re-executes \
+the baton binary now installed at the path it was started from (after a package upgrade: the new \
+version), in place: the same pid, so systemd sees nothing but a reload. The listening sockets, every \
+worker (never signalled or restarted), their output pipes, and all state (generations, restart \
+counters, a running canary and its hold, history) carry over. Before it execs, baton runs the new \
+binary in a check mode that reads the hand-over; if the binary is missing, is not baton, or cannot \
+read this version's hand-over, the upgrade is refused and nothing changes. The packages run \
+`baton upgrade --all` after installing, unless /etc/baton/no-auto-upgrade exists.",
+        after_help = "Exit codes: 0 the new binary serves (it prints both versions and the workers it kept) · \
+1 refused or failed: the reason is printed, and the old binary carries on unchanged (or, if the new \
+one failed after the exec, systemd restarts the unit: see `systemctl status NAME`) · 2 usage error or \
+no supervisor reachable.\n\n\
+Examples:\n  baton upgrade myapp\n  baton upgrade --all        # every app running on this machine"
+    )]
+    Upgrade {
+        #[command(flatten)]
+        target: Target,
+        /// Every supervisor running on this machine (as root: every app in /run/baton)
+        #[arg(long, conflicts_with_all = ["name", "config", "control"])]
+        all: bool,
+    },
+    /// (internal) Reads a hand-over on stdin and says whether this binary can take over
+    #[command(name = "upgrade-check", hide = true)]
+    UpgradeCheck,
+    /// (internal) What `baton upgrade` execs: takes over from the previous image
+    #[command(name = "upgrade-resume", hide = true)]
+    UpgradeResume {
+        #[arg(long, value_name = "FD")]
+        handover_fd: i32,
+    },
     /// Show generations, workers, pids, states, restarts, memory and the last reload
     #[command(after_help = "Exit codes: 0 ok · 2 usage error or no supervisor reachable.")]
     Status {

@@ -14,7 +14,8 @@ use crate::control::{self, Reply, Request};
 use crate::engine::supervisor::Phase;
 use crate::os::activation::{self, Inherited};
 use crate::os::output::{self, JournalSink, LogSink, StderrSink};
-use crate::runtime::{self, Context};
+use crate::runtime::upgrade::{self, OverridesState, Settings};
+use crate::runtime::{self, Context, Start};
 use crate::systemd::version::SystemdVersion;
 
 pub use crate::exit::{EX_CONFIG, EX_FAILED, EX_OK, EX_USAGE, chain};
@@ -72,7 +73,124 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         .control
         .clone()
         .unwrap_or_else(|| control::control_path(&config.name));
-    let sink: Box<dyn LogSink> = if journal {
+    // A parallel reload holds several fds per worker; workers get back the
+    // limit baton started with.
+    let nofile = match crate::os::sys::raise_nofile() {
+        Ok(n) => {
+            if n.soft < n.hard {
+                tracing::debug!("raised RLIMIT_NOFILE from {} to {}", n.soft, n.hard);
+            }
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise RLIMIT_NOFILE: {e}");
+            None
+        }
+    };
+    let settings = Settings {
+        name: config.name.clone(),
+        config_file: match &source {
+            Source::File(f) => Some(f.clone()),
+            Source::Quick => None,
+        },
+        overrides: OverridesState::from(&overrides),
+        control,
+        socket_activated,
+        path: inherited.path,
+        notify_socket: inherited.notify_socket,
+        watchdog_ms: inherited
+            .watchdog_usec
+            .and_then(watchdog_timeout)
+            .map(|d| d.as_millis() as u64),
+        journal,
+        listen: config.listen.iter().map(|l| l.address.to_string()).collect(),
+        directory: config.directory.clone(),
+        nofile: nofile.map(|n| (n.soft, n.hard)),
+    };
+    supervise(settings, overrides, listeners, Start::Fresh(Box::new(config)))
+}
+
+/// `baton upgrade-resume --handover-fd N`: what the previous image execs
+/// (README "Upgrading baton"). Takes over its state and descriptors, or,
+/// if it cannot, kills the workers it cannot supervise and exits 1, so
+/// that systemd's Restart= starts baton afresh.
+pub fn resume(handover_fd: i32) -> i32 {
+    let bytes = crate::os::sys::adopt_fds(&[handover_fd])
+        .map_err(upgrade::HandOverError::Read)
+        .and_then(|mut fds| match fds.pop() {
+            Some(fd) => upgrade::read_fd(fd),
+            None => Err(upgrade::HandOverError::Parse("no hand-over".into())),
+        });
+    let mut resume = match bytes.and_then(|b| upgrade::Resume::adopt(&b)) {
+        Ok(r) => r,
+        Err(e) => return give_up(&chain(&e)),
+    };
+    let settings = resume.handover.settings.clone();
+    let overrides = match settings.overrides.parse() {
+        Ok(o) => o,
+        Err(e) => return give_up(&e),
+    };
+    let mut listeners = Vec::new();
+    for l in resume.handover.listeners.clone() {
+        match resume.take(l.fd) {
+            Ok(fd) => listeners.push(activation::Listener {
+                name: l.name,
+                fd,
+                address: l.address,
+            }),
+            Err(e) => return give_up(&e),
+        }
+    }
+    supervise(settings, overrides, listeners, Start::Resume(Box::new(resume)))
+}
+
+/// The new image cannot take over: nothing may be left serving without a
+/// supervisor. Its children (the workers) are killed with their process
+/// groups, and baton exits 1; under systemd, Restart=on-failure starts a
+/// fresh baton on the same sockets.
+fn give_up(why: &str) -> i32 {
+    eprintln!("baton: UPGRADE FAILED after the exec: cannot take over from the previous baton: {why}");
+    eprintln!("baton: killing the workers it handed over and exiting; systemd's Restart= starts baton afresh");
+    for pid in crate::os::procfs::own_children() {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    EX_FAILED
+}
+
+/// `baton upgrade-check`: the hand-over on stdin; says whether this binary
+/// can take over from it. What `baton upgrade` asks the new binary before
+/// it execs it.
+pub fn upgrade_check() -> i32 {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().take(64 << 20).read_to_end(&mut bytes) {
+        eprintln!("baton upgrade-check: cannot read the hand-over: {e}");
+        return EX_FAILED;
+    }
+    match upgrade::HandOver::from_json(&bytes) {
+        Ok(h) => {
+            println!("baton-upgrade-ok {}", upgrade::VERSION);
+            println!(
+                "can take over {} from baton {}: {} workers",
+                h.settings.name,
+                h.from_version,
+                h.workers.len()
+            );
+            EX_OK
+        }
+        Err(e) => {
+            eprintln!("{}", chain(&e));
+            EX_FAILED
+        }
+    }
+}
+
+/// Runs the supervisor: the event loop on a thread of its own, the spawner
+/// on this (main) thread, until baton exits.
+fn supervise(settings: Settings, overrides: Overrides, listeners: Vec<activation::Listener>, start: Start) -> i32 {
+    let sink: Box<dyn LogSink> = if settings.journal {
         Box::new(JournalSink::default())
     } else {
         Box::new(StderrSink::default())
@@ -84,18 +202,41 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
             return EX_FAILED;
         }
     };
+    let nofile = settings
+        .nofile
+        .map(|(soft, hard)| crate::os::sys::NoFile { soft, hard });
+    let (spawner, spawner_loop) = crate::os::sys::Spawner::new(nofile);
     let ctx = Context {
-        config,
-        source,
+        settings,
         overrides,
         listeners,
-        socket_activated,
-        path: inherited.path,
-        control,
         log,
-        notify_socket: inherited.notify_socket,
-        watchdog: inherited.watchdog_usec.and_then(watchdog_timeout),
+        spawner,
     };
+    // The event loop runs on a thread of its own; this (main) thread forks
+    // the workers (see `os::sys`): it is the one thread an exec keeps.
+    let event_loop = std::thread::Builder::new()
+        .name("baton-loop".into())
+        .spawn(move || run_event_loop(ctx, start));
+    let event_loop = match event_loop {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("baton: cannot start the event loop thread: {e}");
+            return EX_FAILED;
+        }
+    };
+    // Returns once the event loop has dropped every spawner handle.
+    spawner_loop.run();
+    let code = event_loop.join().unwrap_or_else(|_| {
+        eprintln!("baton: the event loop thread panicked");
+        EX_FAILED
+    });
+    let _ = log_thread.join();
+    code
+}
+
+/// The tokio runtime and the supervisor's event loop, until baton exits.
+fn run_event_loop(ctx: Context, start: Start) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -108,7 +249,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         }
     };
     let (phase, _) = tokio::sync::watch::channel(Phase::Starting);
-    let code = match runtime.block_on(runtime::run(ctx, CancellationToken::new(), phase)) {
+    let code = match runtime.block_on(runtime::run(ctx, start, CancellationToken::new(), phase)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("baton: {}", chain(&e));
@@ -116,9 +257,9 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         }
     };
     // Dropping the runtime drops the pumps, and with them the last handles
-    // on the writer, which then writes what is queued and ends.
+    // on the writer, which then writes what is queued and ends; and the
+    // last spawner handles, which ends the main thread's spawner loop.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let _ = log_thread.join();
     code
 }
 
@@ -233,6 +374,83 @@ pub fn change(target: Target, verb: &str, request: &Request) -> i32 {
             EX_USAGE
         }
     }
+}
+
+/// `baton upgrade [NAME | --all]`.
+pub fn upgrade(target: Target, all: bool) -> i32 {
+    let rt = match client_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("baton upgrade: {e:#}");
+            return EX_USAGE;
+        }
+    };
+    let targets: Vec<(PathBuf, String)> = if all {
+        let found = control::all_running();
+        if found.is_empty() {
+            println!("baton upgrade: no baton supervisor is running here; nothing to upgrade");
+            return EX_OK;
+        }
+        found
+    } else {
+        match control_target(&target) {
+            Ok(t) => vec![t],
+            Err(e) => {
+                eprintln!("baton upgrade: {}", chain(&e));
+                return EX_USAGE;
+            }
+        }
+    };
+    let mut code = EX_OK;
+    for (path, what) in targets {
+        let reply = rt.block_on(control::request(&path, &what, &Request::Upgrade {}, |p| {
+            println!("baton: {what}: {p}");
+        }));
+        let this = match reply {
+            Ok(Reply::Upgraded(a)) => {
+                println!(
+                    "baton: {what}: upgraded from baton {} to {} in place (pid {}); {} workers kept, none restarted: {}",
+                    a.from,
+                    a.to,
+                    a.pid,
+                    a.workers.len(),
+                    a.workers.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+                );
+                EX_OK
+            }
+            Ok(Reply::Error(e)) if e.starts_with("bad request") => {
+                eprintln!(
+                    "baton: {what}: UPGRADE REFUSED: that supervisor is a baton too old to upgrade itself in \
+                     place; restart it once (systemctl restart {what}) to run the new binary"
+                );
+                EX_FAILED
+            }
+            Ok(Reply::Error(e)) => {
+                eprintln!("baton: {what}: UPGRADE REFUSED: {e}");
+                EX_FAILED
+            }
+            Ok(other) => {
+                eprintln!("baton: {what}: unexpected answer: {other:?}");
+                EX_FAILED
+            }
+            Err(control::ControlError::NoAnswer) => {
+                eprintln!(
+                    "baton: {what}: UPGRADE FAILED: the supervisor went away during the upgrade; the new binary \
+                     could not take over, so it killed the workers and exited; under systemd, Restart= starts \
+                     baton afresh (see `systemctl status {what}` and `journalctl -u {what}`)"
+                );
+                EX_FAILED
+            }
+            Err(e) => {
+                eprintln!("baton: {what}: {}", chain(&e));
+                if all { EX_FAILED } else { EX_USAGE }
+            }
+        };
+        if this != EX_OK && code == EX_OK {
+            code = this;
+        }
+    }
+    code
 }
 
 /// A rollback serves, but baton's user could not re-point the `directory`

@@ -73,6 +73,19 @@ pub fn main() -> i32 {
             init_logging("warn", false);
             commands::history(target, json)
         }
+        Cmd::Upgrade { target, all } => {
+            init_logging("warn", false);
+            commands::upgrade(target, all)
+        }
+        Cmd::UpgradeCheck => {
+            init_logging("warn", false);
+            commands::upgrade_check()
+        }
+        Cmd::UpgradeResume { handover_fd } => {
+            // stderr is what the previous image had: the journal under systemd.
+            init_logging("info", libsystemd::logging::connected_to_journal());
+            commands::resume(handover_fd)
+        }
         Cmd::Status { target, json } => {
             init_logging("warn", false);
             commands::status(target, json)

@@ -17,6 +17,7 @@
 
 pub(crate) mod status;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<String>,
     },
+    /// `baton upgrade`: re-execute the installed baton binary in place.
+    Upgrade {},
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +66,8 @@ pub enum Request {
 pub enum Reply {
     Progress(String),
     Reloaded(ReloadAnswer),
+    /// The new image took over (`baton upgrade`).
+    Upgraded(UpgradeAnswer),
     Status(serde_json::Value),
     Error(String),
 }
@@ -80,6 +85,16 @@ pub struct ReloadAnswer {
     /// own rights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repoint: Option<Repoint>,
+}
+
+/// What the new image says once it has taken over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeAnswer {
+    pub from: String,
+    pub to: String,
+    pub pid: u32,
+    /// The workers' pids, all carried over.
+    pub workers: Vec<i32>,
 }
 
 /// `link` should point at `target`.
@@ -114,6 +129,11 @@ pub enum Command {
     },
     Status {
         reply: oneshot::Sender<serde_json::Value>,
+    },
+    /// `baton upgrade`: the supervisor answers on the client's stream
+    /// itself, and hands it to the new image, which gives the last answer.
+    Upgrade {
+        client: std::os::unix::net::UnixStream,
     },
 }
 
@@ -223,6 +243,27 @@ pub fn client_path(name: &str) -> PathBuf {
     }
     let system = Path::new("/run/baton").join(name).join("control.sock");
     if system.exists() { system } else { own }
+}
+
+/// Every supervisor running for this user (as root: every app under
+/// `/run/baton`): (control socket, app name).
+pub fn all_running() -> Vec<(PathBuf, String)> {
+    let mut found: Vec<(PathBuf, String)> = std::fs::read_dir(base_dir())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| {
+                    (
+                        e.path().join("control.sock"),
+                        e.file_name().to_string_lossy().into_owned(),
+                    )
+                })
+                .filter(|(p, _)| p.exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
 }
 
 /// With no name given: the one supervisor running for this user.
@@ -390,34 +431,102 @@ const REJECTED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// bounded amount of memory and never starves the event loop.
 pub const MAX_CLIENTS: usize = 1024;
 
+/// What a client is told when its request was not read, or not passed to
+/// the supervisor, before `baton upgrade` stopped this image's control
+/// socket. The request was not carried out; [`request`] retries it.
+pub const UPGRADING: &str = "baton is upgrading itself; retry in a moment";
+
+fn upgrading() -> Reply {
+    Reply::Error(UPGRADING.to_owned())
+}
+
 /// Accepts clients until the task is dropped. Each client runs as a task
 /// on `tasks`, so whoever owns the tracker can wait for them at exit; once
 /// `done` is cancelled, a client that has not sent its request yet is
 /// dropped, and one that has gets its answers to the end.
+#[cfg(test)]
 pub async fn serve(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,
     tasks: TaskTracker,
     done: CancellationToken,
 ) {
+    let _ = serve_until(listener, commands, tasks, done, CancellationToken::new()).await;
+}
+
+/// [`serve`], which stops when `handover` is cancelled (`baton upgrade`):
+/// it accepts no more clients, and each client whose request has not been
+/// passed to the supervisor yet (not read, or waiting for room in
+/// `commands`) is answered [`UPGRADING`]. It returns once every client has
+/// been either answered so or passed on (those are served to the end, as
+/// with `done`), with the listening socket: connections waiting in its
+/// backlog are the next image's to accept ([`listener_from_fd`]). The fd is
+/// non-blocking and close-on-exec (an image that is to inherit it across
+/// `execve` must clear that). It fails only if tokio cannot deregister the
+/// socket (its runtime shutting down).
+pub async fn serve_until(
+    listener: UnixListener,
+    commands: mpsc::Sender<Command>,
+    tasks: TaskTracker,
+    done: CancellationToken,
+    handover: CancellationToken,
+) -> std::io::Result<OwnedFd> {
     let rejected = SharedRateLimit::new(REJECTED_LOG_INTERVAL);
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    // Each client holds a clone until its request is passed on or it is
+    // answered; `unanswered` ends when the last one is dropped.
+    let (unpassed, mut unanswered) = mpsc::channel::<()>(1);
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let slot = tokio::select! {
+            biased;
+            _ = handover.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot,
         };
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let Ok(slot) = slot else {
+            // Never closed; should it be, no client is accepted any more.
+            handover.cancelled().await;
+            break;
         };
-        let (commands, rejected, done) = (commands.clone(), rejected.clone(), done.clone());
+        let accepted = tokio::select! {
+            biased;
+            _ = handover.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::select! {
+                biased;
+                _ = handover.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+            }
+        };
+        let (commands, rejected, done, handover) = (commands.clone(), rejected.clone(), done.clone(), handover.clone());
+        let unpassed = unpassed.clone();
         tasks.spawn(async move {
-            if let Err(e) = handle(stream, commands, rejected, done).await {
+            let client = Client {
+                commands,
+                rejected,
+                done,
+                handover,
+                unpassed,
+            };
+            if let Err(e) = handle(stream, client).await {
                 tracing::debug!("control client: {e}");
             }
             drop(slot);
         });
     }
+    drop(unpassed);
+    let _ = unanswered.recv().await;
+    Ok(OwnedFd::from(listener.into_std()?))
+}
+
+/// The control socket that [`serve_until`] handed over, registered with
+/// this image's tokio (call it inside the runtime).
+#[cfg_attr(not(test), allow(dead_code))] // for `baton upgrade` (runtime.rs)
+pub fn listener_from_fd(fd: OwnedFd) -> std::io::Result<UnixListener> {
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
 }
 
 /// Parses one request line as the server reads it (at most
@@ -430,17 +539,32 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     serde_json::from_slice::<Request>(line.trim_ascii()).map_err(|e| format!("bad request: {e}"))
 }
 
-async fn handle(
-    stream: UnixStream,
+/// What a client's task needs besides its stream.
+struct Client {
     commands: mpsc::Sender<Command>,
     rejected: SharedRateLimit,
     done: CancellationToken,
-) -> std::io::Result<()> {
+    handover: CancellationToken,
+    /// Dropped once the request is passed to the supervisor (see
+    /// [`serve_until`]).
+    unpassed: mpsc::Sender<()>,
+}
+
+async fn handle(stream: UnixStream, client: Client) -> std::io::Result<()> {
+    let Client {
+        commands,
+        rejected,
+        done,
+        handover,
+        unpassed,
+    } = client;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = Vec::new();
     let read = tokio::select! {
+        biased;
         _ = done.cancelled() => return Ok(()),
+        _ = handover.cancelled() => return send(&mut write, &upgrading()).await,
         read = tokio::time::timeout(Duration::from_secs(10), reader.read_until(b'\n', &mut line)) => read,
     };
     let request = match read {
@@ -461,11 +585,14 @@ async fn handle(
     match request {
         Request::Status {} => {
             let (tx, rx) = oneshot::channel();
-            if commands.send(Command::Status { reply: tx }).await.is_err() {
-                return send(&mut write, &Reply::Error("supervisor is shutting down".into())).await;
+            if let Err(reply) = pass(&commands, Command::Status { reply: tx }, &handover).await {
+                return send(&mut write, &reply).await;
             }
+            drop(unpassed);
             match rx.await {
                 Ok(status) => send(&mut write, &Reply::Status(status)).await,
+                // Unanswered across an upgrade: asking again is harmless.
+                Err(_) if handover.is_cancelled() => send(&mut write, &upgrading()).await,
                 Err(_) => send(&mut write, &Reply::Error("supervisor is shutting down".into())).await,
             }
         }
@@ -474,10 +601,39 @@ async fn handle(
                 canary,
                 hold: hold_ms.map(Duration::from_millis),
             };
-            answer_change(&mut write, &commands, change, wait).await
+            answer_change(&mut write, &commands, change, wait, &handover, unpassed).await
         }
-        Request::Promote {} => answer_change(&mut write, &commands, Change::Promote, false).await,
-        Request::Rollback { to } => answer_change(&mut write, &commands, Change::Rollback { to }, false).await,
+        Request::Upgrade {} => {
+            let read = reader.into_inner().into_inner();
+            let client = read.reunite(write).map_err(std::io::Error::other)?.into_std()?;
+            if commands.send(Command::Upgrade { client }).await.is_err() {
+                return Ok(());
+            }
+            drop(unpassed);
+            Ok(())
+        }
+        Request::Promote {} => answer_change(&mut write, &commands, Change::Promote, false, &handover, unpassed).await,
+        Request::Rollback { to } => {
+            answer_change(
+                &mut write,
+                &commands,
+                Change::Rollback { to },
+                false,
+                &handover,
+                unpassed,
+            )
+            .await
+        }
+    }
+}
+
+/// Passes a request to the supervisor, unless the hand-over comes first:
+/// the error is what the client is told.
+async fn pass(commands: &mpsc::Sender<Command>, command: Command, handover: &CancellationToken) -> Result<(), Reply> {
+    tokio::select! {
+        biased;
+        _ = handover.cancelled() => Err(upgrading()),
+        sent = commands.send(command) => sent.map_err(|_| Reply::Error("supervisor is shutting down".into())),
     }
 }
 
@@ -487,6 +643,8 @@ async fn answer_change(
     commands: &mpsc::Sender<Command>,
     change: Change,
     wait: bool,
+    handover: &CancellationToken,
+    unpassed: mpsc::Sender<()>,
 ) -> std::io::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let command = Command::Reload {
@@ -494,9 +652,10 @@ async fn answer_change(
         wait,
         replies: tx,
     };
-    if commands.send(command).await.is_err() {
-        return send(write, &Reply::Error("supervisor is shutting down".into())).await;
+    if let Err(reply) = pass(commands, command, handover).await {
+        return send(write, &reply).await;
     }
+    drop(unpassed);
     while let Some(reply) = rx.recv().await {
         // A client that went away does not stop the reload.
         send(write, &reply).await?;
@@ -510,13 +669,62 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> st
     write.write_all(&line).await
 }
 
+/// How long [`request`] keeps retrying a request that may be retried.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+/// The pause between two tries.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// The client side: sends one request and calls `on_reply` for each reply
 /// line until the final one, which it returns.
+///
+/// A request that was certainly not carried out is tried again every
+/// 100 ms for up to 10 s (the last outcome is returned after that): one
+/// answered [`UPGRADING`], and a full backlog.
+/// So is a `status` the supervisor closed without answering (or reset):
+/// asking again is harmless. A reload-like request that got no answer is
+/// never sent again, as it may have been carried out.
 pub async fn request(
     path: &Path,
     what: &str,
     request: &Request,
     mut on_progress: impl FnMut(&str),
+) -> Result<Reply, ControlError> {
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    loop {
+        let outcome = request_once(path, what, request, &mut on_progress).await;
+        if !may_retry(request, &outcome) || tokio::time::Instant::now() + RETRY_PAUSE > deadline {
+            return outcome;
+        }
+        tracing::debug!("control request: trying again in a moment: {outcome:?}");
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// Whether `outcome` shows that `request` was not carried out, or that
+/// carrying it out again is harmless.
+fn may_retry(request: &Request, outcome: &Result<Reply, ControlError>) -> bool {
+    use std::io::ErrorKind;
+    let status = matches!(request, Request::Status {});
+    match outcome {
+        Ok(Reply::Error(e)) => e == UPGRADING,
+        Ok(_) => false,
+        Err(ControlError::NotRunning { source, .. }) => {
+            // Not "refused": that is a stale socket with nobody behind it
+            // (an upgrade hands the listening socket over; it never closes).
+            source.kind() == ErrorKind::WouldBlock
+        }
+        Err(ControlError::NoAnswer) => status,
+        Err(ControlError::Io(e)) => status && matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        Err(_) => false,
+    }
+}
+
+/// One try of [`request`].
+async fn request_once(
+    path: &Path,
+    what: &str,
+    request: &Request,
+    on_progress: &mut impl FnMut(&str),
 ) -> Result<Reply, ControlError> {
     let stream = UnixStream::connect(path)
         .await
@@ -621,6 +829,192 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
         server.abort();
         drop(idle);
+    }
+
+    async fn read_reply(stream: UnixStream) -> Reply {
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).await.unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
+
+    /// At a hand-over: clients whose request was not passed on are told
+    /// UPGRADING, one already passed on is served to the end, and a client
+    /// waiting in the backlog is served by the next image.
+    #[tokio::test]
+    async fn a_hand_over_answers_the_waiting_and_leaves_the_backlog_to_the_next_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let (tasks, done, handover) = (TaskTracker::new(), CancellationToken::new(), CancellationToken::new());
+        let server = tokio::spawn(serve_until(listener, tx, tasks.clone(), done.clone(), handover.clone()));
+        // A reload the supervisor has taken.
+        let reload = tokio::spawn({
+            let path = path.clone();
+            async move {
+                let mut progress = Vec::new();
+                let reply = request(&path, "test", &Request::Promote {}, |p| progress.push(p.to_owned())).await;
+                (reply.unwrap(), progress)
+            }
+        });
+        let Some(Command::Reload { replies, .. }) = rx.recv().await else {
+            panic!("no reload")
+        };
+        // Idle, half a request, and two requests for one place in
+        // `commands` (the supervisor reads no more).
+        let idle = UnixStream::connect(&path).await.unwrap();
+        let mut half = UnixStream::connect(&path).await.unwrap();
+        half.write_all(b"{\"cmd\":").await.unwrap();
+        let filler = tokio::spawn({
+            let path = path.clone();
+            async move {
+                let mut s = UnixStream::connect(&path).await.unwrap();
+                s.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
+                read_reply(s).await
+            }
+        });
+        let mut blocked = UnixStream::connect(&path).await.unwrap();
+        blocked.write_all(b"{\"cmd\":\"reload\"}\n").await.unwrap();
+        while tasks.len() < 5 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        handover.cancel();
+        let fd = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve_until returns once the waiting are answered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_reply(idle).await, upgrading());
+        assert_eq!(read_reply(half).await, upgrading());
+        // One of the two queued requests went into `commands` (room for
+        // one), the other was told to retry.
+        let queued = rx.recv().await.unwrap();
+        let other = if let Command::Status { .. } = queued {
+            drop(queued);
+            read_reply(blocked).await
+        } else {
+            drop(queued);
+            filler.await.unwrap()
+        };
+        assert_eq!(other, upgrading());
+        // The reload passed on before keeps being served.
+        replies.send(Reply::Progress("step".into())).unwrap();
+        replies
+            .send(Reply::Reloaded(ReloadAnswer {
+                ok: true,
+                generation: Some(2),
+                message: "done".into(),
+                output: Vec::new(),
+                repoint: None,
+            }))
+            .unwrap();
+        drop(replies);
+        let (reply, progress) = reload.await.unwrap();
+        assert!(
+            matches!(reply, Reply::Reloaded(ReloadAnswer { ok: true, .. })),
+            "{reply:?}"
+        );
+        assert_eq!(progress, ["step"]);
+        // A client arriving between the two images waits in the backlog.
+        let mut late = UnixStream::connect(&path).await.unwrap();
+        late.write_all(b"{\"cmd\":\"status\"}\n").await.unwrap();
+        let listener = listener_from_fd(fd).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let next = tokio::spawn(serve(listener, tx, TaskTracker::new(), CancellationToken::new()));
+        let Some(Command::Status { reply }) = rx.recv().await else {
+            panic!("no status")
+        };
+        reply.send(serde_json::json!({"image": 2})).unwrap();
+        assert_eq!(read_reply(late).await, Reply::Status(serde_json::json!({"image": 2})));
+        next.abort();
+    }
+
+    /// A fake supervisor: `answer` decides what the nth connection gets
+    /// (`None`: closed without an answer).
+    fn fake_server(
+        path: &Path,
+        answer: impl Fn(usize) -> Option<Reply> + Send + 'static,
+    ) -> (tokio::task::JoinHandle<()>, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = UnixListener::bind(path).unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                BufReader::new(read).read_line(&mut line).await.unwrap();
+                if let Some(reply) = answer(n) {
+                    send(&mut write, &reply).await.unwrap();
+                }
+            }
+        });
+        (task, count)
+    }
+
+    #[tokio::test]
+    async fn the_client_retries_while_baton_upgrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let status = serde_json::json!({"ok": true});
+        let answer = status.clone();
+        let (server, count) = fake_server(&path, move |n| match n {
+            0 | 1 => Some(upgrading()),
+            2 => None,
+            _ => Some(Reply::Status(answer.clone())),
+        });
+        let reply = request(&path, "test", &Request::Status {}, |_| {}).await.unwrap();
+        assert_eq!(reply, Reply::Status(status));
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 4);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_reload_without_an_answer_is_not_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (server, count) = fake_server(&path, |_| None);
+        let reload = Request::Reload {
+            wait: false,
+            canary: None,
+            hold_ms: None,
+        };
+        let reply = request(&path, "test", &reload, |_| {}).await;
+        assert!(matches!(reply, Err(ControlError::NoAnswer)), "{reply:?}");
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_with_nobody_behind_it_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        // A socket file nobody listens on (a baton that crashed).
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let started = std::time::Instant::now();
+        let outcome = request(&path, "test", &Request::Status {}, |_| {}).await;
+        assert!(matches!(outcome, Err(ControlError::NotRunning { .. })), "{outcome:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_end_after_ten_seconds_with_the_last_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let (server, count) = fake_server(&path, |_| Some(upgrading()));
+        let started = tokio::time::Instant::now();
+        let reply = request(&path, "test", &Request::Status {}, |_| {}).await.unwrap();
+        assert_eq!(reply, upgrading());
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(9_900) && elapsed <= RETRY_FOR,
+            "{elapsed:?}"
+        );
+        let tries = count.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((95..=101).contains(&tries), "{tries}");
+        server.abort();
     }
 
     #[tokio::test]

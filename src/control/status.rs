@@ -19,6 +19,10 @@ pub struct SocketInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub name: String,
+    /// baton's own version (of the image running now).
+    pub version: String,
+    /// `baton upgrade`s this supervisor went through, oldest first.
+    pub upgrades: Vec<Upgraded>,
     pub pid: u32,
     pub uptime_ms: u64,
     pub socket_activated: bool,
@@ -36,6 +40,15 @@ pub struct Report {
     /// The serving release, and what changed since the one before it.
     pub release: Option<ReleaseReport>,
     pub supervisor: Snapshot,
+}
+
+/// One `baton upgrade` the supervisor went through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgraded {
+    pub from: String,
+    pub to: String,
+    /// RFC 3339, UTC.
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,11 +150,20 @@ pub fn render(v: &serde_json::Value) -> String {
     }
     let _ = writeln!(
         out,
-        " · {} · baton pid {}, up {}",
+        " · {} · baton {} pid {}, up {}",
         s(&sup["phase"]),
+        s(&v["version"]),
         n(&v["pid"]),
         ms(n(&v["uptime_ms"]))
     );
+    if let Some(last) = v["upgrades"].as_array().and_then(|u| u.last()) {
+        let _ = writeln!(
+            out,
+            "upgraded from {} at {} (in place: same pid, same workers)",
+            s(&last["from"]),
+            s(&last["at"])
+        );
+    }
     let origin = if v["socket_activated"].as_bool() == Some(true) {
         "from systemd"
     } else {

@@ -12,19 +12,27 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ReloadStrategy, Restart};
 
 /// The part of a generation's spec that drives the state machine.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serialized (with [`Launch`]) for a hand-over to a new image of baton
+/// ([`crate::engine::supervisor::CoreState`]): every generation carries its
+/// spec across by value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     pub workers: usize,
+    #[serde(with = "StrategyDef")]
     pub strategy: ReloadStrategy,
     /// `Some` in readiness mode "delay": alive this long means ready.
     pub ready_delay: Option<Duration>,
     pub ready_timeout: Duration,
+    #[serde(with = "signal_name")]
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    #[serde(with = "RestartDef")]
     pub restart: Restart,
     pub watchdog: Option<Duration>,
     /// `[stop] message` is set: it goes first, the stop signal follows at
@@ -43,14 +51,14 @@ pub struct Policy {
 /// The command that decides whether a canary is promoted after its hold.
 /// The driver runs it (and enforces its timeout); the core only asks for it
 /// ([`crate::engine::supervisor::Action::RunCheck`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CanaryCheck {
     pub argv: Vec<String>,
     pub timeout: Duration,
 }
 
 /// How to start a worker of this generation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Launch {
     pub name: String,
     /// The program, found in PATH when the generation was created.
@@ -83,8 +91,45 @@ pub struct Executable {
     pub mtime_ns: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenSpec {
     pub policy: Policy,
     pub launch: Launch,
+}
+
+/// The serde form of [`ReloadStrategy`] (a config type, read from TOML
+/// only), for a hand-over.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "ReloadStrategy", rename_all = "snake_case")]
+enum StrategyDef {
+    Parallel,
+    Rolling,
+}
+
+/// The serde form of [`Restart`] (a config type), for a hand-over.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Restart")]
+struct RestartDef {
+    delay: Duration,
+    max_delay: Duration,
+    limit: u32,
+    window: Duration,
+}
+
+/// A [`Signal`] as its name ("SIGTERM"), which does not depend on the
+/// architecture's numbering.
+mod signal_name {
+    use std::str::FromStr;
+
+    use nix::sys::signal::Signal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(signal: &Signal, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(signal.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Signal, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Signal::from_str(&name).map_err(|_| serde::de::Error::custom(format!("unknown signal {name:?}")))
+    }
 }

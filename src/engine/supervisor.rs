@@ -90,6 +90,16 @@
 //! maps them to pids and pidfds, and decides when a process counts as
 //! exited. The pids the core is told of serve only its reports.
 //!
+//! # Hand-over (`baton upgrade`)
+//!
+//! The whole state can cross an exec of a new binary in place:
+//! [`Supervisor::export`] gives a [`CoreState`] (serde; every instant as
+//! nanoseconds from the export's `now`) and [`Supervisor::import`] checks
+//! one and rebuilds the supervisor relative to its own `now`. The driver
+//! asks [`Supervisor::hand_over_blocker`] first: a reload, a canary check,
+//! a fork it has not answered, actions it has not taken, or a stop block
+//! it. See `supervisor/handover.rs`.
+//!
 //! # Why one long file
 //!
 //! The file is one type, [`Supervisor`], whose rules (rules 2-4 of
@@ -105,7 +115,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ReloadStrategy;
 use crate::engine::spec::GenSpec;
@@ -137,7 +147,7 @@ fn strategy_name(strategy: ReloadStrategy) -> &'static str {
 macro_rules! id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(u64);
 
@@ -227,8 +237,29 @@ impl Serialize for DriverError {
     }
 }
 
+/// Read back (a hand-over, [`CoreState`]) as an error that says that text:
+/// the core only relays and shows it, so the text is all of it that counts.
+impl<'de> Deserialize<'de> for DriverError {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(DriverError::new(Relayed(text)))
+    }
+}
+
+/// A [`DriverError`] that crossed a hand-over: only its text survives.
+#[derive(Debug)]
+struct Relayed(String);
+
+impl std::fmt::Display for Relayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Relayed {}
+
 /// How a process ended, as `waitpid` reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     Code(i32),
@@ -274,7 +305,8 @@ pub enum Notify {
 }
 
 /// A timer inside the core, named by what it is for (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Timer {
     /// The worker must be ready by its deadline.
     Ready(WorkerId),
@@ -293,7 +325,7 @@ pub enum Timer {
 }
 
 /// Lifecycle phase, for systemd's notify protocol and for tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Starting,
@@ -303,7 +335,7 @@ pub enum Phase {
 }
 
 /// Why a worker was given up on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Failure {
     /// It exited before it became ready, or (for a candidate) at any time
@@ -351,7 +383,7 @@ impl std::fmt::Display for Failure {
 }
 
 /// A worker that failed, with everything needed to explain it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fault {
     pub worker: WorkerId,
     pub generation: GenId,
@@ -380,7 +412,7 @@ impl std::fmt::Display for Fault {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ReloadError {
     /// The config could not be loaded; nothing was started.
@@ -474,7 +506,7 @@ impl Next {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadOk {
     pub generation: GenId,
     pub elapsed_ms: u64,
@@ -484,7 +516,7 @@ pub struct ReloadOk {
 }
 
 /// How a canary that became ready ended ([`Action::CanaryEnded`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum CanaryOutcome {
     /// It became the serving generation.
@@ -561,7 +593,7 @@ pub enum Action {
     Exit(i32),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
     Spawning,
@@ -615,7 +647,7 @@ struct Slot {
     successor: Option<WorkerId>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Starting,
@@ -643,7 +675,7 @@ struct Generation {
     served: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiter {
     pub client: ClientId,
     /// `--wait`: answer only once the old generation has fully exited.
@@ -664,7 +696,8 @@ struct Reload {
 }
 
 /// What a running [`Reload`] is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum ReloadKind {
     /// A reload: it loads the config and replaces the serving generation.
     Plain,
@@ -2433,6 +2466,11 @@ pub struct CanarySnapshot {
     /// Its check runs.
     pub checking: bool,
 }
+
+mod handover;
+// The driver's `baton upgrade` is their user; until it lands, only tests.
+#[cfg_attr(not(test), allow(unused_imports))]
+pub use handover::{CORE_FORMAT, CoreState, ImportError};
 
 #[cfg(test)]
 mod tests;

@@ -194,6 +194,18 @@ impl Tree {
     }
 }
 
+impl Tree {
+    /// The cgroup `name` that a previous image created for a worker it
+    /// handed over (`baton upgrade`).
+    pub fn adopt(&self, name: &str) -> Arc<WorkerCgroup> {
+        Arc::new(WorkerCgroup {
+            dir: self.dir.join(name),
+            path: format!("{}/{name}", self.path.trim_end_matches('/')),
+            memory: self.memory,
+        })
+    }
+}
+
 /// One worker's cgroup.
 #[derive(Debug)]
 pub struct WorkerCgroup {
@@ -206,6 +218,11 @@ impl WorkerCgroup {
     /// The cgroup path, e.g. /system.slice/myapp.service/gen3-worker1-id17.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Its directory's name, e.g. gen3-worker1-id17.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
     }
 
     /// SIGKILL to every process in it, whatever its session or group.

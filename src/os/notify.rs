@@ -10,11 +10,12 @@
 
 #![forbid(unsafe_code)]
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{setsockopt, sockopt};
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::supervisor::Notify;
 
@@ -115,6 +116,32 @@ impl Endpoint {
         Ok(Endpoint {
             socket: tokio::net::UnixDatagram::from_std(socket)?,
             address: format!("@{name}"),
+        })
+    }
+
+    /// The socket and its `NOTIFY_SOCKET` value, for `baton upgrade`: the
+    /// socket comes out of tokio still non-blocking and close-on-exec (an
+    /// image that is to inherit it across `execve` must clear that), its
+    /// queued datagrams untouched. Fails only if tokio cannot deregister it
+    /// (its runtime shutting down).
+    #[cfg_attr(not(test), allow(dead_code))] // for `baton upgrade` (runtime.rs)
+    pub fn into_parts(self) -> std::io::Result<(OwnedFd, String)> {
+        let socket = self.socket.into_std()?;
+        Ok((OwnedFd::from(socket), self.address))
+    }
+
+    /// An endpoint from [`Endpoint::into_parts`]: sets the socket
+    /// non-blocking and registers it with tokio (call it inside the
+    /// runtime). `SO_PASSCRED` is the socket's and has survived; it is set
+    /// again all the same, so that any bound datagram socket will do.
+    #[cfg_attr(not(test), allow(dead_code))] // for `baton upgrade` (runtime.rs)
+    pub fn from_parts(fd: OwnedFd, address: String) -> std::io::Result<Endpoint> {
+        let socket = std::os::unix::net::UnixDatagram::from(fd);
+        setsockopt(&socket, sockopt::PassCred, &true)?;
+        socket.set_nonblocking(true)?;
+        Ok(Endpoint {
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            address,
         })
     }
 
@@ -247,11 +274,29 @@ const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// datagrams then wait in its socket, which bounds what a flood costs. A receive error is retried after [`ERROR_PAUSE`]; it is
 /// logged through `errors`, which all workers share, so an error that
 /// persists costs one line per interval instead of ten a second per worker.
-pub async fn forward<F, Fut, D, DFut>(
+#[cfg(test)]
+pub async fn forward<F, Fut, D, DFut>(worker: impl std::fmt::Display, errors: SharedRateLimit, recv: F, deliver: D)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Received>>,
+    D: FnMut(Received) -> DFut,
+    DFut: std::future::Future<Output = bool>,
+{
+    forward_until(worker, errors, recv, deliver, &CancellationToken::new()).await;
+}
+
+/// [`forward`], which also returns once `handover` is cancelled (for
+/// `baton upgrade`). The hand-over is honoured only while waiting for the
+/// next datagram (or pausing after an error): a datagram received is always
+/// delivered first, and one not yet received stays queued in the socket for
+/// whoever reads it next. So `recv` must be cancel-safe, as
+/// [`Endpoint::recv`] is: dropped while it waits, it has received nothing.
+pub async fn forward_until<F, Fut, D, DFut>(
     worker: impl std::fmt::Display,
     errors: SharedRateLimit,
     mut recv: F,
     mut deliver: D,
+    handover: &CancellationToken,
 ) where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<Received>>,
@@ -259,7 +304,12 @@ pub async fn forward<F, Fut, D, DFut>(
     DFut: std::future::Future<Output = bool>,
 {
     loop {
-        match recv().await {
+        let received = tokio::select! {
+            biased;
+            _ = handover.cancelled() => return,
+            received = recv() => received,
+        };
+        match received {
             Ok(received) => {
                 if !deliver(received).await {
                     return;
@@ -271,7 +321,11 @@ pub async fn forward<F, Fut, D, DFut>(
                     let more = suppressed_note(suppressed);
                     tracing::warn!("notify socket of worker #{worker}: {e}{more}");
                 }
-                tokio::time::sleep(ERROR_PAUSE).await;
+                tokio::select! {
+                    biased;
+                    _ = handover.cancelled() => return,
+                    _ = tokio::time::sleep(ERROR_PAUSE) => {}
+                }
             }
         }
     }
@@ -342,6 +396,85 @@ mod tests {
     fn suppressed_note_names_the_count_only_when_there_is_one() {
         assert_eq!(suppressed_note(0), "");
         assert_eq!(suppressed_note(7), " (7 similar messages suppressed)");
+    }
+
+    /// Datagrams sent before, during and after a hand-over (into_parts,
+    /// from_parts, forward again) are each delivered once, in order.
+    #[tokio::test]
+    async fn a_handed_over_endpoint_loses_and_doubles_nothing() {
+        let name = format!("baton-test/{}/{:?}", std::process::id(), std::time::SystemTime::now());
+        let endpoint = Endpoint::bind(&name).unwrap();
+        let me = std::process::id() as i32;
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let addr = {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()
+        };
+        let send = |n: usize| {
+            sender.send_to_addr(format!("STATUS={n}").as_bytes(), &addr).unwrap();
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let run = |endpoint: Endpoint, handover: CancellationToken| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                forward_until(
+                    0,
+                    SharedRateLimit::new(Duration::from_secs(10)),
+                    || endpoint.recv(me),
+                    |received| {
+                        let tx = tx.clone();
+                        async move {
+                            if let Received::Message { parsed, .. } = received {
+                                for m in parsed.messages {
+                                    tx.send(m).unwrap();
+                                }
+                            }
+                            true
+                        }
+                    },
+                    &handover,
+                )
+                .await;
+                endpoint
+            })
+        };
+        let mut delivered = Vec::new();
+        let mut endpoint = Some(endpoint);
+        let mut sent = 0;
+        for round in 0..4 {
+            let handover = CancellationToken::new();
+            let task = run(endpoint.take().unwrap(), handover.clone());
+            // Sent while it runs.
+            for _ in 0..3 {
+                send(sent);
+                sent += 1;
+            }
+            while delivered.len() < sent {
+                let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+                delivered.push(got.unwrap());
+            }
+            handover.cancel();
+            let (fd, address) = task.await.unwrap().into_parts().unwrap();
+            assert_eq!(address, format!("@{name}"));
+            // Sent while nobody reads: they wait in the socket.
+            for _ in 0..=round {
+                send(sent);
+                sent += 1;
+            }
+            endpoint = Some(Endpoint::from_parts(fd, address).unwrap());
+        }
+        let handover = CancellationToken::new();
+        let task = run(endpoint.take().unwrap(), handover.clone());
+        while delivered.len() < sent {
+            let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+            delivered.push(got.unwrap());
+        }
+        handover.cancel();
+        drop(task.await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(rx.try_recv().is_err(), "nothing twice");
+        let expected: Vec<Notify> = (0..sent).map(|n| Notify::Status(n.to_string())).collect();
+        assert_eq!(delivered, expected);
     }
 
     /// Captures what `tracing` logs, to count lines.

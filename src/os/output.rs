@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
 
 /// Longest line passed on in one piece; longer ones are split, never lost.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -177,22 +177,74 @@ impl LogSink for JournalSink {
     }
 }
 
+/// What goes through the writer thread's queue.
+#[derive(Debug)]
+enum Item {
+    Line(Line),
+    /// Answered once every line queued before it has been written and the
+    /// sink flushed ([`Writer::flush`]).
+    #[cfg_attr(not(test), allow(dead_code))] // for `baton upgrade` (runtime.rs)
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The pumps' end of the writer thread.
 #[derive(Debug, Clone)]
-pub struct Writer(tokio::sync::mpsc::Sender<Line>);
+pub struct Writer(tokio::sync::mpsc::Sender<Item>);
+
+impl Writer {
+    /// Queues one line; waits while the queue is full. False once the
+    /// writer thread has gone.
+    pub async fn send(&self, line: Line) -> bool {
+        self.0.send(Item::Line(line)).await.is_ok()
+    }
+
+    /// Resolves once every line queued before this call has been handed to
+    /// the sink and the sink has flushed what it batches. Resolves at once
+    /// if the writer thread has gone (nothing more will be written).
+    #[cfg_attr(not(test), allow(dead_code))] // for `baton upgrade` (runtime.rs)
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.0.send(Item::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
 
 /// Starts the thread that hands lines to `sink`. It ends, after writing
 /// everything queued, once every [`Writer`] is dropped.
 pub fn spawn_writer(mut sink: Box<dyn LogSink>) -> std::io::Result<(Writer, std::thread::JoinHandle<()>)> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Line>(QUEUE);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(QUEUE);
     let handle = std::thread::Builder::new().name("baton-log".into()).spawn(move || {
-        while let Some(line) = rx.blocking_recv() {
-            sink.write(&line);
+        while let Some(item) = rx.blocking_recv() {
+            let mut markers = Vec::new();
+            // Lines written since the sink last flushed.
+            let mut unflushed = false;
+            let mut take = |item: Item, sink: &mut Box<dyn LogSink>| match item {
+                Item::Line(line) => {
+                    sink.write(&line);
+                    unflushed = true;
+                }
+                Item::Flush(done) => {
+                    // Everything before it is written; what the sink holds
+                    // goes out before the answer.
+                    if unflushed {
+                        sink.flush();
+                        unflushed = false;
+                    }
+                    markers.push(done);
+                }
+            };
+            take(item, &mut sink);
             // Lines queued meanwhile join the same batch.
-            while let Ok(line) = rx.try_recv() {
-                sink.write(&line);
+            while let Ok(item) = rx.try_recv() {
+                take(item, &mut sink);
             }
-            sink.flush();
+            if unflushed {
+                sink.flush();
+            }
+            for done in markers {
+                let _ = done.send(());
+            }
         }
     })?;
     Ok((Writer(tx), handle))
@@ -215,72 +267,218 @@ impl Tail {
         lines.push_back(format!("{}: {shown}", stream.as_str()));
     }
 
+    /// A tail that already holds `lines` (handed over by `baton upgrade`).
+    pub fn from_lines(lines: Vec<String>) -> Tail {
+        let mut kept: VecDeque<String> = lines.into();
+        while kept.len() > KEEP_LINES {
+            kept.pop_front();
+        }
+        Tail(Arc::new(Mutex::new(kept)))
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.0.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
     }
 }
 
-/// Reads one pipe until EOF. Returns when every writer has closed it.
-pub async fn pump(fd: OwnedFd, stream: Stream, origin: Origin, writer: Writer, tail: Tail) {
-    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-        return;
-    };
-    let mut reader = BufReader::with_capacity(64 * 1024, pipe);
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        buf.clear();
-        let n = match read_line_capped(&mut reader, &mut buf, MAX_LINE).await {
-            Ok(n) => n,
-            Err(_) => break,
-        };
-        if n == 0 {
-            break;
-        }
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-        }
-        if buf.last() == Some(&b'\r') {
-            buf.pop();
-        }
-        let raw = String::from_utf8_lossy(&buf);
-        let (priority, text) = split_priority(&raw);
-        tail.push(stream, text);
-        let line = Line {
-            origin: origin.clone(),
-            stream,
-            priority: priority.unwrap_or(stream.default_priority()),
-            text: text.to_owned(),
-        };
-        if writer.0.send(line).await.is_err() {
-            break;
+/// What [`pump_from`] gives back when it is asked to stop: the pipe's read
+/// end and the bytes read from it but not yet passed on, in order (usually
+/// the start of an unfinished line; complete lines too if the hand-over came
+/// while several were buffered). A pump resumed with it goes on exactly where
+/// this one stopped: no line is lost, none is written twice.
+#[derive(Debug)]
+pub struct PipeRest {
+    /// The read end, in blocking mode (tokio's `Receiver::from_owned_fd`
+    /// makes it non-blocking again), close-on-exec as it was created: an
+    /// image that is to inherit it across `execve` must clear that.
+    pub fd: OwnedFd,
+    pub partial: Vec<u8>,
+}
+
+impl PipeRest {
+    /// A pipe nothing has been read from yet.
+    pub fn new(fd: OwnedFd) -> PipeRest {
+        PipeRest {
+            fd,
+            partial: Vec::new(),
         }
     }
 }
 
-/// Like `read_until(b'\n')` but stops at `max` bytes, so one huge line
-/// cannot grow baton's memory without bound.
-pub(crate) async fn read_line_capped<R: AsyncBufReadExt + Unpin>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> std::io::Result<usize> {
-    let mut total = 0;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(total);
+/// Reads one pipe until EOF. Returns when every writer has closed it.
+#[cfg(test)]
+pub async fn pump(fd: OwnedFd, stream: Stream, origin: Origin, writer: Writer, tail: Tail) {
+    let _ = pump_from(
+        PipeRest::new(fd),
+        stream,
+        origin,
+        writer,
+        tail,
+        CancellationToken::new(),
+    )
+    .await;
+}
+
+/// Size of each read from the pipe.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads one pipe and passes its lines on, `rest.partial` first as if it
+/// had just been read from the pipe. Returns `None` at EOF (or when the
+/// writer thread has gone), and `Some` with the pipe and what was read but
+/// not passed on once `handover` is cancelled. The hand-over is honoured
+/// only between lines: a line being sent to the writer is always sent.
+///
+/// Should the pipe fail to come back out of tokio (its runtime shutting
+/// down), what was read is passed on as lines and `None` returned.
+pub async fn pump_from(
+    rest: PipeRest,
+    stream: Stream,
+    origin: Origin,
+    writer: Writer,
+    tail: Tail,
+    handover: CancellationToken,
+) -> Option<PipeRest> {
+    let PipeRest { fd, partial } = rest;
+    let mut pump = Lines {
+        buf: partial,
+        start: 0,
+        stream,
+        origin,
+        writer,
+        tail,
+    };
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the {} pipe of worker {}: {e}",
+                stream.as_str(),
+                pump.origin.pid
+            );
+            pump.finish().await;
+            return None;
         }
-        let room = max - buf.len();
-        let window = &available[..available.len().min(room)];
-        let (used, done) = match window.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (window.len(), buf.len() + window.len() >= max),
+    };
+    loop {
+        // Everything complete that is held goes out, one line at a time.
+        while let Some(end) = next_line(&pump.buf[pump.start..]) {
+            if handover.is_cancelled() {
+                return pump.hand_over(pipe).await;
+            }
+            if !pump.emit(end).await {
+                return None;
+            }
+        }
+        if handover.is_cancelled() {
+            return pump.hand_over(pipe).await;
+        }
+        pump.buf.drain(..pump.start);
+        pump.start = 0;
+        pump.buf.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            biased;
+            _ = handover.cancelled() => None,
+            read = read_some(&pipe, &mut pump.buf) => Some(read),
         };
-        buf.extend_from_slice(&window[..used]);
-        reader.consume(used);
-        total += used;
-        if done {
-            return Ok(total);
+        match read {
+            None => return pump.hand_over(pipe).await,
+            Some(Ok(0)) | Some(Err(_)) => {
+                pump.finish().await;
+                return None;
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Appends what the pipe holds to `buf` (within its spare capacity); 0 at
+/// EOF. Cancel-safe: bytes are read only by the synchronous `try_read_buf`.
+async fn read_some(pipe: &tokio::net::unix::pipe::Receiver, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    loop {
+        pipe.readable().await?;
+        match pipe.try_read_buf(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            result => return result,
+        }
+    }
+}
+
+/// Length of the next line in `data`, its newline included: at most
+/// [`MAX_LINE`] bytes (a longer line is cut there), `None` if `data` holds
+/// no complete line yet.
+fn next_line(data: &[u8]) -> Option<usize> {
+    let window = &data[..data.len().min(MAX_LINE)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(i) => Some(i + 1),
+        None if data.len() >= MAX_LINE => Some(MAX_LINE),
+        None => None,
+    }
+}
+
+/// A pump's bytes read and not yet passed on (`buf[start..]`), and where its
+/// lines go.
+struct Lines {
+    buf: Vec<u8>,
+    start: usize,
+    stream: Stream,
+    origin: Origin,
+    writer: Writer,
+    tail: Tail,
+}
+
+impl Lines {
+    /// Passes on the next `len` bytes as one line. False once the writer
+    /// thread has gone.
+    async fn emit(&mut self, len: usize) -> bool {
+        let mut piece = &self.buf[self.start..self.start + len];
+        self.start += len;
+        if piece.last() == Some(&b'\n') {
+            piece = &piece[..piece.len() - 1];
+        }
+        if piece.last() == Some(&b'\r') {
+            piece = &piece[..piece.len() - 1];
+        }
+        let raw = String::from_utf8_lossy(piece);
+        let (priority, text) = split_priority(&raw);
+        self.tail.push(self.stream, text);
+        let line = Line {
+            origin: self.origin.clone(),
+            stream: self.stream,
+            priority: priority.unwrap_or(self.stream.default_priority()),
+            text: text.to_owned(),
+        };
+        self.writer.send(line).await
+    }
+
+    /// At EOF: what is left, complete lines and an unfinished last one.
+    async fn finish(&mut self) {
+        while self.start < self.buf.len() {
+            let len = next_line(&self.buf[self.start..]).unwrap_or(self.buf.len() - self.start);
+            if !self.emit(len).await {
+                return;
+            }
+        }
+    }
+
+    async fn hand_over(mut self, pipe: tokio::net::unix::pipe::Receiver) -> Option<PipeRest> {
+        match pipe.into_blocking_fd() {
+            Ok(fd) => Some(PipeRest {
+                fd,
+                partial: self.buf.split_off(self.start),
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot hand over the {} pipe of worker {}: {e}",
+                    self.stream.as_str(),
+                    self.origin.pid
+                );
+                self.finish().await;
+                None
+            }
         }
     }
 }
@@ -289,6 +487,7 @@ pub(crate) async fn read_line_capped<R: AsyncBufReadExt + Unpin>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::time::Duration;
 
     #[derive(Default, Clone)]
     struct Collect(Arc<Mutex<Vec<(u8, String)>>>);
@@ -337,6 +536,156 @@ mod tests {
         assert_eq!(lines[3], "x".repeat(10));
         assert_eq!(lines[4], "last-without-newline");
         assert_eq!(tail.lines().last().unwrap(), "stderr: last-without-newline");
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            name: "app".into(),
+            generation: 1,
+            slot: 0,
+            pid: 1,
+        }
+    }
+
+    fn texts(sink: &Collect) -> Vec<String> {
+        sink.0.lock().unwrap().iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_pipe_resumes_with_its_unfinished_line() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut w = std::fs::File::from(w);
+        let sink = Collect::default();
+        let (writer, thread) = spawn_writer(Box::new(sink.clone())).unwrap();
+        w.write_all(b"a\nb\npar").unwrap();
+        let handover = CancellationToken::new();
+        let pump = tokio::spawn(pump_from(
+            PipeRest::new(r),
+            Stream::Stdout,
+            origin(),
+            writer.clone(),
+            Tail::default(),
+            handover.clone(),
+        ));
+        for _ in 0..500 {
+            if texts(&sink).len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(texts(&sink), ["a", "b"]);
+        handover.cancel();
+        let rest = pump.await.unwrap().expect("handed over, not at EOF");
+        assert_eq!(rest.partial, b"par");
+        // The fd comes back in blocking mode.
+        let flags = nix::fcntl::fcntl(&rest.fd, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        w.write_all(b"tial\nc\n").unwrap();
+        drop(w);
+        let end = pump_from(
+            rest,
+            Stream::Stdout,
+            origin(),
+            writer.clone(),
+            Tail::default(),
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(end.is_none(), "EOF");
+        writer.flush().await;
+        assert_eq!(texts(&sink), ["a", "b", "partial", "c"]);
+        drop(writer);
+        writer_thread_done(thread);
+    }
+
+    /// Hand-overs while the pump holds many lines read but not passed on:
+    /// every line comes out once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repeated_hand_overs_lose_and_double_nothing() {
+        const LINES: usize = 100_000;
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(w);
+            let mut chunk = String::new();
+            for i in 0..LINES {
+                chunk.push_str(&format!("line {i}\n"));
+                if chunk.len() > 100_000 {
+                    f.write_all(chunk.as_bytes()).unwrap();
+                    chunk.clear();
+                }
+            }
+            // The last line has no newline and arrives last.
+            chunk.pop();
+            f.write_all(chunk.as_bytes()).unwrap();
+        });
+        let sink = Collect::default();
+        let (writer, thread) = spawn_writer(Box::new(sink.clone())).unwrap();
+        let mut rest = PipeRest::new(r);
+        let (mut handovers, mut with_lines) = (0, 0);
+        loop {
+            let handover = CancellationToken::new();
+            let pump = tokio::spawn(pump_from(
+                rest,
+                Stream::Stdout,
+                origin(),
+                writer.clone(),
+                Tail::default(),
+                handover.clone(),
+            ));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            handover.cancel();
+            match pump.await.unwrap() {
+                Some(r) => {
+                    handovers += 1;
+                    if r.partial.contains(&b'\n') {
+                        with_lines += 1;
+                    }
+                    rest = r;
+                }
+                None => break,
+            }
+        }
+        feeder.join().unwrap();
+        writer.flush().await;
+        let got = texts(&sink);
+        assert_eq!(got.len(), LINES, "after {handovers} hand-overs");
+        for (i, text) in got.iter().enumerate() {
+            assert_eq!(text, &format!("line {i}"));
+        }
+        assert!(handovers > 0);
+        assert!(
+            with_lines > 0,
+            "no hand-over caught buffered lines ({handovers} hand-overs)"
+        );
+        drop(writer);
+        writer_thread_done(thread);
+    }
+
+    /// Lines queued before `flush` are written and the sink flushed when it
+    /// resolves.
+    #[tokio::test]
+    async fn flush_waits_for_what_was_queued_before_it() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (go_tx, go_rx) = std::sync::mpsc::channel();
+        let sink = Batches {
+            log: log.clone(),
+            first: Some(go_rx),
+        };
+        let (writer, thread) = spawn_writer(Box::new(sink)).unwrap();
+        for i in 0..3 {
+            assert!(writer.send(line(7, &format!("{i}"))).await);
+        }
+        let flushed = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.flush().await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!flushed.is_finished(), "the sink is still busy with line 0");
+        go_tx.send(()).unwrap();
+        flushed.await.unwrap();
+        assert_eq!(*log.lock().unwrap(), ["0", "1", "2", "flush"]);
+        drop(writer);
+        writer_thread_done(thread);
     }
 
     /// Counts the calls that would each be one write(2) on stderr.
@@ -427,7 +776,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(async {
             for i in 0..5 {
-                writer.0.send(line(7, &format!("{i}"))).await.unwrap();
+                assert!(writer.send(line(7, &format!("{i}"))).await);
             }
         });
         // Lines 1..4 are queued while the sink is busy with line 0.

@@ -151,11 +151,58 @@ pub struct Child {
 /// The answer to one spawn, called on the spawner thread.
 pub type Reply = Box<dyn FnOnce(Result<Child, SpawnError>) + Send>;
 
-struct Job {
-    cmd: Command,
-    /// `fds[i]` becomes fd `i` in the child.
-    fds: Vec<OwnedFd>,
-    reply: Reply,
+/// The answer to an exec that failed (one that succeeds never returns).
+pub type ExecReply = Box<dyn FnOnce(io::Error) + Send>;
+
+enum Job {
+    Spawn {
+        cmd: Command,
+        /// `fds[i]` becomes fd `i` in the child.
+        fds: Vec<OwnedFd>,
+        reply: Reply,
+    },
+    Exec {
+        image: Image,
+        reply: ExecReply,
+    },
+}
+
+/// A new program image for baton itself ([`Spawner::exec`]).
+pub struct Image {
+    program: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    /// Descriptors that must survive the exec: their close-on-exec flag is
+    /// cleared just before it, and set again if it fails.
+    keep: Vec<RawFd>,
+}
+
+impl Image {
+    pub fn new(
+        program: &std::path::Path,
+        argv: &[String],
+        env: &[(std::ffi::OsString, std::ffi::OsString)],
+        keep: Vec<RawFd>,
+    ) -> Result<Image, SpawnError> {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(Image {
+            program: CString::new(program.as_os_str().as_bytes())?,
+            argv: argv
+                .iter()
+                .map(|a| CString::new(a.as_bytes()))
+                .collect::<Result<_, _>>()?,
+            env: env
+                .iter()
+                .map(|(k, v)| {
+                    let mut entry = k.as_bytes().to_vec();
+                    entry.push(b'=');
+                    entry.extend_from_slice(v.as_bytes());
+                    CString::new(entry)
+                })
+                .collect::<Result<_, _>>()?,
+            keep,
+        })
+    }
 }
 
 /// `RLIMIT_NOFILE` as baton found it: (soft, hard).
@@ -177,7 +224,9 @@ pub fn raise_nofile() -> nix::Result<NoFile> {
     Ok(NoFile { soft, hard })
 }
 
-/// The thread that forks every worker. See the module docs.
+/// A handle on the thread that forks every worker (see the module docs).
+/// Cloned freely; when the last handle is dropped, [`SpawnerLoop::run`]
+/// returns.
 #[derive(Clone)]
 pub struct Spawner {
     jobs: mpsc::Sender<Job>,
@@ -187,29 +236,31 @@ pub struct Spawner {
     forked: Arc<Mutex<HashSet<i32>>>,
 }
 
+/// The spawner's loop, run by [`SpawnerLoop::run`] on the process's main
+/// thread.
+pub struct SpawnerLoop {
+    jobs: mpsc::Receiver<Job>,
+    forked: Arc<Mutex<HashSet<i32>>>,
+    nofile: Option<NoFile>,
+}
+
 impl Spawner {
-    /// Starts the spawner thread. `nofile` is the limit workers get.
-    pub fn start(nofile: Option<NoFile>) -> io::Result<Spawner> {
+    /// A spawner whose loop the caller runs on the main thread. `nofile`
+    /// is the limit workers get.
+    pub fn new(nofile: Option<NoFile>) -> (Spawner, SpawnerLoop) {
         let (jobs, rx) = mpsc::channel::<Job>();
         let forked: Arc<Mutex<HashSet<i32>>> = Arc::default();
-        let registry = forked.clone();
-        std::thread::Builder::new()
-            .name("baton-spawner".into())
-            .spawn(move || {
-                let parent = std::process::id() as libc::pid_t;
-                let mut clone3 = true;
-                while let Ok(job) = rx.recv() {
-                    let result = fork_exec(job.cmd, &job.fds, nofile, parent, &registry, &mut clone3);
-                    drop(job.fds);
-                    (job.reply)(result);
-                }
-                // Workers die with this thread (PR_SET_PDEATHSIG), so it must
-                // outlive them: it ends only with the process.
-                loop {
-                    std::thread::park();
-                }
-            })?;
-        Ok(Spawner { jobs, forked })
+        (
+            Spawner {
+                jobs,
+                forked: forked.clone(),
+            },
+            SpawnerLoop {
+                jobs: rx,
+                forked,
+                nofile,
+            },
+        )
     }
 
     /// Forks and execs `cmd` on the spawner thread; `fds[i]` becomes fd `i`
@@ -218,8 +269,19 @@ impl Spawner {
     /// new process group. `reply` gets the child once `execve` succeeded,
     /// or the reason it failed.
     pub fn spawn(&self, cmd: Command, fds: Vec<OwnedFd>, reply: Reply) {
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job { cmd, fds, reply }) {
-            (job.reply)(Err(SpawnError::SpawnerGone));
+        if let Err(mpsc::SendError(Job::Spawn { reply, .. })) = self.jobs.send(Job::Spawn { cmd, fds, reply }) {
+            reply(Err(SpawnError::SpawnerGone));
+        }
+    }
+
+    /// Replaces baton's program image with `image`, from the spawner
+    /// thread: the parent of every worker, so that no worker's
+    /// `PR_SET_PDEATHSIG` fires (execve ends every *other* thread, and a
+    /// worker's parent-death signal follows the thread that forked it).
+    /// Returns only through `reply`, if the exec failed.
+    pub fn exec(&self, image: Image, reply: ExecReply) {
+        if let Err(mpsc::SendError(Job::Exec { reply, .. })) = self.jobs.send(Job::Exec { image, reply }) {
+            reply(io::Error::other("the spawner thread is gone"));
         }
     }
 
@@ -229,10 +291,162 @@ impl Spawner {
         self.forked.lock().unwrap_or_else(|e| e.into_inner()).contains(&pid)
     }
 
+    /// `pid` is a worker a previous image forked (`baton upgrade`), not
+    /// reaped yet.
+    pub fn remember(&self, pid: i32) {
+        self.forked.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+    }
+
     /// `pid` was reaped.
     pub fn forget(&self, pid: i32) {
         self.forked.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
     }
+}
+
+impl SpawnerLoop {
+    /// Serves spawns (and an exec) until every [`Spawner`] is dropped. Run
+    /// it on the process's **main thread**: the workers die with the thread
+    /// that forked them, and after an exec the thread that called it is the
+    /// only one left, so only the main thread can fork workers that survive
+    /// any number of upgrades.
+    pub fn run(self) {
+        let parent = std::process::id() as libc::pid_t;
+        let mut clone3 = true;
+        while let Ok(job) = self.jobs.recv() {
+            match job {
+                Job::Spawn { cmd, fds, reply } => {
+                    let result = fork_exec(cmd, &fds, self.nofile, parent, &self.forked, &mut clone3);
+                    drop(fds);
+                    reply(result);
+                }
+                Job::Exec { image, reply } => reply(exec_image(&image)),
+            }
+        }
+    }
+}
+
+/// execve(2) of `image`, returning only if it failed. The signals baton
+/// handles are blocked on this thread across it, and the mask survives
+/// execve, so one that arrives before the new image has installed its
+/// handlers waits for them instead of killing baton.
+fn exec_image(image: &Image) -> io::Error {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let handled = handled_signals();
+    let mut old = SigSet::empty();
+    if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled), Some(&mut old)) {
+        return e.into();
+    }
+    let mut cleared = Vec::new();
+    let mut failure = None;
+    for &fd in &image.keep {
+        match set_cloexec(fd, false) {
+            Ok(()) => cleared.push(fd),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let error = failure.unwrap_or_else(|| {
+        let argv: Vec<*const c_char> = image
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const c_char> = image
+            .env
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        // SAFETY: `program`, `argv` and `envp` are NUL-terminated C strings
+        // owned by `image`, and both arrays end with a null pointer, as
+        // execve(2) requires; they outlive the call. On success it does not
+        // return; on failure nothing was changed.
+        unsafe { libc::execve(image.program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        io::Error::last_os_error()
+    });
+    for fd in cleared {
+        let _ = set_cloexec(fd, true);
+    }
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    error
+}
+
+/// The signals baton's event loop handles.
+fn handled_signals() -> nix::sys::signal::SigSet {
+    let mut handled = nix::sys::signal::SigSet::empty();
+    for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+        handled.add(s);
+    }
+    handled
+}
+
+/// Unblocks, on the calling thread, the signals an upgrade blocked across
+/// its exec; call it once their handlers are installed. Threads started
+/// since the exec inherited the block, so this thread is the one that
+/// receives them (the spawner thread keeps them blocked, and its children
+/// start with an empty mask).
+pub fn unblock_handled_signals() {
+    use nix::sys::signal::{SigmaskHow, pthread_sigmask};
+    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled_signals()), None);
+}
+
+/// Sets or clears `FD_CLOEXEC` on `fd`.
+fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    // SAFETY: the caller keeps `fd` open for the duration of this call (it
+    // is one of the descriptors the hand-over owns); borrowing it does not
+    // take ownership.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD)?);
+    let flags = if on {
+        flags | FdFlag::FD_CLOEXEC
+    } else {
+        flags - FdFlag::FD_CLOEXEC
+    };
+    fcntl(fd, FcntlArg::F_SETFD(flags))?;
+    Ok(())
+}
+
+/// Takes ownership of descriptors a previous baton image handed over
+/// across `execve` (`baton upgrade`): each must be open and listed once,
+/// else nothing is taken. Each gets close-on-exec back, so no worker
+/// started later inherits it.
+pub fn adopt_fds(raw: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let mut seen = HashSet::new();
+    for &fd in raw {
+        if fd < 0 || !seen.insert(fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("descriptor {fd} is listed twice or is negative"),
+            ));
+        }
+        // SAFETY: only borrowed for this one call, which checks that the
+        // number refers to an open descriptor; nothing is closed.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        fcntl(borrowed, FcntlArg::F_GETFD)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("descriptor {fd} is not open: {e}")))?;
+    }
+    let mut owned = Vec::with_capacity(raw.len());
+    for &fd in raw {
+        // SAFETY: `fd` is open (checked above), listed once, and the
+        // hand-over gives it to this image alone: nothing else in this
+        // process owns it, so it is closed exactly once, by this OwnedFd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_cloexec(fd.as_raw_fd(), true)?;
+        owned.push(fd);
+    }
+    Ok(owned)
+}
+
+/// An anonymous in-memory file (close-on-exec), for the hand-over.
+pub fn memfd(name: &str) -> io::Result<OwnedFd> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let name = CString::new(name)?;
+    Ok(memfd_create(name.as_c_str(), MFdFlags::MFD_CLOEXEC)?)
 }
 
 /// The layout of `struct clone_args` (linux/sched.h) up to `cgroup`; libc

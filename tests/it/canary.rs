@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::common::baton::{Baton, config_text, port};
 use crate::common::load::{Load, LoadStats};
-use crate::common::{example_bin, wait_until};
+use crate::common::{example_bin, text, wait_until};
 
 fn hello() -> String {
     example_bin("hello").display().to_string()
@@ -35,15 +35,6 @@ fn broken_release(port: u16, workers: usize) -> String {
         &[&hello()],
         workers,
         "[environment]\nHELLO_FAIL_START = \"FATAL: v3 cannot read its settings\"\n",
-    )
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     )
 }
 

@@ -50,4 +50,5 @@ mod soak;
 mod socket_activation;
 mod stop;
 mod systemd_notify;
+mod upgrade;
 mod worker_env;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::baton::{Baton, config_text, port};
-use crate::common::example_bin;
 use crate::common::load::Load;
+use crate::common::{example_bin, text};
 
 struct Layout {
     _root: tempfile::TempDir,
@@ -56,15 +56,6 @@ impl Layout {
             )
         )
     }
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn directory_of(baton: &Baton, generation: u64) -> Option<PathBuf> {

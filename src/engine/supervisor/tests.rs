@@ -313,6 +313,13 @@ struct H {
     canaries: BTreeMap<GenId, usize>,
     /// RunCheck not yet answered.
     checks: BTreeSet<GenId>,
+    /// Lockstep hand-over test: the supervisor as it was before its first
+    /// hand-over, fed the same calls as `sup` (which crossed one or more
+    /// hand-overs); both must act alike.
+    shadow: Option<Supervisor>,
+    /// Hand-overs done (`H::hand_over`): all of them, with a ready canary,
+    /// with a restart pending, with a worker draining.
+    hand_overs: [usize; 4],
 }
 
 impl H {
@@ -345,20 +352,22 @@ impl H {
             canary_slots: BTreeSet::new(),
             canaries: BTreeMap::new(),
             checks: BTreeSet::new(),
+            shadow: None,
+            hand_overs: [0; 4],
         }
     }
 
     // ---- driving ----
 
     /// One supervisor call, then every spawn answer it (transitively) causes.
-    fn call(&mut self, cause: Cause, f: impl FnOnce(&mut Supervisor, Instant)) {
+    fn call(&mut self, cause: Cause, f: impl FnOnce(&mut Supervisor, Instant) + Clone) {
         self.call_one(cause, f);
         while let Some((worker, error)) = self.deferred.pop_front() {
             self.answer_spawn(worker, error);
         }
     }
 
-    fn call_one(&mut self, cause: Cause, f: impl FnOnce(&mut Supervisor, Instant)) {
+    fn call_one(&mut self, cause: Cause, f: impl FnOnce(&mut Supervisor, Instant) + Clone) {
         let before = Before {
             serving: self.sup.serving,
             retired: self
@@ -369,10 +378,22 @@ impl H {
                 .map(|(&id, _)| id)
                 .collect(),
         };
+        let twin = self.shadow.is_some().then(|| f.clone());
         f(&mut self.sup, self.now);
         let n = self.actions.len();
         while let Some(action) = self.sup.poll_action() {
             self.record(action);
+        }
+        if let (Some(shadow), Some(f)) = (self.shadow.as_mut(), twin) {
+            f(shadow, self.now);
+            let theirs: Vec<Action> = std::iter::from_fn(|| shadow.poll_action()).collect();
+            assert_eq!(
+                theirs,
+                self.actions[n..],
+                "the handed-over supervisor acts unlike the original"
+            );
+            assert_eq!(shadow.poll_timeout(), self.sup.poll_timeout());
+            assert_eq!(shadow.export(self.now), self.sup.export(self.now));
         }
         if let Some(at) = self.sup.poll_timeout() {
             assert!(at >= self.now, "a timer is overdue after a call: {:?}", self.sup.timers);
@@ -1028,6 +1049,41 @@ impl H {
     fn load_configs(&self) -> usize {
         self.actions.iter().filter(|a| matches!(a, Action::LoadConfig)).count()
     }
+
+    /// `baton upgrade`: the supervisor is exported at the current time,
+    /// goes through JSON and is imported at the same time; the copy carries
+    /// on. With `lockstep`, the supervisor from before the first hand-over
+    /// keeps running beside it as `shadow`.
+    fn hand_over(&mut self, lockstep: bool) {
+        assert_eq!(self.sup.hand_over_blocker(), None);
+        let sup = &self.sup;
+        let seen = [
+            true,
+            sup.canary.is_some(),
+            sup.gens.values().any(|g| g.slots.iter().any(|s| s.restart_pending)),
+            sup.workers.values().any(|w| w.state == WorkerState::Stopping),
+        ];
+        for (n, seen) in self.hand_overs.iter_mut().zip(seen) {
+            *n += usize::from(seen);
+        }
+        let copy = round_trip(&self.sup, self.now, self.now);
+        let original = std::mem::replace(&mut self.sup, copy);
+        if lockstep && self.shadow.is_none() {
+            self.shadow = Some(original);
+        }
+    }
+}
+
+/// `sup` exported at `then`, through JSON, imported at `now`; the copy
+/// exports to the very same state (relative to its `now`).
+fn round_trip(sup: &Supervisor, then: Instant, now: Instant) -> Supervisor {
+    let state = sup.export(then);
+    let json = serde_json::to_string(&state).unwrap();
+    let back: CoreState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, state, "CoreState changed through JSON");
+    let copy = Supervisor::import(back, now).unwrap_or_else(|e| panic!("{e}\n{json}"));
+    assert_eq!(copy.export(now), state, "the imported supervisor exports another state");
+    copy
 }
 
 /// A first generation of `spec`, started and ready at the current time.
@@ -2361,6 +2417,9 @@ struct Coverage {
     checks: usize,
     /// Steps taken before Exit, over all seeds.
     steps: usize,
+    /// All, with a ready canary, a restart pending, a worker draining.
+    hand_overs: [usize; 4],
+    hand_over_blocked: usize,
 }
 
 struct Run {
@@ -2617,8 +2676,34 @@ impl Run {
     }
 }
 
+/// How the randomized runs hand the supervisor over (`baton upgrade`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum HandOvers {
+    Never,
+    /// At random moments the supervisor can be handed over, it is replaced
+    /// by its JSON round-trip; the invariants must keep holding.
+    Replace,
+    /// The same, and the original keeps running beside the copy on the
+    /// same events: both must act alike for the rest of the run.
+    Lockstep,
+}
+
 #[test]
 fn randomized_event_sequences_keep_the_invariants() {
+    randomized(HandOvers::Never);
+}
+
+#[test]
+fn randomized_hand_overs_keep_the_invariants() {
+    randomized(HandOvers::Replace);
+}
+
+#[test]
+fn randomized_hand_over_copies_act_like_the_original() {
+    randomized(HandOvers::Lockstep);
+}
+
+fn randomized(hand_overs: HandOvers) {
     let mut cov = Coverage::default();
     for seed in 1..=200u64 {
         // Shown with the failure, to replay one seed.
@@ -2638,12 +2723,24 @@ fn randomized_event_sequences_keep_the_invariants() {
         if run.rng.chance(80) {
             run.quiesce();
         }
+        // Its own generator, so that the events are those of the runs
+        // without hand-overs.
+        let mut when = Rng::new(seed ^ 0x0B5E_55ED);
         for _ in 0..200 {
             if run.h.exit.is_some() {
                 break;
             }
+            if hand_overs != HandOvers::Never && when.chance(30) {
+                match run.h.sup.hand_over_blocker() {
+                    None => run.h.hand_over(hand_overs == HandOvers::Lockstep),
+                    Some(_) => cov.hand_over_blocked += 1,
+                }
+            }
             run.step();
             cov.steps += 1;
+        }
+        for (n, m) in cov.hand_overs.iter_mut().zip(run.h.hand_overs) {
+            *n += m;
         }
         run.quiesce();
         run.finish();
@@ -2713,6 +2810,11 @@ fn randomized_event_sequences_keep_the_invariants() {
         "{cov:?}"
     );
     assert!(cov.checks > 5, "{cov:?}");
+    if hand_overs != HandOvers::Never {
+        let [all, canary, restart, draining] = cov.hand_overs;
+        assert!(all > 500 && cov.hand_over_blocked > 100, "{cov:?}");
+        assert!(canary > 20 && restart > 20 && draining > 100, "{cov:?}");
+    }
 }
 
 // ---- [stop] message and the memory limit ------------------------------------------
@@ -3642,3 +3744,5 @@ fn a_rolling_hand_over_retires_a_memory_successor_in_the_slot_too() {
     h.expect(&[progress(&[7]), term(3), term(1), spawn(5, 2, 1)]);
     assert_eq!(h.live(1), [2]);
 }
+
+mod handover;

@@ -50,10 +50,16 @@ impl Baton {
 
     /// Starts it without waiting, with extra environment (NOTIFY_SOCKET...).
     pub fn spawn_with_env(port: u16, config: &str, env: &[(&str, &str)]) -> Baton {
+        Baton::spawn_bin(&baton_bin(), port, config, env)
+    }
+
+    /// Starts the baton binary at `bin` (a copy, for `baton upgrade`)
+    /// without waiting.
+    pub fn spawn_bin(bin: &Path, port: u16, config: &str, env: &[(&str, &str)]) -> Baton {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("app.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(baton_bin())
+        let mut child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&path)
             .env("BATON_RUNTIME_DIR", dir.path().join("run"))

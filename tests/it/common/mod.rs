@@ -41,6 +41,17 @@ pub fn example_bin(name: &str) -> PathBuf {
     path
 }
 
+/// A client command's outcome, for assertion messages: exit code, stdout
+/// and stderr.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// Picked at random below the kernel's ephemeral range, so that the client

@@ -1,0 +1,305 @@
+//! `baton upgrade`: the supervisor re-executes the binary installed where
+//! it was started from, in place, under continuous load. Each test runs a
+//! copy of baton from a directory of its own, and "installs" a new binary
+//! there the way a package does: a new file renamed over the old path.
+//!
+//! What must hold: exit 0 with both versions; the same baton pid; the same
+//! worker pids, none signalled (the workers log every signal they get) and
+//! none restarted; every output line exactly once; 0 failed requests; a
+//! canary's hold carried over; and a new binary that cannot take over
+//! (missing, not baton) refused with exit 1 and nothing changed.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use crate::common::baton::{Baton, config_text, port};
+use crate::common::load::Load;
+use crate::common::{example_bin, text};
+
+/// A directory with a copy of baton in it: what `baton upgrade` re-executes.
+struct Install {
+    dir: tempfile::TempDir,
+}
+
+impl Install {
+    fn new() -> Install {
+        let install = Install {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        install.put(&crate::common::baton_bin());
+        install
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.dir.path().join("baton")
+    }
+
+    /// What a package manager does: the new file beside, renamed over the
+    /// old path (the running image keeps its own inode).
+    fn put(&self, from: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = self.dir.path().join(".baton.new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, self.bin()).unwrap();
+    }
+}
+
+/// `workers` hello workers under the baton installed in `install`,
+/// serving.
+fn start_hello(install: &Install, workers: usize, extra: &str) -> Baton {
+    let port = port();
+    let hello = example_bin("hello").display().to_string();
+    let baton = Baton::spawn_bin(&install.bin(), port, &config_text(port, &[&hello], workers, extra), &[]);
+    assert!(baton.wait_serving(1, Duration::from_secs(30)), "{}", baton.log());
+    baton
+}
+
+/// pids of every live worker, by generation, in order.
+fn worker_pids(baton: &Baton) -> Vec<(u64, i64)> {
+    let status = baton.status();
+    let mut pids: Vec<(u64, i64)> = status["supervisor"]["generations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| {
+            let id = g["id"].as_u64().unwrap_or(0);
+            g["workers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |w| w["pid"].as_i64().map(|p| (id, p)))
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// A worker that logs every signal it gets (and keeps running) and prints
+/// a numbered line every 2 ms in two writes, so a line is often half
+/// written when the hand-over comes.
+fn ticker_config(port: u16, workers: usize) -> String {
+    let script = "for s in HUP INT QUIT USR1 USR2 TERM PIPE ALRM; do trap \"echo got-signal-$s\" $s; done\n\
+         i=0\n\
+         while [ $i -lt 100000 ]; do i=$((i+1)); printf 'tick %d' $i; printf ' of %s\\n' $BATON_WORKER; sleep 0.002; done\n";
+    config_text(
+        port,
+        &["/bin/sh", "-c", script],
+        workers,
+        "[readiness]\nmode = \"delay\"\ndelay = \"300ms\"\n",
+    )
+}
+
+fn upgrade(baton: &Baton) -> Output {
+    baton.client(&["upgrade"])
+}
+
+#[test]
+fn upgrade_in_place_keeps_every_worker_and_line_and_fails_no_request() {
+    let install = Install::new();
+    let baton = start_hello(&install, 3, "[stop]\ntimeout = \"10s\"\n");
+    let pid = baton.pid();
+    let load = Load::start(baton.addr(), "/", 8);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // `baton status` all along: a client that comes while the supervisor
+    // hands over gets its answer from one image or the other, never an
+    // error or a hang.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let statuses = {
+        let (stop, config, runtime) = (stop.clone(), baton.config.clone(), baton.dir.path().join("run"));
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new(crate::common::baton_bin())
+                    .args(["status", "--json", "--config"])
+                    .arg(&config)
+                    .env("BATON_RUNTIME_DIR", &runtime)
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    ok += 1;
+                } else {
+                    failed.push(text(&out));
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    // Three upgrades, with a reload between the first and the second, so
+    // that workers forked by an upgraded image cross an upgrade too.
+    let before = worker_pids(&baton);
+    install.put(&crate::common::baton_bin());
+    let out = upgrade(&baton);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
+    let shown = text(&out);
+    assert!(
+        shown.contains("upgraded from baton") && shown.contains("none restarted"),
+        "{shown}"
+    );
+    assert_eq!(worker_pids(&baton), before, "the workers changed across the upgrade");
+    assert_eq!(baton.status()["pid"].as_i64(), Some(pid as i64));
+
+    assert!(baton.reload().status.success(), "{}", baton.log());
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        let before = worker_pids(&baton);
+        install.put(&crate::common::baton_bin());
+        let out = upgrade(&baton);
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
+        assert_eq!(worker_pids(&baton), before, "the workers changed across the upgrade");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Still a working supervisor: a reload after the upgrades.
+    assert!(baton.reload().status.success(), "{}", baton.log());
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = statuses.join().unwrap();
+    eprintln!(
+        "3 upgrades and 2 reloads under load: {stats}; baton status all along: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "baton status failed during the upgrades: {failed:?}");
+    assert!(ok > 10, "too few status calls: {ok}");
+    assert_eq!(stats.failed, 0, "{stats}\n{:?}", stats.last_errors);
+    assert!(stats.ok > 200, "{stats}");
+
+    let status = baton.status();
+    let upgrades = status["upgrades"].as_array().cloned().unwrap_or_default();
+    assert_eq!(upgrades.len(), 3, "{status}");
+    let shown = String::from_utf8_lossy(&baton.client(&["status"]).stdout).into_owned();
+    assert!(shown.contains("upgraded from "), "{shown}");
+    assert_eq!(baton.pid(), pid);
+}
+
+#[test]
+fn no_worker_gets_a_signal_and_no_output_line_is_lost_or_doubled() {
+    let install = Install::new();
+    let port = port();
+    let mut baton = Baton::spawn_bin(&install.bin(), port, &ticker_config(port, 2), &[]);
+    assert!(baton.wait_serving(1, Duration::from_secs(30)), "{}", baton.log());
+    let before = worker_pids(&baton);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(400));
+        install.put(&crate::common::baton_bin());
+        let out = upgrade(&baton);
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(worker_pids(&baton), before, "the workers changed across the upgrades");
+    baton.signal(nix::sys::signal::SIGKILL);
+    let _ = baton.wait_exit(Duration::from_secs(10));
+    let log = baton.log();
+    assert!(!log.contains("got-signal"), "a worker got a signal:\n{log}");
+    for worker in ["0", "1"] {
+        let ticks: Vec<u64> = log
+            .lines()
+            .filter_map(|l| l.split_once("tick ").map(|(_, rest)| rest))
+            .filter(|rest| rest.ends_with(&format!(" of {worker}")))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect();
+        assert!(ticks.len() > 100, "worker {worker}: only {} ticks", ticks.len());
+        let expected: Vec<u64> = (1..=ticks.len() as u64).collect();
+        assert_eq!(ticks, expected, "worker {worker}: lines lost, doubled or out of order");
+    }
+}
+
+#[test]
+fn a_canary_and_its_hold_carry_over_and_promote_in_the_new_image() {
+    let install = Install::new();
+    let baton = start_hello(&install, 2, "");
+    let load = Load::start(baton.addr(), "/", 6);
+    let out = baton.client(&["reload", "--canary", "1", "--hold", "10s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    install.put(&crate::common::baton_bin());
+    let out = upgrade(&baton);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
+    let status = baton.status();
+    assert_eq!(
+        status["supervisor"]["canary"]["generation"].as_u64(),
+        Some(2),
+        "{status}"
+    );
+    // The hold runs out in the new image, which promotes the canary.
+    let promoted = crate::common::wait_until(Duration::from_secs(40), || {
+        baton
+            .try_status()
+            .is_some_and(|s| s["supervisor"]["serving"].as_u64() == Some(2) && s["supervisor"]["canary"].is_null())
+    });
+    assert!(promoted, "{}\n{}", baton.status(), baton.log());
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    eprintln!("canary, upgrade, promotion by the hold: {stats}");
+    assert_eq!(stats.failed, 0, "{stats}\n{:?}", stats.last_errors);
+}
+
+#[test]
+fn a_new_binary_that_cannot_take_over_is_refused_and_nothing_changes() {
+    let install = Install::new();
+    let baton = start_hello(&install, 2, "");
+    let before = worker_pids(&baton);
+    let load = Load::start(baton.addr(), "/", 4);
+
+    // Not baton at all.
+    install.put(Path::new("/bin/true"));
+    let out = upgrade(&baton);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("UPGRADE REFUSED") && text(&out).contains("nothing changed"),
+        "{}",
+        text(&out)
+    );
+    // Gone.
+    std::fs::remove_file(install.bin()).unwrap();
+    let out = upgrade(&baton);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot run"), "{}", text(&out));
+
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    assert_eq!(stats.failed, 0, "{stats}");
+    assert_eq!(worker_pids(&baton), before);
+    let status = baton.status();
+    assert_eq!(status["upgrades"].as_array().map(Vec::len), Some(0), "{status}");
+    // It still works.
+    assert!(baton.reload().status.success(), "{}", baton.log());
+}
+
+#[test]
+fn a_new_image_that_dies_after_the_exec_leaves_no_worker_behind() {
+    let install = Install::new();
+    let mut baton = start_hello(&install, 2, "");
+    let workers: Vec<i64> = worker_pids(&baton).into_iter().map(|(_, p)| p).collect();
+    // Passes the check (it is baton's), then dies instead of taking over:
+    // what a new binary that crashes at start would do.
+    let real = install.dir.path().join("baton.real");
+    std::fs::copy(crate::common::baton_bin(), &real).unwrap();
+    let script = install.dir.path().join("baton.script");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = upgrade-check ]; then exec {} \"$@\"; fi\necho 'new baton: crashed at start' >&2\nexit 70\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    install.put(&script);
+    let out = upgrade(&baton);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("UPGRADE FAILED"), "{}", text(&out));
+    let status = baton.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(70), "{}", baton.log());
+    // Nothing serves without a supervisor: the workers died with it.
+    let gone = crate::common::wait_until(Duration::from_secs(10), || {
+        workers.iter().all(|&p| {
+            !std::path::Path::new(&format!("/proc/{p}")).exists()
+                || std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z "))
+        })
+    });
+    assert!(gone, "workers {workers:?} outlived their supervisor\n{}", baton.log());
+    assert!(baton.log().contains("new baton: crashed at start"), "{}", baton.log());
+}
