@@ -54,6 +54,34 @@ fn provision_express() {
     provision_node_modules();
 }
 
+/// examples/node/baton.toml, the example's own config, on `port` (checked
+/// to be what this suite relies on: node-ipc readiness, the 'shutdown'
+/// message).
+pub(crate) fn example_config(port: u16, workers: usize) -> String {
+    provision_express();
+    let shipped = std::fs::read_to_string(node_dir().join("baton.toml")).unwrap();
+    for needed in [
+        "workers = 4\n".to_owned(),
+        "mode = \"node-ipc\"".to_owned(),
+        "message = \"shutdown\"".to_owned(),
+        "timeout = \"30s\"".to_owned(),
+        "directory = \".\"".to_owned(),
+        "address = \"127.0.0.1:8080\"".to_owned(),
+    ] {
+        assert!(shipped.contains(&needed), "examples/node/baton.toml lacks {needed:?}");
+    }
+    shipped
+        .replace("workers = 4\n", &format!("workers = {workers}\n"))
+        .replace(
+            "directory = \".\"",
+            &format!("directory = {:?}", node_dir().display().to_string()),
+        )
+        .replace(
+            "address = \"127.0.0.1:8080\"",
+            &format!("address = \"127.0.0.1:{port}\""),
+        )
+}
+
 /// The lines of one worker process.
 fn lines_of(lines: &[WorkerLine], pid: i32) -> Vec<&str> {
     lines.iter().filter(|l| l.pid == pid).map(|l| l.text.as_str()).collect()
@@ -75,27 +103,7 @@ fn express_twenty_reloads_under_load_fail_no_request() {
     const WORKERS: usize = 4;
     const RELOADS: usize = 20;
     let port = port();
-    // The example's own config, on this test's port.
-    let shipped = std::fs::read_to_string(node_dir().join("baton.toml")).unwrap();
-    for needed in [
-        format!("workers = {WORKERS}\n"),
-        "mode = \"node-ipc\"".to_owned(),
-        "message = \"shutdown\"".to_owned(),
-        "timeout = \"30s\"".to_owned(),
-        "directory = \".\"".to_owned(),
-        "address = \"127.0.0.1:8080\"".to_owned(),
-    ] {
-        assert!(shipped.contains(&needed), "examples/node/baton.toml lacks {needed:?}");
-    }
-    let config = shipped
-        .replace(
-            "directory = \".\"",
-            &format!("directory = {:?}", node_dir().display().to_string()),
-        )
-        .replace(
-            "address = \"127.0.0.1:8080\"",
-            &format!("address = \"127.0.0.1:{port}\""),
-        );
+    let config = example_config(port, WORKERS);
     let baton = Baton::start(port, &config);
     let first = baton.worker_pids(1);
     assert_eq!(first.len(), WORKERS, "{:#}", baton.status());

@@ -303,3 +303,49 @@ fn a_new_image_that_dies_after_the_exec_leaves_no_worker_behind() {
     assert!(gone, "workers {workers:?} outlived their supervisor\n{}", baton.log());
     assert!(baton.log().contains("new baton: crashed at start"), "{}", baton.log());
 }
+
+/// Node workers (node-ipc readiness, PM2's 'shutdown' message) across an
+/// upgrade: their IPC channels carry over, so after it a reload's new
+/// workers become ready over IPC in the new image, and the old ones are
+/// drained by the 'shutdown' message sent over the handed-over channels,
+/// never by a signal.
+#[test]
+fn node_workers_keep_their_ipc_channel_across_an_upgrade() {
+    let install = Install::new();
+    let port = port();
+    let config = crate::node::example_config(port, 2);
+    let baton = Baton::spawn_bin(&install.bin(), port, &config, &[]);
+    assert!(baton.wait_serving(1, Duration::from_secs(60)), "{}", baton.log());
+    let old: Vec<i64> = worker_pids(&baton).into_iter().map(|(_, p)| p).collect();
+    let load = Load::start(baton.addr(), "/", 6);
+    std::thread::sleep(Duration::from_millis(300));
+    install.put(&crate::common::baton_bin());
+    let out = upgrade(&baton);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
+    let out = baton.reload();
+    assert!(out.status.success(), "{}\n{}", text(&out), baton.log());
+    let drained = crate::common::wait_until(Duration::from_secs(30), || {
+        worker_pids(&baton).iter().all(|(g, _)| *g == 2)
+    });
+    assert!(drained, "{}\n{}", baton.status(), baton.log());
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    eprintln!("node workers, an upgrade, then a reload: {stats}");
+    assert_eq!(stats.failed, 0, "{stats}\n{:?}", stats.last_errors);
+    let lines = crate::common::baton::worker_lines(&baton.log());
+    for pid in old {
+        let said: Vec<&str> = lines
+            .iter()
+            .filter(|l| i64::from(l.pid) == pid)
+            .map(|l| l.text.as_str())
+            .collect();
+        assert!(
+            said.iter().any(|t| t.contains("shutdown message: draining")),
+            "old worker {pid} was not drained by the 'shutdown' message over its handed-over channel: {said:#?}"
+        );
+        assert!(
+            !said.iter().any(|t| t.contains("SIG")),
+            "old worker {pid} got a signal: {said:#?}"
+        );
+    }
+}
