@@ -739,6 +739,10 @@ impl Driver {
     }
 
     fn stop(&mut self, why: &str) {
+        // An upgrade being checked is over: its client hears why.
+        if let Some(checking) = self.upgrade.take() {
+            checking.refuse("baton is stopping");
+        }
         if self.core_stopping() {
             tracing::warn!("{why} again: killing every worker now");
         } else {
@@ -1759,6 +1763,10 @@ impl Driver {
             // of the new binary): reaped here, its status handed to the task.
             let helper = self.helpers.lock().unwrap_or_else(|e| e.into_inner()).remove(&raw);
             if let Some(tx) = helper {
+                // Its process group goes with it (it leads one), killed while
+                // the zombie still holds the group id, so nothing it started
+                // outlives it or keeps its output pipes open.
+                let _ = killpg(pid, Signal::SIGKILL);
                 let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
                 let _ = tx.send(status);
                 continue;

@@ -346,13 +346,18 @@ pub fn own_exe() -> PathBuf {
 
 /// How long the new binary's check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the exec may take to fail before the old image gives up on it.
-const EXEC_PATIENCE: Duration = Duration::from_secs(5);
 
 /// An upgrade whose new binary is being checked: its client waits.
 #[derive(Debug)]
 pub struct Checking {
     client: UnixStream,
+}
+
+impl Checking {
+    /// The upgrade will not happen: the client is told why.
+    pub(super) fn refuse(self, why: &str) {
+        refuse(self.client, why);
+    }
 }
 
 /// Writes one reply line to a `baton upgrade` client (a short line on a
@@ -698,11 +703,13 @@ impl Driver {
                 let _ = tx.send(e);
             }),
         );
-        // Only a failed exec answers.
-        let failed = match tokio::time::timeout(EXEC_PATIENCE, rx).await {
-            Ok(Ok(e)) => format!("cannot execute {}: {e}", self.exe.display()),
-            Ok(Err(_)) => "the spawner thread is gone".to_owned(),
-            Err(_) => "the exec did not happen in time".to_owned(),
+        // Only a failed exec answers. No timeout: the spawner has nothing
+        // else queued (no spawn is in flight, or the upgrade was refused),
+        // and an exec given up on while still queued could run later with
+        // a hand-over that is gone.
+        let failed = match rx.await {
+            Ok(e) => format!("cannot execute {}: {e}", self.exe.display()),
+            Err(_) => "the spawner thread is gone".to_owned(),
         };
         drop(memfd);
         Err(failed)
