@@ -155,6 +155,9 @@ struct RunningCheck {
 /// reaps a child, never takes a check's exit for somebody else's.
 type Checks = Arc<std::sync::Mutex<HashMap<i32, RunningCheck>>>;
 
+/// See `Driver::helpers`.
+type Helpers = Arc<std::sync::Mutex<HashMap<i32, tokio::sync::oneshot::Sender<ExitStatus>>>>;
+
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
 enum StartError {
@@ -388,6 +391,10 @@ struct Driver {
     upgrades: Vec<upgrade::Upgraded>,
     /// An upgrade whose new binary is being checked.
     upgrade: Option<upgrade::Checking>,
+    /// Children a task waits for (the new binary's check): the reaper
+    /// reaps them and sends their status. The task that starts one holds
+    /// the lock across the fork and the insert, as for `checks`.
+    helpers: Helpers,
     /// The new binary passed its check: hand over to it (from the loop,
     /// which may wait).
     hand_over_to: Option<std::os::unix::net::UnixStream>,
@@ -567,6 +574,7 @@ pub async fn run(
         upgrades: Vec::new(),
         upgrade: None,
         hand_over_to: None,
+        helpers: Helpers::default(),
     };
     if driver.systemd.is_some() {
         tracing::debug!("notifying systemd");
@@ -731,6 +739,10 @@ impl Driver {
     }
 
     fn stop(&mut self, why: &str) {
+        // An upgrade being checked is over: its client hears why.
+        if let Some(checking) = self.upgrade.take() {
+            checking.refuse("baton is stopping");
+        }
         if self.core_stopping() {
             tracing::warn!("{why} again: killing every worker now");
         } else {
@@ -1747,6 +1759,18 @@ impl Driver {
                 },
             };
             let raw = pid.as_raw();
+            // A process a task of baton's waits for (`baton upgrade`'s check
+            // of the new binary): reaped here, its status handed to the task.
+            let helper = self.helpers.lock().unwrap_or_else(|e| e.into_inner()).remove(&raw);
+            if let Some(tx) = helper {
+                // Its process group goes with it (it leads one), killed while
+                // the zombie still holds the group id, so nothing it started
+                // outlives it or keeps its output pipes open.
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+                let _ = tx.send(status);
+                continue;
+            }
             if let Some(check) = self.take_check(raw) {
                 // Its group first, while the zombie still holds the id.
                 let _ = killpg(pid, Signal::SIGKILL);
@@ -1827,13 +1851,14 @@ impl Driver {
     /// `fallback`: the generation of the process whose exit just orphaned
     /// it. An orphan of a retired generation is killed at once.
     fn adopt_orphans(&mut self, fallback: Option<GenId>) {
-        let checks: BTreeSet<i32> = self
+        let mut checks: BTreeSet<i32> = self
             .checks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .keys()
             .copied()
             .collect();
+        checks.extend(self.helpers.lock().unwrap_or_else(|e| e.into_inner()).keys());
         for pid in procfs::own_children() {
             if self.orphans.contains_key(&pid)
                 || self.pids.contains_key(&pid)

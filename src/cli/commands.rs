@@ -150,13 +150,19 @@ pub fn resume(handover_fd: i32) -> i32 {
 /// fresh baton on the same sockets.
 fn give_up(why: &str) -> i32 {
     eprintln!("baton: UPGRADE FAILED after the exec: cannot take over from the previous baton: {why}");
+    kill_handed_over_workers();
+    EX_FAILED
+}
+
+/// Every child of this process (the workers an upgrade handed over), with
+/// its process group (each worker leads one, and what it started is in it).
+fn kill_handed_over_workers() {
     eprintln!("baton: killing the workers it handed over and exiting; systemd's Restart= starts baton afresh");
     for pid in crate::os::procfs::own_children() {
         let pid = nix::unistd::Pid::from_raw(pid);
         let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
-    EX_FAILED
 }
 
 /// `baton upgrade-check`: the hand-over on stdin; says whether this binary
@@ -249,10 +255,14 @@ fn run_event_loop(ctx: Context, start: Start) -> i32 {
         }
     };
     let (phase, _) = tokio::sync::watch::channel(Phase::Starting);
+    let resuming = matches!(start, Start::Resume(_));
     let code = match runtime.block_on(runtime::run(ctx, start, CancellationToken::new(), phase)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("baton: {}", chain(&e));
+            if resuming {
+                kill_handed_over_workers();
+            }
             EX_FAILED
         }
     };
@@ -435,9 +445,9 @@ pub fn upgrade(target: Target, all: bool) -> i32 {
             }
             Err(control::ControlError::NoAnswer) => {
                 eprintln!(
-                    "baton: {what}: UPGRADE FAILED: the supervisor went away during the upgrade; the new binary \
-                     could not take over, so it killed the workers and exited; under systemd, Restart= starts \
-                     baton afresh (see `systemctl status {what}` and `journalctl -u {what}`)"
+                    "baton: {what}: UPGRADE FAILED: the supervisor went away without an answer: it was stopped, \
+                     or the new binary could not take over (it then kills the workers and exits 1, and under \
+                     systemd Restart= starts baton afresh); see `systemctl status {what}` and `journalctl -u {what}`"
                 );
                 EX_FAILED
             }

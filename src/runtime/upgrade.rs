@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{Driver, Event, IoParts, WorkerIo, spawn_task};
+use super::{Driver, Event, Helpers, IoParts, WorkerIo, spawn_task};
 use crate::config::{Overrides, Source};
 use crate::control::{self, Reply, UpgradeAnswer};
-use crate::engine::supervisor::{CORE_FORMAT, CoreState, GenId, Phase, Supervisor, WorkerId};
+use crate::engine::supervisor::{CORE_FORMAT, CoreState, ExitStatus, GenId, Phase, Supervisor, WorkerId};
 use crate::os::history::History;
 use crate::os::ipc::IpcRest;
 use crate::os::notify::Endpoint;
@@ -345,13 +346,18 @@ pub fn own_exe() -> PathBuf {
 
 /// How long the new binary's check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the exec may take to fail before the old image gives up on it.
-const EXEC_PATIENCE: Duration = Duration::from_secs(5);
 
 /// An upgrade whose new binary is being checked: its client waits.
 #[derive(Debug)]
 pub struct Checking {
     client: UnixStream,
+}
+
+impl Checking {
+    /// The upgrade will not happen: the client is told why.
+    pub(super) fn refuse(self, why: &str) {
+        refuse(self.client, why);
+    }
 }
 
 /// Writes one reply line to a `baton upgrade` client (a short line on a
@@ -371,40 +377,75 @@ fn refuse(mut client: UnixStream, why: &str) {
 }
 
 /// The new binary's check: `EXE upgrade-check` reads the hand-over on its
-/// stdin and prints its version if it can take over.
-async fn run_check(exe: PathBuf, json: Vec<u8>) -> Result<String, String> {
-    use tokio::io::AsyncWriteExt as _;
+/// stdin and prints its version if it can take over. baton's reaper reaps
+/// it (it reaps every child) and passes its status through `helpers`; it is
+/// killed, with its process group, if it takes longer than
+/// [`CHECK_TIMEOUT`].
+async fn run_check(exe: PathBuf, json: Vec<u8>, helpers: Helpers, tasks: TaskTracker) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::process::CommandExt as _;
     let shown = exe.display().to_string();
-    let mut child = tokio::process::Command::new(&exe)
-        .arg("upgrade-check")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A binary that does not read its stdin (not baton) must not hang this.
-        let _ = tokio::time::timeout(CHECK_TIMEOUT, stdin.write_all(&json)).await;
-    }
-    let out = tokio::time::timeout(CHECK_TIMEOUT, child.wait_with_output())
-        .await
-        .map_err(|_| {
-            format!(
-                "{shown} upgrade-check did not answer within {}s",
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let started = {
+        let (helpers, shown) = (helpers.clone(), shown.clone());
+        tasks
+            .spawn_blocking(move || {
+                let mut running = helpers.lock().unwrap_or_else(|e| e.into_inner());
+                let child = std::process::Command::new(&exe)
+                    .arg("upgrade-check")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .process_group(0)
+                    .spawn()
+                    .map_err(|e| format!("cannot run {shown}: {e}"))?;
+                running.insert(child.id() as i32, tx);
+                Ok::<_, String>(child)
+            })
+            .await
+            .map_err(|e| e.to_string())??
+    };
+    let pid = started.id() as i32;
+    let io = tasks.spawn_blocking(move || {
+        let mut child = started;
+        // A binary that does not read its stdin (not baton) gets EPIPE, or
+        // is killed at the timeout, which ends this write too.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(&json);
+        }
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        if let Some(s) = child.stdout.take() {
+            let _ = s.take(1 << 20).read_to_end(&mut out);
+        }
+        if let Some(s) = child.stderr.take() {
+            let _ = s.take(1 << 20).read_to_end(&mut err);
+        }
+        (out, err)
+    });
+    let answered = tokio::time::timeout(CHECK_TIMEOUT, async { (io.await, rx.await) }).await;
+    let ((out, err), status) = match answered {
+        Ok((Ok(output), Ok(status))) => (output, status),
+        Ok(_) => return Err(format!("{shown} upgrade-check: lost track of it")),
+        Err(_) => {
+            // Still baton's unreaped child while it is in `helpers`.
+            if helpers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&pid) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
+            return Err(format!(
+                "{shown} upgrade-check did not answer within {}s; killed it",
                 CHECK_TIMEOUT.as_secs()
-            )
-        })?
-        .map_err(|e| format!("{shown} upgrade-check: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+            ));
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out);
+    let stderr = String::from_utf8_lossy(&err);
     match stdout.lines().next().and_then(|l| l.strip_prefix("baton-upgrade-ok ")) {
-        Some(version) if out.status.success() => Ok(version.trim().to_owned()),
+        Some(version) if status == ExitStatus::Code(0) => Ok(version.trim().to_owned()),
         _ => {
             let said = stderr.lines().chain(stdout.lines()).find(|l| !l.trim().is_empty());
             Err(match said {
                 Some(line) => format!("{shown} cannot take over: {}", line.trim()),
-                None => format!("{shown} is not a baton that can take over ({})", out.status),
+                None => format!("{shown} is not a baton that can take over ({status})"),
             })
         }
     }
@@ -456,9 +497,14 @@ impl Driver {
             &Reply::Progress(format!("checking that {} can take over", self.exe.display())),
         );
         self.upgrade = Some(Checking { client });
-        let (exe, events) = (self.exe.clone(), self.events.clone());
+        let (exe, events, helpers, tasks) = (
+            self.exe.clone(),
+            self.events.clone(),
+            self.helpers.clone(),
+            self.tasks.clone(),
+        );
         spawn_task(&self.tasks, &self.done, "upgrade-check", async move {
-            let result = run_check(exe, json).await;
+            let result = run_check(exe, json, helpers, tasks).await;
             let _ = events.send(Event::UpgradeChecked(result)).await;
         });
     }
@@ -657,11 +703,13 @@ impl Driver {
                 let _ = tx.send(e);
             }),
         );
-        // Only a failed exec answers.
-        let failed = match tokio::time::timeout(EXEC_PATIENCE, rx).await {
-            Ok(Ok(e)) => format!("cannot execute {}: {e}", self.exe.display()),
-            Ok(Err(_)) => "the spawner thread is gone".to_owned(),
-            Err(_) => "the exec did not happen in time".to_owned(),
+        // Only a failed exec answers. No timeout: the spawner has nothing
+        // else queued (no spawn is in flight, or the upgrade was refused),
+        // and an exec given up on while still queued could run later with
+        // a hand-over that is gone.
+        let failed = match rx.await {
+            Ok(e) => format!("cannot execute {}: {e}", self.exe.display()),
+            Err(_) => "the spawner thread is gone".to_owned(),
         };
         drop(memfd);
         Err(failed)

@@ -349,3 +349,46 @@ fn node_workers_keep_their_ipc_channel_across_an_upgrade() {
         );
     }
 }
+
+/// The new binary's check is a child of baton like the workers: a reload
+/// that retires a generation while the check runs must not take it for a
+/// process that generation left behind, and baton's reaper, not anyone
+/// else's wait, collects it.
+#[test]
+fn a_reload_while_the_new_binary_is_checked_leaves_the_check_alone() {
+    let install = Install::new();
+    let baton = start_hello(&install, 2, "");
+    let real = install.dir.path().join("baton.real");
+    std::fs::copy(crate::common::baton_bin(), &real).unwrap();
+    let script = install.dir.path().join("baton.script");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = upgrade-check ]; then sleep 2; fi\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    install.put(&script);
+    let upgrading = {
+        let (config, runtime, state) = (
+            baton.config.clone(),
+            baton.dir.path().join("run"),
+            baton.dir.path().join("state"),
+        );
+        std::thread::spawn(move || {
+            std::process::Command::new(crate::common::baton_bin())
+                .args(["upgrade", "--config"])
+                .arg(config)
+                .env("BATON_RUNTIME_DIR", runtime)
+                .env("BATON_STATE_DIR", state)
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(baton.reload().status.success(), "{}", baton.log());
+    let out = upgrading.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
+    assert!(!baton.log().contains("left 1 process behind"), "{}", baton.log());
+}

@@ -59,7 +59,8 @@ impl Baton {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("app.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["run", "--config"])
             .arg(&path)
             .env("BATON_RUNTIME_DIR", dir.path().join("run"))
@@ -69,9 +70,20 @@ impl Baton {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start baton");
+            .stderr(Stdio::piped());
+        // A binary a test just copied (`baton upgrade`'s tests) may be
+        // briefly open for writing in a child another test thread forked
+        // before its exec closed the descriptor: ETXTBSY, which passes.
+        let mut tries = 0;
+        let mut child = loop {
+            match command.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("start baton"),
+            }
+        };
         let log = Arc::new(Mutex::new(String::new()));
         let readers = Arc::new(std::sync::atomic::AtomicUsize::new(2));
         for stream in [
