@@ -390,17 +390,32 @@ async fn run_check(exe: PathBuf, json: Vec<u8>, helpers: Helpers, tasks: TaskTra
         let (helpers, shown) = (helpers.clone(), shown.clone());
         tasks
             .spawn_blocking(move || {
-                let mut running = helpers.lock().unwrap_or_else(|e| e.into_inner());
-                let child = std::process::Command::new(&exe)
-                    .arg("upgrade-check")
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .process_group(0)
-                    .spawn()
-                    .map_err(|e| format!("cannot run {shown}: {e}"))?;
-                running.insert(child.id() as i32, tx);
-                Ok::<_, String>(child)
+                // A file still open for writing somewhere (a copy being
+                // finished) cannot be executed: ETXTBSY, which passes; tried
+                // again for up to 2 s, without holding the lock meanwhile.
+                let mut tries = 0;
+                loop {
+                    let mut running = helpers.lock().unwrap_or_else(|e| e.into_inner());
+                    let spawned = std::process::Command::new(&exe)
+                        .arg("upgrade-check")
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped())
+                        .process_group(0)
+                        .spawn();
+                    match spawned {
+                        Ok(child) => {
+                            running.insert(child.id() as i32, tx);
+                            return Ok::<_, String>(child);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 40 => {
+                            drop(running);
+                            tries += 1;
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Err(e) => return Err(format!("cannot run {shown}: {e}")),
+                    }
+                }
             })
             .await
             .map_err(|e| e.to_string())??

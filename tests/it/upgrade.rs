@@ -37,10 +37,32 @@ impl Install {
 
     /// What a package manager does: the new file beside, renamed over the
     /// old path (the running image keeps its own inode).
+    /// A second copy of baton beside the installed one, for scripts that
+    /// delegate to it.
+    fn real(&self) -> PathBuf {
+        let real = self.dir.path().join("baton.real");
+        let ok = std::process::Command::new("cp")
+            .arg(crate::common::baton_bin())
+            .arg(&real)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cp baton {}", real.display());
+        real
+    }
+
     fn put(&self, from: &Path) {
-        use std::os::unix::fs::PermissionsExt;
+        // `cp` writes the file, in a process of its own: a file this test
+        // process held open for writing would be inherited, for an instant,
+        // by a child another test thread forks, and executing it then fails
+        // with ETXTBSY (a Linux race of multi-threaded programs).
         let tmp = self.dir.path().join(".baton.new");
-        std::fs::copy(from, &tmp).unwrap();
+        let ok = std::process::Command::new("cp")
+            .arg(from)
+            .arg(&tmp)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cp {} {}", from.display(), tmp.display());
+        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, self.bin()).unwrap();
     }
@@ -276,8 +298,7 @@ fn a_new_image_that_dies_after_the_exec_leaves_no_worker_behind() {
     let workers: Vec<i64> = worker_pids(&baton).into_iter().map(|(_, p)| p).collect();
     // Passes the check (it is baton's), then dies instead of taking over:
     // what a new binary that crashes at start would do.
-    let real = install.dir.path().join("baton.real");
-    std::fs::copy(crate::common::baton_bin(), &real).unwrap();
+    let real = install.real();
     let script = install.dir.path().join("baton.script");
     std::fs::write(
         &script,
@@ -358,8 +379,7 @@ fn node_workers_keep_their_ipc_channel_across_an_upgrade() {
 fn a_reload_while_the_new_binary_is_checked_leaves_the_check_alone() {
     let install = Install::new();
     let baton = start_hello(&install, 2, "");
-    let real = install.dir.path().join("baton.real");
-    std::fs::copy(crate::common::baton_bin(), &real).unwrap();
+    let real = install.real();
     let script = install.dir.path().join("baton.script");
     std::fs::write(
         &script,
