@@ -114,6 +114,7 @@ fn full_design_example() {
             watchdog: None,
             memory_limit: Some(512 * 1024 * 1024),
             canary: super::Canary::default(),
+            metrics: super::Metrics::default(),
         }
     );
 }
@@ -138,6 +139,7 @@ fn minimal_file_gets_defaults() {
             watchdog: None,
             memory_limit: None,
             canary: super::Canary::default(),
+            metrics: super::Metrics::default(),
         }
     );
     assert_eq!(config.readiness.timeout, Duration::from_secs(60));
@@ -1001,6 +1003,7 @@ fn quick_mode() {
             watchdog: None,
             memory_limit: None,
             canary: super::Canary::default(),
+            metrics: super::Metrics::default(),
         }
     );
     // Listening is optional (socket activation may provide sockets).
