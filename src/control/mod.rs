@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod metrics;
 pub(crate) mod status;
 
 use std::os::fd::OwnedFd;
