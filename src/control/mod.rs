@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod metrics;
+pub(crate) mod scrape;
 pub(crate) mod status;
 
 use std::os::fd::OwnedFd;

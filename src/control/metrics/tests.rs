@@ -2,7 +2,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::engine::supervisor::{
-    DriverError, ExitStatus, Fault, GenerationSnapshot, LastReload, Phase, ReloadOk, WorkerSnapshot,
+    DriverError, ExitStatus, GenerationSnapshot, LastReload, Phase, ReloadOk, WorkerSnapshot,
 };
 
 fn worker(id: u64, slot: usize, state: WorkerState) -> WorkerSnapshot {
