@@ -84,7 +84,7 @@ pub struct Counters {
     /// Reload-like requests that ended, by result: `ok`, `failed` (the
     /// config or a new worker failed), `aborted` (baton stopped during
     /// it), `refused` (nothing was started: a canary runs, nothing to
-    /// promote or roll back to, busy).
+    /// promote or roll back to, busy, stopping).
     pub reloads: BTreeMap<String, u64>,
     /// How long the reloads that ran (ok or failed) took.
     pub reload_duration: Histogram,
@@ -132,6 +132,12 @@ impl Counters {
         if let (Some(s), "ok" | "failed") = (elapsed, label) {
             self.reload_duration.observe(s);
         }
+    }
+
+    /// A request that never ran: a canary runs, nothing to promote or roll
+    /// back to, busy, or baton is stopping.
+    pub fn reload_refused(&mut self) {
+        *self.reloads.entry("refused".to_owned()).or_default() += 1;
     }
 
     pub fn restarted(&mut self, reason: &str) {
