@@ -24,9 +24,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::supervisor::{
-    Failure, GenId, ReloadError, ReloadResult, Role, Snapshot, WorkerId, WorkerState,
-};
+use crate::engine::supervisor::{Failure, GenId, ReloadError, ReloadResult, Role, Snapshot, WorkerId, WorkerState};
 use crate::os::cgroup::Usage;
 
 /// `Content-Type` of what [`render`] returns.
@@ -233,7 +231,10 @@ impl EncodeMetric for Histogram {
             .copied()
             .zip(self.buckets.iter().copied())
             .collect();
-        buckets.push((f64::INFINITY, self.buckets.get(DURATION_BUCKETS.len()).copied().unwrap_or(0)));
+        buckets.push((
+            f64::INFINITY,
+            self.buckets.get(DURATION_BUCKETS.len()).copied().unwrap_or(0),
+        ));
         encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &buckets, None)
     }
 

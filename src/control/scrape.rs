@@ -42,7 +42,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `GET /metrics` with the latest text until `done`.
-pub async fn serve(listener: TcpListener, text: watch::Receiver<Arc<str>>, tasks: TaskTracker, done: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    text: watch::Receiver<Arc<str>>,
+    tasks: TaskTracker,
+    done: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let junk = SharedRateLimit::new(Duration::from_secs(60));
     loop {
@@ -81,7 +86,9 @@ pub async fn serve(listener: TcpListener, text: watch::Receiver<Arc<str>>, tasks
 #[derive(Debug, PartialEq, Eq)]
 pub enum Asked {
     /// `GET /metrics` (also with a query string), or `HEAD`.
-    Metrics { head: bool },
+    Metrics {
+        head: bool,
+    },
     NotFound,
     /// Another method.
     Method,
@@ -184,7 +191,10 @@ pub fn textfile_path(dir: &Path, name: &str) -> PathBuf {
 pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -205,7 +215,12 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
 /// logged, rate-limited. At exit the file stays with the last text: its
 /// mtime (node_exporter's `node_textfile_mtime_seconds`) tells how old it
 /// is.
-pub async fn keep_textfile(path: PathBuf, mut text: watch::Receiver<Arc<str>>, tasks: TaskTracker, done: CancellationToken) {
+pub async fn keep_textfile(
+    path: PathBuf,
+    mut text: watch::Receiver<Arc<str>>,
+    tasks: TaskTracker,
+    done: CancellationToken,
+) {
     let errors = SharedRateLimit::new(Duration::from_secs(60));
     let mut every = tokio::time::interval(TEXTFILE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -227,7 +242,11 @@ pub async fn keep_textfile(path: PathBuf, mut text: watch::Receiver<Arc<str>>, t
             Err(e) => e.to_string(),
         };
         if let Some(n) = errors.allow(std::time::Instant::now()) {
-            tracing::warn!("cannot write the metrics textfile {}: {error}{}", path.display(), suppressed_note(n));
+            tracing::warn!(
+                "cannot write the metrics textfile {}: {error}{}",
+                path.display(),
+                suppressed_note(n)
+            );
         }
     }
 }
@@ -242,8 +261,14 @@ mod tests {
             parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
             Asked::Metrics { head: false }
         );
-        assert_eq!(parse_head(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Asked::Metrics { head: false });
-        assert_eq!(parse_head(b"HEAD /metrics HTTP/1.1\r\n\r\n"), Asked::Metrics { head: true });
+        assert_eq!(
+            parse_head(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Asked::Metrics { head: false }
+        );
+        assert_eq!(
+            parse_head(b"HEAD /metrics HTTP/1.1\r\n\r\n"),
+            Asked::Metrics { head: true }
+        );
         assert_eq!(parse_head(b"GET / HTTP/1.1\r\n\r\n"), Asked::NotFound);
         assert_eq!(parse_head(b"POST /metrics HTTP/1.1\r\n\r\n"), Asked::Method);
         assert!(matches!(parse_head(b"GET /metrics\r\n\r\n"), Asked::Bad(_)));
@@ -258,8 +283,15 @@ mod tests {
         write_textfile(&path, "a 1\n").unwrap();
         write_textfile(&path, "a 2\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("web.prom")], "no temp file is left");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("web.prom")],
+            "no temp file is left"
+        );
     }
 
     #[tokio::test]
@@ -281,7 +313,11 @@ mod tests {
         assert!(ok.contains("version=0.0.4"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nbaton_generation 1\n"), "{ok}");
         tx.send_replace("baton_generation 2\n".into());
-        assert!(get("GET /metrics HTTP/1.1\r\n\r\n").await.ends_with("baton_generation 2\n"));
+        assert!(
+            get("GET /metrics HTTP/1.1\r\n\r\n")
+                .await
+                .ends_with("baton_generation 2\n")
+        );
         assert!(get("GET /other HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404 "));
         assert!(get("junk\r\n\r\n").await.starts_with("HTTP/1.1 400 "));
         let long = "GET /metrics HTTP/1.1\r\nX: ".to_owned() + &"a".repeat(MAX_HEAD + 10);

@@ -127,7 +127,11 @@ mod tests {
             }
         );
         let full = "42 (w) S 7 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0";
-        assert_eq!(parse_stat(full).map(|s| s.cpu_ticks), Some(310), "utime + stime + cutime + cstime");
+        assert_eq!(
+            parse_stat(full).map(|s| s.cpu_ticks),
+            Some(310),
+            "utime + stime + cutime + cstime"
+        );
         assert_eq!(parse_stat("42 (x) Z 1"), None, "a truncated line is no stat");
     }
 

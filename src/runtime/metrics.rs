@@ -142,7 +142,12 @@ impl Driver {
                 Ok(listener) => {
                     tracing::info!("metrics: serving GET /metrics on {addr}");
                     let (rx, tasks, done) = (self.metrics.text.subscribe(), self.tasks.clone(), self.done.clone());
-                    spawn_task(&self.tasks, &self.done, "metrics-listen", scrape::serve(listener, rx, tasks, done));
+                    spawn_task(
+                        &self.tasks,
+                        &self.done,
+                        "metrics-listen",
+                        scrape::serve(listener, rx, tasks, done),
+                    );
                     self.metrics.outputs = true;
                 }
                 Err(e) => tracing::error!("metrics: cannot listen on {addr}: {e}; GET /metrics is off"),
@@ -152,7 +157,12 @@ impl Driver {
             let path = scrape::textfile_path(dir, &self.name);
             tracing::info!("metrics: writing {}", path.display());
             let (rx, tasks, done) = (self.metrics.text.subscribe(), self.tasks.clone(), self.done.clone());
-            spawn_task(&self.tasks, &self.done, "metrics-textfile", scrape::keep_textfile(path, rx, tasks, done));
+            spawn_task(
+                &self.tasks,
+                &self.done,
+                "metrics-textfile",
+                scrape::keep_textfile(path, rx, tasks, done),
+            );
             self.metrics.outputs = true;
         }
         if self.metrics.outputs {

@@ -158,7 +158,10 @@ fn renders_every_metric_with_help_and_the_app_label() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
-    assert!(!text.contains("unix.socket"), "a unix socket has no queue series:\n{text}");
+    assert!(
+        !text.contains("unix.socket"),
+        "a unix socket has no queue series:\n{text}"
+    );
     // Every family has HELP and TYPE.
     let families: Vec<&str> = text
         .lines()
@@ -184,9 +187,18 @@ fn a_fresh_supervisor_has_zero_reloads_and_no_last_reload() {
         queues: &[],
         counters: &Counters::default(),
     });
-    assert!(text.contains("baton_reloads_total{app=\"web\",result=\"ok\"} 0"), "{text}");
-    assert!(text.contains("baton_reloads_total{app=\"web\",result=\"failed\"} 0"), "{text}");
-    assert!(text.contains("baton_reload_duration_seconds_count{app=\"web\"} 0"), "{text}");
+    assert!(
+        text.contains("baton_reloads_total{app=\"web\",result=\"ok\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("baton_reloads_total{app=\"web\",result=\"failed\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("baton_reload_duration_seconds_count{app=\"web\"} 0"),
+        "{text}"
+    );
     assert!(!text.contains("baton_last_reload_success{"), "{text}");
 }
 
@@ -242,5 +254,9 @@ fn promtool_accepts_the_text() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{}", sample());
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{}",
+        sample()
+    );
 }
