@@ -220,7 +220,7 @@ impl<T: Value + std::fmt::Debug + Send + Sync + 'static> EncodeMetric for Series
     }
 
     fn metric_type(&self) -> MetricType {
-        self.kind.clone()
+        self.kind
     }
 }
 
