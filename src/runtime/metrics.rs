@@ -215,6 +215,9 @@ impl Driver {
         if digest != self.metrics.shown {
             let text = self.render_metrics();
             self.metrics.text.send_replace(text);
+            // New workers have no figures yet: measure now rather than at
+            // the next tick.
+            self.sample_usage(None);
         }
     }
 
