@@ -1033,11 +1033,15 @@ impl Driver {
         let path = self.ctx.settings.path.clone();
         let before: Option<Vec<String>> =
             (!self.ctx.settings.socket_activated).then(|| self.ctx.settings.listen.clone());
+        let metrics = self.ctx.settings.metrics.clone();
         let events = self.events.clone();
         let tasks = self.tasks.clone();
         spawn_task(&self.tasks, &self.done, "load-config", async move {
             let load = tasks.spawn_blocking(move || {
                 let config = config::load(&source, &overrides).map_err(LoadError::from)?;
+                if config.metrics != metrics {
+                    tracing::warn!("[metrics] changed; it is read at start, so the change takes effect only after a restart");
+                }
                 if let Some(before) = before {
                     let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
                     if now != before {
