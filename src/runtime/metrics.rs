@@ -26,8 +26,11 @@ use crate::os::cgroup::{self, Usage};
 use crate::os::sys;
 
 /// How often the workers' memory and CPU are measured while an output
-/// (`listen` or `textfile`) is on.
-pub(super) const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// (`listen` or `textfile`) is on: as often as the textfile is rewritten,
+/// Prometheus's default scrape interval. In process-group mode each
+/// measurement reads every process's stat and statm, so more often would
+/// cost idle CPU for figures nobody reads.
+pub(super) const SAMPLE_EVERY: Duration = scrape::TEXTFILE_EVERY;
 
 /// The driver's metrics state.
 pub(super) struct Metrics {
