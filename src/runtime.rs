@@ -36,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+mod metrics;
 pub(crate) mod upgrade;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -200,6 +201,12 @@ enum Event {
     ConfigLoaded(Result<Arc<GenSpec>, DriverError>),
     /// A memory sample, measured off the event loop.
     Memory(HashMap<WorkerId, u64>),
+    /// Every worker's memory and CPU for the metrics, measured off the
+    /// event loop; `reply` is `baton metrics` waiting for the text.
+    Usage {
+        usage: HashMap<WorkerId, cgroup::Usage>,
+        reply: Option<tokio::sync::oneshot::Sender<String>>,
+    },
     /// `baton status`, its memory figures measured off the event loop.
     Status {
         reply: tokio::sync::oneshot::Sender<serde_json::Value>,
@@ -398,6 +405,8 @@ struct Driver {
     /// The new binary passed its check: hand over to it (from the loop,
     /// which may wait).
     hand_over_to: Option<std::os::unix::net::UnixStream>,
+    /// Counters, measurements and the published text (`runtime::metrics`).
+    metrics: metrics::Metrics,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -575,7 +584,10 @@ pub async fn run(
         upgrade: None,
         hand_over_to: None,
         helpers: Helpers::default(),
+        metrics: metrics::Metrics::new(resume.as_ref().map(|r| r.handover.metrics.clone()).unwrap_or_default()),
     };
+    let metrics_settings = driver.ctx.settings.metrics.clone();
+    driver.start_metrics(&metrics_settings).await;
     if driver.systemd.is_some() {
         tracing::debug!("notifying systemd");
     }
@@ -592,6 +604,8 @@ pub async fn run(
     extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut memory = tokio::time::interval(MEMORY_SAMPLE);
     memory.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut usage = tokio::time::interval(metrics::SAMPLE_EVERY);
+    usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     match (spec, resume) {
         (Some(spec), _) => driver.core.start(Instant::now(), Arc::new(spec)),
         (None, Some(resume)) => driver.resume(resume).map_err(RunError::Resume)?,
@@ -636,9 +650,11 @@ pub async fn run(
                 driver.extend_timeout()
             }
             _ = memory.tick(), if driver.has_memory_limits() => driver.sample_memory(),
+            _ = usage.tick(), if driver.metrics.outputs() => driver.sample_usage(None),
         }
         driver.update_status();
         driver.track_serving();
+        driver.publish_metrics();
     };
 
     driver.remove_cgroups(&mut sigchld).await;
@@ -783,6 +799,8 @@ impl Driver {
                 let _ = reply.send(self.status_json(now, &memory));
             }
             Event::Memory(used) => self.memory_sampled(used),
+            Event::Control(Command::Metrics { reply }) => self.sample_usage(Some(reply)),
+            Event::Usage { usage, reply } => self.usage_measured(usage, reply),
             Event::Control(Command::Reload { change, wait, replies }) => {
                 let client = self.next_client;
                 self.next_client = client.next();
@@ -951,6 +969,7 @@ impl Driver {
                     self.kill_tree(worker);
                 }
                 Action::Retired { generation } => {
+                    self.metrics.retired(generation, Instant::now());
                     self.specs.remove(&generation);
                     self.retired(generation);
                 }
@@ -963,8 +982,15 @@ impl Driver {
                         }
                     }
                 }
-                Action::ReloadDone { clients, result } => self.reload_done(clients, result),
-                Action::WorkerFailed { fault, context } => self.log_fault(&fault, &context),
+                Action::ReloadDone { clients, result } => {
+                    let last = self.core.snapshot(Instant::now()).last_reload;
+                    self.metrics.reload_done(&result, last.as_ref());
+                    self.reload_done(clients, result)
+                }
+                Action::WorkerFailed { fault, context } => {
+                    self.metrics.worker_failed(&fault, self.core.serving());
+                    self.log_fault(&fault, &context)
+                }
                 Action::Log { level, text } => match level {
                     tracing::Level::ERROR => tracing::error!("{text}"),
                     tracing::Level::WARN => tracing::warn!("{text}"),
@@ -1007,11 +1033,15 @@ impl Driver {
         let path = self.ctx.settings.path.clone();
         let before: Option<Vec<String>> =
             (!self.ctx.settings.socket_activated).then(|| self.ctx.settings.listen.clone());
+        let metrics = self.ctx.settings.metrics.clone();
         let events = self.events.clone();
         let tasks = self.tasks.clone();
         spawn_task(&self.tasks, &self.done, "load-config", async move {
             let load = tasks.spawn_blocking(move || {
                 let config = config::load(&source, &overrides).map_err(LoadError::from)?;
+                if config.metrics != metrics {
+                    tracing::warn!("[metrics] changed; it is read at start, so the change takes effect only after a restart");
+                }
                 if let Some(before) = before {
                     let now: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
                     if now != before {
@@ -2007,6 +2037,10 @@ impl Driver {
             }
         }
         for (worker, pid, used, limit) in over {
+            let generation = self.workers.get(&worker).map(|io| io.generation);
+            if generation.is_some() && generation == self.core.serving() {
+                self.metrics.counters.restarted("memory_limit");
+            }
             tracing::warn!(
                 "worker #{worker} (pid {pid}) uses {} with its children, above [limits] memory = {}, for {MEMORY_STRIKES} samples",
                 status::mib(used),

@@ -277,6 +277,18 @@ Examples:\n  baton upgrade myapp\n  baton upgrade --all        # every app runni
         #[arg(long)]
         json: bool,
     },
+    /// Print the app's metrics in the Prometheus text format
+    #[command(
+        long_about = "Print the app's metrics in the Prometheus text format (0.0.4, which \
+OpenMetrics readers accept): the serving generation, workers by state, reloads by result and \
+their durations, restarts by reason, each worker's memory and CPU, the sockets' accept queues. \
+The same text is served on `[metrics] listen` and written to `[metrics] textfile`.",
+        after_help = "Exit codes: 0 ok · 2 usage error or no supervisor reachable."
+    )]
+    Metrics {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Write NAME.toml, NAME.socket and NAME.service for systemd
     #[command(
         long_about = "Write /etc/baton/NAME.toml, /etc/systemd/system/NAME.socket and NAME.service, \

@@ -106,6 +106,7 @@ pub fn run(target: Target, overrides: Overrides, inherited: Inherited, journal: 
         listen: config.listen.iter().map(|l| l.address.to_string()).collect(),
         directory: config.directory.clone(),
         nofile: nofile.map(|n| (n.soft, n.hard)),
+        metrics: config.metrics.clone(),
     };
     supervise(settings, overrides, listeners, Start::Fresh(Box::new(config)))
 }
@@ -537,6 +538,34 @@ pub fn status(target: Target, json: bool) -> i32 {
         }
         Err(e) => {
             eprintln!("baton status: {e}");
+            EX_USAGE
+        }
+    }
+}
+
+/// `baton metrics`.
+pub fn metrics(target: Target) -> i32 {
+    let result = control_target(&target).map_err(|e| chain(&e)).and_then(|(path, what)| {
+        let rt = client_runtime().map_err(|e| format!("{e:#}"))?;
+        rt.block_on(control::request(&path, &what, &Request::Metrics {}, |_| {}))
+            .map_err(|e| chain(&e))
+    });
+    match result {
+        Ok(Reply::Metrics(text)) => {
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            EX_OK
+        }
+        Ok(Reply::Error(e)) => {
+            eprintln!("baton metrics: {e}");
+            EX_USAGE
+        }
+        Ok(other) => {
+            eprintln!("baton metrics: unexpected answer: {other:?}");
+            EX_USAGE
+        }
+        Err(e) => {
+            eprintln!("baton metrics: {e}");
             EX_USAGE
         }
     }

@@ -90,6 +90,10 @@ pub fn main() -> i32 {
             init_logging("warn", false);
             commands::status(target, json)
         }
+        Cmd::Metrics { target } => {
+            init_logging("warn", false);
+            commands::metrics(target)
+        }
         Cmd::Init(args) => {
             init_logging("warn", false);
             commands::init(args.into_request(this_binary(), commands::systemd_here))

@@ -75,6 +75,18 @@ pub struct Config {
     /// Per-worker memory limit in bytes.
     pub memory_limit: Option<u64>,
     pub canary: Canary,
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`: where baton publishes its metrics besides `baton metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// A directory (node_exporter's textfile collector reads it): baton
+    /// keeps `DIR/NAME.prom` there.
+    pub textfile: Option<PathBuf>,
+    /// A TCP address of its own where baton answers `GET /metrics`.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[canary]`: how `baton reload --canary` ends without a person.

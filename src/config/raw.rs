@@ -43,6 +43,7 @@ const SECTIONS: &[&str] = &[
     "watchdog",
     "limits",
     "canary",
+    "metrics",
 ];
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -103,6 +104,13 @@ pub struct Canary {
     pub check_timeout: Option<Spanned<Dur>>,
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub textfile: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+}
+
 /// A section and the keys that were written but invalid (rules that depend
 /// on them are skipped rather than judged against a default).
 #[derive(Debug, Default)]
@@ -132,6 +140,7 @@ pub struct Raw {
     pub watchdog: Read<Watchdog>,
     pub limits: Read<Limits>,
     pub canary: Read<Canary>,
+    pub metrics: Read<Metrics>,
 }
 
 /// Reads a file, and gathers the problems of the file and the command line.
@@ -220,6 +229,7 @@ impl<'t> Reader<'t> {
                 "watchdog" => raw.watchdog = self.section("[watchdog]", value),
                 "limits" => raw.limits = self.section("[limits]", value),
                 "canary" => raw.canary = self.section("[canary]", value),
+                "metrics" => raw.metrics = self.section("[metrics]", value),
                 _ => {
                     raw.command_seen |= key.get_ref() == "command";
                     top.insert(key, value);

@@ -114,6 +114,7 @@ fn full_design_example() {
             watchdog: None,
             memory_limit: Some(512 * 1024 * 1024),
             canary: super::Canary::default(),
+            metrics: super::Metrics::default(),
         }
     );
 }
@@ -138,6 +139,7 @@ fn minimal_file_gets_defaults() {
             watchdog: None,
             memory_limit: None,
             canary: super::Canary::default(),
+            metrics: super::Metrics::default(),
         }
     );
     assert_eq!(config.readiness.timeout, Duration::from_secs(60));
@@ -178,7 +180,7 @@ address = "8080"
         problems(text),
         vec![
             r#"/etc/baton/myapp.toml:1:20: command[1] must be a string, found 3; quote it"#,
-            r#"/etc/baton/myapp.toml:2:1: unknown key "workerz" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary (did you mean "workers"?)"#,
+            r#"/etc/baton/myapp.toml:2:1: unknown key "workerz" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics (did you mean "workers"?)"#,
             r#"/etc/baton/myapp.toml:3:11: workers must be a positive integer or "auto", found 0"#,
             r#"/etc/baton/myapp.toml:6:10: [stop] signal "SIGKIL" is not a signal name; use a name like SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 or SIGUSR2"#,
             r#"/etc/baton/myapp.toml:7:11: [stop] timeout must be a duration like "30s", "250ms" or "1m 30s", found 30: a bare number has no unit; write "30s" for seconds or "30ms" for milliseconds"#,
@@ -261,7 +263,7 @@ fn unknown_table_and_far_off_key_get_no_suggestion() {
     let message = problem("command = [\"x\"]\n[logging]\nlevel = 1\n");
     assert_eq!(
         message,
-        r#"/etc/baton/myapp.toml:2:2: unknown key "logging" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary"#
+        r#"/etc/baton/myapp.toml:2:2: unknown key "logging" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics"#
     );
 }
 
@@ -1001,6 +1003,7 @@ fn quick_mode() {
             watchdog: None,
             memory_limit: None,
             canary: super::Canary::default(),
+            metrics: super::Metrics::default(),
         }
     );
     // Listening is optional (socket activation may provide sockets).
@@ -1211,4 +1214,29 @@ checks = 1
         "{all:#?}"
     );
     assert!(all.iter().any(|p| p.contains("checks")), "{all:#?}");
+}
+
+#[test]
+fn metrics_section() {
+    let c = ok(
+        "command = [\"x\"]\n[metrics]\ntextfile = \"/var/lib/prometheus/node-exporter\"\nlisten = \"127.0.0.1:9464\"\n",
+    );
+    assert_eq!(
+        c.metrics,
+        super::Metrics {
+            textfile: Some(PathBuf::from("/var/lib/prometheus/node-exporter")),
+            listen: Some("127.0.0.1:9464".parse().unwrap()),
+        }
+    );
+    assert_eq!(ok(r#"command = ["x"]"#).metrics, super::Metrics::default());
+    let p = problem("command = [\"x\"]\n[metrics]\ntextfile = \"prom\"\n");
+    assert!(p.contains("[metrics] textfile must be an absolute directory"), "{p}");
+    assert!(p.contains(":3:"), "at the value: {p}");
+    let p = problem("command = [\"x\"]\n[metrics]\nlisten = \"/run/m.sock\"\n");
+    assert!(p.contains("[metrics] listen must be an IP address and port"), "{p}");
+    let p =
+        problem("command = [\"x\"]\n[[listen]]\naddress = \"0.0.0.0:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"\n");
+    assert!(p.contains("is one of the app's [[listen]] sockets"), "{p}");
+    let p = problem("command = [\"x\"]\n[metrics]\npath = \"/metrics\"\n");
+    assert!(p.contains("path"), "unknown keys are errors: {p}");
 }

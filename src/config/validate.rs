@@ -276,6 +276,8 @@ pub fn validate(
         check_timeout,
     };
 
+    let metrics = metrics_of(reader, raw.metrics.value, &listen);
+
     if !reader.problems.is_empty() {
         let mut problems = std::mem::take(&mut reader.problems);
         problems.sort_by_key(|p| (p.line, p.column));
@@ -300,7 +302,64 @@ pub fn validate(
         watchdog: raw.watchdog.value.timeout.map(|t| t.0).filter(|d| !d.is_zero()),
         memory_limit: raw.limits.value.memory.map(|m| m.0),
         canary,
+        metrics,
     })
+}
+
+/// `address` would take `port`'s place: the same port on the same or a
+/// wildcard IP.
+fn same_port(address: &super::ListenAddress, other: std::net::SocketAddr) -> bool {
+    match address {
+        super::ListenAddress::Tcp(a) => {
+            a.port() == other.port() && (a.ip() == other.ip() || a.ip().is_unspecified() || other.ip().is_unspecified())
+        }
+        _ => false,
+    }
+}
+
+/// `[metrics]`: an absolute directory, and a TCP address that is not one
+/// of the app's own sockets (a scrape must never reach the app).
+fn metrics_of(
+    reader: &mut Reader<'_>,
+    raw: super::raw::Metrics,
+    app: &[(ListenSpec, Option<std::ops::Range<usize>>)],
+) -> super::Metrics {
+    let mut metrics = super::Metrics::default();
+    if let Some(dir) = raw.textfile {
+        let span = Some(dir.span());
+        let path = PathBuf::from(dir.get_ref());
+        if dir.get_ref().contains('\0') {
+            reader.report(span, "[metrics] textfile contains a NUL character");
+        } else if !path.is_absolute() {
+            reader.report(
+                span,
+                format!(
+                    "[metrics] textfile must be an absolute directory (node_exporter's is /var/lib/prometheus/node-exporter), found {:?}",
+                    dir.get_ref()
+                ),
+            );
+        } else {
+            metrics.textfile = Some(path);
+        }
+    }
+    if let Some(addr) = raw.listen {
+        let span = Some(addr.span());
+        match addr.get_ref().parse::<std::net::SocketAddr>() {
+            Err(_) => reader.report(
+                span,
+                format!(
+                    "[metrics] listen must be an IP address and port such as \"127.0.0.1:9464\" or \"[::1]:9464\", found {:?}",
+                    addr.get_ref()
+                ),
+            ),
+            Ok(a) if app.iter().any(|(l, _)| same_port(&l.address, a)) => reader.report(
+                span,
+                format!("[metrics] listen = \"{a}\" is one of the app's [[listen]] sockets; give the metrics an address of their own"),
+            ),
+            Ok(a) => metrics.listen = Some(a),
+        }
+    }
+    metrics
 }
 
 /// An argv array (`command`, `[canary] check`), each bad item reported at

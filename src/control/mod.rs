@@ -15,6 +15,8 @@
 
 #![forbid(unsafe_code)]
 
+pub(crate) mod metrics;
+pub(crate) mod scrape;
 pub(crate) mod status;
 
 use std::os::fd::OwnedFd;
@@ -49,6 +51,8 @@ pub enum Request {
     },
     /// A struct variant, so that unknown fields are rejected here too.
     Status {},
+    /// The Prometheus metrics text (`baton metrics`).
+    Metrics {},
     /// Grow the running canary into the serving generation.
     Promote {},
     /// Abort the running canary, or go back to an earlier release.
@@ -69,6 +73,7 @@ pub enum Reply {
     /// The new image took over (`baton upgrade`).
     Upgraded(UpgradeAnswer),
     Status(serde_json::Value),
+    Metrics(String),
     Error(String),
 }
 
@@ -129,6 +134,9 @@ pub enum Command {
     },
     Status {
         reply: oneshot::Sender<serde_json::Value>,
+    },
+    Metrics {
+        reply: oneshot::Sender<String>,
     },
     /// `baton upgrade`: the supervisor answers on the client's stream
     /// itself, and hands it to the new image, which gives the last answer.
@@ -596,6 +604,18 @@ async fn handle(stream: UnixStream, client: Client) -> std::io::Result<()> {
                 Err(_) => send(&mut write, &Reply::Error("supervisor is shutting down".into())).await,
             }
         }
+        Request::Metrics {} => {
+            let (tx, rx) = oneshot::channel();
+            if let Err(reply) = pass(&commands, Command::Metrics { reply: tx }, &handover).await {
+                return send(&mut write, &reply).await;
+            }
+            drop(unpassed);
+            match rx.await {
+                Ok(text) => send(&mut write, &Reply::Metrics(text)).await,
+                Err(_) if handover.is_cancelled() => send(&mut write, &upgrading()).await,
+                Err(_) => send(&mut write, &Reply::Error("supervisor is shutting down".into())).await,
+            }
+        }
         Request::Reload { wait, canary, hold_ms } => {
             let change = Change::Reload {
                 canary,
@@ -704,7 +724,8 @@ pub async fn request(
 /// carrying it out again is harmless.
 fn may_retry(request: &Request, outcome: &Result<Reply, ControlError>) -> bool {
     use std::io::ErrorKind;
-    let status = matches!(request, Request::Status {});
+    // Reading requests: asking again is harmless.
+    let status = matches!(request, Request::Status {} | Request::Metrics {});
     match outcome {
         Ok(Reply::Error(e)) => e == UPGRADING,
         Ok(_) => false,

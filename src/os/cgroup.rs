@@ -278,6 +278,14 @@ impl WorkerCgroup {
         )
     }
 
+    /// CPU time of everything that ran in it: `cpu.stat` usage_usec, which
+    /// cgroup2 keeps without the cpu controller. Reads cgroupfs: call it
+    /// off the event loop.
+    fn cpu_usec(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
+        keyed(&stat, "usage_usec")
+    }
+
     /// Kills what is left and removes the cgroup once it is empty, for up
     /// to `patience`. Dying processes leave their cgroup when they exit,
     /// before they are reaped.
@@ -344,19 +352,21 @@ pub enum Probe {
     Group(i32),
 }
 
-/// Resident memory per process group (a worker leads its own group, so
-/// this is a worker with its children), from one pass over /proc. It reads
-/// a file per process: call it off the event loop (`spawn_blocking`).
-pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
-    let mut groups = std::collections::HashMap::new();
+/// Resident memory and CPU ticks per process group (a worker leads its own
+/// group, so this is a worker with its children), from one pass over
+/// /proc. It reads a file per process: call it off the event loop
+/// (`spawn_blocking`).
+pub fn usage_by_group() -> HashMap<i32, (u64, u64)> {
+    let mut groups = HashMap::new();
     for pid in procfs::pids() {
-        // A zombie has no memory left to count.
+        // A zombie has no memory left to count, and its CPU time moves to
+        // its parent's cutime once reaped.
         let Some(stat) = procfs::stat(pid).filter(|s| s.state != 'Z') else {
             continue;
         };
-        if let Some(bytes) = procfs::rss_bytes(pid) {
-            *groups.entry(stat.pgrp).or_insert(0) += bytes;
-        }
+        let entry: &mut (u64, u64) = groups.entry(stat.pgrp).or_default();
+        entry.0 += procfs::rss_bytes(pid).unwrap_or(0);
+        entry.1 = entry.1.saturating_add(stat.cpu_ticks);
     }
     groups
 }
@@ -364,19 +374,49 @@ pub fn rss_by_group() -> std::collections::HashMap<i32, u64> {
 /// Memory per worker. Blocking (it reads /proc and cgroupfs): run it with
 /// `spawn_blocking`, never on the event loop.
 pub fn measure<K: Copy + Eq + std::hash::Hash>(probes: &[(K, Probe)]) -> HashMap<K, u64> {
+    measure_usage(probes)
+        .into_iter()
+        .filter_map(|(k, u)| Some((k, u.memory?)))
+        .collect()
+}
+
+/// A worker's resources, as `measure_usage` found them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// As in [`measure`].
+    pub memory: Option<u64>,
+    /// CPU time: the cgroup's `cpu.stat` usage_usec (every process that
+    /// ever ran in it), or the process group's utime + stime (+ the
+    /// children they waited for) from /proc, which drops when a member
+    /// exits unwaited-for.
+    pub cpu_seconds: Option<f64>,
+}
+
+/// Memory and CPU time per worker. Blocking, like [`measure`].
+pub fn measure_usage<K: Copy + Eq + std::hash::Hash>(probes: &[(K, Probe)]) -> HashMap<K, Usage> {
     let groups = probes
         .iter()
         .any(|(_, p)| matches!(p, Probe::Group(_)))
-        .then(rss_by_group)
+        .then(usage_by_group)
         .unwrap_or_default();
+    let tick = procfs::ticks_per_second() as f64;
     probes
         .iter()
-        .filter_map(|(k, p)| {
-            let used = match p {
-                Probe::Cgroup(c) => c.usage()?,
-                Probe::Group(leader) => *groups.get(leader)?,
+        .map(|(k, p)| {
+            let usage = match p {
+                Probe::Cgroup(c) => Usage {
+                    memory: c.usage(),
+                    cpu_seconds: c.cpu_usec().map(|us| us as f64 / 1e6),
+                },
+                Probe::Group(leader) => match groups.get(leader) {
+                    Some(&(rss, ticks)) => Usage {
+                        memory: Some(rss),
+                        cpu_seconds: Some(ticks as f64 / tick),
+                    },
+                    None => Usage::default(),
+                },
             };
-            Some((*k, used))
+            (*k, usage)
         })
         .collect()
 }

@@ -1,5 +1,6 @@
 //! baton's one reader of per-process files in /proc: a process's parent and
-//! group, its resident memory, its environment, and baton's own children.
+//! group, its CPU time, its resident memory, its environment, and baton's
+//! own children.
 //! (`cgroup` reads /proc/self/cgroup and mountinfo once, to find its cgroup.) Each function reads
 //! one or a few small files and returns `None` when the process is gone
 //! (it may exit between any two reads). All of them block on the
@@ -18,6 +19,10 @@ pub struct Stat {
     pub state: char,
     pub ppid: i32,
     pub pgrp: i32,
+    /// CPU time in clock ticks: its own (utime + stime) and that of the
+    /// children it waited for (cutime + cstime), so a worker that forks
+    /// short-lived helpers is charged for them. 0 if the line is cut short.
+    pub cpu_ticks: u64,
 }
 
 /// /proc/PID/stat.
@@ -33,7 +38,28 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
-    Some(Stat { state, ppid, pgrp })
+    // session tty_nr tpgid flags minflt cminflt majflt cmajflt, then
+    // utime stime cutime cstime.
+    let cpu_ticks = fields
+        .skip(8)
+        .take(4)
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .fold(0u64, u64::saturating_add);
+    Some(Stat {
+        state,
+        ppid,
+        pgrp,
+        cpu_ticks,
+    })
+}
+
+/// Clock ticks per second, the unit of [`Stat::cpu_ticks`].
+pub fn ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)
+        .unwrap_or(100) as u64
 }
 
 /// Resident memory in bytes, from /proc/PID/statm.
@@ -96,8 +122,15 @@ mod tests {
             Stat {
                 state: 'S',
                 ppid: 7,
-                pgrp: 42
+                pgrp: 42,
+                cpu_ticks: 0,
             }
+        );
+        let full = "42 (w) S 7 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0";
+        assert_eq!(
+            parse_stat(full).map(|s| s.cpu_ticks),
+            Some(310),
+            "utime + stime + cutime + cstime"
         );
         assert_eq!(parse_stat("42 (x) Z 1"), None, "a truncated line is no stat");
     }

@@ -767,6 +767,30 @@ pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
     matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(0))
 }
 
+/// The accept queue of a listening TCP socket: connections the kernel
+/// completed that no worker has accepted yet. On a socket in LISTEN state
+/// TCP_INFO's `tcpi_unacked` is that count (and `tcpi_sacked` the
+/// backlog); `None` for any other socket (a unix socket has no TCP_INFO)
+/// or one that is not listening. nix has no `TcpInfo` option.
+pub fn tcp_accept_queue(sock: BorrowedFd<'_>) -> Option<u32> {
+    // SAFETY: tcp_info is plain integers, for which all zeroes is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid fd; `info` is writable for `len` bytes, and the
+    // kernel writes at most `len` and stores the length it wrote.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast::<libc::c_void>(),
+            &raw mut len,
+        )
+    };
+    // TCP_LISTEN is 10 in the kernel's enum of TCP states.
+    (ret == 0 && info.tcpi_state == 10).then_some(info.tcpi_unacked)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ListenFdsError {
     #[error("LISTEN_FDS={0:?} is not a small number")]

@@ -36,7 +36,11 @@ use crate::os::output::{PipeRest, Stream, Tail};
 /// The shape of [`HandOver`]. Bump it whenever that shape (or the core's,
 /// [`CORE_FORMAT`]) changes: a binary refuses a format it does not know, in
 /// its check mode, before the old image execs it.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
+
+/// The oldest format this binary still reads: 1 lacks only the metrics'
+/// counters and settings, which start from zero and from no outputs.
+pub const OLDEST_FORMAT: u32 = 1;
 
 /// The version of this binary.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -76,6 +80,9 @@ pub struct HandOver {
     pub started_wall_ms: u64,
     pub started_mono_ns: u64,
     pub upgrades: Vec<Upgraded>,
+    /// The metrics' counters (format 2).
+    #[serde(default)]
+    pub metrics: crate::control::metrics::Counters,
 }
 
 /// What the supervisor was started with, beyond the config: all it needs
@@ -104,6 +111,11 @@ pub struct Settings {
     pub directory: Option<PathBuf>,
     /// RLIMIT_NOFILE as baton found it, which workers get back: (soft, hard).
     pub nofile: Option<(u64, u64)>,
+    /// `[metrics]` of the config baton started with (format 2). Its
+    /// listener is bound again after the exec (tokio's sockets are
+    /// close-on-exec), so a scrape during the exec may be refused.
+    #[serde(default)]
+    pub metrics: crate::config::Metrics,
 }
 
 impl Settings {
@@ -260,7 +272,7 @@ impl HandOver {
             core_format: u32,
         }
         let formats: Formats = serde_json::from_slice(bytes).map_err(|e| HandOverError::Parse(e.to_string()))?;
-        if formats.format != FORMAT || formats.core_format != CORE_FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&formats.format) || formats.core_format != CORE_FORMAT {
             return Err(HandOverError::Format {
                 found: formats.format,
                 core_found: formats.core_format,
@@ -840,6 +852,7 @@ impl Driver {
                 .map_or(0, |d| d.as_millis() as u64),
             started_mono_ns: mono_ns.saturating_sub(now.saturating_duration_since(self.started).as_nanos() as u64),
             upgrades,
+            metrics: self.metrics.counters.clone(),
         })
     }
 

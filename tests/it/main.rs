@@ -38,6 +38,7 @@ mod control_socket;
 mod error_messages;
 mod hostile_input;
 mod import_pm2;
+mod metrics;
 mod node;
 mod output;
 mod process_tree;

@@ -412,3 +412,29 @@ fn a_reload_while_the_new_binary_is_checked_leaves_the_check_alone() {
     assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
     assert!(!baton.log().contains("left 1 process behind"), "{}", baton.log());
 }
+
+/// The metrics' counters ride in the hand-over: a counter that dropped to
+/// zero would read as a reset in Prometheus's `rate()`. The listener is
+/// bound again by the new image.
+#[test]
+fn metrics_counters_and_the_listener_carry_over() {
+    let install = Install::new();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], crate::common::free_port()));
+    let baton = start_hello(&install, 1, &format!("[metrics]\nlisten = \"{listen}\"\n"));
+    baton.reload_times(2, Duration::from_millis(10));
+    let ok2 = "baton_reloads_total{app=\"app\",result=\"ok\"} 2";
+    let out = upgrade(&baton);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
+    let cli = String::from_utf8_lossy(&baton.client(&["metrics"]).stdout).into_owned();
+    assert!(cli.lines().any(|l| l == ok2), "after the upgrade:\n{cli}");
+    assert!(
+        cli.contains("baton_reload_duration_seconds_count{app=\"app\"} 2"),
+        "{cli}"
+    );
+    let mut scraped = String::new();
+    let served = crate::common::wait_until(Duration::from_secs(10), || {
+        scraped = crate::common::http_get(listen, "/metrics", Duration::from_secs(2)).map_or_else(|e| e, |(_, b)| b);
+        scraped.lines().any(|l| l == ok2)
+    });
+    assert!(served, "GET /metrics after the upgrade:\n{scraped}\n{}", baton.log());
+}
