@@ -2249,7 +2249,10 @@ fn reload_records(s: &System) -> String {
         .and_then(|e| field(e, "__CURSOR"))
         .expect("a journal cursor");
     let after = format!("--after-cursor={cursor}");
-    let records = |id: &str| -> Vec<Value> { s.journal(&[&after, "-u", APP, &format!("MESSAGE_ID={id}")]) };
+    // The unit's field rather than `-u`: systemd 252's journalctl finds
+    // nothing for `-u myapp MESSAGE_ID=...` (257's does; see the figures).
+    let unit = format!("_SYSTEMD_UNIT={SERVICE}");
+    let records = |id: &str| -> Vec<Value> { s.journal(&[&after, &unit, &format!("MESSAGE_ID={id}")]) };
     let one = |id: &str, what: &str| -> Value {
         let mut found = Vec::new();
         // journald may take a moment to index the entry.
@@ -2327,7 +2330,7 @@ fn reload_records(s: &System) -> String {
     assert_eq!(serving(&status).map(|g| g.0), Some(promoted), "{status}");
     // Exactly one record per event: nothing else of baton's with an id.
     let all: Vec<String> = s
-        .journal(&[&after, "-u", APP, "SYSLOG_IDENTIFIER=baton"])
+        .journal(&[&after, &unit, "SYSLOG_IDENTIFIER=baton"])
         .iter()
         .filter_map(|e| field(e, "MESSAGE_ID"))
         .collect();
@@ -2339,7 +2342,7 @@ fn reload_records(s: &System) -> String {
 
     // journalctl -x explains the failed reload from the catalog.
     let out =
-        s.c.journalctl(&[&after, "-x", "-u", APP, &format!("MESSAGE_ID={RELOAD_FAILED}")]);
+        s.c.journalctl(&[&after, "-x", &unit, &format!("MESSAGE_ID={RELOAD_FAILED}")]);
     let text = stdout(&out);
     assert!(
         text.contains("keeps serving at full")
@@ -2348,8 +2351,22 @@ fn reload_records(s: &System) -> String {
         "journalctl -x does not show the catalog text: {text}"
     );
     let explained = text.lines().filter(|l| l.starts_with("░░ ")).count();
+    let by_app = s.journal(&[
+        &after,
+        &format!("BATON_APP={APP}"),
+        &format!("MESSAGE_ID={RELOAD_FAILED}"),
+    ]);
+    assert_eq!(
+        by_app.len(),
+        1,
+        "BATON_APP={APP} MESSAGE_ID={RELOAD_FAILED}: {by_app:#?}"
+    );
+    let with_u = s
+        .journal(&[&after, "-u", APP, &format!("MESSAGE_ID={RELOAD_FAILED}")])
+        .len();
     format!(
         "6 records (reload ok/failed, canary, promote, canary, rollback), one each, with their fields; \
-         journalctl -x adds {explained} lines of catalog text to the failed reload"
+         journalctl -x adds {explained} lines of catalog text to the failed reload; \
+         `journalctl -u {APP} MESSAGE_ID=<failed reload>` finds {with_u} (the unit's field and BATON_APP find 1)"
     )
 }
