@@ -1231,8 +1231,9 @@ impl Driver {
         }
     }
 
-    /// Answers a client that the core never heard of (a refused rollback).
-    fn refuse_now(&mut self, client: ClientId, message: String) {
+    /// Answers a client that the core never heard of (a refused rollback
+    /// to `release`, if it was found).
+    fn refuse_now(&mut self, client: ClientId, message: String, release: Option<&str>) {
         self.records.write(
             &Record {
                 kind: RecordKind::Rollback,
@@ -1242,7 +1243,7 @@ impl Driver {
                 reason: message.clone(),
                 message: message.clone(),
             },
-            None,
+            release,
         );
         if let Some(tx) = self.clients.remove(&client) {
             let _ = tx.send(Reply::Reloaded(ReloadAnswer {
@@ -1271,7 +1272,7 @@ impl Driver {
         let release = match self.history.target(current.as_deref(), to) {
             Ok(entry) => entry.release.clone(),
             Err(why) if to.is_some() => {
-                self.refuse_now(waiter.client, format!("cannot roll back: {why}; nothing changed"));
+                self.refuse_now(waiter.client, format!("cannot roll back: {why}; nothing changed"), None);
                 return;
             }
             // The core's own answer: nothing to roll back to.
@@ -1314,7 +1315,11 @@ impl Driver {
         let repoint = match result {
             Ok(r) => r,
             Err(why) => {
-                self.refuse_now(waiter.client, format!("refusing to roll back: {why}; nothing changed"));
+                self.refuse_now(
+                    waiter.client,
+                    format!("refusing to roll back: {why}; nothing changed"),
+                    Some(&release.id),
+                );
                 return;
             }
         };
