@@ -16,6 +16,15 @@ baton_daemon_reload() {
     fi
 }
 
+# The journal catalog (README "Reload records in the journal") is read
+# from journald's binary database: rebuild it whenever baton.catalog came
+# or went, so that `journalctl -x` explains baton's records.
+baton_update_catalog() {
+    if command -v journalctl >/dev/null 2>&1; then
+        journalctl --update-catalog >/dev/null 2>&1 || true
+    fi
+}
+
 # After an upgrade: every running supervisor re-executes the new binary in
 # place (`baton upgrade --all`, README "Upgrading baton"): same pid, same
 # workers, nothing restarts. An administrator who wants to choose the

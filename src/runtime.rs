@@ -60,8 +60,8 @@ use crate::control::status;
 use crate::control::{self, Change, Command, ReloadAnswer, Reply, Repoint};
 use crate::engine::spec::{CanaryCheck, GenSpec, Launch};
 use crate::engine::supervisor::{
-    Action, CanaryOutcome, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, ReloadError, ReloadResult,
-    Supervisor, Waiter, WorkerId,
+    Action, CanaryOutcome, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, Record, RecordKind,
+    RecordResult, ReloadError, ReloadResult, Supervisor, Waiter, WorkerId,
 };
 use crate::os::activation::Listener;
 use crate::os::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
@@ -73,6 +73,7 @@ use crate::os::procfs;
 use crate::os::spawn;
 use crate::os::sys::{self, Spawner};
 use crate::systemd::manager::Notifier;
+use crate::systemd::records::Recorder;
 
 /// Everything `run` needs, prepared by `main` before the runtime started.
 pub struct Context {
@@ -407,6 +408,8 @@ struct Driver {
     hand_over_to: Option<std::os::unix::net::UnixStream>,
     /// Counters, measurements and the published text (`runtime::metrics`).
     metrics: metrics::Metrics,
+    /// Writes the journal record that ends each request.
+    records: Recorder,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -562,6 +565,7 @@ pub async fn run(
         started_wall: SystemTime::now(),
         phase,
         systemd: Notifier::new(ctx.settings.notify_socket.as_deref()),
+        records: Recorder::new(&ctx.settings.name, ctx.settings.journal),
         ctx,
         status_line: String::new(),
         tree,
@@ -608,7 +612,13 @@ pub async fn run(
     usage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     match (spec, resume) {
         (Some(spec), _) => driver.core.start(Instant::now(), Arc::new(spec)),
-        (None, Some(resume)) => driver.resume(resume).map_err(RunError::Resume)?,
+        (None, Some(resume)) => {
+            if let Err(why) = driver.resume(resume) {
+                let reason = format!("the new image cannot take over: {why}");
+                driver.records.upgrade_ended(RecordResult::Failed, &reason, None, None);
+                return Err(RunError::Resume(why));
+            }
+        }
         (None, None) => return Err(RunError::Resume("nothing to start".into())),
     }
     // The core's timers, all behind one sleep set to its earliest deadline.
@@ -757,6 +767,7 @@ impl Driver {
     fn stop(&mut self, why: &str) {
         // An upgrade being checked is over: its client hears why.
         if let Some(checking) = self.upgrade.take() {
+            self.record_upgrade(RecordResult::Refused, "baton is stopping");
             checking.refuse("baton is stopping");
         }
         if self.core_stopping() {
@@ -1006,17 +1017,10 @@ impl Driver {
                     self.status_line = line;
                 }
                 Action::CanaryEnded { generation, outcome } => {
-                    match &outcome {
-                        CanaryOutcome::Aborted { .. } => {
-                            tracing::warn!(
-                                "canary generation {generation} {outcome}; the serving generation is untouched"
-                            )
-                        }
-                        _ => tracing::info!("canary generation {generation} {outcome}"),
-                    }
                     self.stop_checks(Some(generation));
                     self.canary_history(generation, &outcome);
                 }
+                Action::Record(record) => self.write_record(&record),
                 Action::RunCheck { generation, check } => self.run_check(generation, check),
                 Action::Exit(code) => return Some(code),
             }
@@ -1206,15 +1210,12 @@ impl Driver {
         };
         let answer = match &result {
             Ok(ok) => {
-                let took = humantime::format_duration(Duration::from_millis(ok.elapsed_ms));
                 let message = if ok.canary {
-                    tracing::info!("canary generation {} is ready (took {took})", ok.generation);
                     format!(
                         "canary generation {} is ready beside the serving generation; `baton promote` or `baton rollback` decide what happens next",
                         ok.generation
                     )
                 } else {
-                    tracing::info!("reload finished: generation {} serving (took {took})", ok.generation);
                     format!("generation {} is serving", ok.generation)
                 };
                 ReloadAnswer {
@@ -1226,7 +1227,6 @@ impl Driver {
                 }
             }
             Err(e) => {
-                tracing::error!("reload failed: {e}");
                 let (generation, output) = match e {
                     ReloadError::Worker { fault } => (Some(fault.generation.get()), self.tail_of(fault.worker)),
                     _ => (None, Vec::new()),
@@ -1261,9 +1261,20 @@ impl Driver {
         }
     }
 
-    /// Answers a client that the core never heard of (a refused rollback).
-    fn refuse_now(&mut self, client: ClientId, message: String) {
-        tracing::error!("{message}");
+    /// Answers a client that the core never heard of (a refused rollback
+    /// to `release`, if it was found).
+    fn refuse_now(&mut self, client: ClientId, message: String, release: Option<&str>) {
+        self.records.write(
+            &Record {
+                kind: RecordKind::Rollback,
+                result: RecordResult::Refused,
+                generation: None,
+                elapsed_ms: 0,
+                reason: message.clone(),
+                message: message.clone(),
+            },
+            release,
+        );
         if let Some(tx) = self.clients.remove(&client) {
             let _ = tx.send(Reply::Reloaded(ReloadAnswer {
                 ok: false,
@@ -1291,7 +1302,7 @@ impl Driver {
         let release = match self.history.target(current.as_deref(), to) {
             Ok(entry) => entry.release.clone(),
             Err(why) if to.is_some() => {
-                self.refuse_now(waiter.client, format!("cannot roll back: {why}; nothing changed"));
+                self.refuse_now(waiter.client, format!("cannot roll back: {why}; nothing changed"), None);
                 return;
             }
             // The core's own answer: nothing to roll back to.
@@ -1334,7 +1345,11 @@ impl Driver {
         let repoint = match result {
             Ok(r) => r,
             Err(why) => {
-                self.refuse_now(waiter.client, format!("refusing to roll back: {why}; nothing changed"));
+                self.refuse_now(
+                    waiter.client,
+                    format!("refusing to roll back: {why}; nothing changed"),
+                    Some(&release.id),
+                );
                 return;
             }
         };
@@ -1405,6 +1420,16 @@ impl Driver {
             previous: previous.map(|p| p.release.id.clone()),
             id: current.id,
         })
+    }
+
+    /// Writes a request's journal record, with the release of its
+    /// generation.
+    fn write_record(&self, record: &Record) {
+        let release = record
+            .generation
+            .and_then(|g| self.specs.get(&g))
+            .map(|spec| Release::of(&spec.launch).id);
+        self.records.write(record, release.as_deref());
     }
 
     /// A new entry for `generation`, unless it has one.

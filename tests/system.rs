@@ -117,7 +117,7 @@ fn units_on(system: container::System) -> Option<container::Run> {
         port: free_port(),
         gen2_pids: Mutex::new(Vec::new()),
     };
-    let scenarios: [(&str, Scenario); 14] = [
+    let scenarios: [(&str, Scenario); 15] = [
         (
             "1 socket activation: the first request starts the service",
             socket_activation,
@@ -167,6 +167,10 @@ fn units_on(system: container::System) -> Option<container::Run> {
         (
             "14 baton upgrade: the new binary in place, same MainPID and workers",
             upgrade_in_place,
+        ),
+        (
+            "15 reload records: one journal entry per event, explained by journalctl -x",
+            reload_records,
         ),
     ];
     let mut results: Vec<(&str, Duration, Result<String, String>)> = Vec::new();
@@ -403,6 +407,13 @@ fn field(entry: &Value, name: &str) -> Option<String> {
         Value::Array(items) => items.first().and_then(|v| v.as_str().map(str::to_owned)),
         _ => None,
     }
+}
+
+/// `__REALTIME_TIMESTAMP` (µs since the epoch), 0 if missing.
+fn realtime(entry: &Value) -> u64 {
+    field(entry, "__REALTIME_TIMESTAMP")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> String {
@@ -2213,5 +2224,159 @@ fn upgrade_in_place(s: &System) -> String {
         "baton upgrade exit 0 in {}; MainPID {main} kept, exe {exe_before:?} -> {exe_after:?}; workers {workers:?} \
          kept; NRestarts {restarts} unchanged; then systemctl reload ok; load: {stats}",
         ms(took)
+    )
+}
+
+/// The MESSAGE_IDs of the records scenario 15 expects (src/systemd/records.rs;
+/// an id never changes, so a copy here checks that too).
+const RELOAD_OK: &str = "07845afa3c8041bcad351de5b79b3ff4";
+const RELOAD_FAILED: &str = "b7ff280ca9494d42a022c0296706db0a";
+const CANARY_OK: &str = "7879ff6798d246ce8ca6d47a102a9029";
+const PROMOTE_OK: &str = "d614ae3d819e46d894cf5557830c823c";
+const ROLLBACK_OK: &str = "8b5c5f46e07a4c9ea57477b0faca4a5a";
+
+/// 15. The packaged catalog installed and compiled, then a good reload, a
+///     failed one, a canary promoted and a canary rolled back: each ends in
+///     exactly one entry of the unit with its MESSAGE_ID and BATON_*
+///     fields, and `journalctl -x` shows the catalog's explanation.
+fn reload_records(s: &System) -> String {
+    s.c.write_file(
+        "/usr/lib/systemd/catalog/baton.catalog",
+        include_str!("../packaging/baton.catalog"),
+    );
+    let out = s.c.journalctl(&["--update-catalog"]);
+    assert!(out.status.success(), "journalctl --update-catalog: {}", describe(&out));
+    let status = s.wait_serving(Duration::from_secs(30));
+    let (before, _, _) = serving(&status).unwrap();
+    // Only what this scenario writes counts.
+    let _ = s.c.journalctl(&["--sync"]);
+    let last = s.journal(&["-n", "1"]);
+    let cursor = last
+        .first()
+        .and_then(|e| field(e, "__CURSOR"))
+        .expect("a journal cursor");
+    let since = last.first().map_or(0, realtime);
+    // Entries after `since`, filtered here: systemd 252's journalctl finds
+    // nothing for `--after-cursor` with a field match (257's does; see the
+    // figures).
+    let after = |args: &[&str]| -> Vec<Value> { s.journal(args).into_iter().filter(|e| realtime(e) > since).collect() };
+    let unit = format!("_SYSTEMD_UNIT={SERVICE}");
+    let records = |id: &str| -> Vec<Value> { after(&[&unit, &format!("MESSAGE_ID={id}")]) };
+    let one = |id: &str, what: &str| -> Value {
+        let mut found = Vec::new();
+        // journald may take a moment to index the entry.
+        wait_until(Duration::from_secs(5), || {
+            found = records(id);
+            !found.is_empty()
+        });
+        assert_eq!(
+            found.len(),
+            1,
+            "{what}: not exactly one record with MESSAGE_ID={id}: {found:#?}"
+        );
+        found.remove(0)
+    };
+    let check = |e: &Value, what: &str, result: &str, generation: u64| {
+        let f = |name: &str| field(e, name).unwrap_or_default();
+        assert_eq!(f("BATON_RESULT"), result, "{what}: {e:#}");
+        assert_eq!(f("BATON_GENERATION"), generation.to_string(), "{what}: {e:#}");
+        assert!(
+            f("BATON_DURATION_MS").parse::<u64>().is_ok(),
+            "{what}: BATON_DURATION_MS: {e:#}"
+        );
+        assert!(!f("BATON_RELEASE").is_empty(), "{what}: no BATON_RELEASE: {e:#}");
+        assert_eq!(f("BATON_APP"), APP, "{what}: {e:#}");
+        assert_eq!(
+            f("BATON_REASON").is_empty(),
+            result == "ok",
+            "{what}: BATON_REASON: {e:#}"
+        );
+        assert!(!f("MESSAGE").is_empty(), "{what}: {e:#}");
+    };
+
+    // A good reload.
+    s.systemctl_ok(&["reload", APP]);
+    let good = before + 1;
+    let e = one(RELOAD_OK, "the good reload");
+    check(&e, "the good reload", "ok", good);
+
+    // A failed reload: its candidate exits 3.
+    let original = s.c.read_file(CONFIG);
+    s.edit_config(CONFIG, |doc| {
+        doc["environment"]["HELLO_FAIL_START"] = toml_edit::value("FATAL: records scenario");
+    });
+    let out = s.c.systemctl(&["reload", APP]);
+    s.c.write_file(CONFIG, &original);
+    assert!(!out.status.success(), "the broken reload exited 0: {}", describe(&out));
+    let failed = one(RELOAD_FAILED, "the failed reload");
+    check(&failed, "the failed reload", "failed", good + 1);
+    let reason = field(&failed, "BATON_REASON").unwrap_or_default();
+    assert!(
+        reason.contains("exited with status 3"),
+        "BATON_REASON of the failed reload: {reason:?}"
+    );
+
+    // A canary, promoted.
+    let baton_ok = |args: &[&str]| {
+        let out = s.baton(args);
+        assert!(out.status.success(), "baton {}: {}", args.join(" "), describe(&out));
+    };
+    baton_ok(&["reload", APP, "--canary", "1"]);
+    let promoted = good + 2;
+    baton_ok(&["promote", APP]);
+    check(&one(CANARY_OK, "the first canary"), "the first canary", "ok", promoted);
+    check(&one(PROMOTE_OK, "the promotion"), "the promotion", "ok", promoted);
+
+    // A canary, rolled back: the record of the rollback names the
+    // generation that keeps serving.
+    baton_ok(&["reload", APP, "--canary", "1"]);
+    baton_ok(&["rollback", APP]);
+    let canaries = records(CANARY_OK);
+    assert_eq!(canaries.len(), 2, "two canary records: {canaries:#?}");
+    check(&canaries[1], "the second canary", "ok", promoted + 1);
+    check(&one(ROLLBACK_OK, "the rollback"), "the rollback", "ok", promoted);
+    let status = s.wait_serving(Duration::from_secs(30));
+    assert_eq!(serving(&status).map(|g| g.0), Some(promoted), "{status}");
+    // Exactly one record per event: nothing else of baton's with an id.
+    let all: Vec<String> = after(&[&unit, "SYSLOG_IDENTIFIER=baton"])
+        .iter()
+        .filter_map(|e| field(e, "MESSAGE_ID"))
+        .collect();
+    assert_eq!(
+        all,
+        [RELOAD_OK, RELOAD_FAILED, CANARY_OK, PROMOTE_OK, CANARY_OK, ROLLBACK_OK],
+        "the records, in order"
+    );
+
+    // journalctl -x explains the failed reload from the catalog.
+    let out =
+        s.c.journalctl(&["-x", "-n", "1", &unit, &format!("MESSAGE_ID={RELOAD_FAILED}")]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("keeps serving at full")
+            && text.contains(&format!("journalctl MESSAGE_ID={RELOAD_FAILED}"))
+            && text.contains("exited with status 3"),
+        "journalctl -x does not show the catalog text: {text}"
+    );
+    let explained = text.lines().filter(|l| l.starts_with("░░ ")).count();
+    let by_app = after(&[&format!("BATON_APP={APP}"), &format!("MESSAGE_ID={RELOAD_FAILED}")]);
+    assert_eq!(
+        by_app.len(),
+        1,
+        "BATON_APP={APP} MESSAGE_ID={RELOAD_FAILED}: {by_app:#?}"
+    );
+    let with_u = after(&["-u", APP, &format!("MESSAGE_ID={RELOAD_FAILED}")]).len();
+    let after_cursor = s
+        .journal(&[
+            &format!("--after-cursor={cursor}"),
+            &unit,
+            &format!("MESSAGE_ID={RELOAD_FAILED}"),
+        ])
+        .len();
+    format!(
+        "6 records (reload ok/failed, canary, promote, canary, rollback), one each, with their fields; \
+         journalctl -x adds {explained} lines of catalog text to the failed reload; \
+         the failed reload found by -u {APP}: {with_u}, by BATON_APP: {}, by --after-cursor and the unit's field: {after_cursor}",
+        by_app.len()
     )
 }

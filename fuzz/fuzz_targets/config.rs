@@ -97,6 +97,7 @@ impl Harness {
                 | Action::Progress { .. }
                 | Action::WorkerFailed { .. }
                 | Action::Log { .. }
+                | Action::Record(_)
                 | Action::Phase(_) => {}
             }
         }

@@ -540,6 +540,67 @@ impl std::fmt::Display for CanaryOutcome {
 
 pub type ReloadResult = Result<ReloadOk, ReloadError>;
 
+/// What a journal record is about (README "Reload records in the
+/// journal"). The core ends each of its requests in exactly one
+/// [`Action::Record`]; the driver writes the upgrade's and the rollbacks
+/// it refuses itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKind {
+    Reload,
+    /// `reload --canary`: its workers started (or failed to).
+    CanaryStart,
+    /// A ready canary ended by a failure (a worker, its check, a stop).
+    CanaryAbort,
+    /// `promote`, or the end of the canary's hold.
+    Promote,
+    /// `rollback`: of a running canary, or to an earlier release.
+    Rollback,
+    Upgrade,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordResult {
+    Ok,
+    Failed,
+    /// Nothing was tried: it could not run now, or its target is unusable.
+    Refused,
+    Aborted,
+}
+
+/// How a request ended, for its one journal record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub kind: RecordKind,
+    pub result: RecordResult,
+    /// The generation it is about: the one serving after it went well, the
+    /// canary, or the candidate that failed (if it got that far).
+    pub generation: Option<GenId>,
+    pub elapsed_ms: u64,
+    /// Why it failed, was refused or aborted; empty when it went well.
+    pub reason: String,
+    /// The human line (MESSAGE).
+    pub message: String,
+}
+
+/// The record of a request that never ran. A refused rollback is
+/// `Refused`; the others fail like any reload that did not happen.
+fn refusal(kind: RecordKind, error: &ReloadError) -> Record {
+    let (result, what) = match kind {
+        RecordKind::Rollback => (RecordResult::Refused, "rollback refused"),
+        RecordKind::CanaryStart => (RecordResult::Failed, "canary failed"),
+        RecordKind::Promote => (RecordResult::Failed, "promotion failed"),
+        _ => (RecordResult::Failed, "reload failed"),
+    };
+    Record {
+        kind,
+        result,
+        generation: None,
+        elapsed_ms: 0,
+        reason: error.to_string(),
+        message: format!("{what}: {error}"),
+    }
+}
+
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -578,9 +639,14 @@ pub enum Action {
     /// A line for baton's log, in order with the other actions (the core
     /// does no I/O, logging included).
     Log { level: tracing::Level, text: String },
-    /// A canary that became ready is over: log it, write the history.
-    /// Exactly one per canary that became ready.
+    /// A canary that became ready is over: write the history (its journal
+    /// record is a [`Action::Record`]). Exactly one per canary that became
+    /// ready.
     CanaryEnded { generation: GenId, outcome: CanaryOutcome },
+    /// A request ended: write its journal record. Exactly one per request
+    /// (a reload, canary, promotion or rollback, run or refused, a SIGHUP
+    /// included) and one per canary abort.
+    Record(Record),
     /// A canary's hold is over: run `check` (with the canary's pids in its
     /// environment, killed at its timeout) and answer with `check_done`.
     RunCheck {
@@ -693,6 +759,9 @@ struct Reload {
     /// Rolling: failed midway, old slots being restored; the answer to give.
     reverting: Option<ReloadError>,
     kind: ReloadKind,
+    /// A promotion the canary's hold started (for its record; never
+    /// handed over, as a running reload blocks `baton upgrade`).
+    held: bool,
 }
 
 /// What a running [`Reload`] is for.
@@ -842,16 +911,13 @@ impl Supervisor {
     /// [`Action::Progress`].
     pub fn request_reload(&mut self, now: Instant, waiter: Option<Waiter>) {
         if self.stopping || self.exit_code.is_some() {
-            if let Some(w) = waiter {
-                self.push(Action::ReloadDone {
-                    clients: vec![w.client],
-                    result: Err(ReloadError::Stopping),
-                });
+            if waiter.is_some() {
+                self.refuse(waiter, ReloadError::Stopping, RecordKind::Reload);
             }
             return;
         }
         if let Some(error) = self.canary_refusal() {
-            self.refuse(waiter, error);
+            self.refuse(waiter, error, RecordKind::Reload);
             return;
         }
         let busy = self.reload.is_some() || self.serving.is_none();
@@ -880,7 +946,7 @@ impl Supervisor {
     /// the first generation serves.
     pub fn request_canary(&mut self, now: Instant, waiter: Option<Waiter>, workers: usize, hold: Option<Duration>) {
         if let Some(error) = self.busy() {
-            self.refuse(waiter, error);
+            self.refuse(waiter, error, RecordKind::CanaryStart);
             return;
         }
         let kind = ReloadKind::Canary {
@@ -901,7 +967,7 @@ impl Supervisor {
     /// follows either way.
     pub fn promote(&mut self, now: Instant, waiter: Option<Waiter>) {
         if self.stopping || self.exit_code.is_some() {
-            self.refuse(waiter, ReloadError::Stopping);
+            self.refuse(waiter, ReloadError::Stopping, RecordKind::Promote);
             return;
         }
         let Some(canary) = self.canary.take() else {
@@ -909,13 +975,13 @@ impl Supervisor {
                 Some(busy) => busy,
                 None => ReloadError::NoCanary,
             };
-            self.refuse(waiter, error);
+            self.refuse(waiter, error, RecordKind::Promote);
             return;
         };
         let generation = canary.generation;
         self.disarm(Timer::CanaryHold(generation));
         let Some(g) = self.gens.get_mut(&generation) else {
-            self.refuse(waiter, ReloadError::NoCanary);
+            self.refuse(waiter, ReloadError::NoCanary, RecordKind::Promote);
             return;
         };
         g.role = Role::Starting;
@@ -924,6 +990,8 @@ impl Supervisor {
         let strategy = g.spec.policy.strategy;
         g.slots.resize_with(workers, Slot::default);
         self.candidate = Some(generation);
+        // Only the hold promotes without a client.
+        let held = waiter.is_none();
         self.reload = Some(Reload {
             waiters: waiter.into_iter().collect(),
             started: now,
@@ -931,6 +999,7 @@ impl Supervisor {
             next_slot: covered,
             reverting: None,
             kind: ReloadKind::Promote,
+            held,
         });
         self.set_phase(Phase::Reloading);
         self.progress(format!(
@@ -963,8 +1032,17 @@ impl Supervisor {
     /// config; `None` is refused (`ReloadError::NoRollbackTarget`), as is
     /// a rollback while a reload or a stop runs.
     pub fn rollback(&mut self, now: Instant, waiter: Option<Waiter>, target: Option<Arc<GenSpec>>) {
-        if self.canary.is_some() {
+        if let Some(canary) = self.canary.as_ref().map(|c| c.generation) {
             self.end_canary(now, CanaryOutcome::RolledBack);
+            let serving = self.serving.unwrap_or_default();
+            self.push(Action::Record(Record {
+                kind: RecordKind::Rollback,
+                result: RecordResult::Ok,
+                generation: Some(serving),
+                elapsed_ms: 0,
+                reason: String::new(),
+                message: format!("canary generation {canary} rolled back; generation {serving} keeps serving"),
+            }));
             let ok = ReloadOk {
                 generation: self.serving.unwrap_or_default(),
                 elapsed_ms: 0,
@@ -977,11 +1055,11 @@ impl Supervisor {
             return;
         }
         if let Some(error) = self.busy() {
-            self.refuse(waiter, error);
+            self.refuse(waiter, error, RecordKind::Rollback);
             return;
         }
         let Some(spec) = target else {
-            self.refuse(waiter, ReloadError::NoRollbackTarget);
+            self.refuse(waiter, ReloadError::NoRollbackTarget, RecordKind::Rollback);
             return;
         };
         self.begin_reload(now, waiter.into_iter().collect(), ReloadKind::Rollback);
@@ -1754,6 +1832,7 @@ impl Supervisor {
             next_slot: 0,
             reverting: None,
             kind,
+            held: false,
         });
         self.set_phase(Phase::Reloading);
         if matches!(kind, ReloadKind::Plain | ReloadKind::Canary { .. }) {
@@ -1770,6 +1849,7 @@ impl Supervisor {
             // A follow-up must not replace a canary behind its back.
             Some(error) => {
                 let clients = waiters.iter().map(|w| w.client).collect();
+                self.push(Action::Record(refusal(RecordKind::Reload, &error)));
                 self.push(Action::ReloadDone {
                     clients,
                     result: Err(error),
@@ -1781,7 +1861,8 @@ impl Supervisor {
 
     /// Answers a request that cannot run now, at once; nothing changes. A
     /// request nobody waits for (SIGHUP) is still reported, for the log.
-    fn refuse(&mut self, waiter: Option<Waiter>, error: ReloadError) {
+    fn refuse(&mut self, waiter: Option<Waiter>, error: ReloadError, kind: RecordKind) {
+        self.push(Action::Record(refusal(kind, &error)));
         self.push(Action::ReloadDone {
             clients: waiter.into_iter().map(|w| w.client).collect(),
             result: Err(error),
@@ -1912,7 +1993,25 @@ impl Supervisor {
         let Some(canary) = self.canary.take() else { return };
         self.disarm(Timer::CanaryHold(canary.generation));
         self.retire_generation(now, canary.generation);
+        self.record_abort(now, &canary, &outcome);
         self.canary_ended(now, canary.generation, outcome);
+    }
+
+    /// The record of a ready canary that a failure ended (a rollback's is
+    /// the rollback's; a promotion's, the promotion's).
+    fn record_abort(&mut self, now: Instant, canary: &Canary, outcome: &CanaryOutcome) {
+        let CanaryOutcome::Aborted { reason } = outcome else {
+            return;
+        };
+        let generation = canary.generation;
+        self.push(Action::Record(Record {
+            kind: RecordKind::CanaryAbort,
+            result: RecordResult::Aborted,
+            generation: Some(generation),
+            elapsed_ms: now.saturating_duration_since(canary.ready_at).as_millis() as u64,
+            reason: reason.clone(),
+            message: format!("canary generation {generation} aborted: {reason}; the serving generation is untouched"),
+        }));
     }
 
     fn canary_ended(&mut self, now: Instant, generation: GenId, outcome: CanaryOutcome) {
@@ -1922,6 +2021,54 @@ impl Supervisor {
             finished: now,
         });
         self.push(Action::CanaryEnded { generation, outcome });
+    }
+
+    /// The record of a reload, canary, promotion or rollback that ran.
+    fn reload_record(&self, reload: &Reload, result: &ReloadResult, elapsed_ms: u64) -> Record {
+        let kind = match reload.kind {
+            ReloadKind::Plain => RecordKind::Reload,
+            ReloadKind::Canary { .. } => RecordKind::CanaryStart,
+            ReloadKind::Promote => RecordKind::Promote,
+            ReloadKind::Rollback => RecordKind::Rollback,
+        };
+        let took = humantime::format_duration(Duration::from_millis(elapsed_ms));
+        let serving = self.serving.unwrap_or_default();
+        let (result, generation, reason, message) = match result {
+            Ok(ok) => {
+                let g = ok.generation;
+                let message = match kind {
+                    RecordKind::CanaryStart => {
+                        format!("canary generation {g} is ready beside generation {serving} (took {took})")
+                    }
+                    RecordKind::Promote if reload.held => {
+                        format!("canary generation {g} promoted after its hold: generation {g} serving (took {took})")
+                    }
+                    RecordKind::Promote => {
+                        format!("canary generation {g} promoted: generation {g} serving (took {took})")
+                    }
+                    RecordKind::Rollback => format!("rollback finished: generation {g} serving (took {took})"),
+                    _ => format!("reload finished: generation {g} serving (took {took})"),
+                };
+                (RecordResult::Ok, Some(g), String::new(), message)
+            }
+            Err(e) => {
+                let message = match kind {
+                    RecordKind::CanaryStart => format!("canary failed: {e}"),
+                    RecordKind::Promote => format!("promotion failed: {e}"),
+                    RecordKind::Rollback => format!("rollback failed: {e}"),
+                    _ => format!("reload failed: {e}"),
+                };
+                (RecordResult::Failed, reload.generation, e.to_string(), message)
+            }
+        };
+        Record {
+            kind,
+            result,
+            generation,
+            elapsed_ms,
+            reason,
+            message,
+        }
     }
 
     fn finish_reload(&mut self, now: Instant, result: ReloadResult) {
@@ -1955,6 +2102,8 @@ impl Supervisor {
             )),
             _ => None,
         };
+        let record = self.reload_record(&reload, &result, elapsed_ms);
+        self.push(Action::Record(record));
         let clients: Vec<ClientId> = reload.waiters.iter().map(|w| w.client).collect();
         self.push(Action::ReloadDone { clients, result });
         if let Some((generation, outcome)) = promoted {
@@ -2269,7 +2418,8 @@ impl Supervisor {
         } else {
             "baton is exiting"
         };
-        let canary = self.canary.take().map(|c| c.generation).or_else(|| {
+        let ready = self.canary.take();
+        let canary = ready.as_ref().map(|c| c.generation).or_else(|| {
             self.reload
                 .as_ref()
                 .filter(|r| r.kind == ReloadKind::Promote)
@@ -2277,10 +2427,19 @@ impl Supervisor {
         });
         if let Some(generation) = canary {
             self.disarm(Timer::CanaryHold(generation));
-            let reason = reason.to_owned();
-            self.canary_ended(now, generation, CanaryOutcome::Aborted { reason });
+            let outcome = CanaryOutcome::Aborted {
+                reason: reason.to_owned(),
+            };
+            if let Some(c) = &ready {
+                self.record_abort(now, c, &outcome);
+            }
+            self.canary_ended(now, generation, outcome);
         }
         if let Some(reload) = self.reload.take() {
+            let error = ReloadError::Stopping;
+            let elapsed_ms = now.saturating_duration_since(reload.started).as_millis() as u64;
+            let record = self.reload_record(&reload, &Err(error), elapsed_ms);
+            self.push(Action::Record(record));
             let clients: Vec<ClientId> = reload.waiters.iter().map(|w| w.client).collect();
             if !clients.is_empty() {
                 self.push(Action::ReloadDone {
@@ -2292,6 +2451,7 @@ impl Supervisor {
         if let Some(queued) = self.queued.take() {
             let clients: Vec<ClientId> = queued.iter().map(|w| w.client).collect();
             if !clients.is_empty() {
+                self.push(Action::Record(refusal(RecordKind::Reload, &ReloadError::Stopping)));
                 self.push(Action::ReloadDone {
                     clients,
                     result: Err(ReloadError::Stopping),

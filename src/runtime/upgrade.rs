@@ -27,8 +27,10 @@ use tokio_util::task::TaskTracker;
 use super::{Driver, Event, Helpers, IoParts, WorkerIo, spawn_task};
 use crate::config::{Overrides, Source};
 use crate::control::{self, Reply, UpgradeAnswer};
-use crate::engine::supervisor::{CORE_FORMAT, CoreState, ExitStatus, GenId, Phase, Supervisor, WorkerId};
-use crate::os::history::History;
+use crate::engine::supervisor::{
+    CORE_FORMAT, CoreState, ExitStatus, GenId, Phase, Record, RecordKind, RecordResult, Supervisor, WorkerId,
+};
+use crate::os::history::{History, Release};
 use crate::os::ipc::IpcRest;
 use crate::os::notify::Endpoint;
 use crate::os::output::{PipeRest, Stream, Tail};
@@ -368,7 +370,7 @@ pub struct Checking {
 impl Checking {
     /// The upgrade will not happen: the client is told why.
     pub(super) fn refuse(self, why: &str) {
-        refuse(self.client, why);
+        tell_refused(self.client, why);
     }
 }
 
@@ -383,8 +385,7 @@ fn tell(client: &mut UnixStream, reply: &Reply) {
     }
 }
 
-fn refuse(mut client: UnixStream, why: &str) {
-    tracing::warn!("upgrade refused: {why}");
+fn tell_refused(mut client: UnixStream, why: &str) {
     tell(&mut client, &Reply::Error(format!("{why}; nothing changed")));
 }
 
@@ -503,18 +504,35 @@ impl Driver {
         None
     }
 
+    /// The upgrade will not happen: its record, then the client hears why.
+    pub(super) fn refuse_upgrade(&mut self, client: UnixStream, why: &str) {
+        self.record_upgrade(RecordResult::Refused, why);
+        tell_refused(client, why);
+    }
+
+    /// The record of an upgrade that did not happen; the upgrade that
+    /// happened is recorded by the new image (`resume`).
+    pub(super) fn record_upgrade(&mut self, result: RecordResult, why: &str) {
+        let serving = self.core.serving();
+        let release = serving
+            .and_then(|g| self.specs.get(&g))
+            .map(|spec| Release::of(&spec.launch).id);
+        self.records.upgrade_ended(result, why, serving, release.as_deref());
+    }
+
     /// `baton upgrade`: checks the new binary off the loop
     /// (`Event::UpgradeChecked`), or refuses at once.
     pub(super) fn upgrade_requested(&mut self, client: UnixStream) {
+        self.records.upgrade_began(std::time::Instant::now());
         if let Some(why) = self.hand_over_blocker() {
-            refuse(client, &why);
+            self.refuse_upgrade(client, &why);
             return;
         }
         tracing::info!("upgrade requested: checking {}", self.exe.display());
         let json = match self.export(None).and_then(|h| h.to_json()) {
             Ok(json) => json,
             Err(e) => {
-                refuse(client, &format!("cannot write the hand-over: {e}"));
+                self.refuse_upgrade(client, &format!("cannot write the hand-over: {e}"));
                 return;
             }
         };
@@ -542,7 +560,7 @@ impl Driver {
             return;
         };
         match result {
-            Err(why) => refuse(client, &why),
+            Err(why) => self.refuse_upgrade(client, &why),
             Ok(version) => {
                 tell(
                     &mut client,
@@ -558,7 +576,7 @@ impl Driver {
     /// is running again from where it stopped, and the client is told.
     pub(super) async fn hand_over(&mut self, client: UnixStream, rx: &mut mpsc::Receiver<Event>) {
         if let Some(why) = self.hand_over_blocker() {
-            refuse(client, &why);
+            self.refuse_upgrade(client, &why);
             return;
         }
         if let Some(n) = &self.systemd {
@@ -636,7 +654,10 @@ impl Driver {
         if let Some(n) = &self.systemd {
             n.phase(Phase::Ready, &self.status_summary());
         }
-        tracing::warn!("upgrade abandoned: {why}");
+        self.record_upgrade(
+            RecordResult::Failed,
+            &format!("the hand-over failed: {why}; this baton {VERSION} carries on"),
+        );
         tell(
             &mut client,
             &Reply::Error(format!(
@@ -1010,10 +1031,24 @@ impl Driver {
         }
         let from = h.from_version.clone();
         let client = h.client.map(|fd| r.take(fd)).transpose()?;
-        tracing::info!(
-            "upgraded in place from baton {from} to {VERSION}: {} workers carried over, none restarted",
-            self.workers.len()
-        );
+        // The upgrade's record: its duration is the hand-over's (export to
+        // take-over), all this image can know of it.
+        let serving = self.core.serving();
+        let release = serving
+            .and_then(|g| self.specs.get(&g))
+            .map(|spec| Release::of(&spec.launch).id);
+        let record = Record {
+            kind: RecordKind::Upgrade,
+            result: RecordResult::Ok,
+            generation: serving,
+            elapsed_ms: gap.saturating_add(now.elapsed()).as_millis() as u64,
+            reason: String::new(),
+            message: format!(
+                "upgraded in place from baton {from} to {VERSION}: {} workers carried over, none restarted",
+                self.workers.len()
+            ),
+        };
+        self.records.write(&record, release.as_deref());
         if let Some(n) = &self.systemd {
             n.phase(Phase::Ready, &self.status_summary());
         }

@@ -43,6 +43,7 @@ mod node;
 mod output;
 mod process_tree;
 mod python;
+mod records;
 mod reload_under_load;
 mod restart;
 mod rollback;

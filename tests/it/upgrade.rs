@@ -196,6 +196,10 @@ fn upgrade_in_place_keeps_every_worker_and_line_and_fails_no_request() {
     let shown = String::from_utf8_lossy(&baton.client(&["status"]).stdout).into_owned();
     assert!(shown.contains("upgraded from "), "{shown}");
     assert_eq!(baton.pid(), pid);
+    // Each upgrade is one record, written by the new image (no journal
+    // here: a line of baton's log).
+    let log = baton.log();
+    assert_eq!(log.matches(" [upgrade ok · generation ").count(), 3, "{log}");
 }
 
 #[test]
@@ -287,6 +291,9 @@ fn a_new_binary_that_cannot_take_over_is_refused_and_nothing_changes() {
     assert_eq!(worker_pids(&baton), before);
     let status = baton.status();
     assert_eq!(status["upgrades"].as_array().map(Vec::len), Some(0), "{status}");
+    // Each refusal is one record line.
+    let log = baton.log();
+    assert_eq!(log.matches(" [upgrade refused · generation 1 · ").count(), 2, "{log}");
     // It still works.
     assert!(baton.reload().status.success(), "{}", baton.log());
 }

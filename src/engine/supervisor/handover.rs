@@ -390,6 +390,7 @@ impl Supervisor {
                 next_slot,
                 reverting,
                 kind,
+                held: _,
             } = reload;
             ReloadState {
                 waiters: waiters.clone(),
@@ -599,6 +600,7 @@ impl Supervisor {
                     next_slot,
                     reverting,
                     kind,
+                    held: false,
                 })
             }
         };

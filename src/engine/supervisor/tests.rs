@@ -307,6 +307,8 @@ struct H {
     log: Vec<String>,
     /// Reloads that ended with nobody to answer (SIGHUP).
     unanswered_reloads: usize,
+    /// The journal records, in order.
+    records: Vec<Record>,
     /// Slots of canary generations that got a worker: each gets one.
     canary_slots: BTreeSet<(GenId, usize)>,
     /// Canaries that became ready, and how many CanaryEnded each got.
@@ -349,6 +351,7 @@ impl H {
             stop_pending_answers: 0,
             log: Vec::new(),
             unanswered_reloads: 0,
+            records: Vec::new(),
             canary_slots: BTreeSet::new(),
             canaries: BTreeMap::new(),
             checks: BTreeSet::new(),
@@ -398,6 +401,7 @@ impl H {
         if let Some(at) = self.sup.poll_timeout() {
             assert!(at >= self.now, "a timer is overdue after a call: {:?}", self.sup.timers);
         }
+        self.check_records(n);
         for a in &self.actions[n..] {
             if let Action::ReloadDone { result, .. } = a {
                 match result {
@@ -434,6 +438,42 @@ impl H {
             self.stop_pending_answers += usize::from(before.retired.contains(&w));
         }
         self.saw_given_up |= self.sup.gens.values().any(|g| g.slots.iter().any(|s| s.gave_up));
+    }
+
+    /// The journal records of the actions from `n` on: a canary ends in
+    /// exactly one record (its promotion's, its rollback's or its abort's).
+    fn check_records(&self, n: usize) {
+        let batch = &self.actions[n..];
+        let records: Vec<&Record> = batch
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        for a in batch {
+            let Action::CanaryEnded { generation, outcome } = a else {
+                continue;
+            };
+            let about = |kind: RecordKind, result: RecordResult| {
+                records.iter().filter(|r| r.kind == kind && r.result == result).count()
+            };
+            match outcome {
+                CanaryOutcome::Promoted => {
+                    assert_eq!(about(RecordKind::Promote, RecordResult::Ok), 1, "{batch:?}");
+                    assert!(records.iter().any(|r| r.generation == Some(*generation)));
+                }
+                CanaryOutcome::RolledBack => {
+                    assert_eq!(about(RecordKind::Rollback, RecordResult::Ok), 1, "{batch:?}")
+                }
+                CanaryOutcome::Aborted { .. } => assert_eq!(
+                    about(RecordKind::CanaryAbort, RecordResult::Aborted)
+                        + about(RecordKind::Promote, RecordResult::Failed),
+                    1,
+                    "{batch:?}"
+                ),
+            }
+        }
     }
 
     fn answer_spawn(&mut self, worker: WorkerId, error: Option<String>) {
@@ -607,6 +647,15 @@ impl H {
                     CanaryOutcome::Aborted { .. } => "aborted",
                 };
                 self.events.push(Ev::CanaryEnded(generation, kind));
+            }
+            Action::Record(r) => {
+                assert!(!r.message.is_empty());
+                assert_eq!(
+                    r.reason.is_empty(),
+                    r.result == RecordResult::Ok,
+                    "a record has a reason exactly when it did not go well: {r:?}"
+                );
+                self.records.push(r);
             }
             Action::RunCheck { generation, .. } => {
                 assert!(self.checks.insert(generation), "two checks of canary {generation}");
@@ -3746,3 +3795,114 @@ fn a_rolling_hand_over_retires_a_memory_successor_in_the_slot_too() {
 }
 
 mod handover;
+
+// ---- journal records (issue 13) -------------------------------------------------
+
+/// The (kind, result, generation) of the records written so far, then
+/// forgotten.
+fn records(h: &mut H) -> Vec<(RecordKind, RecordResult, Option<u64>)> {
+    std::mem::take(&mut h.records)
+        .into_iter()
+        .map(|r| (r.kind, r.result, r.generation.map(|g| g.get())))
+        .collect()
+}
+
+#[test]
+fn each_request_ends_in_exactly_one_record() {
+    use RecordKind::*;
+    use RecordResult::*;
+    let mut h = started(2, Parallel);
+    assert_eq!(records(&mut h), [], "the first start is no reload");
+
+    h.reload(1);
+    h.load(spec("v2", 2, Parallel));
+    h.ready(2, 0);
+    h.ready(2, 1);
+    assert_eq!(records(&mut h), [(Reload, Ok, Some(2))]);
+
+    h.reload(2);
+    h.load_err("no such file");
+    assert_eq!(records(&mut h), [(Reload, Failed, None)]);
+    h.hup();
+    h.load(spec("v3", 2, Parallel));
+    h.crash(3, 0, FAIL);
+    let failed = h.actions.iter().rev().find_map(|a| match a {
+        Action::Record(r) => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(records(&mut h), [(Reload, Failed, Some(3))]);
+    let failed = failed.unwrap();
+    assert!(failed.message.starts_with("reload failed: "), "{failed:?}");
+    assert!(failed.reason.contains("exited with status 1"), "{failed:?}");
+
+    // A canary, promoted by `baton promote`: its start and its promotion.
+    h.canary(Some(3), 1, None);
+    h.load(spec("v4", 2, Parallel));
+    h.ready(4, 0);
+    assert_eq!(records(&mut h), [(CanaryStart, Ok, Some(4))]);
+    h.promote(Some(4));
+    h.ready(4, 1);
+    assert_eq!(records(&mut h), [(Promote, Ok, Some(4))]);
+
+    // A canary rolled back: one rollback record, no abort.
+    h.canary(Some(5), 1, None);
+    h.load(spec("v5", 2, Parallel));
+    h.ready(5, 0);
+    h.rollback(Some(6), None);
+    assert_eq!(records(&mut h), [(CanaryStart, Ok, Some(5)), (Rollback, Ok, Some(4))]);
+
+    // Refusals are recorded too: a rollback with nowhere to go, a promote
+    // with no canary, a reload while a canary runs.
+    h.rollback(Some(7), None);
+    h.promote(Some(8));
+    assert_eq!(records(&mut h), [(Rollback, Refused, None), (Promote, Failed, None)]);
+    h.canary(Some(9), 1, None);
+    h.load(spec("v6", 2, Parallel));
+    h.ready(6, 0);
+    h.reload(10);
+    assert_eq!(records(&mut h), [(CanaryStart, Ok, Some(6)), (Reload, Failed, None)]);
+
+    // A canary worker that fails aborts it: one abort record.
+    h.crash(6, 0, FAIL);
+    assert_eq!(records(&mut h), [(CanaryAbort, Aborted, Some(6))]);
+
+    // A rollback to an earlier release.
+    h.rollback(Some(11), Some(spec("v2", 2, Parallel)));
+    h.ready(7, 0);
+    h.ready(7, 1);
+    assert_eq!(records(&mut h), [(Rollback, Ok, Some(7))]);
+}
+
+#[test]
+fn a_promotion_by_the_hold_says_so_and_a_failed_one_is_one_record() {
+    use RecordKind::*;
+    use RecordResult::*;
+    let mut h = with_canary(2, Parallel, 1, spec("v2", 2, Parallel), Some(secs(60)));
+    h.records.clear();
+    h.advance(secs(60));
+    h.ready(2, 1);
+    let r = h.records.pop().unwrap();
+    assert_eq!((r.kind, r.result), (Promote, Ok));
+    assert!(r.message.contains("after its hold"), "{r:?}");
+    assert!(h.records.is_empty());
+
+    let mut h = with_canary(2, Parallel, 1, spec("v2", 2, Parallel), None);
+    h.records.clear();
+    h.promote(Some(8));
+    h.crash(2, 1, FAIL);
+    assert_eq!(
+        records(&mut h),
+        [(Promote, Failed, Some(2))],
+        "no abort record beside it"
+    );
+
+    // A stop ends a ready canary (an abort) and a running reload (failed).
+    let mut h = with_canary(2, Parallel, 1, spec("v2", 2, Parallel), None);
+    h.records.clear();
+    h.stop();
+    assert_eq!(records(&mut h), [(CanaryAbort, Aborted, Some(2))]);
+    let mut h = started(2, Parallel);
+    h.hup();
+    h.stop();
+    assert_eq!(records(&mut h), [(Reload, Failed, None)]);
+}
