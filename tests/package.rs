@@ -15,8 +15,13 @@
 //!    page, `systemctl cat baton@.service`; `baton init myapp`, whose unit runs
 //!    /usr/bin/baton; `systemctl enable --now myapp.socket` and a first
 //!    request; 5 `systemctl reload`s under load with 0 failed requests;
+//!    the journal catalog: the postinst compiled it (`journalctl
+//!    --list-catalog` lists every id of packaging/baton.catalog, none before
+//!    the install), and `journalctl -x -u myapp` explains the 5 reload
+//!    records with its text;
 //!    `dpkg -r baton`: the note names myapp, the binary is gone, the units and
-//!    config stay, daemon-reload works and the running service keeps serving.
+//!    config stay, daemon-reload works and the running service keeps serving;
+//!    the postrm took baton's ids out of the catalog.
 //! 2. Upgrade: reinstall 0.1.0 with /etc/baton/no-auto-upgrade (the
 //!    running supervisor is left alone, and the notes say so), restart
 //!    myapp under it, then install 0.1.1
@@ -134,7 +139,7 @@ fn deb_on(system: container::System, old_deb: &Path, new_deb: &Path, builds: &[S
         ..Summary::default()
     };
 
-    let steps: [(&str, Step); 10] = [
+    let steps: [(&str, Step); 11] = [
         ("1.1 apt-get install ./baton_0.1.0-1_amd64.deb", install_old),
         (
             "1.2 baton --version, man -w baton, systemctl cat baton@.service",
@@ -147,7 +152,11 @@ fn deb_on(system: container::System, old_deb: &Path, new_deb: &Path, builds: &[S
         ),
         ("1.5 systemctl reload myapp x5 under load", reloads_under_load),
         (
-            "1.6 dpkg -r baton: clean, the app stays and keeps serving",
+            "1.6 the journal catalog: --list-catalog, journalctl -x -u myapp",
+            journal_catalog,
+        ),
+        (
+            "1.7 dpkg -r baton: clean, the app stays and keeps serving",
             remove_package,
         ),
         (
@@ -224,6 +233,30 @@ fn deb_on(system: container::System, old_deb: &Path, new_deb: &Path, builds: &[S
         ran: summary.steps.len(),
         failures: failure.into_iter().collect(),
     })
+}
+
+/// The MESSAGE_IDs packaging/baton.catalog explains (the ids themselves
+/// are checked against src/systemd/records.rs by a unit test).
+fn catalog_ids() -> Vec<&'static str> {
+    include_str!("../packaging/baton.catalog")
+        .lines()
+        .filter_map(|l| l.strip_prefix("-- "))
+        .map(str::trim)
+        .collect()
+}
+
+/// The record of a reload that worked (src/systemd/records.rs).
+const RELOAD_OK: &str = "07845afa3c8041bcad351de5b79b3ff4";
+
+/// The ids of `catalog_ids` that `journalctl --list-catalog` lists.
+fn listed_ids(p: &Pkg) -> Vec<&'static str> {
+    let out = p.c.journalctl(&["--list-catalog"]);
+    assert!(out.status.success(), "journalctl --list-catalog: {}", describe(&out));
+    let text = stdout(&out);
+    catalog_ids()
+        .into_iter()
+        .filter(|id| text.lines().any(|l| l.starts_with(id)))
+        .collect()
 }
 
 /// A step returns its figures, or panics.
@@ -498,6 +531,12 @@ fn install_old(p: &Pkg, summary: &mut Summary) -> String {
         p.new_deb
     );
     assert!(!p.test_e("/usr/bin/baton"), "/usr/bin/baton exists before the install");
+    // So that 1.6 finding them proves the postinst compiled the catalog.
+    let listed = listed_ids(p);
+    assert!(
+        listed.is_empty(),
+        "journalctl --list-catalog lists baton's ids before the install: {listed:?}"
+    );
 
     let (out, took) = p.apt_install(&p.old_deb);
     assert_eq!(
@@ -680,7 +719,64 @@ fn reloads_under_load(p: &Pkg, summary: &mut Summary) -> String {
     )
 }
 
-/// 1.6 `dpkg -r baton` with myapp running.
+/// 1.6 The journal catalog the package installed: the postinst ran
+/// `journalctl --update-catalog` (every id is listed, none was before the
+/// install), and `journalctl -x -u myapp` explains each of 1.5's reload
+/// records with the catalog's text, the record's fields filled in.
+fn journal_catalog(p: &Pkg, _: &mut Summary) -> String {
+    let file = "/usr/lib/systemd/catalog/baton.catalog";
+    assert!(p.test_e(file), "{file} is missing after the install");
+    let ids = catalog_ids();
+    assert!(
+        ids.contains(&RELOAD_OK),
+        "{RELOAD_OK} is not in packaging/baton.catalog"
+    );
+    let listed = listed_ids(p);
+    assert_eq!(
+        listed, ids,
+        "journalctl --list-catalog after the install (the postinst runs journalctl --update-catalog)"
+    );
+
+    let generation = p.wait_serving(Duration::from_secs(10));
+    let _ = p.c.journalctl(&["--sync"]);
+    let match_id = format!("MESSAGE_ID={RELOAD_OK}");
+    let mut messages = String::new();
+    wait_until(Duration::from_secs(5), || {
+        messages = stdout(&p.c.journalctl(&["-u", APP, &match_id, "-o", "cat"]));
+        messages.lines().count() as u64 >= RELOADS
+    });
+    assert_eq!(
+        messages.lines().count() as u64,
+        RELOADS,
+        "one record per reload of 1.5 with {match_id}:\n{messages}"
+    );
+    let out = p.c.journalctl(&["-x", "-u", APP, "-n", "1", &match_id]);
+    let text = stdout(&out);
+    let explained: Vec<&str> = text.lines().filter(|l| l.starts_with("░░ ")).collect();
+    for needle in [
+        format!("░░ Subject: baton: reload of {APP} finished, generation {generation} serving"),
+        "░░ The listening sockets stayed open throughout: no connection was refused.".to_owned(),
+        format!("░░ served; `baton rollback {APP}` returns to the one before."),
+    ] {
+        assert!(
+            explained.iter().any(|l| l.trim_end() == needle),
+            "journalctl -x -u {APP} {match_id} lacks {needle:?}:\n{text}"
+        );
+    }
+    assert!(
+        !explained.iter().any(|l| l.contains("@BATON_")),
+        "a field of the catalog text was not filled in:\n{text}"
+    );
+    format!(
+        "{file} installed; journalctl --list-catalog lists all {} of baton's ids (none before the install); \
+         {RELOADS} reload records; journalctl -x adds {} lines of catalog text to the last, \
+         generation {generation} named",
+        ids.len(),
+        explained.len()
+    )
+}
+
+/// 1.7 `dpkg -r baton` with myapp running.
 fn remove_package(p: &Pkg, summary: &mut Summary) -> String {
     let main = p.main_pid();
     assert!(main > 0, "{SERVICE} has no MainPID before the removal");
@@ -709,6 +805,11 @@ fn remove_package(p: &Pkg, summary: &mut Summary) -> String {
         assert!(p.test_e(kept), "{kept} is gone after dpkg -r baton");
     }
     let state = stdout(&p.exec(&["dpkg-query", "-W", "-f", "${Status}", "baton"]));
+    let listed = listed_ids(p);
+    assert!(
+        listed.is_empty(),
+        "journalctl --list-catalog still lists baton's ids after dpkg -r (the postrm updates the catalog): {listed:?}"
+    );
 
     p.systemctl_ok(&["daemon-reload"]);
     let template = p.c.systemctl(&["cat", "baton@.service"]);
@@ -747,7 +848,7 @@ fn remove_package(p: &Pkg, summary: &mut Summary) -> String {
         .push(format!("load across dpkg -r + daemon-reload: {stats}"));
     format!(
         "exit 0 in {}; note: {note:?}; /usr/bin/baton gone, myapp.toml and units kept; dpkg state {state:?}; \
-         daemon-reload ok, baton@.service gone; MainPID {main} still active, exe {exe:?}, generation {generation} \
+         catalog ids gone from --list-catalog; daemon-reload ok, baton@.service gone; MainPID {main} still active, exe {exe:?}, generation {generation} \
          answering; load: {stats}",
         secs(took)
     )

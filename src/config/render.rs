@@ -35,6 +35,8 @@ pub(crate) struct File {
     pub watchdog: WatchdogSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<super::Metrics>,
     /// The comments, applied in order after serializing.
     #[serde(skip)]
     notes: Vec<Note>,
@@ -180,6 +182,7 @@ impl File {
                 timeout: Dur::default(),
             },
             limits: None,
+            metrics: None,
             notes: Vec::new(),
         };
         file.note(

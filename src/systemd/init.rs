@@ -13,7 +13,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::config::render::{File, Place};
 use crate::config::{self, ListenAddress, Overrides, Workers};
@@ -131,7 +130,7 @@ pub fn render(req: &Request) -> Result<Vec<(PathBuf, String)>, InitError> {
     }
     let account = account(req)?;
     let config_path = req.config_dir.join(format!("{}.toml", req.name));
-    let config_text = config_toml(req)?;
+    let config_text = config_toml(req, kept_metrics(&config_path))?;
     // The generated file must pass the same validation `baton check` does.
     let config = config::parse(&config_text, &config_path, &Overrides::default()).map_err(InitError::Invalid)?;
     let socket = socket_unit(&req.name, &config.listen.iter().map(|l| &l.address).collect::<Vec<_>>());
@@ -139,7 +138,7 @@ pub fn render(req: &Request) -> Result<Vec<(PathBuf, String)>, InitError> {
         user: Some(account.name().to_owned()),
         ..req.clone()
     };
-    let service = service_unit(&resolved, config.stop.timeout);
+    let service = service_unit(&resolved, &config);
     let mut files = vec![
         (config_path, config_text),
         (req.unit_dir.join(format!("{}.socket", req.name)), socket),
@@ -182,10 +181,21 @@ pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), InitError> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-fn config_toml(req: &Request) -> Result<String, InitError> {
+/// The `[metrics]` section of a config already at `path`, which `init
+/// --force` is about to replace: the command line has no way to say it, so
+/// it is kept (and the unit lets baton write the textfile). Nothing when
+/// there is no such file, it is not valid, or it has no `[metrics]`.
+fn kept_metrics(path: &Path) -> Option<config::Metrics> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let old = config::parse(&text, path, &Overrides::default()).ok()?;
+    (old.metrics != config::Metrics::default()).then_some(old.metrics)
+}
+
+fn config_toml(req: &Request, metrics: Option<config::Metrics>) -> Result<String, InitError> {
     let mut file = File::new(&req.name, "`baton init`", req.command.clone(), &req.listen);
     file.directory = req.directory.as_ref().map(|d| d.display().to_string());
     file.workers = req.workers.unwrap_or(Workers::Count(1));
+    file.metrics = metrics;
     file.note(Some("environment"), None, Place::Below, "NODE_ENV = \"production\"");
     file.note(
         Some("readiness"),
@@ -258,9 +268,37 @@ const CGROUPS_PRIVATE: &str = "\
 ProtectControlGroups=private
 ";
 
-/// The service unit for `req`, from the packaged template (README "Under
-/// systemd"), adapted to `req.systemd`.
-pub(crate) fn service_unit(req: &Request, stop_timeout: Duration) -> String {
+/// A path of a `ReadWritePaths=` line: `%` escaped, quoted when it has
+/// spaces, quotes or backslashes (systemd.exec(5): a space-separated list of
+/// paths, each of which may be quoted; no `$` expansion there). `prefix`
+/// (`-`: a missing path is no error) goes inside the quotes, where systemd
+/// looks for it.
+fn path_arg(prefix: &str, path: &Path) -> String {
+    let word = format!("{prefix}{}", path.display()).replace('%', "%%");
+    if word.chars().any(|c| c.is_whitespace() || "\"'\\".contains(c)) {
+        format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        word
+    }
+}
+
+/// The lines after `ProtectHome=` for `[metrics] textfile = DIR`: DIR stays
+/// writable whatever ProtectSystem= and ProtectHome= say, and a DIR that
+/// does not exist yet does not keep the unit from starting.
+fn textfile_paths(name: &str, dir: &Path) -> String {
+    format!(
+        "# [metrics] textfile: baton keeps {name}.prom in this directory (node_exporter\n\
+         # reads it). A missing directory is no error (\"-\"); baton logs that it cannot write.\n\
+         ReadWritePaths={}\n",
+        path_arg("-", dir)
+    )
+}
+
+/// The service unit for `req` running `config` (its stop timeout, its
+/// metrics textfile), from the packaged template (README "Under systemd"),
+/// adapted to `req.systemd`.
+pub(crate) fn service_unit(req: &Request, config: &config::Config) -> String {
+    let stop_timeout = config.stop.timeout;
     let baton = exec_arg(&req.baton.display().to_string());
     // `baton check NAME` and `baton run NAME` read /etc/baton/NAME.toml; a
     // config written elsewhere must be named on their command lines.
@@ -297,6 +335,11 @@ pub(crate) fn service_unit(req: &Request, stop_timeout: Duration) -> String {
         };
         t.push_str(&line);
         t.push('\n');
+        if line.starts_with("ProtectHome=") {
+            if let Some(dir) = &config.metrics.textfile {
+                t.push_str(&textfile_paths(&req.name, dir));
+            }
+        }
         if line == "[Service]" {
             if let Some(user) = &req.user {
                 let _ = writeln!(t, "User={user}");
@@ -541,6 +584,90 @@ mod tests {
                 assert_eq!(line_of(service, line), Some(line), "systemd {version}");
             }
             assert_eq!(line_of(service, "ReloadSignal="), None);
+        }
+    }
+
+    /// `[metrics] textfile = DIR` in the config the unit runs: the unit lets
+    /// baton write DIR under its sandbox; without one, no such line.
+    #[test]
+    fn a_metrics_textfile_is_writable_under_the_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = request(dir.path());
+        let files = render(&req).unwrap();
+        assert!(!files[0].1.contains("[metrics]"), "{}", files[0].1);
+        assert_eq!(line_of(&files[2].1, "ReadWritePaths="), None, "{}", files[2].1);
+
+        // An existing config with [metrics], replaced by `init --force`.
+        let (path, text) = &files[0];
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            path,
+            format!(
+                "{text}\n[metrics]\ntextfile = \"/var/lib/prometheus/node-exporter\"\nlisten = \"127.0.0.1:9464\"\n"
+            ),
+        )
+        .unwrap();
+        let files = render(&Request {
+            force: true,
+            ..req.clone()
+        })
+        .unwrap();
+        let kept = config::parse(&files[0].1, &files[0].0, &Overrides::default()).unwrap();
+        assert_eq!(
+            kept.metrics,
+            config::Metrics {
+                textfile: Some("/var/lib/prometheus/node-exporter".into()),
+                listen: Some("127.0.0.1:9464".parse().unwrap()),
+            },
+            "{}",
+            files[0].1
+        );
+        let service = &files[2].1;
+        let lines: Vec<&str> = service.lines().collect();
+        let at = lines.iter().position(|l| l.starts_with("ProtectHome=")).unwrap();
+        assert_eq!(
+            lines[at + 1..at + 4],
+            [
+                "# [metrics] textfile: baton keeps myapp.prom in this directory (node_exporter",
+                "# reads it). A missing directory is no error (\"-\"); baton logs that it cannot write.",
+                "ReadWritePaths=-/var/lib/prometheus/node-exporter",
+            ],
+            "{service}"
+        );
+        assert_eq!(
+            service.matches("ReadWritePaths=").count(),
+            2,
+            "the template's example and ours: {service}"
+        );
+
+        // A config that is not valid is replaced as before, metrics and all.
+        std::fs::write(path, "[metrics]\ntextfile = \"relative\"\n").unwrap();
+        let files = render(&Request {
+            force: true,
+            ..req.clone()
+        })
+        .unwrap();
+        assert!(!files[0].1.contains("[metrics]"));
+        assert_eq!(line_of(&files[2].1, "ReadWritePaths="), None);
+        // So is one without [metrics].
+        std::fs::write(path, &text).unwrap();
+        assert_eq!(line_of(&render(&req).unwrap()[2].1, "ReadWritePaths="), None);
+    }
+
+    /// systemd.exec(5): a space-separated list of paths, each maybe quoted,
+    /// with specifiers (`%`) but no `$` expansion; the `-` goes inside the quotes.
+    #[test]
+    fn textfile_directories_are_quoted_for_read_write_paths() {
+        for (dir, expected) in [
+            (
+                "/var/lib/prometheus/node-exporter",
+                "-/var/lib/prometheus/node-exporter",
+            ),
+            ("/srv/my metrics", r#""-/srv/my metrics""#),
+            ("/srv/100%/$HOME", "-/srv/100%%/$HOME"),
+            (r#"/srv/a"b\c"#, r#""-/srv/a\"b\\c""#),
+        ] {
+            assert_eq!(path_arg("-", Path::new(dir)), expected, "{dir}");
         }
     }
 

@@ -141,7 +141,7 @@ pub(super) fn render(ctx: &Ctx<'_>, p: &Plan) -> Result<Vec<(PathBuf, String)>, 
         ),
         (
             req.unit_dir.join(format!("{}.service", p.name)),
-            init::service_unit(&unit_req, config.stop.timeout),
+            init::service_unit(&unit_req, &config),
         ),
     ])
 }
