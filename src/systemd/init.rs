@@ -650,7 +650,7 @@ mod tests {
         assert!(!files[0].1.contains("[metrics]"));
         assert_eq!(line_of(&files[2].1, "ReadWritePaths="), None);
         // So is one without [metrics].
-        std::fs::write(path, &text).unwrap();
+        std::fs::write(path, text).unwrap();
         assert_eq!(line_of(&render(&req).unwrap()[2].1, "ReadWritePaths="), None);
     }
 
