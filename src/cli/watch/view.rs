@@ -95,7 +95,7 @@ pub struct Screen<'a> {
     /// The latest `status` answer (still shown while baton is unreachable).
     pub report: &'a Value,
     pub history: &'a History,
-    /// Why the last poll got no answer, when it did not.
+    /// Why the last poll got no answer, when it did not (the error).
     pub problem: Option<&'a str>,
     /// The first worker line shown.
     pub scroll: usize,
@@ -131,7 +131,7 @@ pub fn draw(frame: &mut Frame, screen: &Screen) {
     line(frame, &mut y, header(report));
     line(frame, &mut y, sockets(report));
     line(frame, &mut y, last_reload(report));
-    line(frame, &mut y, notice(report, screen.problem));
+    line(frame, &mut y, notice(report, screen.problem, area.width));
     let gens: Vec<&Value> = generations(report).collect();
     for g in gens.iter().take(MAX_GENERATION_LINES) {
         line(frame, &mut y, generation(report, g));
@@ -143,16 +143,19 @@ pub fn draw(frame: &mut Frame, screen: &Screen) {
             Line::from(format!("+{} more generations", gens.len() - MAX_GENERATION_LINES)),
         );
     }
+    let (_, each) = sparklines(area.width);
+    let mut columns = format!(
+        "{:<4} {:<3} {:<8} {:<8} {:>7} {:>3} {:>7} {:>6} ",
+        "GEN", "W", "PID", "STATE", "UP", "RST", "RSS", "CPU"
+    );
+    if each > 0 {
+        let width = usize::from(each);
+        columns.push_str(&format!("{:<width$} {:<width$}", "rss history", "cpu history"));
+    }
     line(
         frame,
         &mut y,
-        Line::styled(
-            format!(
-                "{:<4} {:<3} {:<8} {:<8} {:>7} {:>3} {:>7} {:>6}  rss, cpu (last {SAMPLES})",
-                "GEN", "W", "PID", "STATE", "UP", "RST", "RSS", "CPU"
-            ),
-            Style::new().add_modifier(Modifier::BOLD),
-        ),
+        Line::styled(columns, Style::new().add_modifier(Modifier::BOLD)),
     );
     // The footer takes the last line.
     let room = usize::from(area.height.saturating_sub(1).saturating_sub(y));
@@ -245,7 +248,12 @@ fn last_reload(report: &Value) -> Line<'static> {
         .as_str()
         .and_then(|t| t.get(11..19))
         .map_or_else(String::new, |t| format!(" at {t} UTC"));
-    let took = Duration::from_millis(n(&r["elapsed_ms"]));
+    let ms = n(&r["elapsed_ms"]);
+    let took = if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", Duration::from_millis(ms).as_secs_f64())
+    };
     let message = r["message"].as_str().unwrap_or("").split_whitespace().collect::<Vec<_>>();
     let result = if ok {
         Span::styled("ok", Style::new().fg(Color::Green))
@@ -255,14 +263,23 @@ fn last_reload(report: &Value) -> Line<'static> {
     Line::from(vec![
         Span::raw("last reload: "),
         result,
-        Span::raw(format!("{at} in {:.1}s: {}", took.as_secs_f64(), message.join(" "))),
+        Span::raw(format!("{at} in {took}: {}", message.join(" "))),
     ])
 }
 
 /// What is going on now, or why baton does not answer.
-fn notice(report: &Value, problem: Option<&str>) -> Line<'static> {
-    if let Some(p) = problem {
-        return Line::styled(format!("{p} (showing its last answer)"), alert());
+fn notice(report: &Value, problem: Option<&str>, width: u16) -> Line<'static> {
+    if let Some(e) = problem {
+        // The error is cut, never the words that say what happens next.
+        let (before, after) = ("baton not reachable: ", ", retrying (the last answer below)");
+        let room = usize::from(width).saturating_sub(before.len() + after.len());
+        let e = if e.chars().count() > room {
+            let cut: String = e.chars().take(room.saturating_sub(1)).collect();
+            format!("{cut}…")
+        } else {
+            e.to_owned()
+        };
+        return Line::styled(format!("{before}{e}{after}"), alert());
     }
     let sup = &report["supervisor"];
     let yellow = Style::new().fg(Color::Yellow);
@@ -349,13 +366,12 @@ fn worker(frame: &mut Frame, area: Rect, g: &Value, w: &Value, trail: Option<&Tr
     ]);
     frame.render_widget(Paragraph::new(text), area);
     let Some(trail) = trail else { return };
-    let rest = area.width.saturating_sub(WORKER_TEXT);
-    let each = rest.saturating_sub(1) / 2;
-    if each < 4 {
+    let (x, each) = sparklines(area.width);
+    if each == 0 {
         return;
     }
-    let rss = Rect::new(area.x + WORKER_TEXT, area.y, each, 1);
-    let cpu = Rect::new(area.x + WORKER_TEXT + each + 1, area.y, each, 1);
+    let rss = Rect::new(area.x + x, area.y, each, 1);
+    let cpu = Rect::new(area.x + x + each + 1, area.y, each, 1);
     let rss_data = fit(&trail.rss, each);
     let rss_max = rss_data.iter().copied().max().unwrap_or(0).max(1);
     frame.render_widget(
@@ -375,6 +391,13 @@ fn worker(frame: &mut Frame, area: Rect, g: &Value, w: &Value, trail: Option<&Tr
             .style(Style::new().fg(Color::Magenta)),
         cpu,
     );
+}
+
+/// Where a worker line's two sparklines start and how wide each is (0: no
+/// room for them).
+fn sparklines(width: u16) -> (u16, u16) {
+    let each = width.saturating_sub(WORKER_TEXT).saturating_sub(1) / 2;
+    (WORKER_TEXT, if each < 4 { 0 } else { each })
 }
 
 /// `samples` in at most `width` bars: neighbours are merged (their

@@ -90,6 +90,8 @@ fn two_workers_fit_80x24_with_everything_essential() {
         "baton 0.1.0",
         "http 127.0.0.1:8080",
         "last reload: ok at 12:03:04 UTC in 1.2s: generation 3 serving",
+        "rss history",
+        "cpu history",
         "a reload is in progress",
         "gen 3    serving",
         "gen 4    candidate 0/1 ready",
@@ -144,10 +146,16 @@ fn an_unreachable_baton_is_said_above_its_last_answer() {
     let history = History::default();
     let last = report(2, 10_000, 0);
     let mut s = screen(&last, &history);
-    s.problem = Some("baton not reachable: cannot connect, retrying every 1s");
+    s.problem = Some("cannot connect");
     let text = draw_text(80, 24, &s);
     assert!(text.contains("baton not reachable: cannot connect, retrying"), "{text}");
     assert!(text.contains("generation 3 serving"), "{text}");
+    // A long error is cut; what happens next is not.
+    let long = "no baton is running for app (nothing answers on /run/baton/app/control.sock: no such file)";
+    s.problem = Some(long);
+    let text = draw_text(80, 24, &s);
+    let line = text.lines().find(|l| l.contains("not reachable")).unwrap();
+    assert!(line.contains("no baton is running") && line.contains("…, retrying"), "{line}");
 }
 
 #[test]
