@@ -398,7 +398,7 @@ impl ImportPm2Args {
 
 /// `--interval`: often enough to be live, never a busy loop.
 fn watch_interval(text: &str) -> Result<Dur, String> {
-    let d: Dur = text.parse().map_err(|e| format!("{e}"))?;
+    let d: Dur = text.parse()?;
     if d.0 < std::time::Duration::from_millis(100) || d.0 > std::time::Duration::from_secs(3600) {
         return Err(format!("{text} is out of range: give 100ms to 1h"));
     }

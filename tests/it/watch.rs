@@ -137,9 +137,7 @@ fn watch_follows_a_reload_in_80x24_and_quits_on_q_and_ctrl_c() {
     let reload = baton.reload();
     assert!(reload.status.success(), "reload failed: {}", text(&reload));
     tmux.wait_screen(wait, "generation 2 serving with both workers ready", |s| {
-        s.contains("generation 2 serving 2/2 ready")
-            && ready_workers(s, 2) == 2
-            && s.contains("last reload: ok")
+        s.contains("generation 2 serving 2/2 ready") && ready_workers(s, 2) == 2 && s.contains("last reload: ok")
     });
 
     tmux.send_keys("q");
@@ -154,7 +152,9 @@ fn watch_follows_a_reload_in_80x24_and_quits_on_q_and_ctrl_c() {
     // Ctrl-C: a key in raw mode, not SIGINT.
     let exit_file = baton.dir.path().join("watch-2.exit");
     let tmux = Tmux::start(&watch_command(&baton, &exit_file));
-    tmux.wait_screen(wait, "generation 2 with both workers ready", |s| ready_workers(s, 2) == 2);
+    tmux.wait_screen(wait, "generation 2 with both workers ready", |s| {
+        ready_workers(s, 2) == 2
+    });
     tmux.send_keys("C-c");
     assert!(
         wait_until(Duration::from_secs(5), || !tmux.alive()),
@@ -175,7 +175,9 @@ fn watch_keeps_polling_while_baton_is_away() {
     let mut baton = Baton::start(port, &config_text(port, &[&hello], 1, ""));
     let exit_file = baton.dir.path().join("watch.exit");
     let tmux = Tmux::start(&watch_command(&baton, &exit_file));
-    tmux.wait_screen(Duration::from_secs(15), "the worker ready", |s| ready_workers(s, 1) == 1);
+    tmux.wait_screen(Duration::from_secs(15), "the worker ready", |s| {
+        ready_workers(s, 1) == 1
+    });
 
     baton.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(baton.wait_exit(Duration::from_secs(15)).is_some(), "baton did not stop");

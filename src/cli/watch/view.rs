@@ -175,7 +175,11 @@ pub fn draw(frame: &mut Frame, screen: &Screen) {
         y += 1;
     }
     if more > 0 {
-        line(frame, &mut y, Line::from(format!("+{more} more workers (↑↓ PgUp PgDn scroll)")));
+        line(
+            frame,
+            &mut y,
+            Line::from(format!("+{more} more workers (↑↓ PgUp PgDn scroll)")),
+        );
     }
     let footer = format!(
         "q quit · ↑↓ scroll · every {} · baton status --json for everything",
@@ -254,7 +258,11 @@ fn last_reload(report: &Value) -> Line<'static> {
     } else {
         format!("{:.1}s", Duration::from_millis(ms).as_secs_f64())
     };
-    let message = r["message"].as_str().unwrap_or("").split_whitespace().collect::<Vec<_>>();
+    let message = r["message"]
+        .as_str()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>();
     let result = if ok {
         Span::styled("ok", Style::new().fg(Color::Green))
     } else {
@@ -303,7 +311,10 @@ fn notice(report: &Value, problem: Option<&str>, width: u16) -> Line<'static> {
         } else {
             "waiting for `baton promote` or `baton rollback`".to_owned()
         };
-        return Line::styled(format!("canary: generation {} ready; {next}", n(&c["generation"])), yellow);
+        return Line::styled(
+            format!("canary: generation {} ready; {next}", n(&c["generation"])),
+            yellow,
+        );
     }
     Line::from("")
 }

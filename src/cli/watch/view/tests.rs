@@ -155,7 +155,10 @@ fn an_unreachable_baton_is_said_above_its_last_answer() {
     s.problem = Some(long);
     let text = draw_text(80, 24, &s);
     let line = text.lines().find(|l| l.contains("not reachable")).unwrap();
-    assert!(line.contains("no baton is running") && line.contains("…, retrying"), "{line}");
+    assert!(
+        line.contains("no baton is running") && line.contains("…, retrying"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -197,8 +200,8 @@ fn fit_merges_neighbours_to_show_the_whole_history() {
 fn short_figures() {
     assert_eq!(age(42_000), "42s");
     assert_eq!(age(723_000), "12m03s");
-    assert_eq!(age(3 * 3600_000 + 12 * 60_000), "3h12m");
-    assert_eq!(age(2 * 86_400_000 + 4 * 3600_000), "2d04h");
+    assert_eq!(age(3 * 3_600_000 + 12 * 60_000), "3h12m");
+    assert_eq!(age(2 * 86_400_000 + 4 * 3_600_000), "2d04h");
     assert_eq!(bytes(50 << 20), "50.0M");
     assert_eq!(bytes(3 << 30), "3.00G");
     assert_eq!(bytes(812 << 10), "812K");
