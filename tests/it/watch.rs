@@ -125,6 +125,11 @@ fn watch_follows_a_reload_in_80x24_and_quits_on_q_and_ctrl_c() {
     let hello = example_bin("hello").display().to_string();
     let baton = Baton::start(port, &config_text(port, &[&hello], 2, ""));
     let wait = Duration::from_secs(15);
+    // The CPU figure the view turns into a share: in `status --json` too.
+    let status = baton.status();
+    for w in status["supervisor"]["generations"][0]["workers"].as_array().unwrap() {
+        assert!(w["cpu_usec"].is_u64(), "no cpu_usec: {w}");
+    }
 
     let exit_file = baton.dir.path().join("watch-1.exit");
     let tmux = Tmux::start(&watch_command(&baton, &exit_file));
