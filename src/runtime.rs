@@ -208,10 +208,11 @@ enum Event {
         usage: HashMap<WorkerId, cgroup::Usage>,
         reply: Option<tokio::sync::oneshot::Sender<String>>,
     },
-    /// `baton status`, its memory figures measured off the event loop.
+    /// `baton status`, its memory and CPU figures measured off the event
+    /// loop.
     Status {
         reply: tokio::sync::oneshot::Sender<serde_json::Value>,
-        memory: HashMap<WorkerId, u64>,
+        usage: HashMap<WorkerId, cgroup::Usage>,
     },
     /// A canary's check could not start.
     CheckFailed {
@@ -806,8 +807,8 @@ impl Driver {
             Event::Notify { worker, received } => self.notified(now, worker, received),
             Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
             Event::Control(Command::Status { reply }) => self.measure_for_status(reply),
-            Event::Status { reply, memory } => {
-                let _ = reply.send(self.status_json(now, &memory));
+            Event::Status { reply, usage } => {
+                let _ = reply.send(self.status_json(now, &usage));
             }
             Event::Memory(used) => self.memory_sampled(used),
             Event::Control(Command::Metrics { reply }) => self.sample_usage(Some(reply)),
@@ -2075,24 +2076,28 @@ impl Driver {
         }
     }
 
-    /// `baton status`, first step: the memory figures come from /proc or
-    /// cgroupfs, so they are measured on the blocking pool, and the report
-    /// is made when they are back. Measuring before the snapshot means a
-    /// worker the snapshot shows was alive when it was measured.
+    /// `baton status`, first step: the memory and CPU figures come from
+    /// /proc or cgroupfs (the same measure as the metrics'), so they are
+    /// measured on the blocking pool, and the report is made when they are
+    /// back. Measuring before the snapshot means a worker the snapshot
+    /// shows was alive when it was measured.
     fn measure_for_status(&self, reply: tokio::sync::oneshot::Sender<serde_json::Value>) {
         let probes = self.probes(false);
         let events = self.events.clone();
         self.tasks.spawn_blocking(move || {
-            let memory = cgroup::measure(&probes);
-            let _ = events.blocking_send(Event::Status { reply, memory });
+            let usage = cgroup::measure_usage(&probes);
+            let _ = events.blocking_send(Event::Status { reply, usage });
         });
     }
 
-    fn status_json(&self, now: Instant, memory: &HashMap<WorkerId, u64>) -> serde_json::Value {
+    fn status_json(&self, now: Instant, usage: &HashMap<WorkerId, cgroup::Usage>) -> serde_json::Value {
         let mut snapshot = self.core.snapshot(now);
         for g in &mut snapshot.generations {
             for w in &mut g.workers {
-                w.rss_bytes = memory.get(&w.id).copied();
+                let measured = usage.get(&w.id);
+                w.rss_bytes = measured.and_then(|u| u.memory);
+                // Whole microseconds: what cgroup's cpu.stat counts in.
+                w.cpu_usec = measured.and_then(|u| u.cpu_seconds).map(|s| (s * 1e6).round() as u64);
                 w.cgroup = self
                     .workers
                     .get(&w.id)

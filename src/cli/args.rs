@@ -269,13 +269,32 @@ Examples:\n  baton upgrade myapp\n  baton upgrade --all        # every app runni
         handover_fd: i32,
     },
     /// Show generations, workers, pids, states, restarts, memory and the last reload
-    #[command(after_help = "Exit codes: 0 ok · 2 usage error or no supervisor reachable.")]
+    #[command(
+        long_about = "Show generations, workers, pids, states, restarts, memory and the last reload, \
+once. With --watch: a live view, like top, redrawn every --interval until you press q: the \
+generations, each worker's state, memory and CPU with a small history of both, the restarts and \
+the last reload. It fits an 80×24 terminal (over ssh too); extra workers are counted as \"+N more\" \
+and scrolled with the arrow keys. While baton is stopped or upgrading, the view says \"baton not \
+reachable\" and keeps asking.",
+        after_help = "Keys (--watch): q, Esc or Ctrl-C quit · ↑/↓ (j/k), PgUp/PgDn scroll the workers · \
+Ctrl-L redraws.\n\n\
+Exit codes: 0 ok · 1 the terminal failed (--watch) · 2 usage error, no supervisor reachable, or \
+--watch without a terminal on stdout.\n\n\
+Examples:\n  baton status myapp\n  baton status myapp --watch\n  \
+baton status myapp --watch --interval 5s\n  baton status myapp --json | jq .supervisor.serving"
+    )]
     Status {
         #[command(flatten)]
         target: Target,
         /// Print one JSON document instead of text
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Keep the view open and redraw it in place (q quits)
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// How often --watch asks baton (100ms to 1h)
+        #[arg(long, value_name = "DURATION", default_value = "1s", requires = "watch", value_parser = watch_interval)]
+        interval: Dur,
     },
     /// Print the app's metrics in the Prometheus text format
     #[command(
@@ -375,6 +394,15 @@ impl ImportPm2Args {
             systemd: self.systemd_version.unwrap_or_else(here),
         }
     }
+}
+
+/// `--interval`: often enough to be live, never a busy loop.
+fn watch_interval(text: &str) -> Result<Dur, String> {
+    let d: Dur = text.parse()?;
+    if d.0 < std::time::Duration::from_millis(100) || d.0 > std::time::Duration::from_secs(3600) {
+        return Err(format!("{text} is out of range: give 100ms to 1h"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

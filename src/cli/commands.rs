@@ -513,8 +513,31 @@ pub fn history(target: Target, json: bool) -> i32 {
     }
 }
 
-/// `baton status`.
-pub fn status(target: Target, json: bool) -> i32 {
+/// `baton status`, or with `watch` (its interval) `baton status --watch`.
+pub fn status(target: Target, json: bool, watch: Option<Duration>) -> i32 {
+    if let Some(interval) = watch {
+        use std::io::IsTerminal;
+        if !std::io::stdout().is_terminal() {
+            eprintln!(
+                "baton status --watch: stdout is not a terminal; for scripts and pipes use `baton status` or `baton status --json`"
+            );
+            return EX_USAGE;
+        }
+        let (path, what) = match control_target(&target) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("baton status: {}", chain(&e));
+                return EX_USAGE;
+            }
+        };
+        return match client_runtime() {
+            Ok(rt) => super::watch::run(&rt, &path, &what, interval),
+            Err(e) => {
+                eprintln!("baton status: {e:#}");
+                EX_USAGE
+            }
+        };
+    }
     let result = control_target(&target).map_err(|e| chain(&e)).and_then(|(path, what)| {
         let rt = client_runtime().map_err(|e| format!("{e:#}"))?;
         rt.block_on(control::request(&path, &what, &Request::Status {}, |_| {}))

@@ -9,6 +9,7 @@
 mod args;
 pub(crate) mod commands;
 pub(crate) mod docs;
+mod watch;
 
 pub(crate) use args::{Cli, Cmd, Target};
 
@@ -86,9 +87,14 @@ pub fn main() -> i32 {
             init_logging("info", libsystemd::logging::connected_to_journal());
             commands::resume(handover_fd)
         }
-        Cmd::Status { target, json } => {
+        Cmd::Status {
+            target,
+            json,
+            watch,
+            interval,
+        } => {
             init_logging("warn", false);
-            commands::status(target, json)
+            commands::status(target, json, watch.then_some(interval.0))
         }
         Cmd::Metrics { target } => {
             init_logging("warn", false);

@@ -2516,6 +2516,7 @@ impl Supervisor {
                         restarts: g.slots.get(w.slot).map_or(0, |s| s.restarts),
                         status: w.status_text.clone(),
                         rss_bytes: None,
+                        cpu_usec: None,
                         cgroup: None,
                     })
                     .collect();
@@ -2582,6 +2583,9 @@ pub struct WorkerSnapshot {
     pub restarts: u32,
     pub status: Option<String>,
     pub rss_bytes: Option<u64>,
+    /// CPU time the worker (with its children) used so far, in
+    /// microseconds, measured like `rss_bytes` (filled in by the driver).
+    pub cpu_usec: Option<u64>,
     /// The worker's own cgroup, in cgroup mode (filled in by the driver).
     pub cgroup: Option<String>,
 }

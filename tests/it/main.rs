@@ -53,4 +53,5 @@ mod socket_activation;
 mod stop;
 mod systemd_notify;
 mod upgrade;
+mod watch;
 mod worker_env;

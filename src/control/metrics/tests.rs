@@ -16,6 +16,7 @@ fn worker(id: u64, slot: usize, state: WorkerState) -> WorkerSnapshot {
         restarts: 0,
         status: None,
         rss_bytes: None,
+        cpu_usec: None,
         cgroup: None,
     }
 }
