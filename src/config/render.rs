@@ -35,6 +35,8 @@ pub(crate) struct File {
     pub watchdog: WatchdogSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeSection>,
     /// The comments, applied in order after serializing.
     #[serde(skip)]
     notes: Vec<Note>,
@@ -78,6 +80,24 @@ pub(crate) struct RestartSection {
 pub(crate) struct WatchdogSection {
     /// "0s" is off.
     pub timeout: Dur,
+}
+
+/// `[node]` (README "Node apps without code changes").
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NodeSection {
+    pub inherit_listen: bool,
+    pub wait_ready: bool,
+    pub drain: bool,
+}
+
+impl From<&super::Node> for NodeSection {
+    fn from(n: &super::Node) -> Self {
+        NodeSection {
+            inherit_listen: n.inherit_listen,
+            wait_ready: n.wait_ready,
+            drain: n.drain,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -180,6 +200,7 @@ impl File {
                 timeout: Dur::default(),
             },
             limits: None,
+            node: None,
             notes: Vec::new(),
         };
         file.note(
