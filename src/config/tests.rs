@@ -115,6 +115,7 @@ fn full_design_example() {
             memory_limit: Some(512 * 1024 * 1024),
             canary: super::Canary::default(),
             metrics: super::Metrics::default(),
+            node: super::Node::default(),
         }
     );
 }
@@ -140,6 +141,7 @@ fn minimal_file_gets_defaults() {
             memory_limit: None,
             canary: super::Canary::default(),
             metrics: super::Metrics::default(),
+            node: super::Node::default(),
         }
     );
     assert_eq!(config.readiness.timeout, Duration::from_secs(60));
@@ -180,7 +182,7 @@ address = "8080"
         problems(text),
         vec![
             r#"/etc/baton/myapp.toml:1:20: command[1] must be a string, found 3; quote it"#,
-            r#"/etc/baton/myapp.toml:2:1: unknown key "workerz" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics (did you mean "workers"?)"#,
+            r#"/etc/baton/myapp.toml:2:1: unknown key "workerz" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics, node (did you mean "workers"?)"#,
             r#"/etc/baton/myapp.toml:3:11: workers must be a positive integer or "auto", found 0"#,
             r#"/etc/baton/myapp.toml:6:10: [stop] signal "SIGKIL" is not a signal name; use a name like SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 or SIGUSR2"#,
             r#"/etc/baton/myapp.toml:7:11: [stop] timeout must be a duration like "30s", "250ms" or "1m 30s", found 30: a bare number has no unit; write "30s" for seconds or "30ms" for milliseconds"#,
@@ -263,7 +265,7 @@ fn unknown_table_and_far_off_key_get_no_suggestion() {
     let message = problem("command = [\"x\"]\n[logging]\nlevel = 1\n");
     assert_eq!(
         message,
-        r#"/etc/baton/myapp.toml:2:2: unknown key "logging" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics"#
+        r#"/etc/baton/myapp.toml:2:2: unknown key "logging" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics, node"#
     );
 }
 
@@ -1004,6 +1006,7 @@ fn quick_mode() {
             memory_limit: None,
             canary: super::Canary::default(),
             metrics: super::Metrics::default(),
+            node: super::Node::default(),
         }
     );
     // Listening is optional (socket activation may provide sockets).

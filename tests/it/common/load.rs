@@ -340,7 +340,10 @@ pub fn keep_alive_get(
             break;
         }
         if read_more(stream, &mut raw)? == 0 {
-            return Err(GetError::BadResponse(format!("closed within the body after {} bytes", raw.len())));
+            return Err(GetError::BadResponse(format!(
+                "closed within the body after {} bytes",
+                raw.len()
+            )));
         }
     }
     let answer = parse_response(&raw).map_err(GetError::BadResponse)?;
@@ -380,7 +383,10 @@ mod tests {
     fn ok(close: bool) -> String {
         let body = "hello from generation 1\n";
         let connection = if close { "Connection: close\r\n" } else { "" };
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{connection}\r\n{body}", body.len())
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{connection}\r\n{body}",
+            body.len()
+        )
     }
 
     /// A server that answers `answered` requests per connection, then
@@ -423,7 +429,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         let stats = load.stop();
         assert!(stats.ok >= 10, "{stats}");
-        assert!(stats.failed > 0, "a request sent on a connection the server closed is lost: {stats}");
+        assert!(
+            stats.failed > 0,
+            "a request sent on a connection the server closed is lost: {stats}"
+        );
         assert_eq!(stats.failed, stats.resets + stats.bad_responses, "{stats}");
         // Exactly one loss per five answers on each connection.
         assert!(stats.ok / stats.failed >= 4 && stats.ok / stats.failed <= 6, "{stats}");
