@@ -2,7 +2,11 @@
 const Koa = require('koa');
 const app = new Koa();
 let server;
+let port;
 app.use(async (ctx) => {
-  ctx.body = `hello from generation ${process.env.BATON_GENERATION} pid ${process.pid} port ${server.address().port}\n`;
+  ctx.body = `hello from generation ${process.env.BATON_GENERATION} pid ${process.pid} port ${port}\n`;
 });
-server = app.listen(process.env.PORT || 3000, () => console.log('koa listening'));
+server = app.listen(process.env.PORT || 3000, () => {
+  port = server.address().port;
+  console.log('koa listening');
+});
