@@ -146,7 +146,7 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
             node_ipc: config.readiness.mode == ReadinessMode::NodeIpc,
             stop_message: config.stop.message.clone(),
             executable,
-            node: config.node.inherit_listen.then(|| NodeLaunch {
+            node: config.node.inherit_listen.then_some(NodeLaunch {
                 wait_ready: config.node.wait_ready,
                 drain: config.node.drain,
                 drain_grace: config.node.drain_grace,

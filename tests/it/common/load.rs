@@ -456,10 +456,9 @@ mod tests {
             let (conn, _) = listener.accept().unwrap();
             let mut writer = conn.try_clone().unwrap();
             let mut reader = BufReader::new(conn);
-            while read_request(&mut reader) {
+            if read_request(&mut reader) {
                 let r = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
                 let _ = writer.write_all(r.as_bytes());
-                return;
             }
         });
         let mut conn = None;
