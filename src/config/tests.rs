@@ -1243,3 +1243,60 @@ fn metrics_section() {
     let p = problem("command = [\"x\"]\n[metrics]\npath = \"/metrics\"\n");
     assert!(p.contains("path"), "unknown keys are errors: {p}");
 }
+
+#[test]
+fn node_inherit_listen_implies_node_ipc_and_its_keys_need_it() {
+    let c = ok("command = [\"node\", \"s.js\"]\n[node]\ninherit_listen = true\n");
+    assert_eq!(c.readiness.mode, ReadinessMode::NodeIpc);
+    assert_eq!(
+        c.node,
+        Node {
+            inherit_listen: true,
+            ..Node::default()
+        }
+    );
+    let c = ok(
+        "command = [\"node\", \"s.js\"]\n[readiness]\nmode = \"delay\"\n[node]\ninherit_listen = true\ndrain = true\ndrain_grace = \"2s\"\n",
+    );
+    assert_eq!(c.readiness.mode, ReadinessMode::Delay(Duration::from_secs(1)));
+    assert!(c.node.drain);
+    assert_eq!(c.node.drain_grace, Duration::from_secs(2));
+    // The stop message works with the implied mode.
+    let c = ok("command = [\"x\"]\n[stop]\nmessage = \"shutdown\"\n[node]\ninherit_listen = true\nwait_ready = true\n");
+    assert_eq!(c.stop.message.as_deref(), Some("shutdown"));
+    assert!(c.node.wait_ready);
+
+    let p = problem("command = [\"x\"]\n[readiness]\nmode = \"notify\"\n[node]\ninherit_listen = true\n");
+    assert!(
+        p.starts_with(&format!(
+            "{FILE}:5:18: [node] inherit_listen tells readiness over Node's IPC channel"
+        )),
+        "{p}"
+    );
+    let p = problem("command = [\"x\"]\n[node]\ndrain = true\n");
+    assert!(
+        p.contains(":3:9: [node] drain works through baton's preload, which only inherit_listen = true loads"),
+        "{p}"
+    );
+    let p = problem("command = [\"x\"]\n[node]\ninherit_listen = false\nwait_ready = true\n");
+    assert!(p.contains("[node] wait_ready works through baton's preload"), "{p}");
+    let p =
+        problem("command = [\"x\"]\n[readiness]\nmode = \"delay\"\n[node]\ninherit_listen = true\nwait_ready = true\n");
+    assert!(
+        p.contains("[node] wait_ready = true means the app sends 'ready'"),
+        "{p}"
+    );
+    let p = problem("command = [\"x\"]\n[node]\ninherit_listen = true\ndrain_grace = \"0s\"\n");
+    assert!(p.contains("[node] drain_grace must be greater than 0"), "{p}");
+    let p = problem("command = [\"x\"]\n[node]\ninherit_listen = \"yes\"\n");
+    assert!(p.contains("[node] inherit_listen"), "{p}");
+    let p = problem("command = [\"x\"]\n[node]\ninherit = true\n");
+    assert!(
+        p.contains(
+            "unknown key \"inherit\" in [node]; expected one of: inherit_listen, wait_ready, drain, drain_grace"
+        ),
+        "{p}"
+    );
+    let p = problem("command = [\"x\"]\n[environment]\nBATON_LISTEN_ADDRESSES = \"x\"\n");
+    assert!(p.contains("is set by baton for each worker"), "{p}");
+}
