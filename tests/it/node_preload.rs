@@ -292,3 +292,90 @@ fn node_preload_import_pm2_then_run_works_straight_away() {
     say(&format!("import-pm2 + run, keep-alive, 3 reloads: {stats}"));
     stats.assert_served_through(50, 4);
 }
+
+/// `[stop] message = "shutdown"` (PM2's shutdown_with_message) starts the
+/// drain too, in an app that never listens for messages: keep-alive load
+/// across 5 reloads loses nothing, and the worker exits once drained.
+#[test]
+fn node_preload_keep_alive_drain_on_the_stop_message() {
+    let port = port();
+    let config = pm2_config(port, "http.js", 2, true, "").replace(
+        "[stop]\nsignal = \"SIGINT\"\n",
+        "[stop]\nsignal = \"SIGINT\"\nmessage = \"shutdown\"\n",
+    );
+    let b = Baton::start(port, &config);
+    let load = Load::keep_alive(b.addr(), "/", 8);
+    std::thread::sleep(Duration::from_millis(300));
+    b.reload_times(5, Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    say(&format!("stop message, keep-alive, 5 reloads: {stats}"));
+    stats.assert_served_through(200, 6);
+    let log = b.log();
+    assert!(log.contains("baton: draining (message \"shutdown\")"), "{log}");
+    assert!(log.contains("baton: drained; exiting"), "{log}");
+}
+
+/// `[node] wait_ready = true`: the app's own process.send('ready'), 1.5 s
+/// after it listens, is what counts; the preload does not say it first.
+#[test]
+fn node_preload_wait_ready_leaves_ready_to_the_app() {
+    let port = port();
+    let config = pm2_config(port, "wait-ready.js", 1, false, "").replace(
+        "[node]\ninherit_listen = true\n",
+        "[node]\ninherit_listen = true\nwait_ready = true\n",
+    );
+    let b = Baton::spawn(port, &config);
+    assert!(
+        b.wait_log(Duration::from_secs(30), |l| l.contains("→ inherited fd 3")),
+        "{}",
+        b.log()
+    );
+    let listening = std::time::Instant::now();
+    // It answers while not yet ready: the socket is baton's, the reload is not done.
+    assert!(body(&b).contains(&format!(" port {port}")));
+    assert!(b.wait_serving(1, Duration::from_secs(30)), "{}", b.log());
+    let waited = listening.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "ready {waited:?} after listening: the preload said it, not the app"
+    );
+}
+
+/// listen(PORT) and listen(SOCKET_PATH) in one worker: each maps onto its
+/// own inherited fd, by port and by path.
+#[test]
+fn node_preload_maps_a_port_and_a_unix_path_each_onto_its_socket() {
+    provision();
+    let port = port();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    // With two sockets, listen() must name one: PORT is baton's port, as
+    // an ecosystem file's env.PORT is.
+    let env = format!(
+        "[environment]\nPORT = \"{port}\"\nSOCKET_PATH = {:?}\n",
+        sock.display().to_string()
+    );
+    let config = pm2_config(port, "two.js", 1, false, &env)
+        + &format!(
+            "[[listen]]\nname = \"unix\"\naddress = {:?}\n",
+            sock.display().to_string()
+        );
+    let b = Baton::start(port, &config);
+    assert!(body(&b).contains("server tcp"));
+    let log = b.log();
+    let by_port = format!("baton: listen({port}) → inherited fd 3 (http, 127.0.0.1:{port})");
+    let by_path = format!(
+        "baton: listen({:?}) → inherited fd 4 (unix, {})",
+        sock.display().to_string(),
+        sock.display()
+    );
+    assert!(log.contains(&by_port) && log.contains(&by_path), "{log}");
+    use std::io::{Read, Write};
+    let mut unix = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    unix.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    unix.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("server unix"), "{answer}");
+}

@@ -332,17 +332,21 @@
     } catch (e) {
       log(`cannot handle ${stopSignal}: ${e.message}; no drain on it`);
     }
-    if (stopMessage) {
-      // Watching emit, rather than adding a 'message' listener, leaves the
-      // IPC channel's hold on the event loop as the app made it.
-      const emit = process.emit;
-      process.emit = function batonEmit(event, message, ...rest) {
-        if (event === 'message' && message === stopMessage && !draining) {
-          appExits = process.listenerCount('message') > 0 || process.listenerCount(stopSignal) > 1;
-          startDrain(`message ${JSON.stringify(stopMessage)}`);
-        }
-        return emit.call(this, event, message, ...rest);
-      };
+    if (stopMessage && process.channel) {
+      process.on('message', (message) => {
+        if (message !== stopMessage || draining) return;
+        // The app's own 'message' listeners run after this one.
+        appExits = process.listenerCount('message') > 1 || process.listenerCount(stopSignal) > 1;
+        startDrain(`message ${JSON.stringify(stopMessage)}`);
+      });
+      // Node keeps a process alive while a 'message' listener is on; this
+      // one must not, so the channel holds the event loop as the app's own
+      // listeners make it (no listener: it does not).
+      if (typeof process.channel.unrefCounted === 'function') {
+        process.channel.unrefCounted();
+      } else {
+        process.channel.unref();
+      }
     }
   }
 })();
