@@ -41,7 +41,7 @@ pub(crate) mod upgrade;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -173,6 +173,8 @@ enum StartError {
     Cgroup(#[source] std::io::Error),
     #[error("dup")]
     Dup(#[source] std::io::Error),
+    #[error("[node] inherit_listen needs baton's Node preload, which could not be written at start: {0}")]
+    Preload(String),
     /// Preparing the command, or the fork and exec themselves.
     #[error(transparent)]
     Spawn(#[from] sys::SpawnError),
@@ -411,6 +413,9 @@ struct Driver {
     metrics: metrics::Metrics,
     /// Writes the journal record that ends each request.
     records: Recorder,
+    /// The Node preload in the runtime directory (`os::node`), or why it
+    /// could not be written.
+    preload: Result<PathBuf, String>,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -542,6 +547,16 @@ pub async fn run(
     for l in listeners.iter() {
         tracing::info!("listening on {} ({})", l.address, l.name);
     }
+    // Written by every image (a new baton's preload gets a file of its own),
+    // for any generation that asks for it, now or after a reload.
+    let runtime_dir = control_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let preload = tokio::task::spawn_blocking(move || crate::os::node::write_preload(&runtime_dir))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| crate::exit::chain(&e)));
+    if let Err(why) = &preload {
+        tracing::warn!("{why}: apps with [node] inherit_listen cannot start");
+    }
     let mut driver = Driver {
         core: Supervisor::new(),
         name,
@@ -567,6 +582,7 @@ pub async fn run(
         phase,
         systemd: Notifier::new(ctx.settings.notify_socket.as_deref()),
         records: Recorder::new(&ctx.settings.name, ctx.settings.journal),
+        preload,
         ctx,
         status_line: String::new(),
         tree,
@@ -1554,7 +1570,19 @@ impl Driver {
             true => Some(crate::os::ipc::channel().map_err(StartError::Ipc)?),
             false => None,
         };
-        let mut cmd = spawn::command(spec, &self.listeners, &endpoint.address, generation.get(), slot)?;
+        let preload = match (&spec.launch.node, &self.preload) {
+            (None, _) => None,
+            (Some(_), Ok(path)) => Some(path.as_path()),
+            (Some(_), Err(why)) => return Err(StartError::Preload(why.clone())),
+        };
+        let mut cmd = spawn::command(
+            spec,
+            &self.listeners,
+            &endpoint.address,
+            preload,
+            generation.get(),
+            slot,
+        )?;
         let cgroup = match &self.tree {
             Ok(tree) => {
                 let (cg, procs) = tree

@@ -114,7 +114,7 @@ pub struct ImportPm2Args {
     /// Overwrite existing files that differ
     #[arg(long)]
     pub force: bool,
-    /// Print the files that would be written, and write nothing
+    /// Print the files that would be written, and the same report and next steps as a real run; write nothing
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -125,7 +125,9 @@ pub enum Cmd {
     #[command(
         long_about = "Supervise the app in the foreground. Uses the sockets systemd passes \
 (LISTEN_FDS) or, standalone, binds the [[listen]] addresses itself. SIGHUP reloads; SIGTERM or \
-SIGINT stop gracefully (a second one kills at once).",
+SIGINT stop gracefully (a second one kills at once). With [node] inherit_listen = true, the \
+workers' NODE_OPTIONS get `--require` of baton's Node preload (written to the runtime directory), \
+appended to the user's own: an unchanged app's listen(PORT) then uses the inherited socket.",
         after_help = "Exit codes: 0 clean stop · 1 runtime failure (first generation never became ready, \
 or every worker lost with restarts exhausted) · 78 invalid config.\n\n\
 Examples:\n  baton run myapp\n  baton run --config ./app.toml\n  \
@@ -330,8 +332,12 @@ port), or --listen for a file with one app. Stdout says, one line each, what was
 `NAME: note: KEY: ...` for a key mapped with a difference, and `NAME: not mapped: KEY: why` for \
 every key baton does not carry over. Errors go to stderr as `NAME: error: ...`; nothing is \
 written for that app, and the others are still imported. Existing files that differ are never \
-overwritten without --force. Nothing is enabled, started or reloaded: review the files, then \
-follow the `next:` lines.",
+overwritten without --force. A Node app (one node runs) gets [node] inherit_listen = true and \
+drain = true: baton's preload makes its own listen(PORT) use the socket baton holds, reports it \
+ready on its first 'listening' (or its process.send('ready') with wait_ready), and drains \
+keep-alive connections on stop, so the app runs unchanged. Any other app must listen on fd 3 \
+itself, which a `next:` line says. Nothing is enabled, started or reloaded: review the files, \
+then follow the `next:` lines; --dry-run prints the same lines.",
         after_help = "Exit codes: 0 every app written (not-mapped keys are warnings) · 1 an app could not be \
 imported, or node could not evaluate the file · 2 usage error, unreadable file, or node missing.\n\n\
 Examples:\n  baton import-pm2 --dry-run /srv/myapp/ecosystem.config.js\n  \

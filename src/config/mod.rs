@@ -76,6 +76,34 @@ pub struct Config {
     pub memory_limit: Option<u64>,
     pub canary: Canary,
     pub metrics: Metrics,
+    pub node: Node,
+}
+
+/// `[node]`: baton's preload for Node apps written for PM2 (README "Node
+/// apps without code changes").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Load the preload: `listen(PORT)` uses the inherited socket.
+    pub inherit_listen: bool,
+    /// The app sends 'ready' itself (PM2's `wait_ready`); otherwise the
+    /// preload sends it on the first 'listening'.
+    pub wait_ready: bool,
+    /// The preload drains keep-alive connections on the stop signal or
+    /// message.
+    pub drain: bool,
+    /// During a drain, a connection idle this long is closed.
+    pub drain_grace: Duration,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node {
+            inherit_listen: false,
+            wait_ready: false,
+            drain: false,
+            drain_grace: Duration::from_millis(1500),
+        }
+    }
 }
 
 /// `[metrics]`: where baton publishes its metrics besides `baton metrics`.

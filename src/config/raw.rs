@@ -44,6 +44,7 @@ const SECTIONS: &[&str] = &[
     "limits",
     "canary",
     "metrics",
+    "node",
 ];
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -111,6 +112,15 @@ pub struct Metrics {
     pub listen: Option<Spanned<String>>,
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub inherit_listen: Option<Spanned<bool>>,
+    pub wait_ready: Option<Spanned<bool>>,
+    pub drain: Option<Spanned<bool>>,
+    pub drain_grace: Option<Spanned<Dur>>,
+}
+
 /// A section and the keys that were written but invalid (rules that depend
 /// on them are skipped rather than judged against a default).
 #[derive(Debug, Default)]
@@ -141,6 +151,7 @@ pub struct Raw {
     pub limits: Read<Limits>,
     pub canary: Read<Canary>,
     pub metrics: Read<Metrics>,
+    pub node: Read<Node>,
 }
 
 /// Reads a file, and gathers the problems of the file and the command line.
@@ -230,6 +241,7 @@ impl<'t> Reader<'t> {
                 "limits" => raw.limits = self.section("[limits]", value),
                 "canary" => raw.canary = self.section("[canary]", value),
                 "metrics" => raw.metrics = self.section("[metrics]", value),
+                "node" => raw.node = self.section("[node]", value),
                 _ => {
                     raw.command_seen |= key.get_ref() == "command";
                     top.insert(key, value);

@@ -37,6 +37,7 @@ pub(crate) struct File {
     pub limits: Option<LimitsSection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<super::Metrics>,
+    pub node: Option<NodeSection>,
     /// The comments, applied in order after serializing.
     #[serde(skip)]
     notes: Vec<Note>,
@@ -80,6 +81,24 @@ pub(crate) struct RestartSection {
 pub(crate) struct WatchdogSection {
     /// "0s" is off.
     pub timeout: Dur,
+}
+
+/// `[node]` (README "Node apps without code changes").
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NodeSection {
+    pub inherit_listen: bool,
+    pub wait_ready: bool,
+    pub drain: bool,
+}
+
+impl From<&super::Node> for NodeSection {
+    fn from(n: &super::Node) -> Self {
+        NodeSection {
+            inherit_listen: n.inherit_listen,
+            wait_ready: n.wait_ready,
+            drain: n.drain,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -183,6 +202,7 @@ impl File {
             },
             limits: None,
             metrics: None,
+            node: None,
             notes: Vec::new(),
         };
         file.note(

@@ -115,6 +115,7 @@ fn full_design_example() {
             memory_limit: Some(512 * 1024 * 1024),
             canary: super::Canary::default(),
             metrics: super::Metrics::default(),
+            node: super::Node::default(),
         }
     );
 }
@@ -140,6 +141,7 @@ fn minimal_file_gets_defaults() {
             memory_limit: None,
             canary: super::Canary::default(),
             metrics: super::Metrics::default(),
+            node: super::Node::default(),
         }
     );
     assert_eq!(config.readiness.timeout, Duration::from_secs(60));
@@ -180,7 +182,7 @@ address = "8080"
         problems(text),
         vec![
             r#"/etc/baton/myapp.toml:1:20: command[1] must be a string, found 3; quote it"#,
-            r#"/etc/baton/myapp.toml:2:1: unknown key "workerz" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics (did you mean "workers"?)"#,
+            r#"/etc/baton/myapp.toml:2:1: unknown key "workerz" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics, node (did you mean "workers"?)"#,
             r#"/etc/baton/myapp.toml:3:11: workers must be a positive integer or "auto", found 0"#,
             r#"/etc/baton/myapp.toml:6:10: [stop] signal "SIGKIL" is not a signal name; use a name like SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 or SIGUSR2"#,
             r#"/etc/baton/myapp.toml:7:11: [stop] timeout must be a duration like "30s", "250ms" or "1m 30s", found 30: a bare number has no unit; write "30s" for seconds or "30ms" for milliseconds"#,
@@ -263,7 +265,7 @@ fn unknown_table_and_far_off_key_get_no_suggestion() {
     let message = problem("command = [\"x\"]\n[logging]\nlevel = 1\n");
     assert_eq!(
         message,
-        r#"/etc/baton/myapp.toml:2:2: unknown key "logging" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics"#
+        r#"/etc/baton/myapp.toml:2:2: unknown key "logging" in the top level; expected one of: name, command, directory, workers, environment, listen, readiness, reload, stop, restart, watchdog, limits, canary, metrics, node"#
     );
 }
 
@@ -1004,6 +1006,7 @@ fn quick_mode() {
             memory_limit: None,
             canary: super::Canary::default(),
             metrics: super::Metrics::default(),
+            node: super::Node::default(),
         }
     );
     // Listening is optional (socket activation may provide sockets).
@@ -1239,4 +1242,61 @@ fn metrics_section() {
     assert!(p.contains("is one of the app's [[listen]] sockets"), "{p}");
     let p = problem("command = [\"x\"]\n[metrics]\npath = \"/metrics\"\n");
     assert!(p.contains("path"), "unknown keys are errors: {p}");
+}
+
+#[test]
+fn node_inherit_listen_implies_node_ipc_and_its_keys_need_it() {
+    let c = ok("command = [\"node\", \"s.js\"]\n[node]\ninherit_listen = true\n");
+    assert_eq!(c.readiness.mode, ReadinessMode::NodeIpc);
+    assert_eq!(
+        c.node,
+        Node {
+            inherit_listen: true,
+            ..Node::default()
+        }
+    );
+    let c = ok(
+        "command = [\"node\", \"s.js\"]\n[readiness]\nmode = \"delay\"\n[node]\ninherit_listen = true\ndrain = true\ndrain_grace = \"2s\"\n",
+    );
+    assert_eq!(c.readiness.mode, ReadinessMode::Delay(Duration::from_secs(1)));
+    assert!(c.node.drain);
+    assert_eq!(c.node.drain_grace, Duration::from_secs(2));
+    // The stop message works with the implied mode.
+    let c = ok("command = [\"x\"]\n[stop]\nmessage = \"shutdown\"\n[node]\ninherit_listen = true\nwait_ready = true\n");
+    assert_eq!(c.stop.message.as_deref(), Some("shutdown"));
+    assert!(c.node.wait_ready);
+
+    let p = problem("command = [\"x\"]\n[readiness]\nmode = \"notify\"\n[node]\ninherit_listen = true\n");
+    assert!(
+        p.starts_with(&format!(
+            "{FILE}:5:18: [node] inherit_listen tells readiness over Node's IPC channel"
+        )),
+        "{p}"
+    );
+    let p = problem("command = [\"x\"]\n[node]\ndrain = true\n");
+    assert!(
+        p.contains(":3:9: [node] drain works through baton's preload, which only inherit_listen = true loads"),
+        "{p}"
+    );
+    let p = problem("command = [\"x\"]\n[node]\ninherit_listen = false\nwait_ready = true\n");
+    assert!(p.contains("[node] wait_ready works through baton's preload"), "{p}");
+    let p =
+        problem("command = [\"x\"]\n[readiness]\nmode = \"delay\"\n[node]\ninherit_listen = true\nwait_ready = true\n");
+    assert!(
+        p.contains("[node] wait_ready = true means the app sends 'ready'"),
+        "{p}"
+    );
+    let p = problem("command = [\"x\"]\n[node]\ninherit_listen = true\ndrain_grace = \"0s\"\n");
+    assert!(p.contains("[node] drain_grace must be greater than 0"), "{p}");
+    let p = problem("command = [\"x\"]\n[node]\ninherit_listen = \"yes\"\n");
+    assert!(p.contains("[node] inherit_listen"), "{p}");
+    let p = problem("command = [\"x\"]\n[node]\ninherit = true\n");
+    assert!(
+        p.contains(
+            "unknown key \"inherit\" in [node]; expected one of: inherit_listen, wait_ready, drain, drain_grace"
+        ),
+        "{p}"
+    );
+    let p = problem("command = [\"x\"]\n[environment]\nBATON_LISTEN_ADDRESSES = \"x\"\n");
+    assert!(p.contains("is set by baton for each worker"), "{p}");
 }

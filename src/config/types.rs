@@ -28,6 +28,12 @@ pub const RESERVED_ENV: &[&str] = &[
     "BATON_NAME",
     "BATON_GENERATION",
     "BATON_WORKER",
+    "BATON_LISTEN_ADDRESSES",
+    "BATON_NODE_WAIT_READY",
+    "BATON_NODE_DRAIN",
+    "BATON_NODE_DRAIN_GRACE_MS",
+    "BATON_STOP_SIGNAL",
+    "BATON_STOP_MESSAGE",
 ];
 
 /// Stands for the value as written in the file, in messages.

@@ -150,11 +150,27 @@ pub fn validate(
         }
     }
 
-    // readiness
+    // node, before readiness: inherit_listen changes readiness's default
+    let node_raw = raw.node.value;
+    let inherit_listen = node_raw.inherit_listen.as_ref().is_some_and(|b| *b.get_ref());
     let mode_invalid = raw.readiness.failed("mode");
     let readiness = raw.readiness.value;
-    let mode_kind = readiness.mode.unwrap_or(ModeKind::Notify);
-    let how = if readiness.mode.is_some() { "is" } else { "defaults to" };
+    let node = node_of(reader, node_raw, inherit_listen, readiness.mode, mode_invalid);
+
+    // readiness
+    let default_mode = if inherit_listen {
+        ModeKind::NodeIpc
+    } else {
+        ModeKind::Notify
+    };
+    let mode_kind = readiness.mode.unwrap_or(default_mode);
+    let how = if readiness.mode.is_some() {
+        "is"
+    } else if inherit_listen {
+        "defaults (with [node] inherit_listen) to"
+    } else {
+        "defaults to"
+    };
     let delay = readiness.delay.as_ref().map(|d| d.get_ref().0);
     let mode = match mode_kind {
         ModeKind::Notify => ReadinessMode::Notify,
@@ -303,7 +319,76 @@ pub fn validate(
         memory_limit: raw.limits.value.memory.map(|m| m.0),
         canary,
         metrics,
+        node,
     })
+}
+
+/// `[node]`. The preload tells readiness over Node's IPC channel (Node
+/// cannot send the unix datagrams of sd_notify), so `inherit_listen`
+/// implies `[readiness] mode = "node-ipc"` unless the mode is set: to
+/// "node-ipc", or to "delay" (ready after the delay; the preload then only
+/// maps listen()). "notify" is an error. The other keys work through the
+/// preload and need `inherit_listen`.
+fn node_of(
+    reader: &mut Reader<'_>,
+    raw: super::raw::Node,
+    inherit_listen: bool,
+    mode: Option<ModeKind>,
+    mode_invalid: bool,
+) -> super::Node {
+    let default = super::Node::default();
+    if let (Some(on), Some(ModeKind::Notify)) = (raw.inherit_listen.as_ref().filter(|b| *b.get_ref()), mode) {
+        reader.report(
+            Some(on.span()),
+            "[node] inherit_listen tells readiness over Node's IPC channel (Node cannot send sd_notify datagrams), \
+             but [readiness] mode is \"notify\"; set mode = \"node-ipc\" (or remove it: inherit_listen implies it), or \"delay\"",
+        );
+    }
+    let needs_preload = |reader: &mut Reader<'_>, key: &str, span: std::ops::Range<usize>| {
+        reader.report(
+            Some(span),
+            format!("[node] {key} works through baton's preload, which only inherit_listen = true loads; set it, or remove {key}"),
+        );
+    };
+    for (key, value) in [("wait_ready", &raw.wait_ready), ("drain", &raw.drain)] {
+        if let Some(v) = value.as_ref().filter(|v| *v.get_ref() && !inherit_listen) {
+            needs_preload(reader, key, v.span());
+        }
+    }
+    if let Some(g) = raw.drain_grace.as_ref().filter(|_| !inherit_listen) {
+        needs_preload(reader, "drain_grace", g.span());
+    }
+    let wait_ready = raw.wait_ready.as_ref().is_some_and(|b| *b.get_ref());
+    if let Some(w) = raw
+        .wait_ready
+        .as_ref()
+        .filter(|w| *w.get_ref() && inherit_listen && !mode_invalid)
+    {
+        if mode == Some(ModeKind::Delay) {
+            reader.report(
+                Some(w.span()),
+                "[node] wait_ready = true means the app sends 'ready' over Node's IPC channel, but [readiness] mode is \"delay\"; set mode = \"node-ipc\" (or remove it)",
+            );
+        }
+    }
+    let mut drain_grace = default.drain_grace;
+    if let Some(g) = raw.drain_grace {
+        let d = g.get_ref().0;
+        if d.is_zero() || d > Duration::from_secs(60) {
+            reader.report(
+                Some(g.span()),
+                "[node] drain_grace must be greater than 0 and at most 60s: a connection idle this long during a drain is closed (1s to 2s is enough for any client that is still sending)",
+            );
+        } else {
+            drain_grace = d;
+        }
+    }
+    super::Node {
+        inherit_listen,
+        wait_ready,
+        drain: raw.drain.is_some_and(|b| b.into_inner()),
+        drain_grace,
+    }
 }
 
 /// `address` would take `port`'s place: the same port on the same or a

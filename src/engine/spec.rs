@@ -78,6 +78,22 @@ pub struct Launch {
     /// be read): part of the release's identity, and checked again before a
     /// rollback starts it.
     pub executable: Option<Executable>,
+    /// `[node] inherit_listen`: the preload is loaded, with these settings.
+    /// (Absent in a hand-over from a baton without it.)
+    #[serde(default)]
+    pub node: Option<NodeLaunch>,
+}
+
+/// What baton's Node preload is told (README "Node apps without code
+/// changes").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLaunch {
+    /// The app sends 'ready' itself; the preload never does.
+    pub wait_ready: bool,
+    /// Drain keep-alive connections on the stop signal or message.
+    pub drain: bool,
+    /// During a drain, connections idle this long are closed.
+    pub drain_grace: Duration,
 }
 
 /// A file's identity: a release whose executable was replaced in place

@@ -8,17 +8,19 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ReadinessMode};
-use crate::engine::spec::{CanaryCheck, Executable, GenSpec, Launch, Policy};
+use crate::engine::spec::{CanaryCheck, Executable, GenSpec, Launch, NodeLaunch, Policy};
 use crate::os::activation::Listener;
 use crate::os::sys::{self, SpawnError};
 
 /// The command for worker `slot` of `generation`. Its fds must be passed to
 /// `spawn` as `[/dev/null, stdout pipe, stderr pipe, sockets..., IPC]`, the
-/// Node IPC channel last and only in readiness mode "node-ipc".
+/// Node IPC channel last and only in readiness mode "node-ipc". `preload`
+/// is the Node preload's file, loaded when the spec asks for it.
 pub fn command(
     spec: &GenSpec,
     listeners: &[Listener],
     notify_socket: &str,
+    preload: Option<&Path>,
     generation: u64,
     slot: usize,
 ) -> Result<sys::Command, SpawnError> {
@@ -35,6 +37,24 @@ pub fn command(
         "LISTEN_FDNAMES".into(),
         listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(":"),
     );
+    env.insert(
+        "BATON_LISTEN_ADDRESSES".into(),
+        crate::os::node::listen_addresses(listeners.iter().map(|l| l.address.as_str())),
+    );
+    if let (Some(node), Some(preload)) = (&launch.node, preload) {
+        let options = crate::os::node::node_options(env.get("NODE_OPTIONS").map(String::as_str), preload);
+        env.insert("NODE_OPTIONS".into(), options);
+        env.insert("BATON_NODE_WAIT_READY".into(), u8::from(node.wait_ready).to_string());
+        env.insert("BATON_NODE_DRAIN".into(), u8::from(node.drain).to_string());
+        env.insert(
+            "BATON_NODE_DRAIN_GRACE_MS".into(),
+            node.drain_grace.as_millis().to_string(),
+        );
+        env.insert("BATON_STOP_SIGNAL".into(), spec.policy.stop_signal.as_str().to_owned());
+        if let Some(message) = &launch.stop_message {
+            env.insert("BATON_STOP_MESSAGE".into(), message.clone());
+        }
+    }
     env.insert("NOTIFY_SOCKET".into(), notify_socket.to_owned());
     env.insert("BATON_NAME".into(), launch.name.clone());
     env.insert("BATON_GENERATION".into(), generation.to_string());
@@ -126,6 +146,11 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
             node_ipc: config.readiness.mode == ReadinessMode::NodeIpc,
             stop_message: config.stop.message.clone(),
             executable,
+            node: config.node.inherit_listen.then_some(NodeLaunch {
+                wait_ready: config.node.wait_ready,
+                drain: config.node.drain,
+                drain_grace: config.node.drain_grace,
+            }),
         },
     })
 }

@@ -314,3 +314,49 @@ fn a_missing_file_is_a_usage_error() {
     let out = s.import(&["nope.config.js"]);
     s.expect("file-missing", &out, 2);
 }
+
+/// `--dry-run` says exactly what the real run will say: the same lines, in
+/// the same order, but "would write" for "wrote", the files shown, and the
+/// reminder to run again. Checked on a mixed file (a Node app, and one
+/// that is not, which alone gets the "make it listen" step).
+#[test]
+fn the_dry_run_says_what_the_real_run_says() {
+    for fixture in ["single", "cluster", "json"] {
+        let s = Sandbox::new(fixture);
+        let file = std::fs::read_dir(&s.app)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("ecosystem"))
+            .unwrap();
+        let mut args = vec![file.as_str()];
+        if fixture == "json" {
+            args.extend(["--env", "production"]);
+        }
+        let dry = s.import(&[args.as_slice(), &["--dry-run"]].concat());
+        assert!(dry.status.success(), "{dry:?}");
+        let real = s.import(&args);
+        assert!(real.status.success(), "{real:?}");
+        let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
+        let mut said = Vec::new();
+        let mut in_file = false;
+        for line in dry.lines() {
+            if line.starts_with("==> ") {
+                in_file = true;
+                continue;
+            }
+            // A file shown ends at the first line of the report after it.
+            if in_file && !(line.starts_with("next: ") || line.contains(": wrote ") || line.contains(": would write "))
+            {
+                continue;
+            }
+            in_file = false;
+            if line.is_empty() || line == "next: run again without --dry-run to write these files" {
+                continue;
+            }
+            said.push(line.replacen(": would write ", ": wrote ", 1));
+        }
+        let real = String::from_utf8_lossy(&real.stdout).into_owned();
+        let real: Vec<&str> = real.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(said, real, "{fixture}: the dry run said:\n{dry}");
+    }
+}

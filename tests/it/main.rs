@@ -40,6 +40,7 @@ mod hostile_input;
 mod import_pm2;
 mod metrics;
 mod node;
+mod node_preload;
 mod output;
 mod process_tree;
 mod python;

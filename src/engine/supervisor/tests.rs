@@ -103,6 +103,7 @@ fn spec_of(tag: &str, policy: Policy) -> Arc<GenSpec> {
             node_ipc: false,
             stop_message: None,
             executable: None,
+            node: None,
         },
     })
 }

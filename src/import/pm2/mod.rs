@@ -142,27 +142,37 @@ fn import(req: &Request) -> Result<i32, ImportError> {
         let facts = gather_facts(app, &base);
         let outcome = Outcome::of(&ctx, plan::plan(&ctx, &facts, index, app, &mut taken));
         match report(req, &outcome) {
-            Some(name) => imported.push(name),
+            Some(name) => imported.push((name, outcome.node)),
             None => failed += 1,
         }
     }
 
     if !imported.is_empty() {
+        // The same steps with or without --dry-run: a dry run says exactly
+        // what the real run will.
+        let names: Vec<&str> = imported.iter().map(|(n, _)| n.as_str()).collect();
+        let sockets: Vec<String> = names.iter().map(|n| format!("{n}.socket")).collect();
+        println!(
+            "next: stop the apps in PM2 (`pm2 delete {}`, as the user PM2 runs as): their ports must be free for the socket units",
+            names.join(" ")
+        );
+        println!(
+            "next: systemctl daemon-reload && systemctl enable --now {}",
+            sockets.join(" ")
+        );
+        let not_node: Vec<&str> = imported
+            .iter()
+            .filter(|(_, node)| !node)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !not_node.is_empty() {
+            println!(
+                "next: make {} listen on the socket baton passes (fd 3, LISTEN_FDS) instead of binding the port: only Node apps get baton's preload that does it for them",
+                not_node.join(" ")
+            );
+        }
         if req.dry_run {
             println!("next: run again without --dry-run to write these files");
-        } else {
-            let sockets: Vec<String> = imported.iter().map(|n| format!("{n}.socket")).collect();
-            println!(
-                "next: stop the apps in PM2 (`pm2 delete {}`, as the user PM2 runs as): their ports must be free for the socket units",
-                imported.join(" ")
-            );
-            println!(
-                "next: systemctl daemon-reload && systemctl enable --now {}",
-                sockets.join(" ")
-            );
-            println!(
-                "next: make each app listen on the socket it is given: server.listen(process.env.LISTEN_FDS ? {{ fd: 3 }} : PORT)"
-            );
         }
     }
     if failed > 0 {
@@ -226,12 +236,15 @@ struct Outcome {
     errors: Vec<String>,
     /// NAME.toml, NAME.socket, NAME.service; empty when there are errors.
     files: Vec<(PathBuf, String)>,
+    /// Run by node, so baton's preload makes it listen on the socket.
+    node: bool,
 }
 
 impl Outcome {
     /// The planned app, rendered.
     fn of(ctx: &Ctx<'_>, planned: Planned) -> Self {
         let Planned { label, remarks, plan } = planned;
+        let node = plan.as_ref().is_ok_and(|p| p.node);
         let (errors, files) = match plan.map(|p| render::render(ctx, &p)) {
             Ok(Ok(files)) => (Vec::new(), files),
             Ok(Err(e)) => (vec![e], Vec::new()),
@@ -242,6 +255,7 @@ impl Outcome {
             remarks,
             errors,
             files,
+            node,
         }
     }
 }

@@ -30,6 +30,12 @@ pub(super) struct Ctx<'a> {
     pub apps: usize,
 }
 
+/// Whether an interpreter is node ("node", "/usr/bin/node", "nodejs").
+fn is_node(interpreter: &str) -> bool {
+    let name = interpreter.rsplit('/').next().unwrap_or(interpreter);
+    name == "node" || name == "nodejs"
+}
+
 /// What [`plan`] may know about the machine, asked up front.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Facts {
@@ -100,7 +106,12 @@ pub(super) struct Plan {
     pub listen: Vec<String>,
     pub listen_from: String,
     pub environment: BTreeMap<String, String>,
+    /// `wait_ready`: the app sends 'ready' itself.
     pub node_ipc: Option<String>,
+    /// Run by node: baton's preload maps its listen() onto the socket,
+    /// tells readiness (unless `wait_ready`) and drains on stop
+    /// (`[node]`), so the app runs unchanged.
+    pub node: bool,
     pub readiness_timeout: Option<(Duration, String)>,
     pub stop_timeout: Option<(Duration, String)>,
     pub stop_message: Option<String>,
@@ -164,9 +175,11 @@ pub(super) fn plan(ctx: &Ctx<'_>, facts: &Facts, index: usize, app: &Value, take
     let workers = m.workers();
     m.exec_mode();
     let node_ipc = m.flag("wait_ready");
-    let readiness_timeout = m.readiness_timeout(node_ipc.is_some());
+    // A Node app gets baton's preload: readiness over IPC either way.
+    let node = matches!(&runner, Runner::Interpreter { name, .. } if is_node(name));
+    let readiness_timeout = m.readiness_timeout(node_ipc.is_some() || node);
     let stop_timeout = m.stop_timeout();
-    let stop_message = m.stop_message(node_ipc.is_some());
+    let stop_message = m.stop_message(node_ipc.is_some() || node);
     let memory = m.memory();
     let restart_delay = m.restart_delay();
     let restart_limit = m.restart_limit();
@@ -191,6 +204,7 @@ pub(super) fn plan(ctx: &Ctx<'_>, facts: &Facts, index: usize, app: &Value, take
             listen_from,
             environment,
             node_ipc,
+            node,
             readiness_timeout,
             stop_timeout,
             stop_message,
@@ -624,7 +638,7 @@ impl Mapper<'_, '_> {
         }
         self.not_mapped(
             &key,
-            "baton sends the 'shutdown' message over Node's IPC channel, which it opens only with wait_ready: true (readiness mode node-ipc); the workers get SIGINT instead. Add process.send('ready') to the app and wait_ready: true to keep the message",
+            "baton sends the 'shutdown' message over Node's IPC channel, which it opens only for node apps or with wait_ready: true (readiness mode node-ipc); the workers get SIGINT instead. Add process.send('ready') to the app and wait_ready: true to keep the message",
         );
         None
     }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::plan::{Ctx, PM2_KILL_TIMEOUT_MS, Plan, READY_DELAY, Runner, Workers};
-use crate::config::render::{File, LimitsSection, Memory, Place};
+use crate::config::render::{File, LimitsSection, Memory, NodeSection, Place};
 use crate::config::{self, Dur, ListenAddress, Overrides};
 use crate::systemd::init;
 
@@ -49,8 +49,8 @@ fn config_text(ctx: &Ctx<'_>, p: &Plan) -> Result<String, String> {
     f.note(Some("listen"), Some("address"), Place::Beside, &p.listen_from);
     f.environment = p.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
 
-    match &p.node_ipc {
-        Some(key) => {
+    match (&p.node_ipc, p.node) {
+        (Some(key), _) => {
             f.readiness.mode = "node-ipc";
             f.note(
                 Some("readiness"),
@@ -59,7 +59,16 @@ fn config_text(ctx: &Ctx<'_>, p: &Plan) -> Result<String, String> {
                 format!("{key}: the app calls process.send('ready')"),
             );
         }
-        None => {
+        (None, true) => {
+            f.readiness.mode = "node-ipc";
+            f.note(
+                Some("readiness"),
+                Some("mode"),
+                Place::Beside,
+                "no wait_ready: ready when the app's server listens",
+            );
+        }
+        (None, false) => {
             f.readiness.mode = "delay";
             f.readiness.delay = Some(Dur(READY_DELAY));
             f.note(
@@ -71,6 +80,32 @@ fn config_text(ctx: &Ctx<'_>, p: &Plan) -> Result<String, String> {
                  app send READY=1 (mode = \"notify\") or process.send('ready') (\"node-ipc\").",
             );
         }
+    }
+    if p.node {
+        f.node = Some(NodeSection {
+            inherit_listen: true,
+            wait_ready: p.node_ipc.is_some(),
+            drain: true,
+        });
+        f.note(
+            Some("node"),
+            None,
+            Place::Above,
+            "baton's preload lets the app run unchanged (README \"Node apps without code\n\
+             changes\"): its listen(PORT) uses the socket baton holds.",
+        );
+        let ready = if p.node_ipc.is_some() {
+            "wait_ready: the app sends 'ready' itself"
+        } else {
+            "'ready' on the first 'listening'"
+        };
+        f.note(Some("node"), Some("wait_ready"), Place::Beside, ready);
+        f.note(
+            Some("node"),
+            Some("drain"),
+            Place::Beside,
+            "on stop: keep-alive connections end after their next response",
+        );
     }
     if let Some((d, from)) = &p.readiness_timeout {
         f.readiness.timeout = Dur(*d);

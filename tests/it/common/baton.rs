@@ -448,20 +448,28 @@ pub fn run_setup(what: &str, command: &mut Command) {
 /// the lock file it was installed from; a file lock keeps parallel tests
 /// (tests/it/node.rs and the system tests) from racing.
 pub fn provision_node_modules() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node");
+    provision_npm(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node"),
+        "examples-node",
+    )
+}
+
+/// `npm ci` in `dir` (under the repository) unless its node_modules
+/// already matches its package-lock.json; `lock` names the file lock.
+pub fn provision_npm(dir: &Path, lock_name: &str) -> PathBuf {
     let lock = std::fs::read_to_string(dir.join("package-lock.json")).unwrap();
     let marker = dir.join("node_modules/.baton-installed-from-package-lock.json");
-    with_file_lock(&target_dir().join("examples-node.lock"), || {
+    with_file_lock(&target_dir().join(format!("{lock_name}.lock")), || {
         if std::fs::read_to_string(&marker).is_ok_and(|m| m == lock) {
             return;
         }
         run_setup(
-            "npm ci in examples/node",
+            &format!("npm ci in {}", dir.display()),
             Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir),
+                .current_dir(dir),
         );
         std::fs::write(&marker, &lock).unwrap();
     });
-    dir
+    dir.to_path_buf()
 }

@@ -1,21 +1,30 @@
-//! A load client that counts every request, for asserting "zero failed
-//! requests" across reloads, crashes and stops.
+//! Load clients that count every request, for asserting "zero failed
+//! requests" across reloads, crashes and stops. Both always stop by
+//! themselves, after 10 minutes or 5 million requests, even if the test
+//! never calls [`Load::stop`].
 //!
-//! Each thread loops: open a new connection, `GET path`, count the outcome.
-//! A new connection per request means every request goes through the shared
-//! listening socket, which is what a reload must not disturb. It always stops
-//! by itself, after 10 minutes or 5 million requests, even if the test never
-//! calls [`Load::stop`].
+//! - [`Load::start`]: each thread loops: open a new connection, `GET path`,
+//!   count the outcome. A new connection per request means every request
+//!   goes through the shared listening socket, which is what a reload must
+//!   not disturb.
+//! - [`Load::keep_alive`]: each thread holds one keep-alive connection and
+//!   sends its requests back to back on it, as wrk does. A response with
+//!   `Connection: close` followed by a clean close is the server's polite
+//!   way out: the thread reconnects, and nothing failed. A reset or an EOF
+//!   after a request was sent, a timeout or a status other than 200 is a
+//!   failure, which is what wrk counts: the request a draining server loses
+//!   when it closes a connection the client was already using.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
-use std::net::SocketAddr;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{GetError, get};
+use super::{GetError, get, parse_response};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DURATION: Duration = Duration::from_secs(10 * 60);
@@ -169,6 +178,46 @@ impl Load {
         Load { stop, stats, threads }
     }
 
+    /// Starts `connections` threads, each sending `GET path` back to back
+    /// on one keep-alive connection to `addr` (a loopback address), and
+    /// reconnecting only after a response that said `Connection: close`
+    /// (or after a failure).
+    pub fn keep_alive(addr: SocketAddr, path: &str, connections: usize) -> Load {
+        assert!(addr.ip().is_loopback(), "load only goes to loopback, not {addr}");
+        assert!(connections > 0, "connections must be at least 1");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(LoadStats::default()));
+        let sent = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let threads = (0..connections)
+            .map(|i| {
+                let (stop, stats, sent) = (stop.clone(), stats.clone(), sent.clone());
+                let path = path.to_owned();
+                std::thread::Builder::new()
+                    .name(format!("keep-alive-{i}"))
+                    .spawn(move || {
+                        let mut conn: Option<TcpStream> = None;
+                        while !stop.load(Ordering::Relaxed)
+                            && started.elapsed() < MAX_DURATION
+                            && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
+                        {
+                            let outcome = keep_alive_get(&mut conn, addr, &path, REQUEST_TIMEOUT);
+                            let failed = !matches!(outcome, Ok((200, _)));
+                            if failed {
+                                conn = None;
+                            }
+                            stats.lock().unwrap().record(outcome, started.elapsed());
+                            if failed {
+                                std::thread::sleep(FAILURE_PAUSE);
+                            }
+                        }
+                    })
+                    .expect("spawning a load thread")
+            })
+            .collect();
+        Load { stop, stats, threads }
+    }
+
     /// The counts so far; the load keeps running.
     pub fn snapshot(&self) -> LoadStats {
         self.stats.lock().unwrap().clone()
@@ -197,5 +246,223 @@ impl Drop for Load {
         if !std::thread::panicking() {
             self.halt();
         }
+    }
+}
+
+/// One request on the keep-alive connection `conn` (opened first if there
+/// is none). After a response that says `Connection: close`, the server's
+/// clean close is awaited and `conn` is emptied: the next request opens a
+/// new connection. Any error leaves `conn` to the caller to drop.
+pub fn keep_alive_get(
+    conn: &mut Option<TcpStream>,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), GetError> {
+    let deadline = Instant::now() + timeout;
+    let io_err = |e: io::Error| match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => GetError::Timeout,
+        _ => GetError::Reset(e),
+    };
+    if conn.is_none() {
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => GetError::Timeout,
+            _ => GetError::Connect(e),
+        })?;
+        stream.set_nodelay(true).map_err(io_err)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+        *conn = Some(stream);
+    }
+    let Some(stream) = conn.as_mut() else {
+        return Err(GetError::BadResponse("no connection".into()));
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io_err)?;
+
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut read_more = |stream: &mut TcpStream, raw: &mut Vec<u8>| -> Result<usize, GetError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(GetError::Timeout);
+            }
+            stream.set_read_timeout(Some(left)).map_err(io_err)?;
+            match stream.read(&mut chunk) {
+                Ok(n) => {
+                    raw.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+    };
+    // The head.
+    let head_end = loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if read_more(stream, &mut raw)? == 0 {
+            return Err(if raw.is_empty() {
+                GetError::Reset(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection after the request was sent, without answering",
+                ))
+            } else {
+                GetError::BadResponse(format!("closed within the headers after {} bytes", raw.len()))
+            });
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let close = header("connection").is_some_and(|v| v.split(',').any(|t| t.trim() == "close"));
+    let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let length = header("content-length").and_then(|v| v.parse::<usize>().ok());
+    if !chunked && length.is_none() {
+        return Err(GetError::BadResponse(
+            "a keep-alive response needs a Content-Length or chunked body".into(),
+        ));
+    }
+    // The body.
+    loop {
+        let whole = if chunked {
+            raw[head_end..].windows(5).any(|w| w == b"0\r\n\r\n")
+        } else {
+            raw.len() >= head_end + length.unwrap_or(0)
+        };
+        if whole {
+            break;
+        }
+        if read_more(stream, &mut raw)? == 0 {
+            return Err(GetError::BadResponse(format!(
+                "closed within the body after {} bytes",
+                raw.len()
+            )));
+        }
+    }
+    let answer = parse_response(&raw).map_err(GetError::BadResponse)?;
+    if close {
+        // The polite end: the server closes after this response.
+        let mut rest = Vec::new();
+        match read_more(stream, &mut rest) {
+            Ok(0) | Err(GetError::Reset(_)) => {}
+            Ok(_) => return Err(GetError::BadResponse("bytes after a Connection: close response".into())),
+            Err(e) => return Err(e),
+        }
+        *conn = None;
+    }
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Reads one request's head; false at EOF.
+    fn read_request(reader: &mut BufReader<TcpStream>) -> bool {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) if line == "\r\n" => return true,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn ok(close: bool) -> String {
+        let body = "hello from generation 1\n";
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{connection}\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// A server that answers `answered` requests per connection, then
+    /// either closes it after reading the next request (`lose`) or says
+    /// `Connection: close` on the last answer.
+    fn server(answered: usize, lose: bool) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut writer = conn.try_clone().unwrap();
+                    let mut reader = BufReader::new(conn);
+                    for i in 0..answered {
+                        if !read_request(&mut reader) {
+                            return;
+                        }
+                        let last = i + 1 == answered;
+                        if writer.write_all(ok(last && !lose).as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    if lose {
+                        // The next request arrives and is dropped with the
+                        // connection: what a drain that closes "idle"
+                        // connections does under load.
+                        read_request(&mut reader);
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn keep_alive_load_counts_a_request_lost_to_a_closed_connection() {
+        let addr = server(5, true);
+        let load = Load::keep_alive(addr, "/", 2);
+        std::thread::sleep(Duration::from_millis(300));
+        let stats = load.stop();
+        assert!(stats.ok >= 10, "{stats}");
+        assert!(
+            stats.failed > 0,
+            "a request sent on a connection the server closed is lost: {stats}"
+        );
+        assert_eq!(stats.failed, stats.resets + stats.bad_responses, "{stats}");
+        // Exactly one loss per five answers on each connection.
+        assert!(stats.ok / stats.failed >= 4 && stats.ok / stats.failed <= 6, "{stats}");
+    }
+
+    #[test]
+    fn keep_alive_load_reconnects_after_connection_close_without_a_failure() {
+        let addr = server(5, false);
+        let load = Load::keep_alive(addr, "/", 2);
+        std::thread::sleep(Duration::from_millis(300));
+        let stats = load.stop();
+        assert!(stats.ok >= 10, "{stats}");
+        assert_eq!(stats.failed, 0, "{stats}");
+    }
+
+    #[test]
+    fn keep_alive_load_counts_a_bad_status() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut writer = conn.try_clone().unwrap();
+            let mut reader = BufReader::new(conn);
+            if read_request(&mut reader) {
+                let r = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                let _ = writer.write_all(r.as_bytes());
+            }
+        });
+        let mut conn = None;
+        let got = keep_alive_get(&mut conn, addr, "/", Duration::from_secs(5));
+        assert!(matches!(got, Ok((503, _))), "{got:?}");
     }
 }

@@ -160,7 +160,7 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Stri
 
 /// Parses a whole `Connection: close` response: Content-Length,
 /// chunked or close-delimited bodies.
-fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
+pub fn parse_response(raw: &[u8]) -> Result<(u16, String), String> {
     if raw.is_empty() {
         return Err("connection closed without a response".to_owned());
     }

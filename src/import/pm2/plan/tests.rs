@@ -43,6 +43,15 @@ fn planned(keys: Value) -> Planned {
     plan_of(&request(), &facts_with(&[("app.js", false)], &[]), app)
 }
 
+/// [`planned`], run by python3: an app baton's Node preload cannot help.
+fn planned_not_node(keys: Value) -> Planned {
+    let mut keys = keys;
+    keys.as_object_mut()
+        .unwrap()
+        .insert("interpreter".into(), json!("python3"));
+    planned(keys)
+}
+
 fn ok(p: &Planned) -> &Plan {
     p.plan.as_ref().unwrap()
 }
@@ -102,12 +111,13 @@ fn fork_and_cluster_both_mean_workers_and_anything_else_is_a_remark() {
 
 #[test]
 fn wait_ready_is_node_ipc_and_unlocks_the_shutdown_message() {
-    let p = planned(json!({}));
+    let p = planned_not_node(json!({}));
     assert_eq!(ok(&p).node_ipc, None);
-    let p = planned(json!({"waitReady": true, "shutdown_with_message": true}));
+    assert!(!ok(&p).node);
+    let p = planned_not_node(json!({"waitReady": true, "shutdown_with_message": true}));
     assert_eq!(ok(&p).node_ipc.as_deref(), Some("waitReady"));
     assert_eq!(ok(&p).stop_message.as_deref(), Some("shutdown_with_message"));
-    let p = planned(json!({"shutdown_with_message": true}));
+    let p = planned_not_node(json!({"shutdown_with_message": true}));
     assert_eq!(ok(&p).stop_message, None);
     let [r] = &remarks(&p, "shutdown_with_message")[..] else {
         panic!("{:?}", p.remarks)
@@ -119,27 +129,46 @@ fn wait_ready_is_node_ipc_and_unlocks_the_shutdown_message() {
 }
 
 #[test]
+fn a_node_app_gets_the_preload_and_its_ipc_channel() {
+    let p = planned(json!({"shutdown_with_message": true, "listen_timeout": 500}));
+    assert!(ok(&p).node, "app.js is run by node");
+    assert_eq!(ok(&p).node_ipc, None, "no wait_ready: the preload says ready");
+    assert_eq!(ok(&p).stop_message.as_deref(), Some("shutdown_with_message"));
+    assert_eq!(
+        ok(&p).readiness_timeout,
+        Some((Duration::from_millis(500), "listen_timeout: 500".to_owned()))
+    );
+    let p = planned(json!({"wait_ready": true}));
+    assert!(ok(&p).node);
+    assert_eq!(ok(&p).node_ipc.as_deref(), Some("wait_ready"));
+    for interpreter in ["node", "/usr/bin/node", "nodejs", "node@20"] {
+        let p = planned(json!({ "interpreter": interpreter }));
+        assert!(ok(&p).node, "{interpreter}");
+    }
+}
+
+#[test]
 fn a_listen_timeout_shorter_than_the_ready_delay_needs_wait_ready() {
-    let p = planned(json!({"listen_timeout": 500}));
+    let p = planned_not_node(json!({"listen_timeout": 500}));
     assert_eq!(ok(&p).readiness_timeout, None);
     assert!(remarks(&p, "listen_timeout")[0].starts_with("not mapped: 500ms: without wait_ready"));
-    let p = planned(json!({"listen_timeout": 1000}));
+    let p = planned_not_node(json!({"listen_timeout": 1000}));
     assert_eq!(
         ok(&p).readiness_timeout,
         None,
         "1s, the ready delay itself, is too short"
     );
-    let p = planned(json!({"listen_timeout": 1001}));
+    let p = planned_not_node(json!({"listen_timeout": 1001}));
     assert_eq!(
         ok(&p).readiness_timeout,
         Some((Duration::from_millis(1001), "listen_timeout: 1001".to_owned()))
     );
-    let p = planned(json!({"listen_timeout": 500, "wait_ready": true}));
+    let p = planned_not_node(json!({"listen_timeout": 500, "wait_ready": true}));
     assert_eq!(
         ok(&p).readiness_timeout,
         Some((Duration::from_millis(500), "listen_timeout: 500".to_owned()))
     );
-    let p = planned(json!({"listen_timeout": 0, "wait_ready": true}));
+    let p = planned_not_node(json!({"listen_timeout": 0, "wait_ready": true}));
     assert_eq!(ok(&p).readiness_timeout, None);
     assert_eq!(
         remarks(&p, "listen_timeout"),
