@@ -152,15 +152,43 @@ pub fn validate(
 
     // readiness
     let mode_invalid = raw.readiness.failed("mode");
+    let pattern_invalid = raw.readiness.failed("pattern");
     let readiness = raw.readiness.value;
-    let mode_kind = readiness.mode.unwrap_or(ModeKind::Notify);
+    let mode_span = readiness.mode.as_ref().map(|m| m.span());
+    let mode_kind = readiness.mode.as_ref().map_or(ModeKind::Notify, |m| *m.get_ref());
     let how = if readiness.mode.is_some() { "is" } else { "defaults to" };
     let delay = readiness.delay.as_ref().map(|d| d.get_ref().0);
+    let pattern = readiness.pattern.as_ref().map(|p| p.get_ref().clone());
     let mode = match mode_kind {
         ModeKind::Notify => ReadinessMode::Notify,
         ModeKind::NodeIpc => ReadinessMode::NodeIpc,
         ModeKind::Delay => ReadinessMode::Delay(delay.unwrap_or(Duration::from_secs(1))),
+        ModeKind::Log => match pattern {
+            Some(p) => ReadinessMode::Log(p),
+            None => {
+                if !pattern_invalid {
+                    reader.report(
+                        mode_span,
+                        "[readiness] mode = \"log\" needs a pattern: the regular expression a line of the worker's output must match, e.g. pattern = \"Listening on\"",
+                    );
+                }
+                ReadinessMode::Notify
+            }
+        },
     };
+    if let Some(pattern) = readiness
+        .pattern
+        .as_ref()
+        .filter(|_| mode_kind != ModeKind::Log && !mode_invalid)
+    {
+        reader.report(
+            Some(pattern.span()),
+            format!(
+                "[readiness] pattern is only used with mode = \"log\", but mode {how} {:?}; set mode = \"log\" or remove pattern",
+                mode_kind.as_str()
+            ),
+        );
+    }
     if let Some(delay) = readiness
         .delay
         .filter(|_| mode_kind != ModeKind::Delay && !mode_invalid)
@@ -184,7 +212,12 @@ pub fn validate(
             timeout = t.get_ref().0;
         }
     }
-    let readiness = Readiness { mode, timeout };
+    let readiness = Readiness {
+        mode,
+        timeout,
+        settle: readiness.settle.map_or(Duration::ZERO, |d| d.0),
+        notify_socket: readiness.notify_socket.unwrap_or_default(),
+    };
 
     // stop
     let stop = raw.stop.value;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ReadinessMode};
+use crate::config::{Config, NotifySocket, ReadinessMode};
 use crate::engine::spec::{CanaryCheck, Executable, GenSpec, Launch, Policy};
 use crate::os::activation::Listener;
 use crate::os::sys::{self, SpawnError};
@@ -102,6 +102,7 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
             _ => None,
         },
         ready_timeout: config.readiness.timeout,
+        settle: config.readiness.settle,
         stop_signal: config.stop.signal,
         stop_timeout: config.stop.timeout,
         restart: config.restart.clone(),
@@ -125,6 +126,11 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
             environment: config.environment.clone(),
             node_ipc: config.readiness.mode == ReadinessMode::NodeIpc,
             stop_message: config.stop.message.clone(),
+            ready_pattern: match &config.readiness.mode {
+                ReadinessMode::Log(p) => Some(p.clone()),
+                _ => None,
+            },
+            notify_abstract: config.readiness.notify_socket == NotifySocket::Abstract,
             executable,
         },
     })

@@ -75,6 +75,7 @@ fn policy(workers: usize, strategy: ReloadStrategy) -> Policy {
         strategy,
         ready_delay: None,
         ready_timeout: secs(60),
+        settle: Duration::ZERO,
         stop_signal: Signal::SIGTERM,
         stop_timeout: secs(30),
         restart: Restart {
@@ -102,6 +103,8 @@ fn spec_of(tag: &str, policy: Policy) -> Arc<GenSpec> {
             environment: vec![("RELEASE".into(), tag.into())],
             node_ipc: false,
             stop_message: None,
+            ready_pattern: None,
+            notify_abstract: false,
             executable: None,
         },
     })
