@@ -17,8 +17,8 @@ use toml::{
 use super::{
     ListenAddress, Positions, Problem, ReloadStrategy,
     types::{
-        Command, Directory, Dur, FOUND, FdName, LogPattern, ModeKind, Name, NotifySocket, RestartLimit, Size, StopMessage, StopSignal, Workers,
-        check_env_name, closest,
+        Command, Directory, Dur, FOUND, FdName, LogPattern, ModeKind, Name, NotifySocket, RestartLimit, Size,
+        StopMessage, StopSignal, Workers, check_env_name, closest,
     },
 };
 
