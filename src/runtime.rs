@@ -68,7 +68,7 @@ use crate::os::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
 use crate::os::history::{self, History, Outcome, Release, Via};
 use crate::os::ipc::IpcRest;
 use crate::os::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
-use crate::os::output::{self, Origin, PipeRest, Stream, Tail, Writer};
+use crate::os::output::{self, Origin, PipeRest, ReadyWatch, Stream, Tail, Writer};
 use crate::os::procfs;
 use crate::os::spawn;
 use crate::os::sys::{self, Spawner};
@@ -185,6 +185,10 @@ enum Event {
     },
     /// `process.send('ready')` on the worker's Node IPC channel.
     IpcReady {
+        worker: WorkerId,
+    },
+    /// Readiness mode "log": a line of the worker's own output matched.
+    LogReady {
         worker: WorkerId,
     },
     /// The worker's main process was reaped and its output drained.
@@ -410,6 +414,9 @@ struct Driver {
     metrics: metrics::Metrics,
     /// Writes the journal record that ends each request.
     records: Recorder,
+    /// The systemd service baton runs in, for the `journalctl -u` that
+    /// failure reports give.
+    unit: Option<String>,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -566,6 +573,7 @@ pub async fn run(
         phase,
         systemd: Notifier::new(ctx.settings.notify_socket.as_deref()),
         records: Recorder::new(&ctx.settings.name, ctx.settings.journal),
+        unit: crate::os::procfs::own_unit(),
         ctx,
         status_line: String::new(),
         tree,
@@ -805,6 +813,10 @@ impl Driver {
             Event::ConfigLoaded(result) => self.core.config_loaded(now, result),
             Event::Notify { worker, received } => self.notified(now, worker, received),
             Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
+            Event::LogReady { worker } => {
+                tracing::debug!("worker #{worker}: a line of its output matched [readiness] pattern");
+                self.core.message(now, worker, Notify::Ready)
+            }
             Event::Control(Command::Status { reply }) => self.measure_for_status(reply),
             Event::Status { reply, memory } => {
                 let _ = reply.send(self.status_json(now, &memory));
@@ -1184,13 +1196,49 @@ impl Driver {
             .unwrap_or_default()
     }
 
-    fn log_fault(&self, fault: &Fault, context: &str) {
+    /// What a report of `fault` says after the fault itself, one note a
+    /// line: the line of its output that looks like the error, hints, and
+    /// where its whole output is. Then the last lines of that output.
+    fn explain(&self, fault: &Fault) -> (Vec<String>, Vec<String>) {
         let lines = self.tail_of(fault.worker);
+        let held: Vec<u16> = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+            .collect();
+        let mut notes = output::failure_notes(&lines, &held);
+        if let Some(hint) = fault.hint {
+            notes.push(format!("hint: {hint}"));
+        }
+        let (generation, slot) = (fault.generation, fault.slot);
+        notes.push(match (&self.unit, self.ctx.settings.journal) {
+            (Some(unit), true) => {
+                format!("its whole output: journalctl -u {unit} BATON_GENERATION={generation} BATON_WORKER={slot}")
+            }
+            (None, true) => format!(
+                "its whole output: journalctl -t {} BATON_GENERATION={generation} BATON_WORKER={slot}",
+                self.name
+            ),
+            (_, false) => format!(
+                "its whole output: baton's stderr, the lines prefixed {}[{generation}.{slot} …]",
+                self.name
+            ),
+        });
+        (notes, output::last_lines(&lines).to_vec())
+    }
+
+    fn log_fault(&self, fault: &Fault, context: &str) {
+        let (notes, lines) = self.explain(fault);
         let mut text = format!("{fault}; {context}");
+        for note in &notes {
+            text.push_str("\n  ");
+            text.push_str(note);
+        }
         if !lines.is_empty() {
-            text.push_str("; its last output:");
+            text.push_str("\n  its last output:");
             for l in &lines {
-                text.push_str("\n  ");
+                text.push_str("\n    ");
                 text.push_str(l);
             }
         }
@@ -1227,14 +1275,22 @@ impl Driver {
                 }
             }
             Err(e) => {
+                let mut message = e.to_string();
                 let (generation, output) = match e {
-                    ReloadError::Worker { fault } => (Some(fault.generation.get()), self.tail_of(fault.worker)),
+                    ReloadError::Worker { fault } => {
+                        let (notes, output) = self.explain(fault);
+                        for note in notes {
+                            message.push_str("\n  ");
+                            message.push_str(&note);
+                        }
+                        (Some(fault.generation.get()), output)
+                    }
                     _ => (None, Vec::new()),
                 };
                 ReloadAnswer {
                     ok: false,
                     generation,
-                    message: e.to_string(),
+                    message,
                     output,
                     repoint: None,
                 }
@@ -1707,14 +1763,30 @@ impl Driver {
             pid,
         };
         let tail = io.tail;
+        // Readiness mode "log": this worker's own pumps, and only they,
+        // watch for its pattern. The forwarder ends with the pumps.
+        let ready = self
+            .specs
+            .get(&generation)
+            .and_then(|spec| spec.launch.ready_pattern.clone())
+            .map(|pattern| {
+                let (watch, mut matched) = ReadyWatch::new(pattern);
+                let events = self.events.clone();
+                self.tasks.spawn(async move {
+                    if matched.recv().await.is_some() {
+                        let _ = events.send(Event::LogReady { worker }).await;
+                    }
+                });
+                watch
+            });
         let (done_tx, done_rx) = mpsc::channel::<()>(1);
         let mut outputs = Vec::new();
         for (rest, stream) in [(io.stdout, Stream::Stdout), (io.stderr, Stream::Stderr)] {
             let Some(rest) = rest else { continue };
             let (origin, log, tail, done) = (origin.clone(), self.ctx.log.clone(), tail.clone(), done_tx.clone());
-            let stop = handover.clone();
+            let (ready, stop) = (ready.clone(), handover.clone());
             let task = self.tasks.spawn(async move {
-                let rest = output::pump_from(rest, stream, origin, log, tail, stop).await;
+                let rest = output::pump_from(rest, stream, origin, log, tail, ready, stop).await;
                 drop(done);
                 rest
             });
