@@ -41,7 +41,7 @@ pub(crate) mod upgrade;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -165,6 +165,8 @@ type Helpers = Arc<std::sync::Mutex<HashMap<i32, tokio::sync::oneshot::Sender<Ex
 enum StartError {
     #[error("notify socket")]
     Notify(#[source] std::io::Error),
+    #[error("notify socket")]
+    NotifyPath(#[source] notify::BindError),
     #[error("pipe")]
     Pipe(#[source] nix::Error),
     #[error("Node IPC channel")]
@@ -417,6 +419,10 @@ struct Driver {
     /// The systemd service baton runs in, for the `journalctl -u` that
     /// failure reports give.
     unit: Option<String>,
+    /// Where the workers' notify sockets are files (`notify/` beside the
+    /// control socket); `None`: it could not be set up, so they are
+    /// abstract.
+    notify_dir: Option<PathBuf>,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -574,6 +580,7 @@ pub async fn run(
         systemd: Notifier::new(ctx.settings.notify_socket.as_deref()),
         records: Recorder::new(&ctx.settings.name, ctx.settings.journal),
         unit: crate::os::procfs::own_unit(),
+        notify_dir: notify_dir(&control_path, resume.is_none()),
         ctx,
         status_line: String::new(),
         tree,
@@ -697,8 +704,43 @@ pub async fn run(
             tracing::warn!("cannot write the release history {}: {e}", path.display());
         }
     }
+    if let Some(dir) = &driver.notify_dir {
+        // Every endpoint has gone with its task; the directory goes too.
+        let _ = std::fs::remove_dir(dir);
+    }
     let _ = std::fs::remove_file(&control_path);
     Ok(code)
+}
+
+/// Sets up the directory of the workers' notify socket files, beside the
+/// control socket: only baton's user may write in it (as for the control
+/// socket), and on a fresh start whatever an earlier baton left there is
+/// swept (after `baton upgrade` the sockets there are the handed-over
+/// endpoints). `None`, with a warning, when that fails or its paths would
+/// be too long for a socket address: workers then get abstract sockets.
+fn notify_dir(control: &Path, fresh: bool) -> Option<PathBuf> {
+    let dir = control.parent().unwrap_or(Path::new(".")).join("notify");
+    // The longest name a worker's socket gets: its id, then ".sock".
+    let longest = dir.join(format!("{}.sock", u64::MAX));
+    if longest.as_os_str().len() > notify::MAX_SOCKET_PATH {
+        tracing::warn!(
+            "{} is too long for socket paths: workers get abstract notify sockets",
+            dir.display()
+        );
+        return None;
+    }
+    if let Err(e) = control::secure_dir(&dir, nix::unistd::Uid::current().as_raw()) {
+        tracing::warn!("workers get abstract notify sockets: {}", crate::exit::chain(&e));
+        return None;
+    }
+    if fresh {
+        match notify::sweep(&dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} notify sockets an earlier baton left in {}", dir.display()),
+            Err(e) => tracing::warn!("cannot clear {}: {e}", dir.display()),
+        }
+    }
+    Some(dir)
 }
 
 /// Passes the control socket's commands on to the event loop.
@@ -1602,7 +1644,12 @@ impl Driver {
                 .map(|d| d.as_nanos())
                 .unwrap_or_default()
         );
-        let endpoint = Endpoint::bind(&endpoint_name).map_err(StartError::Notify)?;
+        let endpoint = match &self.notify_dir {
+            Some(dir) if !spec.launch.notify_abstract => {
+                Endpoint::bind_path(dir, &format!("{worker}.sock")).map_err(StartError::NotifyPath)?
+            }
+            _ => Endpoint::bind(&endpoint_name).map_err(StartError::Notify)?,
+        };
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
         let channel = match spec.launch.node_ipc {
