@@ -436,13 +436,20 @@ impl std::fmt::Display for Fault {
         if let Some(pid) = self.pid {
             write!(f, " (pid {pid})")?;
         }
-        write!(f, " {}", self.failure)?;
-        if let Some(ms) = self.settling_ms {
-            write!(
-                f,
-                " while settling, {} after its READY ([readiness] settle)",
-                humantime::format_duration(Duration::from_millis(ms))
-            )?;
+        match (&self.failure, self.settling_ms) {
+            (_, None) => write!(f, " {}", self.failure)?,
+            (failure, Some(ms)) => {
+                // "before it became ready" would hide that it had said so.
+                match failure {
+                    Failure::Exited { status, .. } => write!(f, " {status}")?,
+                    other => write!(f, " {other}")?,
+                }
+                write!(
+                    f,
+                    " while settling, {} after its READY ([readiness] settle)",
+                    humantime::format_duration(Duration::from_millis(ms))
+                )?;
+            }
         }
         if let Some(errno) = self.errno {
             write!(

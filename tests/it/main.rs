@@ -43,6 +43,7 @@ mod node;
 mod output;
 mod process_tree;
 mod python;
+mod readiness;
 mod records;
 mod reload_under_load;
 mod restart;

@@ -3964,7 +3964,7 @@ fn a_worker_that_dies_while_settling_fails_the_reload_and_the_old_generation_kee
     assert_eq!(fault.settling_ms, Some(2000));
     assert_eq!(
         fault.to_string(),
-        "worker 0 of generation 2 (pid 1002) exited with status 1 before it became ready while settling, 2s after its READY ([readiness] settle)"
+        "worker 0 of generation 2 (pid 1002) exited with status 1 while settling, 2s after its READY ([readiness] settle)"
     );
 }
 
