@@ -46,7 +46,10 @@ fn strangers_and_garbage_on(kind: Option<&str>) {
     assert!(wait_until(Duration::from_secs(5), || {
         if let Ok((200, env)) = http_get(baton.addr(), "/env", Duration::from_secs(1)) {
             if env.contains("BATON_GENERATION=2\n") {
-                socket = env.lines().find_map(|l| l.strip_prefix("NOTIFY_SOCKET=")).map(str::to_owned);
+                socket = env
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NOTIFY_SOCKET="))
+                    .map(str::to_owned);
             }
         }
         socket.is_some()

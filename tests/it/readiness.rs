@@ -146,11 +146,15 @@ fn a_worker_binding_the_port_baton_holds_gets_the_hint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("the error: Error: listen EADDRINUSE: address already in use :::{port}")),
+        stderr.contains(&format!(
+            "the error: Error: listen EADDRINUSE: address already in use :::{port}"
+        )),
         "{stderr}"
     );
     assert!(
-        stderr.contains(&format!("hint: the app binds port {port} itself, and baton already holds it")),
+        stderr.contains(&format!(
+            "hint: the app binds port {port} itself, and baton already holds it"
+        )),
         "{stderr}"
     );
     assert!(stderr.contains("inherit_listen = true"), "{stderr}");

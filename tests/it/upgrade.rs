@@ -456,7 +456,11 @@ fn a_notify_socket_path_survives_an_upgrade() {
     let notify_dir = baton.dir.path().join("run/app/notify");
     let sockets = || -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&notify_dir)
-            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         names

@@ -71,7 +71,11 @@ fn listen_pid_is_the_workers_own_pid_and_no_fd_leaks() {
     // NOTIFY_SOCKET is a socket file of baton's runtime directory, which
     // only its user can reach (README "What a worker gets").
     let notify = std::path::Path::new(env.get("NOTIFY_SOCKET").copied().unwrap_or_default());
-    assert_eq!(notify.parent(), Some(baton.dir.path().join("run/app/notify").as_path()), "{env:?}");
+    assert_eq!(
+        notify.parent(),
+        Some(baton.dir.path().join("run/app/notify").as_path()),
+        "{env:?}"
+    );
     {
         use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
         let meta = std::fs::symlink_metadata(notify).unwrap();
