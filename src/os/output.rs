@@ -351,8 +351,8 @@ impl ReadyWatch {
 /// first line that names an error. Simple heuristics; `None` when nothing
 /// looks like one.
 pub fn error_line(lines: &[String]) -> Option<&str> {
-    fn text(l: &String) -> &str {
-        l.split_once(": ").map_or(l.as_str(), |(_, t)| t)
+    fn text(l: &str) -> &str {
+        l.split_once(": ").map_or(l, |(_, t)| t)
     }
     // Python: "Traceback (most recent call last):", indented frames, then
     // the exception on the first line that is not indented.
@@ -362,13 +362,13 @@ pub fn error_line(lines: &[String]) -> Option<&str> {
     {
         if let Some(l) = lines[start + 1..]
             .iter()
-            .map(text)
+            .map(|l| text(l))
             .find(|t| !t.is_empty() && !t.starts_with([' ', '\t']))
         {
             return Some(l);
         }
     }
-    lines.iter().map(text).find(|t| looks_like_an_error(t))
+    lines.iter().map(|l| text(l)).find(|t| looks_like_an_error(t))
 }
 
 fn looks_like_an_error(line: &str) -> bool {
