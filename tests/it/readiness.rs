@@ -172,3 +172,41 @@ fn a_worker_binding_the_port_baton_holds_gets_the_hint() {
     );
     old_generation_serves(&baton);
 }
+
+/// puma's output for a SyntaxError in config.ru: the error, then 30 stack
+/// frames. The last ten lines are all frames; the report still shows the
+/// error.
+#[test]
+fn the_error_before_a_long_stack_trace_is_in_the_failure_message() {
+    let port = port();
+    let hello = hello();
+    let baton = Baton::start(port, &config_text(port, &[&hello], 1, ""));
+    let body = "#!/bin/sh\n\
+         echo 'Puma starting in single mode...'\n\
+         echo '* Puma version: 6.4.2 (ruby 3.1.2-p20) (\"The Eagle of Durango\")'\n\
+         echo '/srv/app/config.ru:3: syntax error, unexpected end-of-input (SyntaxError)' >&2\n\
+         for i in $(seq 1 30); do echo \"\tfrom /usr/lib/ruby/vendor_ruby/rack/builder.rb:$i:in \\`eval'\" >&2; done\n\
+         exit 1\n";
+    let app = script(baton.dir.path(), "puma.sh", body).display().to_string();
+    baton.write_config(&config_text(port, &[&app], 1, ""));
+    let out = baton.reload();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the error: /srv/app/config.ru:3: syntax error, unexpected end-of-input (SyntaxError)"),
+        "{stderr}"
+    );
+    let shown: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.contains("last output of the failing worker"))
+        .skip(1)
+        .collect();
+    assert_eq!(shown.len(), 10, "{stderr}");
+    assert!(shown.iter().all(|l| l.contains("from /usr/lib/ruby")), "{stderr}");
+    // Standalone, the whole output is on baton's stderr.
+    assert!(
+        stderr.contains("its whole output: baton's stderr, the lines prefixed app[2.0 …]"),
+        "{stderr}"
+    );
+    old_generation_serves(&baton);
+}
