@@ -68,7 +68,7 @@ use crate::os::cgroup::{self, MemorySource, Mode, Probe, WorkerCgroup};
 use crate::os::history::{self, History, Outcome, Release, Via};
 use crate::os::ipc::IpcRest;
 use crate::os::notify::{self, Endpoint, RateLimit, Received, SharedRateLimit};
-use crate::os::output::{self, Origin, PipeRest, Stream, Tail, Writer};
+use crate::os::output::{self, Origin, PipeRest, ReadyWatch, Stream, Tail, Writer};
 use crate::os::procfs;
 use crate::os::spawn;
 use crate::os::sys::{self, Spawner};
@@ -165,6 +165,8 @@ type Helpers = Arc<std::sync::Mutex<HashMap<i32, tokio::sync::oneshot::Sender<Ex
 enum StartError {
     #[error("notify socket")]
     Notify(#[source] std::io::Error),
+    #[error("notify socket")]
+    NotifyPath(#[source] notify::BindError),
     #[error("pipe")]
     Pipe(#[source] nix::Error),
     #[error("Node IPC channel")]
@@ -187,6 +189,10 @@ enum Event {
     },
     /// `process.send('ready')` on the worker's Node IPC channel.
     IpcReady {
+        worker: WorkerId,
+    },
+    /// Readiness mode "log": a line of the worker's own output matched.
+    LogReady {
         worker: WorkerId,
     },
     /// The worker's main process was reaped and its output drained.
@@ -416,6 +422,13 @@ struct Driver {
     /// The Node preload in the runtime directory (`os::node`), or why it
     /// could not be written.
     preload: Result<PathBuf, String>,
+    /// The systemd service baton runs in, for the `journalctl -u` that
+    /// failure reports give.
+    unit: Option<String>,
+    /// Where the workers' notify sockets are files (`notify/` beside the
+    /// control socket); `None`: it could not be set up, so they are
+    /// abstract.
+    notify_dir: Option<PathBuf>,
 }
 
 /// The wall-clock time `ago` before now; a clock set back near 1970 (a
@@ -583,6 +596,8 @@ pub async fn run(
         systemd: Notifier::new(ctx.settings.notify_socket.as_deref()),
         records: Recorder::new(&ctx.settings.name, ctx.settings.journal),
         preload,
+        unit: crate::os::procfs::own_unit(),
+        notify_dir: notify_dir(&control_path, resume.is_none()),
         ctx,
         status_line: String::new(),
         tree,
@@ -706,8 +721,43 @@ pub async fn run(
             tracing::warn!("cannot write the release history {}: {e}", path.display());
         }
     }
+    if let Some(dir) = &driver.notify_dir {
+        // Every endpoint has gone with its task; the directory goes too.
+        let _ = std::fs::remove_dir(dir);
+    }
     let _ = std::fs::remove_file(&control_path);
     Ok(code)
+}
+
+/// Sets up the directory of the workers' notify socket files, beside the
+/// control socket: only baton's user may write in it (as for the control
+/// socket), and on a fresh start whatever an earlier baton left there is
+/// swept (after `baton upgrade` the sockets there are the handed-over
+/// endpoints). `None`, with a warning, when that fails or its paths would
+/// be too long for a socket address: workers then get abstract sockets.
+fn notify_dir(control: &Path, fresh: bool) -> Option<PathBuf> {
+    let dir = control.parent().unwrap_or(Path::new(".")).join("notify");
+    // The longest name a worker's socket gets: its id, then ".sock".
+    let longest = dir.join(format!("{}.sock", u64::MAX));
+    if longest.as_os_str().len() > notify::MAX_SOCKET_PATH {
+        tracing::warn!(
+            "{} is too long for socket paths: workers get abstract notify sockets",
+            dir.display()
+        );
+        return None;
+    }
+    if let Err(e) = control::secure_dir(&dir, nix::unistd::Uid::current().as_raw()) {
+        tracing::warn!("workers get abstract notify sockets: {}", crate::exit::chain(&e));
+        return None;
+    }
+    if fresh {
+        match notify::sweep(&dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} notify sockets an earlier baton left in {}", dir.display()),
+            Err(e) => tracing::warn!("cannot clear {}: {e}", dir.display()),
+        }
+    }
+    Some(dir)
 }
 
 /// Passes the control socket's commands on to the event loop.
@@ -822,6 +872,10 @@ impl Driver {
             Event::ConfigLoaded(result) => self.core.config_loaded(now, result),
             Event::Notify { worker, received } => self.notified(now, worker, received),
             Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
+            Event::LogReady { worker } => {
+                tracing::debug!("worker #{worker}: a line of its output matched [readiness] pattern");
+                self.core.message(now, worker, Notify::Ready)
+            }
             Event::Control(Command::Status { reply }) => self.measure_for_status(reply),
             Event::Status { reply, usage } => {
                 let _ = reply.send(self.status_json(now, &usage));
@@ -1201,13 +1255,49 @@ impl Driver {
             .unwrap_or_default()
     }
 
-    fn log_fault(&self, fault: &Fault, context: &str) {
+    /// What a report of `fault` says after the fault itself, one note a
+    /// line: the line of its output that looks like the error, hints, and
+    /// where its whole output is. Then the last lines of that output.
+    fn explain(&self, fault: &Fault) -> (Vec<String>, Vec<String>) {
         let lines = self.tail_of(fault.worker);
+        let held: Vec<u16> = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+            .collect();
+        let mut notes = output::failure_notes(&lines, &held);
+        if let Some(hint) = fault.hint {
+            notes.push(format!("hint: {hint}"));
+        }
+        let (generation, slot) = (fault.generation, fault.slot);
+        notes.push(match (&self.unit, self.ctx.settings.journal) {
+            (Some(unit), true) => {
+                format!("its whole output: journalctl -u {unit} BATON_GENERATION={generation} BATON_WORKER={slot}")
+            }
+            (None, true) => format!(
+                "its whole output: journalctl -t {} BATON_GENERATION={generation} BATON_WORKER={slot}",
+                self.name
+            ),
+            (_, false) => format!(
+                "its whole output: baton's stderr, the lines prefixed {}[{generation}.{slot} …]",
+                self.name
+            ),
+        });
+        (notes, output::last_lines(&lines).to_vec())
+    }
+
+    fn log_fault(&self, fault: &Fault, context: &str) {
+        let (notes, lines) = self.explain(fault);
         let mut text = format!("{fault}; {context}");
+        for note in &notes {
+            text.push_str("\n  ");
+            text.push_str(note);
+        }
         if !lines.is_empty() {
-            text.push_str("; its last output:");
+            text.push_str("\n  its last output:");
             for l in &lines {
-                text.push_str("\n  ");
+                text.push_str("\n    ");
                 text.push_str(l);
             }
         }
@@ -1244,14 +1334,22 @@ impl Driver {
                 }
             }
             Err(e) => {
+                let mut message = e.to_string();
                 let (generation, output) = match e {
-                    ReloadError::Worker { fault } => (Some(fault.generation.get()), self.tail_of(fault.worker)),
+                    ReloadError::Worker { fault } => {
+                        let (notes, output) = self.explain(fault);
+                        for note in notes {
+                            message.push_str("\n  ");
+                            message.push_str(&note);
+                        }
+                        (Some(fault.generation.get()), output)
+                    }
                     _ => (None, Vec::new()),
                 };
                 ReloadAnswer {
                     ok: false,
                     generation,
-                    message: e.to_string(),
+                    message,
                     output,
                     repoint: None,
                 }
@@ -1563,7 +1661,12 @@ impl Driver {
                 .map(|d| d.as_nanos())
                 .unwrap_or_default()
         );
-        let endpoint = Endpoint::bind(&endpoint_name).map_err(StartError::Notify)?;
+        let endpoint = match &self.notify_dir {
+            Some(dir) if !spec.launch.notify_abstract => {
+                Endpoint::bind_path(dir, &format!("{worker}.sock")).map_err(StartError::NotifyPath)?
+            }
+            _ => Endpoint::bind(&endpoint_name).map_err(StartError::Notify)?,
+        };
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(StartError::Pipe)?;
         let channel = match spec.launch.node_ipc {
@@ -1736,14 +1839,30 @@ impl Driver {
             pid,
         };
         let tail = io.tail;
+        // Readiness mode "log": this worker's own pumps, and only they,
+        // watch for its pattern. The forwarder ends with the pumps.
+        let ready = self
+            .specs
+            .get(&generation)
+            .and_then(|spec| spec.launch.ready_pattern.clone())
+            .map(|pattern| {
+                let (watch, mut matched) = ReadyWatch::new(pattern);
+                let events = self.events.clone();
+                self.tasks.spawn(async move {
+                    if matched.recv().await.is_some() {
+                        let _ = events.send(Event::LogReady { worker }).await;
+                    }
+                });
+                watch
+            });
         let (done_tx, done_rx) = mpsc::channel::<()>(1);
         let mut outputs = Vec::new();
         for (rest, stream) in [(io.stdout, Stream::Stdout), (io.stderr, Stream::Stderr)] {
             let Some(rest) = rest else { continue };
             let (origin, log, tail, done) = (origin.clone(), self.ctx.log.clone(), tail.clone(), done_tx.clone());
-            let stop = handover.clone();
+            let (ready, stop) = (ready.clone(), handover.clone());
             let task = self.tasks.spawn(async move {
-                let rest = output::pump_from(rest, stream, origin, log, tail, stop).await;
+                let rest = output::pump_from(rest, stream, origin, log, tail, ready, stop).await;
                 drop(done);
                 rest
             });

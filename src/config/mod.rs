@@ -32,7 +32,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 
-pub use types::{Dur, ListenAddress, RESERVED_ENV, Workers};
+pub use types::{Dur, ListenAddress, LogPattern, NotifySocket, RESERVED_ENV, Workers};
 use validate::{Origin, validate};
 
 /// The largest `workers` accepted.
@@ -154,6 +154,11 @@ pub struct Readiness {
     pub mode: ReadinessMode,
     /// Not ready by then: a failed start or reload. Always > 0.
     pub timeout: Duration,
+    /// After its READY a worker must stay alive (and answer its watchdog)
+    /// this long before it counts as ready. Counted after the readiness
+    /// timeout's wait, not inside it. Zero: ready at READY.
+    pub settle: Duration,
+    pub notify_socket: NotifySocket,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +169,8 @@ pub enum ReadinessMode {
     Delay(Duration),
     /// Node's `process.send('ready')` over the IPC channel.
     NodeIpc,
+    /// A line of the worker's own output (stdout or stderr) matches.
+    Log(LogPattern),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -206,6 +213,8 @@ impl Default for Readiness {
         Readiness {
             mode: ReadinessMode::Notify,
             timeout: Duration::from_secs(60),
+            settle: Duration::ZERO,
+            notify_socket: NotifySocket::Path,
         }
     }
 }

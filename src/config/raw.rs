@@ -17,8 +17,8 @@ use toml::{
 use super::{
     ListenAddress, Positions, Problem, ReloadStrategy,
     types::{
-        Command, Directory, Dur, FOUND, FdName, ModeKind, Name, RestartLimit, Size, StopMessage, StopSignal, Workers,
-        check_env_name, closest,
+        Command, Directory, Dur, FOUND, FdName, LogPattern, ModeKind, Name, NotifySocket, RestartLimit, Size,
+        StopMessage, StopSignal, Workers, check_env_name, closest,
     },
 };
 
@@ -57,9 +57,12 @@ pub struct Listen {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Readiness {
-    pub mode: Option<ModeKind>,
+    pub mode: Option<Spanned<ModeKind>>,
     pub timeout: Option<Spanned<Dur>>,
     pub delay: Option<Spanned<Dur>>,
+    pub pattern: Option<Spanned<LogPattern>>,
+    pub settle: Option<Dur>,
+    pub notify_socket: Option<NotifySocket>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

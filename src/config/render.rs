@@ -53,7 +53,12 @@ pub(crate) struct ReadinessSection {
     pub mode: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delay: Option<Dur>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
     pub timeout: Dur,
+    /// Written only when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle: Option<Dur>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,6 +146,7 @@ impl ReadinessSection {
             ReadinessMode::Notify => "notify",
             ReadinessMode::Delay(_) => "delay",
             ReadinessMode::NodeIpc => "node-ipc",
+            ReadinessMode::Log(_) => "log",
         }
     }
 }
@@ -151,10 +157,16 @@ impl From<Readiness> for ReadinessSection {
             ReadinessMode::Delay(d) => Some(Dur(d)),
             _ => None,
         };
+        let pattern = match &r.mode {
+            ReadinessMode::Log(p) => Some(p.as_str().to_owned()),
+            _ => None,
+        };
         ReadinessSection {
             mode: Self::mode_word(&r.mode),
             delay,
+            pattern,
             timeout: Dur(r.timeout),
+            settle: (!r.settle.is_zero()).then_some(Dur(r.settle)),
         }
     }
 }

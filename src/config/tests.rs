@@ -98,6 +98,8 @@ fn full_design_example() {
             readiness: Readiness {
                 mode: ReadinessMode::Notify,
                 timeout: Duration::from_secs(60),
+                settle: Duration::ZERO,
+                notify_socket: crate::config::NotifySocket::Path,
             },
             reload: ReloadStrategy::Parallel,
             stop: Stop {
@@ -679,7 +681,7 @@ fn readiness_modes() {
     assert_eq!(config.readiness.mode, ReadinessMode::NodeIpc);
     assert_eq!(
         problem("command = [\"x\"]\n[readiness]\nmode = \"node_ipc\"\n"),
-        r#"/etc/baton/myapp.toml:3:8: [readiness] mode must be one of "notify", "delay", "node-ipc", found "node_ipc" (did you mean "node-ipc"?)"#
+        r#"/etc/baton/myapp.toml:3:8: [readiness] mode must be one of "notify", "delay", "node-ipc", "log", found "node_ipc" (did you mean "node-ipc"?)"#
     );
     assert_eq!(
         problem("command = [\"x\"]\n[readiness]\ndelay = \"2s\"\n"),
@@ -696,7 +698,7 @@ fn an_invalid_value_does_not_cause_follow_up_errors() {
     assert_eq!(
         problems("command = [\"x\"]\n[readiness]\nmode = \"ready\"\ndelay = \"1s\"\n[stop]\nmessage = \"bye\"\n"),
         vec![
-            r#"/etc/baton/myapp.toml:3:8: [readiness] mode must be one of "notify", "delay", "node-ipc", found "ready""#
+            r#"/etc/baton/myapp.toml:3:8: [readiness] mode must be one of "notify", "delay", "node-ipc", "log", found "ready""#
         ]
     );
     assert_eq!(
@@ -1299,4 +1301,60 @@ fn node_inherit_listen_implies_node_ipc_and_its_keys_need_it() {
     );
     let p = problem("command = [\"x\"]\n[environment]\nBATON_LISTEN_ADDRESSES = \"x\"\n");
     assert!(p.contains("is set by baton for each worker"), "{p}");
+}
+
+#[test]
+fn log_mode_pattern_settle_and_notify_socket() {
+    let config =
+        ok("command = [\"x\"]\n[readiness]\nmode = \"log\"\npattern = \"Uvicorn running on\"\nsettle = \"2s\"\n");
+    match &config.readiness.mode {
+        ReadinessMode::Log(p) => {
+            assert_eq!(p.as_str(), "Uvicorn running on");
+            assert!(p.is_match("INFO:     Uvicorn running on socket"));
+            assert!(!p.is_match("INFO:     Started server process"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(config.readiness.settle, Duration::from_secs(2));
+    assert_eq!(config.readiness.notify_socket, crate::config::NotifySocket::Path);
+    let config = ok("command = [\"x\"]\n[readiness]\nnotify_socket = \"abstract\"\n");
+    assert_eq!(config.readiness.notify_socket, crate::config::NotifySocket::Abstract);
+    assert_eq!(ok("command = [\"x\"]\n").readiness.settle, Duration::ZERO);
+
+    assert_eq!(
+        problem("command = [\"x\"]\n[readiness]\nmode = \"log\"\n"),
+        r#"/etc/baton/myapp.toml:3:8: [readiness] mode = "log" needs a pattern: the regular expression a line of the worker's output must match, e.g. pattern = "Listening on""#
+    );
+    assert_eq!(
+        problem("command = [\"x\"]\n[readiness]\npattern = \"ready\"\n"),
+        r#"/etc/baton/myapp.toml:3:11: [readiness] pattern is only used with mode = "log", but mode defaults to "notify"; set mode = "log" or remove pattern"#
+    );
+    let bad = problem("command = [\"x\"]\n[readiness]\nmode = \"log\"\npattern = \"listening (on\"\n");
+    assert!(
+        bad.starts_with("/etc/baton/myapp.toml:4:11: [readiness] pattern is not a valid regular expression: "),
+        "{bad}"
+    );
+    assert!(!bad.contains('\n'), "{bad}");
+    // A bad pattern is one problem, not a second one about the missing pattern.
+    assert_eq!(
+        problems("command = [\"x\"]\n[readiness]\nmode = \"log\"\npattern = \"(\"\n").len(),
+        1
+    );
+    let long = "a".repeat(crate::config::types::MAX_PATTERN + 1);
+    assert!(
+        problem(&format!(
+            "command = [\"x\"]\n[readiness]\nmode = \"log\"\npattern = \"{long}\"\n"
+        ))
+        .contains("at most 1024 are allowed")
+    );
+    // Small to write, too big to compile.
+    assert!(
+        problem("command = [\"x\"]\n[readiness]\nmode = \"log\"\npattern = \"\\\\w{1000}{1000}\"\n")
+            .contains("not a valid regular expression")
+    );
+    assert!(problem("command = [\"x\"]\n[readiness]\nmode = \"log\"\npattern = \"\"\n").contains("must not be empty"));
+    assert!(
+        problem("command = [\"x\"]\n[readiness]\nnotify_socket = \"file\"\n")
+            .contains(r#"must be one of "path", "abstract""#)
+    );
 }

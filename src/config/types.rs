@@ -502,13 +502,14 @@ fn choice<T: Copy>(value: Value, allowed: &[(&str, T)]) -> Result<T, Msg> {
     Err(message)
 }
 
-/// `[readiness] mode`, before `delay` is joined to it.
+/// `[readiness] mode`, before `delay` or `pattern` is joined to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(try_from = "Value")]
 pub enum ModeKind {
     Notify,
     Delay,
     NodeIpc,
+    Log,
 }
 
 impl ModeKind {
@@ -516,6 +517,7 @@ impl ModeKind {
         ("notify", ModeKind::Notify),
         ("delay", ModeKind::Delay),
         ("node-ipc", ModeKind::NodeIpc),
+        ("log", ModeKind::Log),
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -524,6 +526,94 @@ impl ModeKind {
 }
 
 from_value!(ModeKind, |value| { choice(value, Self::WORDS) });
+
+/// `[readiness] notify_socket`: what kind of address `NOTIFY_SOCKET` is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "Value")]
+pub enum NotifySocket {
+    /// A socket file in baton's runtime directory, mode 0600: every
+    /// sd_notify client can use a path (Ruby's sd_notify gem cannot use
+    /// anything else).
+    #[default]
+    Path,
+    /// An abstract name (`@…`): nothing in the filesystem, but not every
+    /// client supports it.
+    Abstract,
+}
+
+impl NotifySocket {
+    const WORDS: &[(&str, NotifySocket)] = &[("path", NotifySocket::Path), ("abstract", NotifySocket::Abstract)];
+
+    pub fn as_str(self) -> &'static str {
+        Self::WORDS.iter().find(|(_, m)| *m == self).map_or("", |(w, _)| w)
+    }
+}
+
+from_value!(NotifySocket, |value| { choice(value, Self::WORDS) });
+
+/// The longest `[readiness] pattern`, in bytes.
+pub const MAX_PATTERN: usize = 1024;
+/// What a compiled pattern may cost (the `regex` crate's size limits): a
+/// small pattern can still compile into a large automaton.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// `[readiness] pattern`: a regular expression (the `regex` crate's syntax,
+/// which runs in time linear in the line) matched on each line a worker
+/// writes, in mode "log".
+///
+/// Read from the file and from a hand-over's JSON alike, as a string.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(try_from = "Value")]
+pub struct LogPattern(regex::Regex);
+
+impl LogPattern {
+    pub fn is_match(&self, line: &str) -> bool {
+        self.0.is_match(line)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// Patterns compare by how they are written.
+impl PartialEq for LogPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl FromStr for LogPattern {
+    type Err = Msg;
+    fn from_str(s: &str) -> Result<Self, Msg> {
+        if s.is_empty() {
+            return Err("must not be empty: an empty pattern matches every line".into());
+        }
+        if s.len() > MAX_PATTERN {
+            return Err(format!("is {} bytes long; at most {MAX_PATTERN} are allowed", s.len()));
+        }
+        regex::RegexBuilder::new(s)
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .dfa_size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map(LogPattern)
+            .map_err(|e| {
+                // The regex crate's message spans lines (the pattern, a caret).
+                let why = e.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join(" ");
+                format!("is not a valid regular expression: {why}")
+            })
+    }
+}
+
+from_value!(LogPattern, |value| { must_be_string(value)?.parse() });
+
+/// Written as the pattern's text (a generation's spec crosses `baton
+/// upgrade` as JSON).
+impl serde::Serialize for LogPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
 
 impl ReloadStrategy {
     const WORDS: &[(&str, ReloadStrategy)] = &[

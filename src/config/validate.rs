@@ -154,8 +154,11 @@ pub fn validate(
     let node_raw = raw.node.value;
     let inherit_listen = node_raw.inherit_listen.as_ref().is_some_and(|b| *b.get_ref());
     let mode_invalid = raw.readiness.failed("mode");
+    let pattern_invalid = raw.readiness.failed("pattern");
     let readiness = raw.readiness.value;
-    let node = node_of(reader, node_raw, inherit_listen, readiness.mode, mode_invalid);
+    let mode_span = readiness.mode.as_ref().map(|m| m.span());
+    let given_mode = readiness.mode.as_ref().map(|m| *m.get_ref());
+    let node = node_of(reader, node_raw, inherit_listen, given_mode, mode_invalid);
 
     // readiness
     let default_mode = if inherit_listen {
@@ -163,7 +166,7 @@ pub fn validate(
     } else {
         ModeKind::Notify
     };
-    let mode_kind = readiness.mode.unwrap_or(default_mode);
+    let mode_kind = given_mode.unwrap_or(default_mode);
     let how = if readiness.mode.is_some() {
         "is"
     } else if inherit_listen {
@@ -172,11 +175,37 @@ pub fn validate(
         "defaults to"
     };
     let delay = readiness.delay.as_ref().map(|d| d.get_ref().0);
+    let pattern = readiness.pattern.as_ref().map(|p| p.get_ref().clone());
     let mode = match mode_kind {
         ModeKind::Notify => ReadinessMode::Notify,
         ModeKind::NodeIpc => ReadinessMode::NodeIpc,
         ModeKind::Delay => ReadinessMode::Delay(delay.unwrap_or(Duration::from_secs(1))),
+        ModeKind::Log => match pattern {
+            Some(p) => ReadinessMode::Log(p),
+            None => {
+                if !pattern_invalid {
+                    reader.report(
+                        mode_span,
+                        "[readiness] mode = \"log\" needs a pattern: the regular expression a line of the worker's output must match, e.g. pattern = \"Listening on\"",
+                    );
+                }
+                ReadinessMode::Notify
+            }
+        },
     };
+    if let Some(pattern) = readiness
+        .pattern
+        .as_ref()
+        .filter(|_| mode_kind != ModeKind::Log && !mode_invalid)
+    {
+        reader.report(
+            Some(pattern.span()),
+            format!(
+                "[readiness] pattern is only used with mode = \"log\", but mode {how} {:?}; set mode = \"log\" or remove pattern",
+                mode_kind.as_str()
+            ),
+        );
+    }
     if let Some(delay) = readiness
         .delay
         .filter(|_| mode_kind != ModeKind::Delay && !mode_invalid)
@@ -200,7 +229,12 @@ pub fn validate(
             timeout = t.get_ref().0;
         }
     }
-    let readiness = Readiness { mode, timeout };
+    let readiness = Readiness {
+        mode,
+        timeout,
+        settle: readiness.settle.map_or(Duration::ZERO, |d| d.0),
+        notify_socket: readiness.notify_socket.unwrap_or_default(),
+    };
 
     // stop
     let stop = raw.stop.value;

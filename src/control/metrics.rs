@@ -243,9 +243,10 @@ impl EncodeMetric for Histogram {
     }
 }
 
-const STATES: [(WorkerState, &str); 4] = [
+const STATES: [(WorkerState, &str); 5] = [
     (WorkerState::Spawning, "spawning"),
     (WorkerState::Starting, "starting"),
+    (WorkerState::Settling, "settling"),
     (WorkerState::Ready, "ready"),
     (WorkerState::Stopping, "stopping"),
 ];

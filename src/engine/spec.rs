@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ReloadStrategy, Restart};
+use crate::config::{LogPattern, ReloadStrategy, Restart};
 
 /// The part of a generation's spec that drives the state machine.
 ///
@@ -29,6 +29,10 @@ pub struct Policy {
     /// `Some` in readiness mode "delay": alive this long means ready.
     pub ready_delay: Option<Duration>,
     pub ready_timeout: Duration,
+    /// `[readiness] settle`: after its READY a worker is *settling* this
+    /// long before it counts as ready (zero: ready at once).
+    #[serde(default)]
+    pub settle: Duration,
     #[serde(with = "signal_name")]
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
@@ -74,6 +78,14 @@ pub struct Launch {
     pub node_ipc: bool,
     /// `[stop] message`, sent over the IPC channel when the worker retires.
     pub stop_message: Option<String>,
+    /// Readiness mode "log": a line of the worker's own output matching
+    /// this is its READY.
+    #[serde(default)]
+    pub ready_pattern: Option<LogPattern>,
+    /// `[readiness] notify_socket = "abstract"`: `NOTIFY_SOCKET` is an
+    /// abstract name rather than a path.
+    #[serde(default)]
+    pub notify_abstract: bool,
     /// What `program` was when the spec was made (`None` if it could not
     /// be read): part of the release's identity, and checked again before a
     /// rollback starts it.

@@ -312,6 +312,8 @@ pub enum Timer {
     Ready(WorkerId),
     /// Readiness mode "delay": alive this long counts as ready.
     Delay(WorkerId),
+    /// `[readiness] settle` after its READY is over: the worker is ready.
+    Settle(WorkerId),
     /// A retiring worker gets SIGKILL (to its group) at its deadline.
     Stop(WorkerId),
     /// `[stop] message` went first; now the stop signal follows.
@@ -392,6 +394,40 @@ pub struct Fault {
     pub failure: Failure,
     /// ERRNO= the worker reported, if any.
     pub errno: Option<i32>,
+    /// It had sent READY and was settling (`[readiness] settle`): for this
+    /// long, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settling_ms: Option<u64>,
+    /// What usually causes a failure like this one, when the core can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<Hint>,
+}
+
+/// The likely cause of a [`Fault`], said after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hint {
+    /// It exited 0 before its generation was ready, or right after it
+    /// became ready: an app that ends "successfully" at start has usually
+    /// failed to listen (Express 5 hands EADDRINUSE to the listen callback,
+    /// and a PM2-style app then sends 'ready' and exits 0).
+    ExitedZeroAtStart,
+}
+
+/// A worker that exits 0 within this long of becoming ready gets
+/// [`Hint::ExitedZeroAtStart`].
+pub const QUICK_EXIT: Duration = Duration::from_secs(5);
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hint::ExitedZeroAtStart => f.write_str(
+                "an app that exits 0 as it starts has usually failed to listen: it may bind the port itself \
+                 while baton already holds it (Express 5 passes EADDRINUSE to the listen callback); \
+                 use the inherited socket (fd 3, LISTEN_FDS) or set [node] inherit_listen = true",
+            ),
+        }
+    }
 }
 
 impl std::fmt::Display for Fault {
@@ -400,7 +436,21 @@ impl std::fmt::Display for Fault {
         if let Some(pid) = self.pid {
             write!(f, " (pid {pid})")?;
         }
-        write!(f, " {}", self.failure)?;
+        match (&self.failure, self.settling_ms) {
+            (_, None) => write!(f, " {}", self.failure)?,
+            (failure, Some(ms)) => {
+                // "before it became ready" would hide that it had said so.
+                match failure {
+                    Failure::Exited { status, .. } => write!(f, " {status}")?,
+                    other => write!(f, " {other}")?,
+                }
+                write!(
+                    f,
+                    " while settling, {} after its READY ([readiness] settle)",
+                    humantime::format_duration(Duration::from_millis(ms))
+                )?;
+            }
+        }
         if let Some(errno) = self.errno {
             write!(
                 f,
@@ -664,6 +714,9 @@ pub enum Action {
 pub enum WorkerState {
     Spawning,
     Starting,
+    /// It sent READY; it counts as ready once `[readiness] settle` has
+    /// passed with it alive (and its watchdog fed).
+    Settling,
     Ready,
     Stopping,
 }
@@ -682,8 +735,11 @@ struct Worker {
     stop_pending: bool,
     started: Instant,
     ready_at: Option<Instant>,
-    /// Readiness deadline while starting, kill deadline while stopping.
+    /// Readiness deadline while starting, the end of the settle while
+    /// settling, kill deadline while stopping.
     deadline: Option<Instant>,
+    /// When it sent READY (it may still be settling).
+    said_ready: Option<Instant>,
     watchdog_deadline: Option<Instant>,
     watchdog_armed: bool,
     status_text: Option<String>,
@@ -694,6 +750,12 @@ impl Worker {
     /// The pid the worker's reports name.
     fn reported_pid(&self) -> Option<i32> {
         self.pid.map(Pid::as_raw)
+    }
+
+    /// How long it has been settling, in milliseconds, if it is.
+    fn settling_ms(&self, now: Instant) -> Option<u64> {
+        let since = self.said_ready.filter(|_| self.state == WorkerState::Settling)?;
+        Some(u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -1193,6 +1255,8 @@ impl Supervisor {
             pid: None,
             failure: Failure::Spawn { error },
             errno: w.errno,
+            settling_ms: None,
+            hint: None,
         };
         self.clear_slot(w.generation, w.slot, worker);
         if w.state == WorkerState::Stopping || w.stop_pending {
@@ -1211,7 +1275,7 @@ impl Supervisor {
         match msg {
             Notify::Ready => {
                 if w.state == WorkerState::Starting {
-                    self.became_ready(now, worker);
+                    self.said_ready(now, worker);
                 }
             }
             Notify::Status(text) => w.status_text = Some(text),
@@ -1261,6 +1325,9 @@ impl Supervisor {
         self.disarm_worker(worker);
         self.clear_slot(w.generation, w.slot, worker);
         if w.state != WorkerState::Stopping {
+            // Exiting 0 is no failure an app means at start (see Hint).
+            let at_start = w.ready_at.is_none_or(|r| now.saturating_duration_since(r) < QUICK_EXIT)
+                || Some(w.generation) == self.candidate;
             let fault = Fault {
                 worker,
                 generation: w.generation,
@@ -1271,6 +1338,8 @@ impl Supervisor {
                     was_ready: w.state == WorkerState::Ready,
                 },
                 errno: w.errno,
+                settling_ms: w.settling_ms(now),
+                hint: (status == ExitStatus::Code(0) && at_start).then_some(Hint::ExitedZeroAtStart),
             };
             self.on_failure(now, fault);
         }
@@ -1320,7 +1389,17 @@ impl Supervisor {
             }
             Timer::Delay(id) => {
                 if self.workers.get(&id).is_some_and(|w| w.state == WorkerState::Starting) {
-                    self.became_ready(now, id);
+                    self.said_ready(now, id);
+                }
+            }
+            Timer::Settle(id) => {
+                let Some(w) = self.workers.get(&id) else { return };
+                if w.state != WorkerState::Settling {
+                    return;
+                }
+                match w.deadline {
+                    Some(d) if d > now => self.arm(d, Timer::Settle(id)),
+                    _ => self.became_ready(now, id),
                 }
             }
             Timer::Stop(id) => {
@@ -1348,7 +1427,7 @@ impl Supervisor {
             Timer::CanaryHold(generation) => self.hold_over(now, generation),
             Timer::Watchdog(id) => {
                 let Some(w) = self.workers.get_mut(&id) else { return };
-                if w.state != WorkerState::Ready {
+                if !matches!(w.state, WorkerState::Ready | WorkerState::Settling) {
                     w.watchdog_armed = false;
                     return;
                 }
@@ -1480,6 +1559,7 @@ impl Supervisor {
         for timer in [
             Timer::Ready(worker),
             Timer::Delay(worker),
+            Timer::Settle(worker),
             Timer::Stop(worker),
             Timer::Escalate(worker),
             Timer::Watchdog(worker),
@@ -1572,6 +1652,7 @@ impl Supervisor {
                 stop_pending: false,
                 started: now,
                 ready_at: None,
+                said_ready: None,
                 deadline: None,
                 watchdog_deadline: None,
                 watchdog_armed: false,
@@ -1686,11 +1767,51 @@ impl Supervisor {
             .filter(move |(_, w)| w.generation == generation && w.state != WorkerState::Stopping && !w.stop_pending)
     }
 
+    /// The worker said it is ready (READY=1, 'ready', its log line, or its
+    /// delay passed). With `[readiness] settle` it now settles: the
+    /// readiness timeout no longer applies (the settle comes after it, so a
+    /// worker that takes the whole timeout still gets its settle), its
+    /// watchdog starts, and any failure before the settle is over is a
+    /// failed start, exactly as before READY.
+    fn said_ready(&mut self, now: Instant, worker: WorkerId) {
+        let (settle, watchdog) = match self.policy_of(worker) {
+            Some(p) => (p.settle, p.watchdog),
+            None => return,
+        };
+        if settle.is_zero() {
+            self.became_ready(now, worker);
+            return;
+        }
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        w.state = WorkerState::Settling;
+        w.said_ready = Some(now);
+        let until = after(now, settle);
+        w.deadline = Some(until);
+        let (generation, slot) = (w.generation, w.slot);
+        if let Some(interval) = watchdog {
+            w.watchdog_deadline = Some(after(now, interval));
+            if !w.watchdog_armed {
+                w.watchdog_armed = true;
+                self.arm(after(now, interval), Timer::Watchdog(worker));
+            }
+        }
+        self.disarm(Timer::Ready(worker));
+        self.disarm(Timer::Delay(worker));
+        self.arm(until, Timer::Settle(worker));
+        if Some(generation) == self.candidate {
+            self.progress(format!(
+                "worker {slot} of generation {generation} sent READY; settling for {}",
+                humantime::format_duration(settle)
+            ));
+        }
+    }
+
     fn became_ready(&mut self, now: Instant, worker: WorkerId) {
         let watchdog = self.policy_of(worker).and_then(|p| p.watchdog);
         let Some(w) = self.workers.get_mut(&worker) else { return };
         w.state = WorkerState::Ready;
         w.ready_at = Some(now);
+        w.said_ready.get_or_insert(now);
         w.deadline = None;
         let (generation, slot) = (w.generation, w.slot);
         if let Some(interval) = watchdog {
@@ -1702,6 +1823,7 @@ impl Supervisor {
         }
         self.disarm(Timer::Ready(worker));
         self.disarm(Timer::Delay(worker));
+        self.disarm(Timer::Settle(worker));
         if Some(generation) == self.candidate {
             let reverting = self.reload.as_ref().is_some_and(|r| r.reverting.is_some());
             if reverting {
@@ -2126,6 +2248,8 @@ impl Supervisor {
             pid: w.reported_pid(),
             failure,
             errno: w.errno,
+            settling_ms: w.settling_ms(now),
+            hint: None,
         };
         self.retire_failed_worker(now, worker);
         self.on_failure(now, fault);

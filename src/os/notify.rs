@@ -1,8 +1,15 @@
 //! The sd_notify endpoint baton gives each worker (README "What a worker
 //! gets").
 //!
-//! Every worker gets its own abstract datagram socket as `NOTIFY_SOCKET`, so
-//! the socket a message arrives on names the worker. A message is accepted
+//! Every worker gets its own datagram socket as `NOTIFY_SOCKET`, so the
+//! socket a message arrives on names the worker. By default it is a file in
+//! baton's runtime directory (`notify/W.sock` beside the control socket,
+//! the directory 0700 and the socket 0600, both the service user's), as
+//! systemd's own is: every sd_notify client can use a path, and some (Ruby's
+//! sd_notify gem, so puma) nothing else. `[readiness] notify_socket =
+//! "abstract"` gives an abstract name instead. The file goes with its
+//! endpoint, and a fresh start sweeps what a crashed baton left
+//! ([`sweep`]). A message is accepted
 //! only from the worker itself or one of its descendants, which the kernel
 //! vouches for with `SCM_CREDENTIALS`. File descriptors that come along
 //! (`systemd-notify` sends one with `BARRIER=1` and waits for it to close)
@@ -96,6 +103,58 @@ pub struct Endpoint {
     socket: tokio::net::UnixDatagram,
     /// The `NOTIFY_SOCKET` value to give the worker.
     pub address: String,
+    /// A path endpoint's socket file, removed with the endpoint.
+    file: Option<SocketFile>,
+}
+
+/// A socket file that is removed when this is dropped, unless it is kept
+/// for the next image of baton ([`Endpoint::into_parts`]).
+struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Why a path endpoint could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "refusing to replace {path}: it is not a socket (baton's runtime directory holds only its own sockets; remove it, or set [readiness] notify_socket = \"abstract\")"
+    )]
+    Squatted { path: std::path::PathBuf },
+    #[error("cannot bind the notify socket {path}")]
+    Bind {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The longest socket path the kernel takes (`sun_path` less its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Makes `dir` hold notify sockets only: the caller has checked that only
+/// baton's user (and root) can write in it, so whatever is there was left
+/// by an earlier baton that did not get to remove it. Returns how many
+/// were removed. Call it only on a fresh start: after `baton upgrade` the
+/// sockets there are the handed-over endpoints.
+pub fn sweep(dir: &std::path::Path) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_socket() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// What `Endpoint::recv` got.
@@ -116,6 +175,37 @@ impl Endpoint {
         Ok(Endpoint {
             socket: tokio::net::UnixDatagram::from_std(socket)?,
             address: format!("@{name}"),
+            file: None,
+        })
+    }
+
+    /// Binds a socket file `file` in `dir`, mode 0600. `dir` must be one
+    /// that only baton's user (and root) can write ([`sweep`] says why):
+    /// a socket already at that path is stale and replaced; anything else
+    /// there is refused.
+    pub fn bind_path(dir: &std::path::Path, file: &str) -> Result<Endpoint, BindError> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let path = dir.join(file);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(&path)?,
+            Ok(_) => return Err(BindError::Squatted { path }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BindError::Io(e)),
+        }
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).map_err(|source| BindError::Bind {
+            path: path.clone(),
+            source,
+        })?;
+        // From here on the file goes with the endpoint, or now.
+        let file = SocketFile(path.clone());
+        // The directory is 0700, so nobody could connect before this.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        setsockopt(&socket, sockopt::PassCred, &true).map_err(std::io::Error::from)?;
+        socket.set_nonblocking(true)?;
+        Ok(Endpoint {
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            address: path.to_string_lossy().into_owned(),
+            file: Some(file),
         })
     }
 
@@ -125,9 +215,20 @@ impl Endpoint {
     /// queued datagrams untouched. Fails only if tokio cannot deregister it
     /// (its runtime shutting down).
     #[cfg_attr(not(test), allow(dead_code))] // for `baton upgrade` (runtime.rs)
+    ///
+    /// A path endpoint's file stays: the next image owns it from here on.
+    /// (Should tokio fail to let go of the socket, the file goes with it.)
     pub fn into_parts(self) -> std::io::Result<(OwnedFd, String)> {
-        let socket = self.socket.into_std()?;
-        Ok((OwnedFd::from(socket), self.address))
+        let Endpoint {
+            socket,
+            address,
+            mut file,
+        } = self;
+        let socket = socket.into_std()?;
+        if let Some(f) = file.as_mut() {
+            f.0 = std::path::PathBuf::new();
+        }
+        Ok((OwnedFd::from(socket), address))
     }
 
     /// An endpoint from [`Endpoint::into_parts`]: sets the socket
@@ -135,13 +236,18 @@ impl Endpoint {
     /// runtime). `SO_PASSCRED` is the socket's and has survived; it is set
     /// again all the same, so that any bound datagram socket will do.
     #[cfg_attr(not(test), allow(dead_code))] // for `baton upgrade` (runtime.rs)
+    ///
+    /// An `address` that is not abstract (`@…`) is the endpoint's socket
+    /// file, which it removes when it goes, as the one that made it would.
     pub fn from_parts(fd: OwnedFd, address: String) -> std::io::Result<Endpoint> {
         let socket = std::os::unix::net::UnixDatagram::from(fd);
+        let file = (!address.starts_with('@')).then(|| SocketFile(address.clone().into()));
         setsockopt(&socket, sockopt::PassCred, &true)?;
         socket.set_nonblocking(true)?;
         Ok(Endpoint {
             socket: tokio::net::UnixDatagram::from_std(socket)?,
             address,
+            file,
         })
     }
 
@@ -475,6 +581,69 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing twice");
         let expected: Vec<Notify> = (0..sent).map(|n| Notify::Status(n.to_string())).collect();
         assert_eq!(delivered, expected);
+    }
+
+    /// A path endpoint: 0600 and ours, credentials checked as for an
+    /// abstract one, its file gone with it, kept across a hand-over and
+    /// removed by whoever holds it last.
+    #[tokio::test]
+    async fn a_path_endpoint_is_private_checks_credentials_and_cleans_up() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = Endpoint::bind_path(dir.path(), "7.sock").unwrap();
+        let path = dir.path().join("7.sock");
+        assert_eq!(endpoint.address, path.to_str().unwrap());
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.uid(), nix::unistd::Uid::current().as_raw());
+
+        let me = std::process::id() as i32;
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        sender.send_to(b"READY=1", &path).unwrap();
+        match endpoint.recv(me).await.unwrap() {
+            Received::Message { pid, parsed } => {
+                assert_eq!(pid, me);
+                assert_eq!(parsed.messages, [Notify::Ready]);
+            }
+            Received::Rejected { reason, .. } => panic!("{reason}"),
+        }
+        // The same datagram, judged for a worker this process does not
+        // descend from (pid 2, kthreadd).
+        sender.send_to(b"READY=1", &path).unwrap();
+        match endpoint.recv(2).await.unwrap() {
+            Received::Rejected { reason, .. } => assert!(reason.contains("not the worker"), "{reason}"),
+            Received::Message { .. } => panic!("a stranger's datagram was accepted"),
+        }
+
+        // Across a hand-over the file stays; the new holder removes it.
+        let (fd, address) = endpoint.into_parts().unwrap();
+        assert!(path.exists());
+        let endpoint = Endpoint::from_parts(fd, address).unwrap();
+        sender.send_to(b"STATUS=after", &path).unwrap();
+        assert!(matches!(endpoint.recv(me).await.unwrap(), Received::Message { .. }));
+        drop(endpoint);
+        assert!(!path.exists(), "removed with the endpoint");
+
+        // A stale socket is replaced; anything else is refused.
+        let stale = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        drop(stale);
+        let again = Endpoint::bind_path(dir.path(), "7.sock").unwrap();
+        sender.send_to(b"READY=1", &path).unwrap();
+        assert!(matches!(again.recv(me).await.unwrap(), Received::Message { .. }));
+        drop(again);
+        std::fs::write(&path, "not a socket").unwrap();
+        let err = Endpoint::bind_path(dir.path(), "7.sock").err().unwrap();
+        assert!(matches!(err, BindError::Squatted { .. }), "{err}");
+        assert!(err.to_string().contains("refusing to replace"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket", "left alone");
+
+        // The sweep at a fresh start takes sockets only.
+        let left = std::os::unix::net::UnixDatagram::bind(dir.path().join("8.sock")).unwrap();
+        drop(left);
+        assert_eq!(sweep(dir.path()).unwrap(), 1);
+        assert!(!dir.path().join("8.sock").exists());
+        assert!(path.exists());
     }
 
     /// Captures what `tracing` logs, to count lines.

@@ -1,5 +1,7 @@
 //! Worker stdout/stderr: read from pipes, cut into lines, handed to a
-//! [`LogSink`], and the last few kept for failure reports.
+//! [`LogSink`], the last ones kept for failure reports (with the line that
+//! looks like the error picked out of them), and, in readiness mode "log",
+//! matched against the worker's pattern.
 //!
 //! Two sinks: one journal entry per line with baton's fields under systemd,
 //! or baton's stderr prefixed `NAME[gen.worker pid]` standalone (README
@@ -16,8 +18,15 @@ use tokio_util::sync::CancellationToken;
 
 /// Longest line passed on in one piece; longer ones are split, never lost.
 pub const MAX_LINE: usize = 64 * 1024;
-/// Lines kept per worker for `reload` failure reports.
-pub const KEEP_LINES: usize = 10;
+/// Lines kept per worker for failure reports: enough to hold an error
+/// followed by a long stack trace (puma's SyntaxError came with 30 frames).
+pub const KEEP_LINES: usize = 200;
+/// ... and at most this many bytes of them.
+pub const KEEP_BYTES: usize = 64 * 1024;
+/// The last lines a failure report shows.
+pub const SHOW_LINES: usize = 10;
+/// Each kept line is cut after this many characters.
+const KEEP_CHARS: usize = 400;
 /// Lines buffered between the pumps and the writer thread. When it is full
 /// the pumps wait, the pipes fill, and the workers block on write: slower,
 /// but nothing is dropped.
@@ -250,35 +259,195 @@ pub fn spawn_writer(mut sink: Box<dyn LogSink>) -> std::io::Result<(Writer, std:
     Ok((Writer(tx), handle))
 }
 
-/// The last lines a worker wrote, both streams interleaved.
+/// The last lines a worker wrote, both streams interleaved, each as
+/// "stream: text": at most [`KEEP_LINES`] lines and [`KEEP_BYTES`] bytes.
 #[derive(Debug, Clone, Default)]
-pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+pub struct Tail(Arc<Mutex<Kept>>);
+
+#[derive(Debug, Default)]
+struct Kept {
+    lines: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn push(&mut self, line: String) {
+        self.bytes = self.bytes.saturating_add(line.len());
+        self.lines.push_back(line);
+        while self.lines.len() > KEEP_LINES || (self.bytes > KEEP_BYTES && self.lines.len() > 1) {
+            if let Some(old) = self.lines.pop_front() {
+                self.bytes = self.bytes.saturating_sub(old.len());
+            }
+        }
+    }
+}
 
 impl Tail {
     fn push(&self, stream: Stream, line: &str) {
-        let Ok(mut lines) = self.0.lock() else { return };
-        if lines.len() == KEEP_LINES {
-            lines.pop_front();
-        }
-        let mut shown: String = line.chars().take(400).collect();
+        let Ok(mut kept) = self.0.lock() else { return };
+        let mut shown: String = line.chars().take(KEEP_CHARS).collect();
         if shown.len() < line.len() {
             shown.push('…');
         }
-        lines.push_back(format!("{}: {shown}", stream.as_str()));
+        kept.push(format!("{}: {shown}", stream.as_str()));
     }
 
     /// A tail that already holds `lines` (handed over by `baton upgrade`).
     pub fn from_lines(lines: Vec<String>) -> Tail {
-        let mut kept: VecDeque<String> = lines.into();
-        while kept.len() > KEEP_LINES {
-            kept.pop_front();
+        let mut kept = Kept::default();
+        for line in lines {
+            kept.push(line);
         }
         Tail(Arc::new(Mutex::new(kept)))
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|k| k.lines.iter().cloned().collect())
+            .unwrap_or_default()
     }
+}
+
+/// Readiness mode "log": the worker's pattern, and whom to tell when one
+/// of its lines matches. Each worker's pumps get their own, so only that
+/// worker's lines can make it ready; it tells once, and is gone with the
+/// pumps.
+#[derive(Debug, Clone)]
+pub struct ReadyWatch(Arc<Watching>);
+
+#[derive(Debug)]
+struct Watching {
+    pattern: crate::config::LogPattern,
+    tell: tokio::sync::mpsc::Sender<()>,
+    told: std::sync::atomic::AtomicBool,
+}
+
+impl ReadyWatch {
+    /// A watch for `pattern`; the receiver gets one `()` at the first
+    /// matching line, and ends once every pump holding the watch has.
+    pub fn new(pattern: crate::config::LogPattern) -> (ReadyWatch, tokio::sync::mpsc::Receiver<()>) {
+        let (tell, rx) = tokio::sync::mpsc::channel(1);
+        let watching = Watching {
+            pattern,
+            tell,
+            told: std::sync::atomic::AtomicBool::new(false),
+        };
+        (ReadyWatch(Arc::new(watching)), rx)
+    }
+
+    /// Checks one line (already cut at [`MAX_LINE`]).
+    fn check(&self, line: &str) {
+        use std::sync::atomic::Ordering;
+        let w = &self.0;
+        if !w.told.load(Ordering::Relaxed) && w.pattern.is_match(line) && !w.told.swap(true, Ordering::Relaxed) {
+            let _ = w.tell.try_send(());
+        }
+    }
+}
+
+/// The line of `lines` (a [`Tail`]'s) that most likely says what went
+/// wrong: the exception after a Python traceback's last frame, else the
+/// first line that names an error. Simple heuristics; `None` when nothing
+/// looks like one.
+pub fn error_line(lines: &[String]) -> Option<&str> {
+    fn text(l: &str) -> &str {
+        l.split_once(": ").map_or(l, |(_, t)| t)
+    }
+    // Python: "Traceback (most recent call last):", indented frames, then
+    // the exception on the first line that is not indented.
+    if let Some(start) = lines
+        .iter()
+        .rposition(|l| text(l).starts_with("Traceback (most recent call last)"))
+    {
+        if let Some(l) = lines[start + 1..]
+            .iter()
+            .map(|l| text(l))
+            .find(|t| !t.is_empty() && !t.starts_with([' ', '\t']))
+        {
+            return Some(l);
+        }
+    }
+    lines.iter().map(|l| text(l)).find(|t| looks_like_an_error(t))
+}
+
+fn looks_like_an_error(line: &str) -> bool {
+    // Stack frames name errors too ("at Error (…)", "from …/errors.rb"):
+    // they are not the error.
+    let trimmed = line.trim_start();
+    if trimmed.starts_with("at ") || trimmed.starts_with("from ") || trimmed.starts_with("File \"") {
+        return false;
+    }
+    const MARKS: &[&str] = &[
+        "Error:",
+        "error:",
+        "ERROR",
+        "Exception",
+        "Error (",
+        "Error)",
+        "panicked at",
+        "EADDRINUSE",
+        "Address already in use",
+        "FATAL",
+        "Fatal error",
+        "SyntaxError",
+    ];
+    MARKS.iter().any(|m| line.contains(m))
+}
+
+/// What a failure report says about a worker's kept output (`lines`, a
+/// [`Tail`]'s) besides the fault itself: the line that looks like the
+/// error, and a hint when the app tried to bind a port that baton holds
+/// (`held_ports`), which it cannot: baton's socket is already bound there.
+pub fn failure_notes(lines: &[String], held_ports: &[u16]) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(error) = error_line(lines) {
+        notes.push(format!("the error: {error}"));
+    }
+    if let Some(port) = address_in_use(lines) {
+        let held = match port {
+            Some(p) => held_ports.contains(&p),
+            None => !held_ports.is_empty(),
+        };
+        if held {
+            let what = port.map_or_else(|| "its port".to_owned(), |p| format!("port {p}"));
+            notes.push(format!(
+                "hint: the app binds {what} itself, and baton already holds it: use the inherited socket \
+                 (fd 3, LISTEN_FDS), or set [node] inherit_listen = true for a Node app"
+            ));
+        }
+    }
+    notes
+}
+
+/// The last [`SHOW_LINES`] of `lines`.
+pub fn last_lines(lines: &[String]) -> &[String] {
+    &lines[lines.len().saturating_sub(SHOW_LINES)..]
+}
+
+/// Whether `lines` say that a bind failed because the address was in use,
+/// and the port they name (if any: "EADDRINUSE: address already in use
+/// :::3000", "[Errno 98] Address already in use" names none).
+pub fn address_in_use(lines: &[String]) -> Option<Option<u16>> {
+    let line = lines.iter().find(|l| {
+        l.contains("EADDRINUSE") || l.contains("Address already in use") || l.contains("address already in use")
+    })?;
+    // The port: digits after a ':' (Node "… :::3000", Go "listen tcp
+    // :8080: bind: …") or after "port " (Ruby "… port 9292"); the last one.
+    let mut found = None;
+    let starts = line
+        .match_indices(':')
+        .map(|(i, m)| i + m.len())
+        .chain(line.match_indices("port ").map(|(i, m)| i + m.len()));
+    for start in starts {
+        let digits: String = line[start..].chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(p) = digits.parse::<u16>() {
+            if p > 0 {
+                found = Some(p);
+            }
+        }
+    }
+    Some(found)
 }
 
 /// What [`pump_from`] gives back when it is asked to stop: the pipe's read
@@ -314,6 +483,7 @@ pub async fn pump(fd: OwnedFd, stream: Stream, origin: Origin, writer: Writer, t
         origin,
         writer,
         tail,
+        None,
         CancellationToken::new(),
     )
     .await;
@@ -330,12 +500,16 @@ const READ_CHUNK: usize = 64 * 1024;
 ///
 /// Should the pipe fail to come back out of tokio (its runtime shutting
 /// down), what was read is passed on as lines and `None` returned.
+///
+/// With `ready`, each line is also matched against the worker's pattern
+/// (readiness mode "log").
 pub async fn pump_from(
     rest: PipeRest,
     stream: Stream,
     origin: Origin,
     writer: Writer,
     tail: Tail,
+    ready: Option<ReadyWatch>,
     handover: CancellationToken,
 ) -> Option<PipeRest> {
     let PipeRest { fd, partial } = rest;
@@ -346,6 +520,7 @@ pub async fn pump_from(
         origin,
         writer,
         tail,
+        ready,
     };
     let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(pipe) => pipe,
@@ -428,6 +603,7 @@ struct Lines {
     origin: Origin,
     writer: Writer,
     tail: Tail,
+    ready: Option<ReadyWatch>,
 }
 
 impl Lines {
@@ -445,6 +621,9 @@ impl Lines {
         let raw = String::from_utf8_lossy(piece);
         let (priority, text) = split_priority(&raw);
         self.tail.push(self.stream, text);
+        if let Some(ready) = &self.ready {
+            ready.check(text);
+        }
         let line = Line {
             origin: self.origin.clone(),
             stream: self.stream,
@@ -565,6 +744,7 @@ mod tests {
             origin(),
             writer.clone(),
             Tail::default(),
+            None,
             handover.clone(),
         ));
         for _ in 0..500 {
@@ -588,6 +768,7 @@ mod tests {
             origin(),
             writer.clone(),
             Tail::default(),
+            None,
             CancellationToken::new(),
         )
         .await;
@@ -630,6 +811,7 @@ mod tests {
                 origin(),
                 writer.clone(),
                 Tail::default(),
+                None,
                 handover.clone(),
             ));
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -788,5 +970,159 @@ mod tests {
 
     fn writer_thread_done(thread: std::thread::JoinHandle<()>) {
         thread.join().unwrap();
+    }
+
+    fn kept(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|l| format!("stderr: {l}")).collect()
+    }
+
+    #[test]
+    fn a_syntax_error_before_thirty_frames_is_the_error() {
+        // puma's output for a SyntaxError in config.ru, frames and all.
+        let mut lines = vec![
+            "Puma starting in single mode...".to_owned(),
+            "/srv/app/config.ru:3: syntax error, unexpected end-of-input (SyntaxError)".to_owned(),
+        ];
+        for i in 0..30 {
+            lines.push(format!("\tfrom /usr/lib/ruby/3.1.0/rack/builder.rb:{i}:in `eval'"));
+        }
+        let tail = Tail::default();
+        for l in &lines {
+            tail.push(Stream::Stderr, l);
+        }
+        let kept = tail.lines();
+        assert_eq!(kept.len(), 32, "all of it is kept");
+        assert!(last_lines(&kept).iter().all(|l| l.contains("from /usr/lib/ruby")));
+        assert_eq!(
+            failure_notes(&kept, &[8080]),
+            ["the error: /srv/app/config.ru:3: syntax error, unexpected end-of-input (SyntaxError)"]
+        );
+    }
+
+    #[test]
+    fn the_error_after_a_python_traceback_is_its_last_line() {
+        let lines = kept(&[
+            "[2026-01-01 10:00:00 +0000] [7] [INFO] Booting worker with pid: 7",
+            "Traceback (most recent call last):",
+            "  File \"/srv/app/wsgi.py\", line 1, in <module>",
+            "    import flaskk",
+            "ModuleNotFoundError: No module named 'flaskk'",
+            "[2026-01-01 10:00:00 +0000] [7] [INFO] Worker exiting (pid: 7)",
+        ]);
+        assert_eq!(
+            error_line(&lines),
+            Some("ModuleNotFoundError: No module named 'flaskk'")
+        );
+    }
+
+    #[test]
+    fn error_heuristics() {
+        assert_eq!(
+            error_line(&kept(&[
+                "starting",
+                "thread 'main' panicked at src/main.rs:3:5:",
+                "boom"
+            ])),
+            Some("thread 'main' panicked at src/main.rs:3:5:")
+        );
+        assert_eq!(
+            error_line(&kept(&[
+                "node:events:497",
+                "Error: Cannot find module 'expresss'",
+                "    at Module._resolveFilename (node:internal/modules/cjs/loader:1145:15)",
+            ])),
+            Some("Error: Cannot find module 'expresss'")
+        );
+        assert_eq!(
+            error_line(&kept(&[
+                "    at Error (native)",
+                "FATAL: database \"app\" does not exist"
+            ])),
+            Some("FATAL: database \"app\" does not exist")
+        );
+        assert_eq!(error_line(&kept(&["listening", "shutting down"])), None);
+        assert_eq!(error_line(&[]), None);
+    }
+
+    #[test]
+    fn address_in_use_names_its_port_and_hints_only_for_a_port_baton_holds() {
+        let node = kept(&["Error: listen EADDRINUSE: address already in use :::3000"]);
+        assert_eq!(address_in_use(&node), Some(Some(3000)));
+        let go = kept(&["listen tcp :8080: bind: address already in use"]);
+        assert_eq!(address_in_use(&go), Some(Some(8080)));
+        let ruby = kept(&["Address already in use - bind(2) for \"0.0.0.0\" port 9292 (Errno::EADDRINUSE)"]);
+        assert_eq!(address_in_use(&ruby), Some(Some(9292)));
+        let python = kept(&["OSError: [Errno 98] Address already in use"]);
+        assert_eq!(address_in_use(&python), Some(None));
+        assert_eq!(address_in_use(&kept(&["fine"])), None);
+
+        let hint = |lines: &[String], held: &[u16]| failure_notes(lines, held).iter().any(|n| n.starts_with("hint:"));
+        assert!(hint(&node, &[3000]));
+        assert!(failure_notes(&node, &[3000])[1].contains("port 3000 itself, and baton already holds it"));
+        assert!(!hint(&node, &[8080]), "another port: not baton's doing");
+        assert!(hint(&python, &[8080]), "no port named: baton holds one");
+        assert!(!hint(&python, &[]));
+    }
+
+    #[test]
+    fn the_tail_is_bounded_in_lines_and_bytes() {
+        let tail = Tail::default();
+        for i in 0..1000 {
+            tail.push(Stream::Stdout, &format!("line {i}"));
+        }
+        let lines = tail.lines();
+        assert_eq!(lines.len(), KEEP_LINES);
+        assert_eq!(lines.last().unwrap(), "stdout: line 999");
+        let long = "y".repeat(10_000);
+        for _ in 0..1000 {
+            tail.push(Stream::Stdout, &long);
+        }
+        let bytes: usize = tail.lines().iter().map(String::len).sum();
+        assert!(bytes <= KEEP_BYTES, "{bytes}");
+        assert!(tail.lines().len() > 100);
+        assert_eq!(Tail::from_lines(vec!["x".to_owned(); 500]).lines().len(), KEEP_LINES);
+    }
+
+    #[tokio::test]
+    async fn a_ready_watch_tells_once_and_only_for_its_own_pump() {
+        let pattern: crate::config::LogPattern = "Uvicorn running on".parse().unwrap();
+        let (mine, mut told) = ReadyWatch::new(pattern.clone());
+        let (theirs, mut other_told) = ReadyWatch::new(pattern);
+        let sink = Collect::default();
+        let (writer, thread) = spawn_writer(Box::new(sink.clone())).unwrap();
+        let feed = |text: &'static str, watch: ReadyWatch| {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            std::fs::File::from(w).write_all(text.as_bytes()).unwrap();
+            pump_from(
+                PipeRest::new(r),
+                Stream::Stderr,
+                origin(),
+                writer.clone(),
+                Tail::default(),
+                Some(watch),
+                CancellationToken::new(),
+            )
+        };
+        feed(
+            "INFO: Started server process\nINFO: Waiting for application startup.\n",
+            theirs,
+        )
+        .await;
+        assert_eq!(
+            other_told.recv().await,
+            None,
+            "no match: the watch ends with its pump, untold"
+        );
+        let mine2 = mine.clone();
+        feed(
+            "INFO: Uvicorn running on socket\nINFO: Uvicorn running on socket\n",
+            mine,
+        )
+        .await;
+        assert_eq!(told.try_recv(), Ok(()));
+        drop(mine2);
+        assert_eq!(told.recv().await, None, "told once");
+        drop(writer);
+        writer_thread_done(thread);
     }
 }

@@ -25,6 +25,26 @@ pub struct Stat {
     pub cpu_ticks: u64,
 }
 
+/// The systemd service baton runs in (`myapp.service`), from
+/// /proc/self/cgroup: the last `.service` in its cgroup path. `None`
+/// outside a service. One small read, once at start.
+pub fn own_unit() -> Option<String> {
+    unit_of(&std::fs::read_to_string("/proc/self/cgroup").ok()?)
+}
+
+fn unit_of(cgroups: &str) -> Option<String> {
+    // cgroup v2 is "0::/path"; v1 hierarchies have "N:name=systemd:/path".
+    let line = cgroups
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .or_else(|| cgroups.lines().find(|l| l.contains(":name=systemd:")))?;
+    let (_, path) = line.rsplit_once(':')?;
+    path.split('/')
+        .rev()
+        .find(|c| c.ends_with(".service"))
+        .map(str::to_owned)
+}
+
 /// /proc/PID/stat.
 pub fn stat(pid: i32) -> Option<Stat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -145,5 +165,22 @@ mod tests {
         assert!(pids().any(|p| p == me));
         let env = environ(me).expect("our environ");
         assert!(env.iter().all(|v| !v.is_empty()));
+    }
+
+    #[test]
+    fn the_unit_is_the_last_service_in_the_cgroup_path() {
+        assert_eq!(
+            unit_of("0::/system.slice/myapp.service/supervisor\n").as_deref(),
+            Some("myapp.service")
+        );
+        assert_eq!(
+            unit_of("0::/system.slice/system-baton.slice/baton@web.service\n").as_deref(),
+            Some("baton@web.service")
+        );
+        assert_eq!(unit_of("0::/user.slice/user-1000.slice/session-2.scope\n"), None);
+        assert_eq!(
+            unit_of("12:cpu:/\n1:name=systemd:/system.slice/old.service\n").as_deref(),
+            Some("old.service")
+        );
     }
 }

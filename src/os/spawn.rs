@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ReadinessMode};
+use crate::config::{Config, NotifySocket, ReadinessMode};
 use crate::engine::spec::{CanaryCheck, Executable, GenSpec, Launch, NodeLaunch, Policy};
 use crate::os::activation::Listener;
 use crate::os::sys::{self, SpawnError};
@@ -122,6 +122,7 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
             _ => None,
         },
         ready_timeout: config.readiness.timeout,
+        settle: config.readiness.settle,
         stop_signal: config.stop.signal,
         stop_timeout: config.stop.timeout,
         restart: config.restart.clone(),
@@ -145,6 +146,11 @@ pub fn resolve(config: &Config, inherited_path: Option<&str>) -> Result<GenSpec,
             environment: config.environment.clone(),
             node_ipc: config.readiness.mode == ReadinessMode::NodeIpc,
             stop_message: config.stop.message.clone(),
+            ready_pattern: match &config.readiness.mode {
+                ReadinessMode::Log(p) => Some(p.clone()),
+                _ => None,
+            },
+            notify_abstract: config.readiness.notify_socket == NotifySocket::Abstract,
             executable,
             node: config.node.inherit_listen.then_some(NodeLaunch {
                 wait_ready: config.node.wait_ready,

@@ -15,10 +15,24 @@ fn hello() -> String {
 
 #[test]
 fn strangers_and_garbage_on_a_notify_socket_are_ignored() {
+    strangers_and_garbage_on(None);
+}
+
+#[test]
+fn strangers_and_garbage_on_an_abstract_notify_socket_are_ignored() {
+    strangers_and_garbage_on(Some("abstract"));
+}
+
+/// A stranger (this test process, outside the worker's tree) sends READY=1
+/// to a worker's socket: a path by default, or abstract.
+fn strangers_and_garbage_on(kind: Option<&str>) {
     let port = port();
     let hello = hello();
-    let extra = "[readiness]\ntimeout = \"2s\"\n";
-    let baton = Baton::start(port, &config_text(port, &[&hello], 1, extra));
+    let mut extra = "[readiness]\ntimeout = \"2s\"\n".to_owned();
+    if let Some(kind) = kind {
+        extra.push_str(&format!("notify_socket = \"{kind}\"\n"));
+    }
+    let baton = Baton::start(port, &config_text(port, &[&hello], 1, &extra));
     // A slow-to-ready release: a stranger tries to declare it ready early.
     baton.write_config(&config_text(
         port,
@@ -34,16 +48,23 @@ fn strangers_and_garbage_on_a_notify_socket_are_ignored() {
             if env.contains("BATON_GENERATION=2\n") {
                 socket = env
                     .lines()
-                    .find_map(|l| l.strip_prefix("NOTIFY_SOCKET=@"))
+                    .find_map(|l| l.strip_prefix("NOTIFY_SOCKET="))
                     .map(str::to_owned);
             }
         }
         socket.is_some()
     }));
-    let name = socket.unwrap();
-    let addr = {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()
+    let socket = socket.unwrap();
+    let addr = match socket.strip_prefix('@') {
+        Some(name) => {
+            assert_eq!(kind, Some("abstract"));
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()
+        }
+        None => {
+            assert_eq!(kind, None, "a path by default: {socket}");
+            std::os::unix::net::SocketAddr::from_pathname(&socket).unwrap()
+        }
     };
     let sock = std::os::unix::net::UnixDatagram::unbound().unwrap();
     sock.send_to_addr(b"READY=1\n", &addr).unwrap();
@@ -56,6 +77,13 @@ fn strangers_and_garbage_on_a_notify_socket_are_ignored() {
     assert!(stderr.contains("readiness timeout"), "{stderr}");
     assert!(baton.log().contains("sender is not the worker"), "{}", baton.log());
     assert_eq!(baton.status()["supervisor"]["serving"], 1);
+    if kind.is_none() {
+        // The failed worker's socket went with it.
+        assert!(
+            wait_until(Duration::from_secs(5), || !std::path::Path::new(&socket).exists()),
+            "{socket} is left behind"
+        );
+    }
 }
 
 #[test]

@@ -44,6 +44,7 @@ mod node_preload;
 mod output;
 mod process_tree;
 mod python;
+mod readiness;
 mod records;
 mod reload_under_load;
 mod restart;

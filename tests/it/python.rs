@@ -129,8 +129,9 @@ fn gunicorn_five_reloads_under_load_fail_no_request() {
     let load = Load::start(baton.addr(), "/", 8);
     std::thread::sleep(Duration::from_millis(300));
     // A request in flight across the first reload: gunicorn's graceful stop
-    // must finish it.
-    let slow = crate::common::slow_request_in_background(baton.addr(), 3000);
+    // must finish it. It outlasts the reload, which takes the example's
+    // settle (3 s) and more.
+    let slow = crate::common::slow_request_in_background(baton.addr(), 6000);
     std::thread::sleep(Duration::from_millis(200));
 
     let started = Instant::now();
@@ -196,7 +197,7 @@ fn gunicorn_five_reloads_under_load_fail_no_request() {
     stats.assert_served_through(100, RELOADS as u64 + 1);
     assert_eq!(
         slow.as_ref().map(|(code, body)| (*code, body.as_str())),
-        Ok((200, "slow done after 3000 ms\n")),
+        Ok((200, "slow done after 6000 ms\n")),
         "the request in flight during the first reload"
     );
     // It was answered after generation 1 had been told to stop.
@@ -238,4 +239,106 @@ fn gunicorn_five_reloads_under_load_fail_no_request() {
             );
         }
     }
+}
+
+/// gunicorn sends READY=1 (its `when_ready` hook) before its workers import
+/// the app. Without `preload_app`, a release whose app cannot be imported
+/// is "ready", then its workers fail to boot and the master exits (issue
+/// 14: 0 of 30 probes answered). `[readiness] settle` (the example's
+/// value) keeps such a release from ever counting as ready: the reload
+/// fails and the old generation serves throughout.
+#[test]
+fn gunicorn_without_preload_and_a_broken_app_fails_the_reload_thanks_to_settle() {
+    let venv = provision_venv();
+    let port = port();
+    let canary = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = python_dir();
+    let shipped = std::fs::read_to_string(dir.join("baton.toml")).unwrap();
+    let settle = shipped
+        .lines()
+        .find_map(|l| l.strip_prefix("settle = "))
+        .and_then(|v| v.split('"').nth(1))
+        .unwrap_or_else(|| panic!("examples/python/baton.toml has no [readiness] settle"))
+        .to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    // gunicorn.conf.py as shipped, less preload_app.
+    let conf = std::fs::read_to_string(dir.join("gunicorn.conf.py")).unwrap();
+    assert!(conf.contains("preload_app = True\n"));
+    let conf_path = tmp.path().join("no-preload.conf.py");
+    std::fs::write(
+        &conf_path,
+        conf.replace("preload_app = True\n", "preload_app = False\n"),
+    )
+    .unwrap();
+    // Two releases: the example app, and one that cannot be imported.
+    let good = tmp.path().join("good");
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(dir.join("app.py"), good.join("app.py")).unwrap();
+    std::fs::write(
+        broken.join("app.py"),
+        "import flask_that_is_not_installed\n\n\ndef app(environ, start_response):\n    pass\n",
+    )
+    .unwrap();
+    let config_for = |release: &Path| {
+        shipped
+            .replace(
+                "\".venv/bin/gunicorn\"",
+                &format!("{:?}", venv.join("bin/gunicorn").display().to_string()),
+            )
+            .replace(
+                "\"gunicorn.conf.py\"",
+                &format!("{:?}", conf_path.display().to_string()),
+            )
+            .replace(
+                "directory = \".\"",
+                &format!("directory = {:?}", release.display().to_string()),
+            )
+            .replace(
+                "address = \"127.0.0.1:8081\"",
+                &format!("address = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                "[environment]\n",
+                &format!("[environment]\nBIND = \"127.0.0.1:{canary}\"\n"),
+            )
+    };
+    let baton = Baton::start(port, &config_for(&good));
+    let old = baton.worker_pids(1);
+    let load = Load::start(baton.addr(), "/", 8);
+    std::thread::sleep(Duration::from_millis(300));
+
+    baton.write_config(&config_for(&broken));
+    let started = Instant::now();
+    let out = baton.reload();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}\n{}", baton.log());
+    assert!(stderr.contains("while settling"), "{stderr}");
+    assert!(
+        stderr.contains("the error: ModuleNotFoundError: No module named 'flask_that_is_not_installed'"),
+        "{stderr}"
+    );
+    // How long after its READY=1 the gunicorn master went: the settle
+    // must be longer than that.
+    let gap = stderr
+        .split("while settling, ")
+        .nth(1)
+        .and_then(|rest| rest.split(" after its READY").next())
+        .unwrap_or("?")
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = load.stop();
+    eprintln!(
+        "gunicorn without preload, broken app, settle {settle}: the master exited {gap} after READY=1; \
+         the reload failed after {:.1}s; {stats}",
+        took.as_secs_f64()
+    );
+    assert_eq!(stats.failed, 0, "{stats} {:?}", stats.first_errors);
+    assert_eq!(stats.generations_seen.iter().collect::<Vec<_>>(), vec!["1"], "{stats}");
+    assert_eq!(baton.worker_pids(1), old, "the old masters must be the same processes");
+    let status = baton.status();
+    assert_eq!(status["supervisor"]["serving"].as_u64(), Some(1), "{status:#}");
+    assert_eq!(status["supervisor"]["last_reload"]["ok"], false, "{status:#}");
 }

@@ -445,3 +445,45 @@ fn metrics_counters_and_the_listener_carry_over() {
     });
     assert!(served, "GET /metrics after the upgrade:\n{scraped}\n{}", baton.log());
 }
+
+/// A worker's notify socket file (the default) crosses the upgrade: the
+/// same file keeps taking its watchdog pings (a lost endpoint would get
+/// the worker replaced), and the new image removes it with its worker.
+#[test]
+fn a_notify_socket_path_survives_an_upgrade() {
+    let install = Install::new();
+    let baton = start_hello(&install, 2, "[watchdog]\ntimeout = \"1s\"\n");
+    let notify_dir = baton.dir.path().join("run/app/notify");
+    let sockets = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&notify_dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let before = worker_pids(&baton);
+    let files = sockets();
+    assert_eq!(files.len(), 2, "{files:?}");
+    install.put(&crate::common::baton_bin());
+    let out = upgrade(&baton);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), baton.log());
+    assert_eq!(sockets(), files, "the new image swept or re-made the sockets");
+    // Several watchdog intervals: the pings reach the new image.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(worker_pids(&baton), before, "{}", baton.log());
+    assert!(!baton.log().contains("watchdog"), "{}", baton.log());
+    // A reload: the old workers' files go with them, the new ones are there.
+    assert!(baton.reload().status.success(), "{}", baton.log());
+    assert!(
+        crate::common::wait_until(Duration::from_secs(10), || {
+            let now = sockets();
+            now.len() == 2 && now.iter().all(|f| !files.contains(f))
+        }),
+        "{:?} (was {files:?})",
+        sockets()
+    );
+}

@@ -68,7 +68,23 @@ fn listen_pid_is_the_workers_own_pid_and_no_fd_leaks() {
     assert_eq!(env.get("BATON_NAME"), Some(&"app"), "{env:?}");
     assert_eq!(env.get("BATON_GENERATION"), Some(&"2"), "{env:?}");
     assert!(matches!(env.get("BATON_WORKER"), Some(&"0") | Some(&"1")), "{env:?}");
-    assert!(env.get("NOTIFY_SOCKET").is_some_and(|s| s.starts_with('@')), "{env:?}");
+    // NOTIFY_SOCKET is a socket file of baton's runtime directory, which
+    // only its user can reach (README "What a worker gets").
+    let notify = std::path::Path::new(env.get("NOTIFY_SOCKET").copied().unwrap_or_default());
+    assert_eq!(
+        notify.parent(),
+        Some(baton.dir.path().join("run/app/notify").as_path()),
+        "{env:?}"
+    );
+    {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        let meta = std::fs::symlink_metadata(notify).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.uid(), nix::unistd::Uid::current().as_raw());
+        let dir = std::fs::metadata(notify.parent().unwrap()).unwrap();
+        assert_eq!(dir.permissions().mode() & 0o777, 0o700);
+    }
     assert!(!env.contains_key("WATCHDOG_USEC"), "watchdog is off: {env:?}");
 }
 

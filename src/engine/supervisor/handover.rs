@@ -164,6 +164,10 @@ struct WorkerRecord {
     stop_pending: bool,
     started: Rel,
     ready_at: Option<Rel>,
+    /// When it sent READY (absent from a hand-over of a binary without
+    /// `[readiness] settle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    said_ready: Option<Rel>,
     deadline: Option<Rel>,
     watchdog_deadline: Option<Rel>,
     watchdog_armed: bool,
@@ -359,6 +363,7 @@ impl Supervisor {
                     stop_pending,
                     started,
                     ready_at,
+                    said_ready,
                     deadline,
                     watchdog_deadline,
                     watchdog_armed,
@@ -374,6 +379,7 @@ impl Supervisor {
                     stop_pending: *stop_pending,
                     started: r(started),
                     ready_at: ready_at.as_ref().map(r),
+                    said_ready: said_ready.as_ref().map(r),
                     deadline: deadline.as_ref().map(r),
                     watchdog_deadline: watchdog_deadline.as_ref().map(r),
                     watchdog_armed: *watchdog_armed,
@@ -558,6 +564,7 @@ impl Supervisor {
                 stop_pending,
                 started,
                 ready_at,
+                said_ready,
                 deadline,
                 watchdog_deadline,
                 watchdog_armed,
@@ -574,6 +581,7 @@ impl Supervisor {
                     stop_pending,
                     started: abs(now, started)?,
                     ready_at: abs_opt(now, ready_at)?,
+                    said_ready: abs_opt(now, said_ready)?,
                     deadline: abs_opt(now, deadline)?,
                     watchdog_deadline: abs_opt(now, watchdog_deadline)?,
                     watchdog_armed,
@@ -786,7 +794,12 @@ fn validate(state: &CoreState) -> Result<(), ImportError> {
             return bad(format!("timer {:?} is armed twice", t.timer));
         }
         let worker = match t.timer {
-            Timer::Ready(w) | Timer::Delay(w) | Timer::Stop(w) | Timer::Escalate(w) | Timer::Watchdog(w) => Some(w),
+            Timer::Ready(w)
+            | Timer::Delay(w)
+            | Timer::Settle(w)
+            | Timer::Stop(w)
+            | Timer::Escalate(w)
+            | Timer::Watchdog(w) => Some(w),
             Timer::Restart { .. } | Timer::CanaryHold(_) => None,
         };
         if let Some(worker) = worker {

@@ -75,6 +75,7 @@ fn policy(workers: usize, strategy: ReloadStrategy) -> Policy {
         strategy,
         ready_delay: None,
         ready_timeout: secs(60),
+        settle: Duration::ZERO,
         stop_signal: Signal::SIGTERM,
         stop_timeout: secs(30),
         restart: Restart {
@@ -102,6 +103,8 @@ fn spec_of(tag: &str, policy: Policy) -> Arc<GenSpec> {
             environment: vec![("RELEASE".into(), tag.into())],
             node_ipc: false,
             stop_message: None,
+            ready_pattern: None,
+            notify_abstract: false,
             executable: None,
             node: None,
         },
@@ -799,14 +802,16 @@ impl H {
                         .is_some_and(|cw| sup.workers[&cw].state == WorkerState::Ready)
                 });
             // Memory limit: its successor, ready now (READY=1, or alive
-            // for the readiness delay), took the slot.
+            // for the readiness delay, or settled), took the slot.
             let successor_ready = |t: WorkerId| {
                 sup.gens[&w.generation].slots[w.slot].worker == Some(t)
                     && sup.workers.get(&t).is_some_and(|x| x.state == WorkerState::Ready)
             };
             let replaced = match cause {
                 Cause::Message(t) => successor_ready(*t),
-                Cause::Timers(due) => due.iter().any(|t| matches!(*t, Timer::Delay(t) if successor_ready(t))),
+                Cause::Timers(due) => due
+                    .iter()
+                    .any(|t| matches!(*t, Timer::Delay(t) | Timer::Settle(t) if successor_ready(t))),
                 _ => false,
             };
             assert!(
@@ -2431,6 +2436,11 @@ fn random_spec(rng: &mut Rng, version: u64) -> Arc<GenSpec> {
     if rng.chance(15) {
         p.watchdog = Some(secs(3));
     }
+    // Drawn from the version, not the generator, so that the coverage
+    // the other draws give stays as it was.
+    if version % 4 == 1 {
+        p.settle = ms(100 * version % 2000);
+    }
     if rng.chance(30) {
         p.memory_limit = Some(64 << 20);
     }
@@ -3906,4 +3916,153 @@ fn a_promotion_by_the_hold_says_so_and_a_failed_one_is_one_record() {
     h.hup();
     h.stop();
     assert_eq!(records(&mut h), [(Reload, Failed, None)]);
+}
+
+// ---- [readiness] settle (issue 14) ---------------------------------------------
+
+fn settling(settle: Duration) -> Policy {
+    let mut p = policy(1, Parallel);
+    p.settle = settle;
+    p
+}
+
+/// The faults the harness saw, in order.
+fn faults(h: &H) -> Vec<Fault> {
+    h.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WorkerFailed { fault, .. } => Some(fault.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_worker_that_dies_while_settling_fails_the_reload_and_the_old_generation_keeps_serving() {
+    let mut h = started(1, Parallel);
+    h.reload(7);
+    h.load(spec_of("v2", settling(secs(5))));
+    h.take();
+    h.ready(2, 0);
+    assert_eq!(h.state(2), Some(WorkerState::Settling));
+    // READY is not ready yet: nothing retires, nobody is answered.
+    h.expect(&[progress(&[7])]);
+    assert!(
+        h.armed(Timer::Ready(WorkerId(2))).is_none(),
+        "the readiness timeout is over"
+    );
+    h.advance(secs(2));
+    h.expect(&[]);
+    h.crash(2, 0, FAIL);
+    h.expect(&[
+        failed(2, 0, exited(FAIL, false)),
+        err(&[7], worker_failed(2, 0, exited(FAIL, false))),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert_eq!(h.sup.serving, Some(GenId(1)), "rule 2");
+    assert_eq!(h.live(1), [1]);
+    let fault = faults(&h).pop().unwrap();
+    assert_eq!(fault.settling_ms, Some(2000));
+    assert_eq!(
+        fault.to_string(),
+        "worker 0 of generation 2 (pid 1002) exited with status 1 while settling, 2s after its READY ([readiness] settle)"
+    );
+}
+
+#[test]
+fn a_worker_that_stays_alive_for_the_settle_is_ready() {
+    let mut h = started(1, Parallel);
+    h.reload(7);
+    h.load(spec_of("v2", settling(secs(5))));
+    h.take();
+    h.advance(secs(59));
+    // READY late in the readiness timeout still gets its whole settle: the
+    // settle is counted after the timeout's wait, not inside it.
+    h.ready(2, 0);
+    h.expect(&[progress(&[7])]);
+    h.advance(secs(5) - ms(1));
+    h.expect(&[]);
+    assert_eq!(h.snap().generations.iter().find(|g| g.id == GenId(2)).unwrap().ready, 0);
+    h.advance(ms(1));
+    h.expect(&[term(1), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
+    assert_eq!(h.state(2), Some(WorkerState::Ready));
+}
+
+#[test]
+fn a_second_ready_while_settling_changes_nothing() {
+    let mut h = started(1, Parallel);
+    h.reload(7);
+    h.load(spec_of("v2", settling(secs(5))));
+    h.take();
+    h.ready(2, 0);
+    h.advance(secs(3));
+    h.ready(2, 0);
+    h.take();
+    h.advance(secs(2));
+    h.expect(&[term(1), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
+}
+
+#[test]
+fn a_missed_watchdog_while_settling_fails_the_reload() {
+    let mut p = settling(secs(5));
+    p.watchdog = Some(secs(1));
+    let mut h = started(1, Parallel);
+    h.reload(7);
+    h.load(spec_of("v2", p));
+    h.take();
+    h.ready(2, 0);
+    h.take();
+    h.advance(ms(900));
+    h.send(2, Notify::Watchdog);
+    h.advance(ms(900));
+    h.expect(&[]);
+    h.advance(ms(100));
+    h.expect(&[
+        kill(2),
+        failed(2, 0, Failure::WatchdogTimeout),
+        err(&[7], worker_failed(2, 0, Failure::WatchdogTimeout)),
+        Ev::Phase(Phase::Ready),
+    ]);
+    assert_eq!(h.sup.serving, Some(GenId(1)));
+}
+
+#[test]
+fn settle_applies_to_the_first_start_and_to_delay_mode() {
+    let mut p = settling(secs(3));
+    p.ready_delay = Some(secs(1));
+    let mut h = H::new();
+    h.start(spec_of("v1", p));
+    h.take();
+    h.advance(secs(1));
+    assert_eq!(h.state(1), Some(WorkerState::Settling));
+    h.advance(secs(3) - ms(1));
+    h.expect(&[]);
+    h.advance(ms(1));
+    h.expect(&[Ev::Phase(Phase::Ready)]);
+}
+
+#[test]
+fn a_worker_that_exits_0_at_start_gets_the_listen_hint() {
+    // Before its generation is ready.
+    let mut h = H::new();
+    h.start(spec("v1", 1, Parallel));
+    h.take();
+    h.exit_worker(1, ExitStatus::Code(0));
+    assert_eq!(faults(&h)[0].hint, Some(Hint::ExitedZeroAtStart));
+    let hint = faults(&h)[0].hint.unwrap().to_string();
+    assert!(hint.starts_with("an app that exits 0 as it starts has usually failed to listen"));
+
+    // Right after it became ready: yes; long after: no; a failure: no.
+    let mut h = started(1, Parallel);
+    h.advance(secs(1));
+    h.exit_worker(1, ExitStatus::Code(0));
+    h.advance(secs(1));
+    h.ready(1, 0);
+    h.advance(secs(60));
+    h.exit_worker(2, ExitStatus::Code(0));
+    h.advance(secs(1));
+    h.ready(1, 0);
+    h.crash(1, 0, FAIL);
+    let hints: Vec<Option<Hint>> = faults(&h).iter().map(|f| f.hint).collect();
+    assert_eq!(hints, [Some(Hint::ExitedZeroAtStart), None, None]);
 }
