@@ -19,8 +19,8 @@
 #     (/proc/PID/smaps_rollup), which shares out the pages of the binary
 #     that other processes map too;
 #   - the number of processes on the machine (standalone, baton measures its
-#     workers in process-group mode, which reads every process's stat and
-#     statm: that cost grows with the machine's process count).
+#     workers in process-group mode; since commit 55be236 that reads only
+#     baton's descendants, before it read every process's stat and statm).
 # REPEATS runs per mode, median (min–max); the ratio on/off is taken per
 # repetition (the two runs next to each other), then its median.
 #
@@ -129,6 +129,8 @@ meets() {
 }
 
 out=docs/bench/metrics.md
+# Earlier runs, kept by hand at the end of the doc, stay.
+earlier=$(sed -n '/^## Earlier runs/,$p' "$out" 2>/dev/null || true)
 {
   echo "# Metrics cost benchmark"
   echo
@@ -166,19 +168,19 @@ out=docs/bench/metrics.md
     printf "  baton measured %.2f ms per minute: nothing wakes it. With the textfile\n", off
     printf "  and the listener on it used %.2f ms per minute (%.2f ms with a scrape every\n", on, sc
     printf "  15 s), %.3f%% of one core: near zero against near zero is a large ratio. The\n", on / 600
-    printf "  work is periodic by design: every 15 s baton measures the workers, renders\n"
-    printf "  the text and rewrites DIR/NAME.prom (a temp file, then rename), so that\n"
+    printf "  work is periodic by design: every 14 s baton measures the workers, renders\n"
+    printf "  the text and rewrites DIR/NAME.prom once (a temp file, then rename), so that\n"
     printf "  node_textfile_mtime_seconds shows it alive; a scrape renders nothing (it\n"
     printf "  reads the latest text), so it adds little.\n"
   }'
-  echo "- Most of the system calls are the measurement. Standalone, as here, baton"
-  echo "  has no delegated cgroup and measures each worker's process group, which"
-  echo "  reads the stat and statm of every process on the machine (about"
-  echo "  $(printf '%.0f' "$procs") here), so its cost grows with the host's process count."
-  echo "  \`strace -f -c\` of an \"on\" baton for 30 s (2 periods, 101 processes on the"
-  echo "  machine; by hand at commit fde7e83) counted 406 openat, 400 statx and 1495"
-  echo "  read, against 4 rename and 4 fdatasync for the textfile: it is written twice"
-  echo "  a period, at its own 15 s tick and when the new measurement is published."
+  echo "- Standalone, as here, baton has no delegated cgroup and measures each"
+  echo "  worker's process group: it walks its own descendants through"
+  echo "  /proc/PID/task/*/children and reads their stat and statm, not the other"
+  echo "  processes of the machine (about $(printf '%.0f' "$procs") here). \`strace -f\` of an \"on\" baton"
+  echo "  for 42 s, 6 s after start (3 periods; by hand at commit 55be236), counted"
+  echo "  78 openat (26 a period: 8 children files of baton's threads, and the task"
+  echo "  list, children, stat and statm of each of the 4 workers, and the temp"
+  echo "  file), 3 rename and 3 fdatasync: one write a period."
   echo "  Under systemd with \`Delegate=yes\` (what \`baton init\` writes) the"
   echo "  measurement reads two files per worker cgroup instead; this bench does not"
   echo "  measure that mode."
@@ -186,9 +188,11 @@ out=docs/bench/metrics.md
   echo "- **Memory: VmRSS $(meets on 5 | verdict) the target, PSS $(meets on 6 | verdict) it** (on/off"
   echo "  $(ratio_median on 5 | xargs printf '%.3f') and $(ratio_median on 6 | xargs printf '%.3f')): the listener's task and buffers, the"
   echo "  rendered text, and a thread of the blocking pool that does the measurement"
-  echo "  and the write (it ends 10 s after its last job, so it comes and goes)."
+  echo "  and the write (kept 60 s after its last job, so it stays while a job comes"
+  echo "  every 14 s, rather than a thread started and ended each period)."
   echo "- Each mode's runs start a fresh baton; the modes alternate, so load from"
   echo "  other jobs on the shared cores falls on all three alike. Thread run time"
   echo "  (schedstat) counts only baton's own CPU, not time spent waiting for a core."
+  [ -z "$earlier" ] || printf '\n%s\n' "$earlier"
 } >"$out"
 cat "$out"

@@ -246,6 +246,10 @@ fn supervise(settings: Settings, overrides: Overrides, listeners: Vec<activation
 fn run_event_loop(ctx: Context, start: Start) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // With [metrics] on, a job runs every measurement period (14 s);
+        // tokio's default 10 s would end the thread and start another each
+        // period.
+        .thread_keep_alive(std::time::Duration::from_secs(60))
         .enable_all()
         .build()
     {

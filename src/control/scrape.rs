@@ -211,7 +211,7 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Keeps `path` up to date: on every new text, and at least every
-/// [`TEXTFILE_EVERY`]. Writes run on the blocking pool; failures are
+/// [`TEXTFILE_EVERY`] (the same text again when none came in that time). Writes run on the blocking pool; failures are
 /// logged, rate-limited. At exit the file stays with the last text: its
 /// mtime (node_exporter's `node_textfile_mtime_seconds`) tells how old it
 /// is.
@@ -222,14 +222,19 @@ pub async fn keep_textfile(
     done: CancellationToken,
 ) {
     let errors = SharedRateLimit::new(Duration::from_secs(60));
-    let mut every = tokio::time::interval(TEXTFILE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Due TEXTFILE_EVERY after the last write, new text or not: the
+    // driver's periodic measurement publishes new text a little more
+    // often, so while it runs the file is written once a period, not once
+    // for the text and again for the clock.
+    let again = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(again);
     loop {
         tokio::select! {
             _ = done.cancelled() => return,
             changed = text.changed() => if changed.is_err() { return },
-            _ = every.tick() => {}
+            _ = &mut again => {}
         }
+        again.as_mut().reset(tokio::time::Instant::now() + TEXTFILE_EVERY);
         let body = text.borrow_and_update().clone();
         if body.is_empty() {
             continue;

@@ -354,11 +354,16 @@ pub enum Probe {
 
 /// Resident memory and CPU ticks per process group (a worker leads its own
 /// group, so this is a worker with its children), from one pass over
-/// /proc. It reads a file per process: call it off the event loop
-/// (`spawn_blocking`).
+/// baton's descendants. A worker's group holds only its descendants: its
+/// members are forked from it, and an orphan comes back to baton, the
+/// child subreaper; a process that left with setsid is in another group.
+/// So the other processes of the machine need not be read, unless the
+/// kernel has no children files: then every process in /proc is. It reads
+/// a few files per process: call it off the event loop (`spawn_blocking`).
 pub fn usage_by_group() -> HashMap<i32, (u64, u64)> {
     let mut groups = HashMap::new();
-    for pid in procfs::pids() {
+    let pids = procfs::descendants().unwrap_or_else(|| procfs::pids().collect());
+    for pid in pids {
         // A zombie has no memory left to count, and its CPU time moves to
         // its parent's cutime once reaped.
         let Some(stat) = procfs::stat(pid).filter(|s| s.state != 'Z') else {
@@ -536,6 +541,35 @@ mod tests {
             cgroup_dir("50 45 0:32 / /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n", "/"),
             None
         );
+    }
+
+    #[test]
+    fn a_group_sums_its_members_among_our_descendants() {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        // A shell leading its own group, like a worker, with a sleep it
+        // forked in that group.
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 60 & echo $!; wait"])
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(sh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let sleep: i32 = line.trim().parse().unwrap();
+        let shell = sh.id() as i32;
+        let found = procfs::descendants().expect("this kernel has children files");
+        assert!(found.contains(&shell) && found.contains(&sleep), "{found:?}");
+        assert!(!found.contains(&(std::process::id() as i32)), "not ourselves");
+        assert_eq!(procfs::stat(sleep).map(|s| s.pgrp), Some(shell));
+        // Both are asleep: their memory holds still between the reads.
+        let both = procfs::rss_bytes(shell).unwrap() + procfs::rss_bytes(sleep).unwrap();
+        assert_eq!(usage_by_group().get(&shell).map(|u| u.0), Some(both));
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(shell), nix::sys::signal::Signal::SIGKILL);
+        sh.wait().unwrap();
     }
 
     #[test]

@@ -101,15 +101,64 @@ pub fn pids() -> impl Iterator<Item = i32> {
 /// baton's children: /proc/self/task/*/children (a child adopted as
 /// subreaper may belong to any of baton's threads).
 pub fn own_children() -> Vec<i32> {
+    let mut out = children("self");
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The children of `proc` ("self" or a pid), whichever of its threads
+/// forked them; empty when it is gone.
+fn children(proc: &str) -> Vec<i32> {
     let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{proc}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
             out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
         }
     }
-    out.sort_unstable();
-    out.dedup();
     out
+}
+
+/// Levels below baton that [`descendants`] walks, and the most pids it
+/// returns: a bound on one measurement's work (ARCHITECTURE rule 8), far
+/// past any real worker tree.
+pub const MAX_DEPTH: usize = 64;
+pub const MAX_DESCENDANTS: usize = 65_536;
+
+/// baton's descendants, level by level through /proc/PID/task/*/children,
+/// at most [`MAX_DEPTH`] levels and [`MAX_DESCENDANTS`] pids. `None` when
+/// the kernel has no children files (built without CONFIG_PROC_CHILDREN):
+/// the caller then scans all of [`pids`]. A process that forks or exits
+/// during the walk may be missed; the next walk sees it.
+pub fn descendants() -> Option<Vec<i32>> {
+    if !std::path::Path::new("/proc/thread-self/children").exists() {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut level = children("self");
+    for _ in 0..MAX_DEPTH {
+        let mut next = Vec::new();
+        for pid in level {
+            if out.len() == MAX_DESCENDANTS {
+                return Some(out);
+            }
+            // A process re-parented to baton mid-walk shows up twice.
+            if seen.insert(pid) {
+                out.push(pid);
+                next.extend(children(&pid.to_string()));
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    Some(out)
 }
 
 /// The `NAME=value` entries of /proc/PID/environ.

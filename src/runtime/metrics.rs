@@ -26,11 +26,12 @@ use crate::os::cgroup::{self, Usage};
 use crate::os::sys;
 
 /// How often the workers' memory and CPU are measured while an output
-/// (`listen` or `textfile`) is on: as often as the textfile is rewritten,
-/// Prometheus's default scrape interval. In process-group mode each
-/// measurement reads every process's stat and statm, so more often would
-/// cost idle CPU for figures nobody reads.
-pub(super) const SAMPLE_EVERY: Duration = scrape::TEXTFILE_EVERY;
+/// (`listen` or `textfile`) is on: about Prometheus's default scrape
+/// interval, more often would cost idle CPU for figures nobody reads. A
+/// second less than the textfile's period, so that each measurement's text
+/// reaches the textfile writer before its own deadline and is the period's
+/// one write (`scrape::keep_textfile`).
+pub(super) const SAMPLE_EVERY: Duration = scrape::TEXTFILE_EVERY.saturating_sub(Duration::from_secs(1));
 
 /// The driver's metrics state.
 pub(super) struct Metrics {
