@@ -1789,11 +1789,7 @@ impl Supervisor {
         w.deadline = Some(until);
         let (generation, slot) = (w.generation, w.slot);
         if let Some(interval) = watchdog {
-            w.watchdog_deadline = Some(after(now, interval));
-            if !w.watchdog_armed {
-                w.watchdog_armed = true;
-                self.arm(after(now, interval), Timer::Watchdog(worker));
-            }
+            self.start_watchdog(now, worker, interval);
         }
         self.disarm(Timer::Ready(worker));
         self.disarm(Timer::Delay(worker));
@@ -1806,6 +1802,17 @@ impl Supervisor {
         }
     }
 
+    /// Expects `worker`'s next ping within `interval` from now, arming its
+    /// watchdog timer the first time.
+    fn start_watchdog(&mut self, now: Instant, worker: WorkerId, interval: Duration) {
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        w.watchdog_deadline = Some(after(now, interval));
+        if !w.watchdog_armed {
+            w.watchdog_armed = true;
+            self.arm(after(now, interval), Timer::Watchdog(worker));
+        }
+    }
+
     fn became_ready(&mut self, now: Instant, worker: WorkerId) {
         let watchdog = self.policy_of(worker).and_then(|p| p.watchdog);
         let Some(w) = self.workers.get_mut(&worker) else { return };
@@ -1815,11 +1822,7 @@ impl Supervisor {
         w.deadline = None;
         let (generation, slot) = (w.generation, w.slot);
         if let Some(interval) = watchdog {
-            w.watchdog_deadline = Some(after(now, interval));
-            if !w.watchdog_armed {
-                w.watchdog_armed = true;
-                self.arm(after(now, interval), Timer::Watchdog(worker));
-            }
+            self.start_watchdog(now, worker, interval);
         }
         self.disarm(Timer::Ready(worker));
         self.disarm(Timer::Delay(worker));
