@@ -208,6 +208,41 @@ fn node_preload_keep_alive_drain_with_the_apps_own_handler() {
     );
 }
 
+/// A client whose request head arrives slowly (a byte every 100 ms, longer
+/// in all than the drain's grace) while its worker drains is not idle: it
+/// gets its response (with `Connection: close`), not a reset.
+#[test]
+fn node_preload_drain_answers_a_request_still_arriving() {
+    use std::io::{Read, Write};
+    let port = port();
+    let b = Baton::start(
+        port,
+        &pm2_config(port, "http.js", 1, true, "").replace("drain = true", "drain = true\ndrain_grace = \"300ms\""),
+    );
+    let mut conn = std::net::TcpStream::connect(b.addr()).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let head = b"GET / HTTP/1.1\r\nHost: baton\r\nX-Slow: aaaaaaaaaa\r\n\r\n";
+    let (first, rest) = head.split_at(4);
+    conn.write_all(first).expect("first bytes");
+    let reload = b.reload_in_background();
+    for byte in rest {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Err(e) = conn.write_all(&[*byte]) {
+            panic!("the draining worker cut a request still arriving: {e}\n{}", b.log());
+        }
+    }
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "no response to a request still arriving ({read:?}): {answer:?}\n{}",
+        b.log()
+    );
+    let out = reload.join().expect("reload thread");
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// listen(3000) with baton holding two other ports: the worker fails, and
 /// the message names both sockets; nothing binds 3000.
 #[test]

@@ -210,7 +210,7 @@
     server.batonConns = conns;
     const connState = (socket) => {
       if (!socket.batonConn) {
-        socket.batonConn = { active: 0, since: Date.now(), responses: new Set() };
+        socket.batonConn = { active: 0, since: Date.now(), read: socket.bytesRead, responses: new Set() };
         conns.add(socket);
         socket.once('close', () => conns.delete(socket));
       }
@@ -220,8 +220,9 @@
     const tls = typeof server.addContext === 'function';
     server.on(tls ? 'secureConnection' : 'connection', connState);
     server.prependListener('request', (req, res) => {
-      if (!req.socket) return;
-      const state = connState(req.socket);
+      const conn = req.socket;
+      if (!conn) return;
+      const state = connState(conn);
       state.active++;
       state.responses.add(res);
       if (draining) closeAfter(res);
@@ -232,6 +233,7 @@
         state.active--;
         state.responses.delete(res);
         state.since = Date.now();
+        state.read = conn.bytesRead;
       };
       res.once('finish', finished);
       res.once('close', finished);
@@ -256,11 +258,19 @@
     }
   }
 
+  // A connection whose next request is still arriving (its head comes in
+  // slowly, byte by byte: no 'request' yet) is not idle: bytes read since
+  // the last look restart its idle time.
   function closeIdle(server) {
     const now = Date.now();
     for (const socket of server.batonConns || []) {
       const state = socket.batonConn;
-      if (state && state.active === 0 && now - state.since >= grace) {
+      if (!state || state.active !== 0) continue;
+      const read = socket.bytesRead;
+      if (read !== state.read) {
+        state.read = read;
+        state.since = now;
+      } else if (now - state.since >= grace) {
         socket.destroy();
       }
     }
