@@ -243,6 +243,32 @@ fn node_preload_drain_answers_a_request_still_arriving() {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// An app that forks its own cluster: the preload refuses the primary's
+/// listen for its workers, so the first start fails with the reason. (It
+/// used to map it: the primary said 'ready' and accepted on baton's socket
+/// while every cluster worker failed its port check and died, so baton
+/// reported the generation serving and every request hung.)
+#[test]
+fn node_preload_refuses_the_cluster_modules_listen() {
+    let port = port();
+    let config = pm2_config(
+        port,
+        "cluster.js",
+        1,
+        true,
+        "[readiness]\nmode = \"node-ipc\"\ntimeout = \"20s\"\n",
+    );
+    let mut b = Baton::spawn(port, &config);
+    let status = b.wait_exit(Duration::from_secs(40));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a cluster app must fail its first start, not serve a socket no process answers: {status:?}\n{}",
+        b.log()
+    );
+    let wanted = "baton: listen(3000) by the cluster module's primary for its workers";
+    assert!(b.log().contains(wanted), "no {wanted:?} in:\n{}", b.log());
+}
+
 /// listen(3000) with baton holding two other ports: the worker fails, and
 /// the message names both sockets; nothing binds 3000.
 #[test]

@@ -9,7 +9,8 @@
 //   net.Server.prototype.listen) use the socket baton passed (fd 3..,
 //   LISTEN_FDS) with that port or path, or the only one there is. A listen
 //   that matches none fails, naming the sockets baton holds; it never binds
-//   a socket of its own. listen({fd}) and listen(handle) are left alone.
+//   a socket of its own. listen({fd}) and listen(handle) are left alone; a
+//   listen by the cluster module's primary (for its workers) fails.
 // - Readiness: unless BATON_NODE_WAIT_READY=1 (PM2's wait_ready: the app
 //   sends 'ready' itself), the first 'listening' of a mapped server sends
 //   'ready' over the IPC channel.
@@ -34,6 +35,7 @@
     return;
   }
   const net = require('net');
+  const os = require('os');
   const path = require('path');
   if (net.Server.prototype.listen.batonPatched) {
     return;
@@ -139,6 +141,22 @@
     return `listen(${shown(req)}) matches none of the sockets baton holds: ${held()}; listen on one of their ports or paths (baton never binds another)`;
   }
 
+  // A listen() by the cluster module's primary on behalf of its workers
+  // (Node's RoundRobinHandle). Mapped, the primary would say 'ready' and
+  // accept on baton's socket while every cluster worker fails its port
+  // check and dies: connections would hang with baton reporting ready.
+  function fromCluster() {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 8;
+    const stack = String(new Error().stack);
+    Error.stackTraceLimit = limit;
+    return stack.includes('node:internal/cluster/');
+  }
+
+  function clusterRefused(req) {
+    return `listen(${shown(req)}) by the cluster module's primary for its workers: the preload does not map listens of Node's cluster module; run the app without cluster (baton's \`workers\` runs that many processes on its sockets)`;
+  }
+
   let readySent = false;
   function ready() {
     if (readySent || waitReady) return;
@@ -156,10 +174,12 @@
       return originalListen.apply(this, args);
     }
     const cb = callbackOf(args);
-    const socket = choose(req);
+    const socket = fromCluster() ? clusterRefused(req) : choose(req);
     if (typeof socket === 'string') {
       const err = new Error(`baton: ${socket}`);
       err.code = 'EADDRNOTAVAIL';
+      // The cluster module passes errno (not code) on to its worker.
+      err.errno = -((os.constants.errno || {}).EADDRNOTAVAIL || 99);
       err.syscall = 'listen';
       log(socket);
       process.nextTick(() => this.emit('error', err));
