@@ -1353,6 +1353,18 @@ fn log_mode_pattern_settle_and_notify_socket() {
             .contains("not a valid regular expression")
     );
     assert!(problem("command = [\"x\"]\n[readiness]\nmode = \"log\"\npattern = \"\"\n").contains("must not be empty"));
+    // Patterns that match the empty string match every line too.
+    for every in [".*", "x?", "^", "$", "a|", "(?m)^", "\\\\s*"] {
+        let text = format!("command = [\"x\"]\n[readiness]\nmode = \"log\"\npattern = \"{every}\"\n");
+        assert!(
+            problem(&text).contains("matches every line"),
+            "{every}: {}",
+            problem(&text)
+        );
+    }
+    // An empty line is a (strange) ready line, but not every line.
+    let empty_line = "command = [\"x\"]\n[readiness]\nmode = \"log\"\npattern = \"^$\"\n";
+    assert!(parse(empty_line, Path::new(FILE), &Overrides::default()).is_ok());
     assert!(
         problem("command = [\"x\"]\n[readiness]\nnotify_socket = \"file\"\n")
             .contains(r#"must be one of "path", "abstract""#)

@@ -596,11 +596,19 @@ impl FromStr for LogPattern {
             .size_limit(PATTERN_SIZE_LIMIT)
             .dfa_size_limit(PATTERN_SIZE_LIMIT)
             .build()
-            .map(LogPattern)
             .map_err(|e| {
                 // The regex crate's message spans lines (the pattern, a caret).
                 let why = e.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join(" ");
                 format!("is not a valid regular expression: {why}")
+            })
+            .and_then(|re| {
+                // "x?", ".*", "^", "$", "a|": an empty match fits anywhere,
+                // so like the empty pattern it matches every line.
+                if re.is_match("") && re.is_match("\u{1}no line says this\u{1}") {
+                    Err("matches every line (it matches the empty string), so the first line any worker prints would make it ready; write what the ready line says, such as \"Uvicorn running on\"".into())
+                } else {
+                    Ok(LogPattern(re))
+                }
             })
     }
 }
