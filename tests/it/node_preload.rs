@@ -150,8 +150,24 @@ fn node_preload_https_app_unchanged() {
     let answer = get();
     assert!(answer.starts_with("200 hello from generation 1"), "{answer}");
     assert!(answer.contains(&format!(" port {port}")), "{answer}");
+    // A TCP connection that never starts its TLS handshake (a port check,
+    // a stray client) does not hold the drain open until the stop timeout
+    // (10 s): it is closed like an idle connection, after the grace.
+    let old = b.worker_pids(1);
+    let _stray = std::net::TcpStream::connect(b.addr()).expect("connect");
+    std::thread::sleep(Duration::from_millis(200));
+    let reloaded = std::time::Instant::now();
     b.reload_times(1, Duration::ZERO);
     assert!(get().starts_with("200 hello from generation 2"));
+    while old.iter().any(|&pid| crate::common::baton::alive(pid)) {
+        assert!(
+            reloaded.elapsed() < Duration::from_secs(6),
+            "generation 1 still drains a connection with no TLS handshake after {:?}\n{}",
+            reloaded.elapsed(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// 20 reloads of 2 workers under keep-alive load (12 connections sending

@@ -236,9 +236,16 @@
       }
       return socket.batonConn;
     };
-    // https hands requests the TLS socket, which 'secureConnection' gives.
-    const tls = typeof server.addContext === 'function';
-    server.on(tls ? 'secureConnection' : 'connection', connState);
+    // https hands requests the TLS socket, which 'secureConnection' gives;
+    // until then its TCP socket stands for it, so that one whose handshake
+    // never comes is closed like an idle connection, not waited for.
+    server.on('connection', connState);
+    if (typeof server.addContext === 'function') {
+      server.on('secureConnection', (socket) => {
+        if (socket._parent) conns.delete(socket._parent);
+        connState(socket);
+      });
+    }
     server.prependListener('request', (req, res) => {
       const conn = req.socket;
       if (!conn) return;
