@@ -179,7 +179,7 @@ aborts the canary: its workers stop and are never restarted."
         /// With --canary: after this long without a failure, run
         /// [canary] check (if any) and promote the canary by itself
         /// (default: [canary] hold; without one, a person decides)
-        #[arg(long, value_name = "DURATION", requires = "canary")]
+        #[arg(long, value_name = "DURATION", requires = "canary", value_parser = duration_arg)]
         hold: Option<Dur>,
     },
     /// Finish a canary: grow it into the serving generation, from the release it pinned
@@ -404,8 +404,15 @@ impl ImportPm2Args {
 }
 
 /// `--interval`: often enough to be live, never a busy loop.
+/// A duration argument; its message quotes the text where a config
+/// message would say how the file writes it.
+fn duration_arg(text: &str) -> Result<Dur, String> {
+    text.parse()
+        .map_err(|m: String| crate::config::on_command_line(&m, text))
+}
+
 fn watch_interval(text: &str) -> Result<Dur, String> {
-    let d: Dur = text.parse()?;
+    let d = duration_arg(text)?;
     if d.0 < std::time::Duration::from_millis(100) || d.0 > std::time::Duration::from_secs(3600) {
         return Err(format!("{text} is out of range: give 100ms to 1h"));
     }
@@ -479,5 +486,32 @@ mod tests {
         assert!(
             matches!(ok.command, Cmd::Run { ref listen, workers: Some(Workers::Auto), .. } if listen[0].to_string() == "[::1]:80")
         );
+    }
+
+    /// A bad duration's message names the text given, not the config's
+    /// placeholder for how a file writes it (it printed U+E000).
+    #[test]
+    fn a_bad_duration_argument_is_quoted_in_its_message() {
+        for (args, text) in [
+            (
+                &["baton", "reload", "app", "--canary", "1", "--hold", "5"][..],
+                "found \"5\"",
+            ),
+            (
+                &["baton", "reload", "app", "--canary", "1", "--hold", "25h"][..],
+                "found \"25h\"",
+            ),
+            (
+                &["baton", "status", "app", "--watch", "--interval", "0.5"][..],
+                "found \"0.5\"",
+            ),
+        ] {
+            let err = Cli::try_parse_from(args)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(text), "{args:?}: {err}");
+            assert!(!err.contains('\u{e000}'), "{args:?}: {err}");
+        }
     }
 }

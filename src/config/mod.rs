@@ -32,7 +32,7 @@ use std::{
 
 use nix::sys::signal::Signal;
 
-pub use types::{Dur, ListenAddress, LogPattern, NotifySocket, RESERVED_ENV, Workers};
+pub use types::{Dur, ListenAddress, LogPattern, NotifySocket, RESERVED_ENV, Workers, on_command_line};
 use validate::{Origin, validate};
 
 /// The largest `workers` accepted.

@@ -39,6 +39,12 @@ pub const RESERVED_ENV: &[&str] = &[
 /// Stands for the value as written in the file, in messages.
 pub(super) const FOUND: &str = "\u{e000}";
 
+/// A value's message for the command line, where no file says how the
+/// value is written: [`FOUND`] becomes the text itself, quoted.
+pub fn on_command_line(message: &str, text: &str) -> String {
+    message.replace(FOUND, &format!("{text:?}"))
+}
+
 /// The type of `#[serde(try_from = "Value")]` conversion errors.
 type Msg = String;
 
