@@ -218,3 +218,78 @@ fn uvicorn_through_a_sockets_launcher() {
          pattern = \"serving on baton.s socket\"\ntimeout = \"30s\"\n\n[stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
     );
 }
+
+#[test]
+fn gunicorn_socket_activation_and_sd_notify() {
+    let venv = provision_venv("gunicorn");
+    eight_reloads_and_a_broken_release(
+        "gunicorn",
+        &[
+            &venv.join("bin/gunicorn").display().to_string(),
+            "--config",
+            "gunicorn.conf.py",
+            "app:app",
+        ],
+        &fixture("gunicorn"),
+        2,
+        "[environment]\n{BROKEN}\n[readiness]\nmode = \"notify\"\ntimeout = \"30s\"\n\n\
+         [stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+    );
+}
+
+/// `tests/frameworks/node` with its node_modules (`npm ci`).
+fn provision_node() -> PathBuf {
+    let out = Command::new("node").arg("--version").output();
+    assert!(
+        matches!(&out, Ok(o) if o.status.success()),
+        "node is required for tests/it/frameworks.rs ({out:?}); install Node.js 18.2 or later"
+    );
+    provision_npm(&fixture("node"), "frameworks-node")
+}
+
+/// A Node server as written for PM2, through baton's preload and its drain.
+fn node_server(server: &str, script: &str) {
+    let dir = provision_node();
+    eight_reloads_and_a_broken_release(
+        server,
+        &["node", script],
+        &dir,
+        2,
+        "[environment]\n{BROKEN}\n[node]\ninherit_listen = true\ndrain = true\n\n\
+         [stop]\nsignal = \"SIGINT\"\ntimeout = \"30s\"\n",
+    );
+}
+
+#[test]
+fn express_through_the_preload() {
+    node_server("express", "express.js");
+}
+
+#[test]
+fn fastify_through_the_preload() {
+    node_server("fastify", "fastify.js");
+}
+
+#[test]
+fn lighttpd_socket_activation_and_a_log_pattern() {
+    let found = Command::new("lighttpd").arg("-v").output();
+    if !matches!(&found, Ok(o) if o.status.success()) {
+        skip(&format!(
+            "lighttpd is not installed ({found:?}); Debian: apt-get install lighttpd"
+        ));
+        return;
+    }
+    // Each worker's document root (see run.sh).
+    let tmp = tempfile::tempdir().unwrap();
+    eight_reloads_and_a_broken_release(
+        "lighttpd",
+        &["./run.sh"],
+        &fixture("lighttpd"),
+        2,
+        &format!(
+            "[environment]\nFIXTURE_TMP = {}\n{{BROKEN}}\n[readiness]\nmode = \"log\"\npattern = \"server started\"\n\
+             timeout = \"30s\"\n\n[stop]\nsignal = \"SIGINT\"\ntimeout = \"30s\"\n",
+            toml_path(tmp.path())
+        ),
+    );
+}
