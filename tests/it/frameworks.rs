@@ -293,3 +293,54 @@ fn lighttpd_socket_activation_and_a_log_pattern() {
         ),
     );
 }
+
+// Beyond the CI subset: the rows of README's table verified by hand, with
+// `cargo test --test it frameworks:: -- --ignored` (PyPI, and Debian's
+// uwsgi-core and uwsgi-plugin-python3).
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (PyPI)"]
+fn hypercorn_by_hand() {
+    let venv = provision_venv("hypercorn");
+    eight_reloads_and_a_broken_release(
+        "hypercorn",
+        &[&venv.join("bin/python").display().to_string(), "serve.py"],
+        &fixture("hypercorn"),
+        2,
+        &format!(
+            "[environment]\nPYTHONPATH = {}\n{{BROKEN}}\n[readiness]\nmode = \"log\"\npattern = \"Running on http://\"\n\
+             timeout = \"30s\"\n\n[stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+            toml_path(&fixture("uvicorn"))
+        ),
+    );
+}
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (PyPI)"]
+fn waitress_by_hand() {
+    let venv = provision_venv("waitress");
+    eight_reloads_and_a_broken_release(
+        "waitress",
+        &[&venv.join("bin/python").display().to_string(), "serve.py"],
+        &fixture("waitress"),
+        2,
+        &format!(
+            "[environment]\nPYTHONPATH = {}\nPYTHONUNBUFFERED = \"1\"\n{{BROKEN}}\n[readiness]\nmode = \"log\"\n\
+             pattern = \"Serving on http://\"\ntimeout = \"30s\"\n\n[stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+            toml_path(&fixture("gunicorn"))
+        ),
+    );
+}
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (Debian: uwsgi-core, uwsgi-plugin-python3)"]
+fn uwsgi_by_hand() {
+    eight_reloads_and_a_broken_release(
+        "uwsgi",
+        &["uwsgi", "--ini", "uwsgi.ini"],
+        &fixture("uwsgi"),
+        2,
+        "[environment]\n{BROKEN}\n[readiness]\nmode = \"notify\"\ntimeout = \"30s\"\n\n\
+         [stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+    );
+}
