@@ -344,3 +344,29 @@ fn uwsgi_by_hand() {
          [stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
     );
 }
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (Debian: unicorn)"]
+fn unicorn_by_hand() {
+    eight_reloads_and_a_broken_release(
+        "unicorn",
+        &["unicorn", "-c", "unicorn.conf.rb", "config.ru"],
+        &fixture("unicorn"),
+        2,
+        "[environment]\n{BROKEN}\n[readiness]\nmode = \"log\"\npattern = \"master process ready\"\ntimeout = \"30s\"\n\n\
+         [stop]\nsignal = \"SIGQUIT\"\ntimeout = \"30s\"\n",
+    );
+}
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (Debian: puma, ruby-sd-notify)"]
+fn puma_by_hand() {
+    eight_reloads_and_a_broken_release(
+        "puma",
+        &["puma", "-C", "puma.rb"],
+        &fixture("puma"),
+        2,
+        "[environment]\n{BROKEN}\n[readiness]\nmode = \"notify\"\ntimeout = \"30s\"\n\n\
+         [stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+    );
+}
