@@ -23,14 +23,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::baton::{Baton, children_of, config_text, fd_targets, port, provision_npm, run_setup, target_dir, with_file_lock};
+use crate::common::baton::{
+    Baton, children_of, config_text, fd_targets, port, provision_npm, run_setup, target_dir, with_file_lock,
+};
 use crate::common::load::Load;
 use crate::common::{http_get, say, skip};
 
 const RELOADS: usize = 8;
 
 fn fixture(server: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/frameworks").join(server)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/frameworks")
+        .join(server)
 }
 
 /// `target/frameworks-<server>-venv` with the fixture's requirements.txt
@@ -53,7 +57,10 @@ fn provision_venv(server: &str) -> PathBuf {
         if venv.exists() {
             std::fs::remove_dir_all(&venv).unwrap();
         }
-        run_setup("python3 -m venv", Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run_setup(
+            "python3 -m venv",
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        );
         run_setup(
             &format!("pip install -r {}", requirements.display()),
             Command::new(venv.join("bin/pip"))
@@ -121,9 +128,18 @@ fn assert_serves_batons_socket(server: &str, baton: &Baton, generation: u64) {
         .filter(|(p, _)| *p == baton.port)
         .map(|(_, inode)| inode.clone())
         .collect();
-    assert_eq!(batons.len(), 1, "listening sockets on port {}: {listening:?}", baton.port);
+    assert_eq!(
+        batons.len(),
+        1,
+        "listening sockets on port {}: {listening:?}",
+        baton.port
+    );
     let all: BTreeSet<String> = listening.iter().map(|(_, inode)| inode.clone()).collect();
-    assert_eq!(listening_held(baton.pid(), &all), batons, "baton's own listening sockets");
+    assert_eq!(
+        listening_held(baton.pid(), &all),
+        batons,
+        "baton's own listening sockets"
+    );
     let workers = baton.worker_pids(generation);
     assert!(!workers.is_empty(), "{:#}", baton.status());
     let procs: Vec<i32> = workers.iter().flat_map(|&w| tree(w)).collect();
@@ -144,7 +160,10 @@ fn assert_serves_batons_socket(server: &str, baton: &Baton, generation: u64) {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("{server}: no pid in {body:?}"));
-    assert!(procs.contains(&pid), "{server}: {pid} answered, not a worker's process: {procs:?}");
+    assert!(
+        procs.contains(&pid),
+        "{server}: {pid} answered, not a worker's process: {procs:?}"
+    );
     assert_eq!(
         listening_held(pid, &all),
         batons,
@@ -197,7 +216,11 @@ fn eight_reloads_and_a_broken_release(server: &str, command: &[&str], dir: &Path
         reloads_took.as_secs_f64()
     ));
     stats.assert_served_through(100, RELOADS as u64 + 1);
-    assert_eq!(status["supervisor"]["serving"].as_u64(), Some(RELOADS as u64 + 1), "{status:#}");
+    assert_eq!(
+        status["supervisor"]["serving"].as_u64(),
+        Some(RELOADS as u64 + 1),
+        "{status:#}"
+    );
     assert_eq!(status["supervisor"]["last_reload"]["ok"], false, "{status:#}");
     assert!(
         !stats.generations_seen.contains(&(RELOADS + 2).to_string()),
