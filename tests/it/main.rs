@@ -36,6 +36,7 @@ mod canary;
 mod chaos;
 mod control_socket;
 mod error_messages;
+mod frameworks;
 mod hostile_input;
 mod import_pm2;
 mod metrics;
