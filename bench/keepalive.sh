@@ -146,7 +146,7 @@ wrk_during_reloads() {
   awk -v med="$med" '/requests in/ {req=$1}
        /Socket errors/ {gsub(",",""); c=$4; r=$6; w=$8; t=$10}
        /Non-2xx/ {n=$5}
-       END {printf "%d %d %d %d %d %d %d %.1f\n", req, c+r+w+t+n, n, c, r, w, t, med}' "$work/wrk.out"
+       END {printf "%d %d %d %d %d %d %d %.2f\n", req, c+r+w+t+n, n, c, r, w, t, med}' "$work/wrk.out"
 }
 
 rows=$work/rows   # "label|requests failures non2xx connect read write timeout reload_s"
@@ -268,6 +268,8 @@ balance "examples/hello.rs (hyper, one thread)" hello4 "$(hello_cfg 4)"
 
 # --------------------------------------------------------------- report
 out=docs/bench/keepalive.md
+# The reading of the figures, written by hand at the end of the doc, stays.
+notes=$(sed -n '/^## Reading the figures/,$p' "$out" 2>/dev/null || true)
 {
   echo "# Keep-alive loss per reload, and how workers share connections"
   echo
@@ -310,5 +312,6 @@ extra = f" ({failed} failed)" if failed else ""
 print(f"| {label} | {threads} | {total}{extra} | {' / '.join(f'{s:.0%}' for s in shares)} | {spread} |")
 EOF
   done < "$balance_rows"
+  if [[ -n "$notes" ]]; then echo; echo "$notes"; fi
 } > "$out"
 cat "$out"
