@@ -10,9 +10,15 @@
 //! 2. **Says when it is ready**: `READY=1` and a `STATUS=` line on
 //!    `NOTIFY_SOCKET`, sent only once the accept loop runs. Until then baton
 //!    keeps the old generation serving.
-//! 3. **Drains on SIGTERM or SIGINT**: stop accepting (queued connections stay
-//!    in the shared socket for the next generation), finish in-flight requests,
-//!    close idle keep-alive connections, then exit 0.
+//! 3. **Drains on SIGTERM or SIGINT without failing a request**, keep-alive
+//!    ones included: stop accepting (queued connections stay in the shared
+//!    socket for the next generation), answer each connection's in-flight and
+//!    next request with `Connection: close` (the client then reconnects, to the
+//!    new generation), close only connections left without a request for
+//!    longer than a grace (1.5 s), and exit 0 once none is left. Closing idle
+//!    keep-alive connections at once, the usual drain, loses the request a
+//!    busy client has already sent on each of them: see the README's
+//!    "Keep-alive and the drain".
 //! 4. **Pings the watchdog** (`WATCHDOG=1`) when `WATCHDOG_USEC` is set.
 //!
 //! The environment is read, and the passed fds taken, in a synchronous `main`
@@ -39,6 +45,9 @@
 //! - `HELLO_READY_DELAY_MS=N`: serve, but send `READY=1` only after N ms.
 //! - `HELLO_NO_READY=1`: never send `READY=1` (a readiness timeout).
 //! - `HELLO_NO_WATCHDOG=1`: never ping the watchdog (a hung worker).
+//! - `HELLO_IDLE_GRACE_MS=N`: the drain's idle grace (default 1500). `0` is
+//!   the usual drain that closes idle keep-alive connections at once, for
+//!   measuring what it loses.
 //!
 //! Try it with systemd's own socket activation helper:
 //!
@@ -56,9 +65,9 @@ use std::error::Error;
 use std::fmt;
 use std::io;
 use std::os::linux::net::SocketAddrExt;
+use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -68,19 +77,24 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use libsystemd::daemon::{self, NotifyState};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::task::TaskTracker;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-/// How long a connection that was accepted but has not sent its first request
-/// yet may take to send it once draining starts. Closing it at once would reset
-/// a client that had already written its request.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How long, once draining has started, a connection may go without a
+/// request before the drain closes it. A client using its connection sends
+/// the next request as soon as it has read a response, so it is well within
+/// this; closing sooner could drop a request already on its way. A
+/// connection accepted just before the signal gets the same time to send its
+/// first request.
+const IDLE_GRACE: Duration = Duration::from_millis(1500);
 
 const ENV_PREFIXES: [&str; 4] = ["LISTEN_", "NOTIFY_", "WATCHDOG_", "BATON_"];
 
@@ -143,20 +157,25 @@ struct Knobs {
     ready_delay: Duration,
     no_ready: bool,
     no_watchdog: bool,
+    idle_grace: Duration,
 }
 
 impl Knobs {
     fn from_env() -> Result<Knobs, BoxError> {
         let flag = |k| std::env::var(k).is_ok_and(|v| v == "1");
-        let ready_delay = match std::env::var("HELLO_READY_DELAY_MS") {
-            Ok(ms) => Duration::from_millis(ms.parse().map_err(|e| format!("HELLO_READY_DELAY_MS={ms:?}: {e}"))?),
-            Err(_) => Duration::ZERO,
+        let millis = |k, default| match std::env::var(k) {
+            Ok(ms) => ms
+                .parse()
+                .map(Duration::from_millis)
+                .map_err(|e| format!("{k}={ms:?}: {e}")),
+            Err(_) => Ok(default),
         };
         Ok(Knobs {
             ignore_sigterm: flag("HELLO_IGNORE_SIGTERM"),
-            ready_delay,
+            ready_delay: millis("HELLO_READY_DELAY_MS", Duration::ZERO)?,
             no_ready: flag("HELLO_NO_READY"),
             no_watchdog: flag("HELLO_NO_WATCHDOG"),
+            idle_grace: millis("HELLO_IDLE_GRACE_MS", IDLE_GRACE)?,
         })
     }
 }
@@ -271,7 +290,7 @@ async fn serve(
         tokio::spawn(ping_watchdog(timeout / 2));
     }
 
-    let conns = Connections::new();
+    let conns = Connections::new(knobs.idle_grace);
     let signal = loop {
         tokio::select! {
             biased;
@@ -286,10 +305,7 @@ async fn serve(
         }
     };
 
-    println!(
-        "hello: {signal} received, draining {} connection(s)",
-        conns.graceful.count()
-    );
+    println!("hello: {signal} received, draining {} connection(s)", conns.tasks.len());
     notify(&[NotifyState::Stopping, NotifyState::Status("draining".to_owned())]);
     // Closes only this process's copy: queued connections wait in the shared
     // socket for the next generation.
@@ -359,18 +375,18 @@ impl StopSignals {
 /// The open connections, and the drain that closes them without failing a
 /// request.
 struct Connections {
-    graceful: GracefulShutdown,
-    /// Accepted connections that have not sent a request yet.
-    fresh: watch::Sender<usize>,
-    draining: Arc<AtomicBool>,
+    tasks: TaskTracker,
+    /// Turns true when the drain starts.
+    draining: watch::Sender<bool>,
+    idle_grace: Duration,
 }
 
 impl Connections {
-    fn new() -> Connections {
+    fn new(idle_grace: Duration) -> Connections {
         Connections {
-            graceful: GracefulShutdown::new(),
-            fresh: watch::Sender::new(0),
-            draining: Arc::new(AtomicBool::new(false)),
+            tasks: TaskTracker::new(),
+            draining: watch::Sender::new(false),
+            idle_grace,
         }
     }
 
@@ -378,72 +394,78 @@ impl Connections {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let first = Arc::new(FirstRequest::new(self.fresh.clone()));
+        // When the connection last finished a request (or was accepted);
+        // None while it handles one.
+        let idle_since = watch::Sender::new(Some(Instant::now()));
+        let draining = self.draining.subscribe();
         let service = {
-            let (first, info, draining) = (first.clone(), info.clone(), self.draining.clone());
+            let (idle_since, info, draining) = (idle_since.clone(), info.clone(), draining.clone());
             service_fn(move |req| {
-                first.arrived();
-                let (info, draining) = (info.clone(), draining.clone());
+                idle_since.send_replace(None);
+                let (idle_since, info, draining) = (idle_since.clone(), info.clone(), draining.clone());
                 async move {
                     let mut response = handle(req, &info).await;
-                    // A keep-alive client must not send its next request on a
-                    // connection that is about to close.
-                    if draining.load(Ordering::Relaxed) {
+                    // Once draining, this is the connection's last response:
+                    // hyper closes it after sending, and the client sends its
+                    // next request on a new connection, to the new generation.
+                    if *draining.borrow() {
                         response
                             .headers_mut()
                             .insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
+                    idle_since.send_replace(Some(Instant::now()));
                     Ok::<_, Infallible>(response)
                 }
             })
         };
         let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        let conn = self.graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
+        let grace = self.idle_grace;
+        self.tasks.spawn(async move {
+            if let Err(err) = serve_connection(conn, idle_since.subscribe(), draining, grace).await {
                 eprintln!("hello: connection: {err}");
             }
-            drop(first);
         });
     }
 
-    /// Waits until every connection is closed. In-flight requests finish and
-    /// their connections then close; idle keep-alive connections close at
-    /// once. A connection accepted just before the signal may not have
-    /// delivered its request yet, so those get a moment first.
+    /// Waits until every connection is closed: each ends after its next
+    /// response, or after `idle_grace` without a request.
     async fn drain(self) {
-        self.draining.store(true, Ordering::Relaxed);
-        let mut fresh = self.fresh.subscribe();
-        let _ = tokio::time::timeout(FIRST_REQUEST_GRACE, fresh.wait_for(|n| *n == 0)).await;
-        self.graceful.shutdown().await;
+        self.draining.send_replace(true);
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
-/// Counts a connection as fresh until its first request or its end.
-struct FirstRequest {
-    pending: AtomicBool,
-    fresh: watch::Sender<usize>,
-}
-
-impl FirstRequest {
-    fn new(fresh: watch::Sender<usize>) -> FirstRequest {
-        fresh.send_modify(|n| *n += 1);
-        FirstRequest {
-            pending: AtomicBool::new(true),
-            fresh,
+/// Serves one connection to its end. Once draining starts, a connection that
+/// has gone `grace` without a request is shut down (hyper closes an idle one
+/// at once); one in use ends by itself after its next response.
+async fn serve_connection<C>(
+    conn: C,
+    mut idle_since: watch::Receiver<Option<Instant>>,
+    mut draining: watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    let mut conn = pin!(conn);
+    let mut shut_down = false;
+    loop {
+        let drain = *draining.borrow();
+        let deadline = match *idle_since.borrow_and_update() {
+            Some(since) if drain && !shut_down => Some(since + grace),
+            _ => None,
+        };
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            Ok(()) = draining.changed(), if !drain => {}
+            // A request began or ended: the deadline moves.
+            Ok(()) = idle_since.changed(), if drain && !shut_down => {}
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                conn.as_mut().graceful_shutdown();
+                shut_down = true;
+            }
         }
-    }
-
-    fn arrived(&self) {
-        if self.pending.swap(false, Ordering::Relaxed) {
-            self.fresh.send_modify(|n| *n -= 1);
-        }
-    }
-}
-
-impl Drop for FirstRequest {
-    fn drop(&mut self) {
-        self.arrived();
     }
 }
 

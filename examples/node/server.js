@@ -12,8 +12,11 @@
 // 3. It drains on the 'shutdown' message ([stop] message = "shutdown", as
 //    PM2's shutdown_with_message) and on SIGTERM/SIGINT: stop accepting (the
 //    connections still queued in the shared socket are left to the next
-//    generation), let in-flight requests finish, close idle keep-alive
-//    connections, then exit 0.
+//    generation), let in-flight requests finish, tell each keep-alive
+//    client "Connection: close" on its next answer, close a connection only
+//    after 1.5 s without a request, then exit 0. (Closing idle keep-alive
+//    connections at once, the usual drain, loses the request a busy client
+//    had already sent on one: README "Keep-alive and the drain".)
 //
 // Routes:
 //   GET /           hello from generation G worker W pid P
@@ -21,6 +24,7 @@
 
 'use strict';
 
+const net = require('node:net');
 const express = require('express');
 
 const generation = process.env.BATON_GENERATION || '-';
@@ -38,6 +42,8 @@ const app = express();
 app.use((req, res, next) => {
   inFlight.add(res);
   res.on('close', () => inFlight.delete(res));
+  // The quiet time of a keep-alive connection starts when its answer ends.
+  res.on('finish', () => connections.has(req.socket) && connections.set(req.socket, Date.now()));
   if (draining) {
     res.set('Connection', 'close');
   }
@@ -73,33 +79,65 @@ server.on('error', (err) => {
   process.exit(1);
 });
 
+// How long a keep-alive connection may sit without a request during a
+// drain before it is closed (BATON_EXAMPLE_IDLE_GRACE_MS; 0 = at once, the
+// usual drain, which loses a request per connection under keep-alive load).
+const IDLE_GRACE_MS = Number(process.env.BATON_EXAMPLE_IDLE_GRACE_MS ?? 1500);
+
+// Every open connection, with when it last carried a byte or a response.
+const connections = new Map();
+server.on('connection', (socket) => {
+  connections.set(socket, Date.now());
+  socket.on('data', () => connections.set(socket, Date.now()));
+  socket.on('close', () => connections.delete(socket));
+});
+function busy(socket) {
+  for (const res of inFlight) {
+    if (res.socket === socket) {
+      return true;
+    }
+  }
+  return false;
+}
+
 function drain(trigger) {
   if (draining) {
-    console.log(`express: ${trigger} while draining; closing idle connections again`);
-    server.closeIdleConnections();
+    console.log(`express: ${trigger} while draining`);
     return;
   }
   draining = true;
   console.log(`express: ${trigger}: draining ${tag}, ${inFlight.size} request(s) in flight`);
+  // A response still to be written tells its client to close the
+  // connection after it. The requests that arrive from now on get the same
+  // (the middleware at the top), so each keep-alive client learns on its
+  // next answer, and nothing it sent is lost.
   for (const res of inFlight) {
     if (!res.headersSent) {
       res.set('Connection', 'close');
     }
-    // A response whose headers already went out leaves an idle keep-alive
-    // connection behind when it ends: close that too.
-    res.on('finish', () => setImmediate(() => server.closeIdleConnections()));
   }
-  // Stop accepting. This closes only this process's copy of the socket;
-  // the callback runs once every connection has closed.
-  server.close(() => {
-    console.log(`express: drained, exiting`);
+  // Stop accepting: only this process's copy of the socket closes; the
+  // connections still queued in it are left to the next generation. This is
+  // net.Server's close, not http.Server's: since Node 19 the latter also
+  // closes every idle keep-alive connection at once, and a client may have
+  // sent its next request on one of them already.
+  net.Server.prototype.close.call(server, () => {
+    console.log('express: drained, exiting');
     // The IPC channel would keep the process alive: exit explicitly.
     process.exit(0);
   });
-  // Keep-alive connections with no request in progress close now. Node
-  // counts a connection that has not sent its first request yet as active,
-  // so a request that is on its way is still answered.
-  server.closeIdleConnections();
+  // A connection is closed only once it has been quiet for the grace: no
+  // request in progress and no byte received.
+  const sweep = () => {
+    const now = Date.now();
+    for (const [socket, last] of connections) {
+      if (!busy(socket) && now - last >= IDLE_GRACE_MS) {
+        socket.destroy();
+      }
+    }
+  };
+  sweep();
+  setInterval(sweep, 100).unref();
 }
 
 process.on('message', (message) => {

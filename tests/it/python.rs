@@ -1,7 +1,7 @@
 //! The gunicorn example (`examples/python`) under baton. gunicorn
 //! takes the socket from LISTEN_FDS/LISTEN_PID, says READY=1 from its
 //! `when_ready` hook and drains on SIGTERM; 5 reloads under load fail no
-//! request.
+//! request, and neither do 20 under keep-alive load.
 //!
 //! `python3` is required. The test makes a venv in
 //! `target/examples-python-venv` and installs `requirements.txt` into it
@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::baton::{Baton, children_of, fd_targets, port, run_setup, target_dir, with_file_lock, worker_lines};
-use crate::common::load::Load;
-use crate::common::wait_until;
+use crate::common::load::{Load, keep_alive_get};
+use crate::common::{say, wait_until};
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python")
@@ -36,7 +36,15 @@ fn provision_venv() -> PathBuf {
     let wanted = std::fs::read_to_string(&requirements).unwrap();
     let marker = venv.join(".baton-installed-from-requirements.txt");
     with_file_lock(&target_dir().join("examples-python-venv.lock"), || {
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        // A venv copied from another tree has scripts whose #! names that
+        // tree's python: it must run here too.
+        let runs = || {
+            Command::new(venv.join("bin/gunicorn"))
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) && runs() {
             return;
         }
         if venv.exists() {
@@ -55,6 +63,29 @@ fn provision_venv() -> PathBuf {
         std::fs::write(&marker, &wanted).unwrap();
     });
     venv
+}
+
+/// examples/python/baton.toml made to run here: the venv's gunicorn,
+/// `directory` as the app's folder, `port` as the address, and `canary` as
+/// the address gunicorn would bind if it ignored the passed socket.
+fn example_config(shipped: &str, venv: &Path, directory: &Path, port: u16, canary: u16) -> String {
+    shipped
+        .replace(
+            "\".venv/bin/gunicorn\"",
+            &format!("{:?}", venv.join("bin/gunicorn").display().to_string()),
+        )
+        .replace(
+            "directory = \".\"",
+            &format!("directory = {:?}", directory.display().to_string()),
+        )
+        .replace(
+            "address = \"127.0.0.1:8081\"",
+            &format!("address = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            "[environment]\n",
+            &format!("[environment]\nBIND = \"127.0.0.1:{canary}\"\n"),
+        )
 }
 
 /// Inodes of the listening TCP sockets on 127.0.0.1 (and 0.0.0.0), by port.
@@ -107,23 +138,7 @@ fn gunicorn_five_reloads_under_load_fail_no_request() {
     ] {
         assert!(shipped.contains(needed), "examples/python/baton.toml lacks {needed:?}");
     }
-    let config = shipped
-        .replace(
-            "\".venv/bin/gunicorn\"",
-            &format!("{:?}", venv.join("bin/gunicorn").display().to_string()),
-        )
-        .replace(
-            "directory = \".\"",
-            &format!("directory = {:?}", dir.display().to_string()),
-        )
-        .replace(
-            "address = \"127.0.0.1:8081\"",
-            &format!("address = \"127.0.0.1:{port}\""),
-        )
-        .replace(
-            "[environment]\n",
-            &format!("[environment]\nBIND = \"127.0.0.1:{canary}\"\n"),
-        );
+    let config = example_config(&shipped, &venv, &dir, port, canary);
     let baton = Baton::start(port, &config);
 
     let load = Load::start(baton.addr(), "/", 8);
@@ -282,27 +297,10 @@ fn gunicorn_without_preload_and_a_broken_app_fails_the_reload_thanks_to_settle()
     )
     .unwrap();
     let config_for = |release: &Path| {
-        shipped
-            .replace(
-                "\".venv/bin/gunicorn\"",
-                &format!("{:?}", venv.join("bin/gunicorn").display().to_string()),
-            )
-            .replace(
-                "\"gunicorn.conf.py\"",
-                &format!("{:?}", conf_path.display().to_string()),
-            )
-            .replace(
-                "directory = \".\"",
-                &format!("directory = {:?}", release.display().to_string()),
-            )
-            .replace(
-                "address = \"127.0.0.1:8081\"",
-                &format!("address = \"127.0.0.1:{port}\""),
-            )
-            .replace(
-                "[environment]\n",
-                &format!("[environment]\nBIND = \"127.0.0.1:{canary}\"\n"),
-            )
+        example_config(&shipped, &venv, release, port, canary).replace(
+            "\"gunicorn.conf.py\"",
+            &format!("{:?}", conf_path.display().to_string()),
+        )
     };
     let baton = Baton::start(port, &config_for(&good));
     let old = baton.worker_pids(1);
@@ -341,4 +339,42 @@ fn gunicorn_without_preload_and_a_broken_app_fails_the_reload_thanks_to_settle()
     let status = baton.status();
     assert_eq!(status["supervisor"]["serving"].as_u64(), Some(1), "{status:#}");
     assert_eq!(status["supervisor"]["last_reload"]["ok"], false, "{status:#}");
+}
+
+/// 20 reloads under keep-alive load (12 connections sending back to back)
+/// fail no request. gunicorn's sync worker answers every request with
+/// `Connection: close` and closes the connection after it (it serves one
+/// connection at a time, so it never keeps one idle), so a keep-alive
+/// client reconnects for each request and nothing is ever sent on a
+/// connection the drain closes: the same as a new connection per request.
+#[test]
+fn gunicorn_keep_alive_load_over_20_reloads_loses_nothing() {
+    let venv = provision_venv();
+    const RELOADS: usize = 20;
+    let port = port();
+    let canary = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = python_dir();
+    let shipped = std::fs::read_to_string(dir.join("baton.toml")).unwrap();
+    let baton = Baton::start(port, &example_config(&shipped, &venv, &dir, port, canary));
+
+    // Why nothing can be lost: the first answer on a keep-alive connection
+    // already ends it.
+    let mut conn = None;
+    let answer = keep_alive_get(&mut conn, baton.addr(), "/", Duration::from_secs(5));
+    assert!(matches!(&answer, Ok((200, _))), "{answer:?}");
+    assert!(conn.is_none(), "gunicorn's sync worker kept the connection open");
+
+    let load = Load::keep_alive(baton.addr(), "/", 12);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    baton.reload_times(RELOADS, Duration::from_millis(150));
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    say(&format!(
+        "gunicorn, keep-alive, 12 connections, {RELOADS} reloads in {:.1}s: {stats}",
+        took.as_secs_f64()
+    ));
+    stats.assert_served_through(100, RELOADS as u64 + 1);
+    assert!(stats.generations_seen.len() > RELOADS / 2, "{stats}");
 }
