@@ -565,9 +565,22 @@ mod tests {
         assert!(found.contains(&shell) && found.contains(&sleep), "{found:?}");
         assert!(!found.contains(&(std::process::id() as i32)), "not ourselves");
         assert_eq!(procfs::stat(sleep).map(|s| s.pgrp), Some(shell));
-        // Both are asleep: their memory holds still between the reads.
-        let both = procfs::rss_bytes(shell).unwrap() + procfs::rss_bytes(sleep).unwrap();
-        assert_eq!(usage_by_group().get(&shell).map(|u| u.0), Some(both));
+        // `echo $!` can run before the child has finished exec'ing sleep, so
+        // its memory may still be changing: read the sum on both sides of
+        // the group's reading and compare only when it held still.
+        let sum = || procfs::rss_bytes(shell).unwrap() + procfs::rss_bytes(sleep).unwrap();
+        let mut compared = false;
+        for _ in 0..100 {
+            let before = sum();
+            let group = usage_by_group().get(&shell).map(|u| u.0);
+            if before == sum() {
+                assert_eq!(group, Some(before));
+                compared = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(compared, "the two processes' memory never held still for 2 s");
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(shell), nix::sys::signal::Signal::SIGKILL);
         sh.wait().unwrap();
     }
