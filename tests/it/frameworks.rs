@@ -393,3 +393,37 @@ fn puma_by_hand() {
          [stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
     );
 }
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (PyPI)"]
+fn daphne_by_hand() {
+    let venv = provision_venv("daphne");
+    eight_reloads_and_a_broken_release(
+        "daphne",
+        &[&venv.join("bin/python").display().to_string(), "serve.py"],
+        &fixture("daphne"),
+        2,
+        &format!(
+            "[environment]\nPYTHONPATH = {}\n{{BROKEN}}\n[readiness]\nmode = \"log\"\n\
+             pattern = \"serving on baton.s socket\"\ntimeout = \"30s\"\n\n[stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+            toml_path(&fixture("uvicorn"))
+        ),
+    );
+}
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (PyPI)"]
+fn twisted_by_hand() {
+    let venv = provision_venv("twisted");
+    eight_reloads_and_a_broken_release(
+        "twisted",
+        &[&venv.join("bin/python").display().to_string(), "serve.py"],
+        &fixture("twisted"),
+        2,
+        &format!(
+            "[environment]\nPYTHONPATH = {}\n{{BROKEN}}\n[readiness]\nmode = \"log\"\n\
+             pattern = \"serving on baton.s socket\"\ntimeout = \"30s\"\n\n[stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+            toml_path(&fixture("gunicorn"))
+        ),
+    );
+}
