@@ -51,7 +51,11 @@ fn provision_venv(server: &str) -> PathBuf {
     let wanted = std::fs::read_to_string(&requirements).unwrap();
     let marker = venv.join(".baton-installed-from-requirements.txt");
     with_file_lock(&target_dir().join(format!("frameworks-{server}-venv.lock")), || {
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        // A venv's scripts name its own path in their #! line: one copied
+        // with a target/ directory from another worktree cannot run them.
+        let here = std::fs::read_to_string(venv.join("bin/pip"))
+            .is_ok_and(|pip| pip.starts_with(&format!("#!{}/", venv.display())));
+        if here && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
             return;
         }
         if venv.exists() {
