@@ -60,7 +60,7 @@ use crate::control::status;
 use crate::control::{self, Change, Command, ReloadAnswer, Reply, Repoint};
 use crate::engine::spec::{CanaryCheck, GenSpec, Launch};
 use crate::engine::supervisor::{
-    Action, CanaryOutcome, ClientId, DriverError, ExitStatus, Fault, GenId, Notify, Phase, Record, RecordKind,
+    Action, CanaryOutcome, ClientId, DriverError, ExitStatus, Fault, GenId, Hint, Notify, Phase, Record, RecordKind,
     RecordResult, ReloadError, ReloadResult, Supervisor, Waiter, WorkerId,
 };
 use crate::os::activation::Listener;
@@ -1266,7 +1266,14 @@ impl Driver {
             .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
             .map(|a| a.port())
             .collect();
-        let mut notes = output::failure_notes(&lines, &held);
+        // The generation's spec is still there when its fault is told (its
+        // Retired comes after); the hint says so too.
+        let preload = fault.hint == Some(Hint::ExitedZeroWithPreload)
+            || self
+                .specs
+                .get(&fault.generation)
+                .is_some_and(|s| s.launch.node.is_some());
+        let mut notes = output::failure_notes(&lines, &held, preload);
         if let Some(hint) = fault.hint {
             notes.push(format!("hint: {hint}"));
         }

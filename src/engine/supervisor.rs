@@ -412,6 +412,10 @@ pub enum Hint {
     /// failed to listen (Express 5 hands EADDRINUSE to the listen callback,
     /// and a PM2-style app then sends 'ready' and exits 0).
     ExitedZeroAtStart,
+    /// The same, in a generation that loads baton's Node preload
+    /// (`[node] inherit_listen = true`): setting it is no advice then; the
+    /// preload's own `baton: listen(…)` line says what went wrong.
+    ExitedZeroWithPreload,
 }
 
 /// A worker that exits 0 within this long of becoming ready gets
@@ -425,6 +429,11 @@ impl std::fmt::Display for Hint {
                 "an app that exits 0 as it starts has usually failed to listen: it may bind the port itself \
                  while baton already holds it (Express 5 passes EADDRINUSE to the listen callback); \
                  use the inherited socket (fd 3, LISTEN_FDS) or set [node] inherit_listen = true",
+            ),
+            Hint::ExitedZeroWithPreload => f.write_str(
+                "an app that exits 0 as it starts has usually failed to listen; baton's Node preload is on \
+                 ([node] inherit_listen = true): its line `baton: listen(…)` in the output says which listen \
+                 it could not map and names the sockets baton holds; listen on one of their ports or paths",
             ),
         }
     }
@@ -1339,7 +1348,16 @@ impl Supervisor {
                 },
                 errno: w.errno,
                 settling_ms: w.settling_ms(now),
-                hint: (status == ExitStatus::Code(0) && at_start).then_some(Hint::ExitedZeroAtStart),
+                hint: (status == ExitStatus::Code(0) && at_start).then(|| {
+                    match self
+                        .gens
+                        .get(&w.generation)
+                        .is_some_and(|g| g.spec.launch.node.is_some())
+                    {
+                        true => Hint::ExitedZeroWithPreload,
+                        false => Hint::ExitedZeroAtStart,
+                    }
+                }),
             };
             self.on_failure(now, fault);
         }

@@ -347,12 +347,17 @@ impl ReadyWatch {
 }
 
 /// The line of `lines` (a [`Tail`]'s) that most likely says what went
-/// wrong: the exception after a Python traceback's last frame, else the
-/// first line that names an error. Simple heuristics; `None` when nothing
-/// looks like one.
+/// wrong: a listen that baton's Node preload refused (its own words name
+/// the sockets baton holds; Node's `Error: bind EADDRNOTAVAIL null:3000`
+/// after it says less), else the exception after a Python traceback's last
+/// frame, else the first line that names an error. Simple heuristics;
+/// `None` when nothing looks like one.
 pub fn error_line(lines: &[String]) -> Option<&str> {
     fn text(l: &str) -> &str {
         l.split_once(": ").map_or(l, |(_, t)| t)
+    }
+    if let Some(refused) = preload_refusal(lines) {
+        return Some(refused);
     }
     // Python: "Traceback (most recent call last):", indented frames, then
     // the exception on the first line that is not indented.
@@ -395,11 +400,24 @@ fn looks_like_an_error(line: &str) -> bool {
     MARKS.iter().any(|m| line.contains(m))
 }
 
+/// The line of `lines` in which baton's Node preload refused a listen
+/// (`baton: listen(3000) matches none of the sockets baton holds: …`), from
+/// `baton:` on. Its mapping lines (`baton: listen(3000) → inherited fd 3 …`)
+/// are no refusal.
+pub fn preload_refusal(lines: &[String]) -> Option<&str> {
+    lines
+        .iter()
+        .filter_map(|l| l.find("baton: listen(").map(|i| &l[i..]))
+        .find(|t| !t.contains(") → inherited "))
+}
+
 /// What a failure report says about a worker's kept output (`lines`, a
 /// [`Tail`]'s) besides the fault itself: the line that looks like the
 /// error, and a hint when the app tried to bind a port that baton holds
 /// (`held_ports`), which it cannot: baton's socket is already bound there.
-pub fn failure_notes(lines: &[String], held_ports: &[u16]) -> Vec<String> {
+/// `preload`: the worker's generation loads baton's Node preload
+/// (`[node] inherit_listen = true`), so the hint does not advise setting it.
+pub fn failure_notes(lines: &[String], held_ports: &[u16], preload: bool) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(error) = error_line(lines) {
         notes.push(format!("the error: {error}"));
@@ -411,10 +429,17 @@ pub fn failure_notes(lines: &[String], held_ports: &[u16]) -> Vec<String> {
         };
         if held {
             let what = port.map_or_else(|| "its port".to_owned(), |p| format!("port {p}"));
-            notes.push(format!(
-                "hint: the app binds {what} itself, and baton already holds it: use the inherited socket \
-                 (fd 3, LISTEN_FDS), or set [node] inherit_listen = true for a Node app"
-            ));
+            notes.push(match preload {
+                false => format!(
+                    "hint: the app binds {what} itself, and baton already holds it: use the inherited socket \
+                     (fd 3, LISTEN_FDS), or set [node] inherit_listen = true for a Node app"
+                ),
+                true => format!(
+                    "hint: the app binds {what} itself, and baton already holds it; baton's Node preload is on \
+                     but maps only net listen() calls in Node processes: bind through one of those, or use the \
+                     inherited socket (fd 3, LISTEN_FDS)"
+                ),
+            });
         }
     }
     notes
@@ -994,7 +1019,7 @@ mod tests {
         assert_eq!(kept.len(), 32, "all of it is kept");
         assert!(last_lines(&kept).iter().all(|l| l.contains("from /usr/lib/ruby")));
         assert_eq!(
-            failure_notes(&kept, &[8080]),
+            failure_notes(&kept, &[8080], false),
             ["the error: /srv/app/config.ru:3: syntax error, unexpected end-of-input (SyntaxError)"]
         );
     }
@@ -1045,6 +1070,38 @@ mod tests {
     }
 
     #[test]
+    fn the_preloads_refusal_is_the_error_and_with_the_preload_on_no_hint_advises_it() {
+        // A PM2-style cluster app under the preload: the preload's line,
+        // then what Node's cluster module makes of the error.
+        let lines = kept(&[
+            "baton: listen(3000) matches none of the sockets baton holds: fd 3 (http, 127.0.0.1:8080); listen on one of their ports or paths (baton never binds another)",
+            "node:events:497",
+            "Error: bind EADDRNOTAVAIL null:3000",
+            "    at listenOnPrimaryHandle (node:net:1970:18)",
+        ]);
+        assert_eq!(
+            error_line(&lines),
+            Some(
+                "baton: listen(3000) matches none of the sockets baton holds: fd 3 (http, 127.0.0.1:8080); listen on one of their ports or paths (baton never binds another)"
+            )
+        );
+        // Its mapping line is no error.
+        let mapped = kept(&[
+            "baton: listen(3000) → inherited fd 3 (http, 127.0.0.1:8080)",
+            "Error: Cannot find module 'expresss'",
+        ]);
+        assert_eq!(error_line(&mapped), Some("Error: Cannot find module 'expresss'"));
+        assert_eq!(preload_refusal(&mapped), None);
+
+        let in_use = kept(&["Error: listen EADDRINUSE: address already in use :::3000"]);
+        let off = failure_notes(&in_use, &[3000], false);
+        assert!(off[1].contains("set [node] inherit_listen = true"), "{off:?}");
+        let on = failure_notes(&in_use, &[3000], true);
+        assert!(on[1].starts_with("hint: the app binds port 3000 itself"), "{on:?}");
+        assert!(!on.iter().any(|n| n.contains("inherit_listen = true")), "{on:?}");
+    }
+
+    #[test]
     fn address_in_use_names_its_port_and_hints_only_for_a_port_baton_holds() {
         let node = kept(&["Error: listen EADDRINUSE: address already in use :::3000"]);
         assert_eq!(address_in_use(&node), Some(Some(3000)));
@@ -1056,9 +1113,10 @@ mod tests {
         assert_eq!(address_in_use(&python), Some(None));
         assert_eq!(address_in_use(&kept(&["fine"])), None);
 
-        let hint = |lines: &[String], held: &[u16]| failure_notes(lines, held).iter().any(|n| n.starts_with("hint:"));
+        let hint =
+            |lines: &[String], held: &[u16]| failure_notes(lines, held, false).iter().any(|n| n.starts_with("hint:"));
         assert!(hint(&node, &[3000]));
-        assert!(failure_notes(&node, &[3000])[1].contains("port 3000 itself, and baton already holds it"));
+        assert!(failure_notes(&node, &[3000], false)[1].contains("port 3000 itself, and baton already holds it"));
         assert!(!hint(&node, &[8080]), "another port: not baton's doing");
         assert!(hint(&python, &[8080]), "no port named: baton holds one");
         assert!(!hint(&python, &[]));

@@ -51,7 +51,11 @@ fn provision_venv(server: &str) -> PathBuf {
     let wanted = std::fs::read_to_string(&requirements).unwrap();
     let marker = venv.join(".baton-installed-from-requirements.txt");
     with_file_lock(&target_dir().join(format!("frameworks-{server}-venv.lock")), || {
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+        // A venv's scripts name its own path in their #! line: one copied
+        // with a target/ directory from another worktree cannot run them.
+        let here = std::fs::read_to_string(venv.join("bin/pip"))
+            .is_ok_and(|pip| pip.starts_with(&format!("#!{}/", venv.display())));
+        if here && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
             return;
         }
         if venv.exists() {
@@ -319,7 +323,8 @@ fn lighttpd_socket_activation_and_a_log_pattern() {
 
 // Beyond the CI subset: the rows of README's table verified by hand, with
 // `cargo test --test it frameworks:: -- --ignored` (PyPI, and Debian's
-// uwsgi-core and uwsgi-plugin-python3).
+// uwsgi-core, uwsgi-plugin-python3, puma, ruby-sd-notify, unicorn, golang-go
+// and golang-github-coreos-go-systemd-dev).
 
 #[test]
 #[ignore = "by hand: README's Frameworks table (PyPI)"]
@@ -388,6 +393,83 @@ fn puma_by_hand() {
         "puma",
         &["puma", "-C", "puma.rb"],
         &fixture("puma"),
+        2,
+        "[environment]\n{BROKEN}\n[readiness]\nmode = \"notify\"\ntimeout = \"30s\"\n\n\
+         [stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+    );
+}
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (PyPI)"]
+fn daphne_by_hand() {
+    let venv = provision_venv("daphne");
+    eight_reloads_and_a_broken_release(
+        "daphne",
+        &[&venv.join("bin/python").display().to_string(), "serve.py"],
+        &fixture("daphne"),
+        2,
+        &format!(
+            "[environment]\nPYTHONPATH = {}\n{{BROKEN}}\n[readiness]\nmode = \"log\"\n\
+             pattern = \"serving on baton.s socket\"\ntimeout = \"30s\"\n\n[stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+            toml_path(&fixture("uvicorn"))
+        ),
+    );
+}
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (PyPI)"]
+fn twisted_by_hand() {
+    let venv = provision_venv("twisted");
+    eight_reloads_and_a_broken_release(
+        "twisted",
+        &[&venv.join("bin/python").display().to_string(), "serve.py"],
+        &fixture("twisted"),
+        2,
+        &format!(
+            "[environment]\nPYTHONPATH = {}\n{{BROKEN}}\n[readiness]\nmode = \"log\"\n\
+             pattern = \"serving on baton.s socket\"\ntimeout = \"30s\"\n\n[stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",
+            toml_path(&fixture("gunicorn"))
+        ),
+    );
+}
+
+/// `target/frameworks-go/server`, built offline from tests/frameworks/go
+/// against Debian's go-systemd (GOPATH mode: no module proxy).
+fn build_go() -> PathBuf {
+    let gocode = Path::new("/usr/share/gocode/src/github.com/coreos/go-systemd/activation");
+    let go = Command::new("go").arg("version").output();
+    assert!(
+        matches!(&go, Ok(o) if o.status.success()) && gocode.exists(),
+        "Go and go-systemd are required ({go:?}); Debian: apt-get install golang-go golang-github-coreos-go-systemd-dev"
+    );
+    let out = target_dir().join("frameworks-go");
+    let server = out.join("server");
+    with_file_lock(&target_dir().join("frameworks-go.lock"), || {
+        run_setup(
+            "go build",
+            Command::new("go")
+                .args(["build", "-o"])
+                .arg(&server)
+                .arg(".")
+                .current_dir(fixture("go"))
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GOCACHE", out.join("cache"))
+                .env("GOFLAGS", "")
+                .env("GOPROXY", "off"),
+        );
+    });
+    server
+}
+
+#[test]
+#[ignore = "by hand: README's Frameworks table (Debian: golang-go, golang-github-coreos-go-systemd-dev)"]
+fn go_systemd_by_hand() {
+    let server = build_go();
+    eight_reloads_and_a_broken_release(
+        "go",
+        &[&server.display().to_string()],
+        &fixture("go"),
         2,
         "[environment]\n{BROKEN}\n[readiness]\nmode = \"notify\"\ntimeout = \"30s\"\n\n\
          [stop]\nsignal = \"SIGTERM\"\ntimeout = \"30s\"\n",

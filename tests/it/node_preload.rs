@@ -303,6 +303,11 @@ fn node_preload_listen_on_a_port_baton_does_not_hold_fails_naming_the_sockets() 
         "listen(3000) matches none of the sockets baton holds: fd 3 (http, 127.0.0.1:{port}), fd 4 (admin, 127.0.0.1:{admin})"
     );
     assert!(b.log().contains(&wanted), "no {wanted:?} in:\n{}", b.log());
+    // The preload's line is "the error", and no hint advises turning on
+    // the preload that is already on.
+    let error = format!("the error: baton: {wanted}");
+    assert!(b.log().contains(&error), "no {error:?} in:\n{}", b.log());
+    assert!(!b.log().contains("set [node] inherit_listen"), "{}", b.log());
 }
 
 /// The user's NODE_OPTIONS (from [environment]) are kept, the preload's

@@ -4066,3 +4066,26 @@ fn a_worker_that_exits_0_at_start_gets_the_listen_hint() {
     let hints: Vec<Option<Hint>> = faults(&h).iter().map(|f| f.hint).collect();
     assert_eq!(hints, [Some(Hint::ExitedZeroAtStart), None, None]);
 }
+
+#[test]
+fn with_the_node_preload_the_exit_0_hint_does_not_advise_setting_it() {
+    let mut s = (*spec("v1", 1, Parallel)).clone();
+    s.launch.node = Some(crate::engine::spec::NodeLaunch {
+        wait_ready: false,
+        drain: false,
+        drain_grace: secs(1),
+    });
+    let mut h = H::new();
+    h.start(Arc::new(s));
+    h.take();
+    h.exit_worker(1, ExitStatus::Code(0));
+    let hint = faults(&h)[0].hint;
+    assert_eq!(hint, Some(Hint::ExitedZeroWithPreload));
+    let text = hint.unwrap().to_string();
+    assert!(
+        text.starts_with("an app that exits 0 as it starts has usually failed to listen"),
+        "{text}"
+    );
+    assert!(!text.contains("set [node] inherit_listen"), "{text}");
+    assert!(text.contains("baton: listen(…)"), "{text}");
+}
