@@ -8,8 +8,9 @@
 //! connection, and a server framework would be most of baton's
 //! dependencies for that (hyper is a dev-dependency only, for test apps).
 //! Its limits: a request head of at most [`MAX_HEAD`] bytes, read within
-//! [`READ_TIMEOUT`], [`MAX_CONNECTIONS`] at once; anything else gets a 4xx
-//! and a rate-limited warning.
+//! [`READ_TIMEOUT`], [`MAX_CONNECTIONS`] at once (a new connection evicts
+//! the oldest one still without a complete request head, see [`serve`]);
+//! anything else gets a 4xx and a rate-limited warning.
 
 #![forbid(unsafe_code)]
 
@@ -30,7 +31,8 @@ use crate::os::notify::{SharedRateLimit, suppressed_note};
 pub const MAX_HEAD: usize = 8192;
 /// A client must send its request head within this.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once; one more evicts the oldest that has sent no
+/// complete request head yet, or, when there is none, waits for a slot.
 pub const MAX_CONNECTIONS: usize = 16;
 /// The textfile is rewritten at least this often, so node_exporter's
 /// `node_textfile_mtime_seconds` shows baton is alive.
@@ -41,7 +43,45 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// The connections still reading their request head, oldest first, each
+/// with the token that closes it. A connection leaves it once its head is
+/// in (or its read ended), so what stays is what may be evicted.
+#[derive(Clone, Default)]
+struct Waiting(Arc<std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>>);
+
+impl Waiting {
+    fn push(&self, id: u64, evict: CancellationToken) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push_back((id, evict));
+    }
+
+    fn remove(&self, id: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(i, _)| *i != id);
+    }
+
+    /// Closes the oldest connection that has not sent its head; false when
+    /// every connection has (each is then answering, bounded by
+    /// [`READ_TIMEOUT`] for the write).
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        oldest.map(|(_, evict)| evict.cancel()).is_some()
+    }
+}
+
 /// Serves `GET /metrics` with the latest text until `done`.
+///
+/// Slow clients cannot lock a scraper out: when all [`MAX_CONNECTIONS`]
+/// slots are taken, a new connection evicts the oldest one that has not
+/// yet sent a complete request head. A scraper sends its head as soon as it
+/// connects, so it is past the read within a moment and is never the
+/// oldest waiting: clients that connect and send nothing, or trickle, only
+/// ever evict each other. Chosen over a shorter head timeout (still a
+/// lock-out, only a shorter one, and a slow link's real scraper would fail
+/// it) and over a per-peer limit (a flood from many addresses, or from the
+/// scraper's own host, gets around it). When every slot is answering a
+/// complete request, the new connection waits for one, as before.
 pub async fn serve(
     listener: TcpListener,
     text: watch::Receiver<Arc<str>>,
@@ -49,15 +89,11 @@ pub async fn serve(
     done: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let waiting = Waiting::default();
     let junk = SharedRateLimit::new(Duration::from_secs(60));
+    let evicted = SharedRateLimit::new(Duration::from_secs(60));
+    let mut next_id: u64 = 0;
     loop {
-        let permit = tokio::select! {
-            _ = done.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = done.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -71,12 +107,37 @@ pub async fn serve(
                 }
             },
         };
-        let (text, junk, done) = (text.clone(), junk.clone(), done.clone());
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if waiting.evict_oldest() {
+                    if let Some(n) = evicted.allow(std::time::Instant::now()) {
+                        tracing::warn!(
+                            "metrics listener: all {MAX_CONNECTIONS} connections busy; closed the oldest one \
+                             that had sent no complete request yet, to let {peer} in{}",
+                            suppressed_note(n)
+                        );
+                    }
+                }
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                }
+            }
+        };
+        next_id += 1;
+        let (id, evict) = (next_id, CancellationToken::new());
+        waiting.push(id, evict.clone());
+        let (text, junk, done, waiting) = (text.clone(), junk.clone(), done.clone(), waiting.clone());
         tasks.spawn(async move {
             tokio::select! {
                 _ = done.cancelled() => {}
-                _ = answer(stream, peer, &text, &junk) => {}
+                _ = answer(stream, peer, &text, &junk, &evict, || waiting.remove(id)) => {}
             }
+            waiting.remove(id);
             drop(permit);
         });
     }
@@ -122,9 +183,18 @@ pub fn parse_head(head: &[u8]) -> Asked {
 }
 
 /// Reads one request head and answers it; the connection then closes.
-async fn answer(mut stream: TcpStream, peer: SocketAddr, text: &watch::Receiver<Arc<str>>, junk: &SharedRateLimit) {
+/// While the head is being read, `evict` closes the connection unanswered;
+/// `head_read` is called once the read is over.
+async fn answer(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    text: &watch::Receiver<Arc<str>>,
+    junk: &SharedRateLimit,
+    evict: &CancellationToken,
+    head_read: impl FnOnce(),
+) {
     let mut head = Vec::with_capacity(512);
-    let read = tokio::time::timeout(READ_TIMEOUT, async {
+    let reading = tokio::time::timeout(READ_TIMEOUT, async {
         let mut buf = [0u8; 1024];
         loop {
             if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
@@ -141,8 +211,12 @@ async fn answer(mut stream: TcpStream, peer: SocketAddr, text: &watch::Receiver<
         }
         #[allow(unreachable_code)]
         Ok::<bool, std::io::Error>(false)
-    })
-    .await;
+    });
+    let read = tokio::select! {
+        _ = evict.cancelled() => return,
+        read = reading => read,
+    };
+    head_read();
     let asked = match read {
         Ok(Ok(true)) => parse_head(&head),
         Ok(Ok(false)) if head.len() > MAX_HEAD => Asked::Bad("request head too long"),

@@ -158,6 +158,52 @@ fn a_metrics_address_on_the_apps_socket_is_refused() {
     );
 }
 
+#[test]
+fn idle_connections_do_not_lock_a_scraper_out() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let port = port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let baton = Baton::start(port, &config(port, listen, dir.path(), ""));
+    let up = wait_until(Duration::from_secs(10), || {
+        http_get(listen, "/metrics", Duration::from_secs(5)).is_ok_and(|(code, _)| code == 200)
+    });
+    assert!(up, "GET /metrics never answered:\n{}", baton.log());
+    // Twice the 16 slots: half send nothing, half trickle a partial head.
+    let mut idle = Vec::new();
+    for i in 0..32 {
+        let mut s = std::net::TcpStream::connect(listen).unwrap();
+        if i % 2 == 1 {
+            s.write_all(b"GET /metr").unwrap();
+        }
+        idle.push(s);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let got = http_get(listen, "/metrics", Duration::from_secs(2));
+        assert!(
+            matches!(got, Ok((200, _))),
+            "scrape {round} with {} idle connections held: {got:?} after {:?}\n{}",
+            idle.len(),
+            started.elapsed(),
+            baton.log()
+        );
+        // The attacker keeps the slots full with fresh idle connections.
+        for _ in 0..16 {
+            idle.push(std::net::TcpStream::connect(listen).unwrap());
+        }
+    }
+    assert!(
+        baton
+            .log()
+            .contains("closed the oldest one that had sent no complete request yet"),
+        "{}",
+        baton.log()
+    );
+    drop(idle);
+}
+
 /// A child process killed when the test ends, however it ends.
 struct Killed(Child);
 
