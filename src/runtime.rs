@@ -731,7 +731,8 @@ pub async fn run(
 
 /// Sets up the directory of the workers' notify socket files, beside the
 /// control socket: only baton's user may write in it (as for the control
-/// socket), and on a fresh start whatever an earlier baton left there is
+/// socket), it must be its own 0700 directory, never a symlink
+/// ([`control::private_dir`]), and on a fresh start whatever an earlier baton left there is
 /// swept (after `baton upgrade` the sockets there are the handed-over
 /// endpoints). `None`, with a warning, when that fails or its paths would
 /// be too long for a socket address: workers then get abstract sockets.
@@ -746,7 +747,7 @@ fn notify_dir(control: &Path, fresh: bool) -> Option<PathBuf> {
         );
         return None;
     }
-    if let Err(e) = control::secure_dir(&dir, nix::unistd::Uid::current().as_raw()) {
+    if let Err(e) = control::private_dir(&dir, nix::unistd::Uid::current().as_raw()) {
         tracing::warn!("workers get abstract notify sockets: {}", crate::exit::chain(&e));
         return None;
     }
@@ -2360,4 +2361,28 @@ fn generation_of(pid: i32, name: &str) -> Option<GenId> {
         }
     }
     generation.filter(|_| ours)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A `notify` symlink in the runtime directory is refused: workers get
+    /// abstract sockets, and the fresh start's sweep does not delete the
+    /// sockets of the directory it points at.
+    #[test]
+    fn a_symlinked_notify_directory_is_refused_not_followed() {
+        let run = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let theirs = elsewhere.path().join("1.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&theirs).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), run.path().join("notify")).unwrap();
+        let control = run.path().join("control.sock");
+        assert_eq!(notify_dir(&control, true), None);
+        assert!(theirs.exists(), "the sweep followed the symlink");
+        // A real directory of its own is used.
+        std::fs::remove_file(run.path().join("notify")).unwrap();
+        assert_eq!(notify_dir(&control, true), Some(run.path().join("notify")));
+    }
 }

@@ -164,6 +164,12 @@ pub enum ControlError {
          replace baton's control socket; run `chmod go-w {path}` or use another directory"
     )]
     OpenDir { path: PathBuf, mode: u32 },
+    #[error(
+        "refusing to use {path}: {why}; baton makes this directory itself (mode 0700), so \
+         something else put this there: remove it (`rm {path}`, or `rm -r` for a directory) and \
+         start baton again"
+    )]
+    NotPrivateDir { path: PathBuf, why: String },
     #[error("cannot check {path}")]
     Inspect {
         path: PathBuf,
@@ -337,6 +343,58 @@ pub fn secure_dir(dir: &Path, owner: u32) -> Result<(), ControlError> {
     check_chain(dir, owner)?;
     if real != dir {
         check_chain(&real, owner)?;
+    }
+    Ok(())
+}
+
+/// [`secure_dir`] for a directory baton makes for itself inside a secure
+/// one (the workers' `notify/`), where anything but its own 0700 directory
+/// means someone else put it there: `dir` itself must not be a symlink
+/// (its target would get the sockets, and a fresh start's sweep would
+/// delete there), must be a directory owned by `owner`, and must have no
+/// group or other permissions.
+pub fn private_dir(dir: &Path, owner: u32) -> Result<(), ControlError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let refuse = |why: String| ControlError::NotPrivateDir {
+        path: dir.to_owned(),
+        why,
+    };
+    // Before secure_dir, which would create through (or fail on) a link.
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            let to = std::fs::read_link(dir).map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
+            return Err(refuse(format!("it is a symlink (to {to}), not a directory")));
+        }
+        if !kind.is_dir() {
+            let what = if kind.is_socket() {
+                "a socket"
+            } else if kind.is_file() {
+                "a file"
+            } else {
+                "not a directory"
+            };
+            return Err(refuse(format!("it is {what}, not a directory")));
+        }
+        if meta.uid() != owner {
+            return Err(refuse(format!(
+                "it belongs to {}, not to you ({}), so its owner could read or replace the workers' notify sockets",
+                describe_uid(meta.uid()),
+                describe_uid(owner)
+            )));
+        }
+    }
+    secure_dir(dir, owner)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| ControlError::Inspect {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(refuse(format!(
+            "its mode {mode:04o} lets group or others in (baton's is 0700; or run `chmod 700 {}`)",
+            dir.display()
+        )));
     }
     Ok(())
 }
@@ -815,6 +873,33 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"rollback","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_private_dir_is_a_real_0700_directory_of_ours() {
+        use std::os::unix::fs::PermissionsExt;
+        let run = tempfile::tempdir().unwrap();
+        let me = nix::unistd::Uid::current().as_raw();
+        let fresh = run.path().join("fresh");
+        private_dir(&fresh, me).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        private_dir(&fresh, me).unwrap();
+
+        let refused = |path: &Path, owner: u32| private_dir(path, owner).unwrap_err().to_string();
+        let link = run.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        let e = refused(&link, me);
+        assert!(e.contains("is a symlink (to ") && e.contains("remove it"), "{e}");
+        let file = run.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(refused(&file, me).contains("it is a file, not a directory"));
+        let open = run.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(refused(&open, me).contains("its mode 0755 lets group or others in"));
+        // Someone else's (checked as if we were another user).
+        assert!(refused(&fresh, me + 1).contains("not to you"));
     }
 
     #[test]
