@@ -604,14 +604,17 @@ pub fn check(target: Target) -> i32 {
         eprintln!("baton check: name the app (baton check NAME) or pass --config FILE");
         return EX_USAGE;
     };
+    let shown = match &source {
+        Source::File(p) => p.display().to_string(),
+        Source::Quick => "command line".into(),
+    };
     match config::load(&source, &Overrides::default()).map(|c| (validate_runnable(&c), c)) {
         Ok((Ok(()), c)) => {
+            for warning in run_time_warnings(&c) {
+                eprintln!("{shown}: warning: {warning}");
+            }
             println!(
-                "{}: ok ({} worker{}, command {:?})",
-                match &source {
-                    Source::File(p) => p.display().to_string(),
-                    Source::Quick => "command line".into(),
-                },
+                "{shown}: ok ({} worker{}, command {:?})",
                 c.workers,
                 if c.workers == 1 { "" } else { "s" },
                 c.command.join(" ")
@@ -704,6 +707,44 @@ pub fn import_pm2(req: crate::import::pm2::Request) -> i32 {
 }
 
 /// What `check` adds on top of parsing: the program and directory exist.
+/// What `baton check` warns of but accepts: paths that baton runs without,
+/// only warning at run time. A missing `[metrics] textfile` directory is
+/// one: baton serves on and retries the write every 15 s, and the
+/// directory may be made after baton starts (installing
+/// prometheus-node-exporter makes Debian's), so, as ExecStartPre, `check`
+/// must not keep the app down for it; but an operator running `check`
+/// should hear of it now rather than from a warning a minute in the
+/// journal. (A missing command or working directory stays an error: no
+/// worker can start without them.)
+fn run_time_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(dir) = &config.metrics.textfile {
+        let file = crate::control::scrape::textfile_path(dir, &config.name);
+        let consequence = format!(
+            "baton will run, but cannot write {} until it is (the textfile is tried again every 15 s)",
+            file.display()
+        );
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => warnings.push(format!(
+                "[metrics] textfile {} is not a directory; {consequence}",
+                dir.display()
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => warnings.push(format!(
+                "[metrics] textfile directory {} does not exist (node_exporter's, \
+                 /var/lib/prometheus/node-exporter, comes with prometheus-node-exporter; or create it); \
+                 {consequence}",
+                dir.display()
+            )),
+            Err(e) => warnings.push(format!(
+                "cannot check [metrics] textfile directory {}: {e}; {consequence}",
+                dir.display()
+            )),
+        }
+    }
+    warnings
+}
+
 fn validate_runnable(config: &Config) -> Result<(), String> {
     let path = std::env::var("PATH").ok();
     crate::os::spawn::resolve(config, path.as_deref())

@@ -158,6 +158,42 @@ fn a_metrics_address_on_the_apps_socket_is_refused() {
     );
 }
 
+/// `baton check` warns of a missing textfile directory but accepts the
+/// config: baton runs without it (README "Metrics").
+#[test]
+fn check_warns_of_a_missing_textfile_directory() {
+    let port = port();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("node-exporter");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let path = dir.path().join("app.toml");
+    let check = |textfile: &Path| {
+        std::fs::write(&path, config(port, listen, textfile, "")).unwrap();
+        Command::new(crate::common::baton_bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check(&missing);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let warning = format!(
+        "{}: warning: [metrics] textfile directory {} does not exist",
+        path.display(),
+        missing.display()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with(&warning), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot write {}/app.prom until it is", missing.display())),
+        "{stderr}"
+    );
+    std::fs::create_dir(&missing).unwrap();
+    let out = check(&missing);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+}
+
 #[test]
 fn idle_connections_do_not_lock_a_scraper_out() {
     use std::io::Write;
