@@ -428,6 +428,18 @@ fn node_preload_wait_ready_leaves_ready_to_the_app() {
 /// own inherited fd, by port and by path.
 #[test]
 fn node_preload_maps_a_port_and_a_unix_path_each_onto_its_socket() {
+    maps_a_port_and_a_unix_path(|port| port.to_string());
+}
+
+/// listen('0x4774'): a string that Number() makes a port is a port, as in
+/// Node's own listen (net.js isPipeName), not a pipe path.
+#[test]
+fn node_preload_a_string_that_is_a_number_is_a_port() {
+    maps_a_port_and_a_unix_path(|port| format!("{port:#x}"));
+}
+
+/// Runs tests/node/two.js with PORT = `shown(port)`.
+fn maps_a_port_and_a_unix_path(shown: impl Fn(u16) -> String) {
     provision();
     let port = port();
     let dir = tempfile::tempdir().unwrap();
@@ -435,7 +447,8 @@ fn node_preload_maps_a_port_and_a_unix_path_each_onto_its_socket() {
     // With two sockets, listen() must name one: PORT is baton's port, as
     // an ecosystem file's env.PORT is.
     let env = format!(
-        "[environment]\nPORT = \"{port}\"\nSOCKET_PATH = {:?}\n",
+        "[environment]\nPORT = \"{}\"\nSOCKET_PATH = {:?}\n",
+        shown(port),
         sock.display().to_string()
     );
     let config = pm2_config(port, "two.js", 1, false, &env)
@@ -446,7 +459,10 @@ fn node_preload_maps_a_port_and_a_unix_path_each_onto_its_socket() {
     let b = Baton::start(port, &config);
     assert!(body(&b).contains("server tcp"));
     let log = b.log();
-    let by_port = format!("baton: listen({port}) → inherited fd 3 (http, 127.0.0.1:{port})");
+    let by_port = format!(
+        "baton: listen({}) → inherited fd 3 (http, 127.0.0.1:{port})",
+        shown(port)
+    );
     let by_path = format!(
         "baton: listen({:?}) → inherited fd 4 (unix, {})",
         sock.display().to_string(),

@@ -94,7 +94,9 @@
       }
       return { kind: 'port', port: first.port, host: first.host, options: first };
     }
-    if (typeof first === 'string' && !/^\s*\d+\s*$/.test(first)) {
+    // Node's isPipeName: a string is a path unless Number() makes it a
+    // number >= 0, so '8080', ' 80 ', '0x4774' and '1e3' are ports.
+    if (typeof first === 'string' && !(Number(first) >= 0)) {
       return { kind: 'path', path: first, options: {} };
     }
     const host = typeof args[1] === 'string' ? args[1] : undefined;
