@@ -872,10 +872,10 @@ impl Driver {
             Event::Spawned { worker, result } => self.spawned(now, worker, result),
             Event::ConfigLoaded(result) => self.core.config_loaded(now, result),
             Event::Notify { worker, received } => self.notified(now, worker, received),
-            Event::IpcReady { worker } => self.core.message(now, worker, Notify::Ready),
+            Event::IpcReady { worker } => self.core.ready_by(now, worker, false),
             Event::LogReady { worker } => {
                 tracing::debug!("worker #{worker}: a line of its output matched [readiness] pattern");
-                self.core.message(now, worker, Notify::Ready)
+                self.core.ready_by(now, worker, true)
             }
             Event::Control(Command::Status { reply }) => self.measure_for_status(reply),
             Event::Status { reply, usage } => {

@@ -156,7 +156,7 @@ baton run --listen 127.0.0.1:8080 --workers 4 -- node server.js"
 are ready beside the serving generation) · 1 the reload failed or was refused and the old generation \
 is still serving at full strength (the reason, the line of the failing worker's output that looks \
 like the error, hints, where its whole output is and its last lines are printed; a worker that dies \
-within [readiness] settle after its READY fails it too; a plain reload is refused while a canary \
+within [readiness] settle after it said it was ready fails it too; a plain reload is refused while a canary \
 runs: promote or roll it back first) · 2 usage error or no supervisor reachable.\n\n\
 Canary release:\n  baton reload myapp --canary 1            # 1 new worker beside the serving ones\n  \
 baton promote myapp                      # happy: the new release takes over\n  \

@@ -384,6 +384,37 @@ impl std::fmt::Display for Failure {
     }
 }
 
+/// How a worker said it was ready: what it actually did, for the words
+/// that report it (a log line is no READY=1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyBy {
+    /// `READY=1` on its notify socket (any mode honours it).
+    Notify,
+    /// `process.send('ready')` (mode "node-ipc").
+    Ipc,
+    /// A line of its output matched this `[readiness] pattern` (mode "log").
+    Log(String),
+    /// It was alive for `[readiness] delay` (mode "delay").
+    Delay(Duration),
+}
+
+impl std::fmt::Display for ReadyBy {
+    /// A clause after "worker N of generation G" or "after it".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadyBy::Notify => write!(f, "sent READY=1"),
+            ReadyBy::Ipc => write!(f, "sent 'ready' over the IPC channel"),
+            ReadyBy::Log(pattern) => write!(f, "printed a line matching [readiness] pattern {pattern:?}"),
+            ReadyBy::Delay(d) => write!(
+                f,
+                "stayed up for its [readiness] delay of {}",
+                humantime::format_duration(*d)
+            ),
+        }
+    }
+}
+
 /// A worker that failed, with everything needed to explain it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fault {
@@ -398,6 +429,9 @@ pub struct Fault {
     /// long, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settling_ms: Option<u64>,
+    /// While settling: how it had said it was ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_by: Option<ReadyBy>,
     /// What usually causes a failure like this one, when the core can tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<Hint>,
@@ -455,9 +489,14 @@ impl std::fmt::Display for Fault {
                 }
                 write!(
                     f,
-                    " while settling, {} after its READY ([readiness] settle)",
+                    " while settling, {} after it ",
                     humantime::format_duration(Duration::from_millis(ms))
                 )?;
+                match &self.ready_by {
+                    Some(by) => write!(f, "{by}")?,
+                    None => write!(f, "said it was ready")?,
+                }
+                write!(f, " ([readiness] settle)")?;
             }
         }
         if let Some(errno) = self.errno {
@@ -747,8 +786,10 @@ struct Worker {
     /// Readiness deadline while starting, the end of the settle while
     /// settling, kill deadline while stopping.
     deadline: Option<Instant>,
-    /// When it sent READY (it may still be settling).
+    /// When it said it was ready (it may still be settling).
     said_ready: Option<Instant>,
+    /// How it said so.
+    said_ready_by: Option<ReadyBy>,
     watchdog_deadline: Option<Instant>,
     watchdog_armed: bool,
     status_text: Option<String>,
@@ -1265,6 +1306,7 @@ impl Supervisor {
             failure: Failure::Spawn { error },
             errno: w.errno,
             settling_ms: None,
+            ready_by: None,
             hint: None,
         };
         self.clear_slot(w.generation, w.slot, worker);
@@ -1276,6 +1318,26 @@ impl Supervisor {
         self.after_exit(now, w.generation);
     }
 
+    /// The worker said it is ready another way than READY=1: 'ready' over
+    /// Node's IPC channel, or (`log`) a line of its output matched
+    /// `[readiness] pattern`. Like READY=1, it counts only while starting.
+    pub fn ready_by(&mut self, now: Instant, worker: WorkerId, log_line: bool) {
+        let Some(w) = self.workers.get(&worker) else { return };
+        if w.state != WorkerState::Starting {
+            return;
+        }
+        let by = if log_line {
+            let pattern = self
+                .gens
+                .get(&w.generation)
+                .and_then(|g| g.spec.launch.ready_pattern.as_ref());
+            ReadyBy::Log(pattern.map_or_else(String::new, |p| p.as_str().to_owned()))
+        } else {
+            ReadyBy::Ipc
+        };
+        self.said_ready(now, worker, by);
+    }
+
     /// A notify message from a worker (or one of its descendants), already
     /// authenticated by the driver (a MAINPID= it could not verify is not
     /// passed on). Messages for unknown or gone workers are ignored.
@@ -1284,7 +1346,7 @@ impl Supervisor {
         match msg {
             Notify::Ready => {
                 if w.state == WorkerState::Starting {
-                    self.said_ready(now, worker);
+                    self.said_ready(now, worker, ReadyBy::Notify);
                 }
             }
             Notify::Status(text) => w.status_text = Some(text),
@@ -1348,6 +1410,7 @@ impl Supervisor {
                 },
                 errno: w.errno,
                 settling_ms: w.settling_ms(now),
+                ready_by: w.settling_ms(now).and(w.said_ready_by.clone()),
                 hint: (status == ExitStatus::Code(0) && at_start).then(|| {
                     match self
                         .gens
@@ -1407,7 +1470,8 @@ impl Supervisor {
             }
             Timer::Delay(id) => {
                 if self.workers.get(&id).is_some_and(|w| w.state == WorkerState::Starting) {
-                    self.said_ready(now, id);
+                    let delay = self.policy_of(id).and_then(|p| p.ready_delay).unwrap_or_default();
+                    self.said_ready(now, id, ReadyBy::Delay(delay));
                 }
             }
             Timer::Settle(id) => {
@@ -1671,6 +1735,7 @@ impl Supervisor {
                 started: now,
                 ready_at: None,
                 said_ready: None,
+                said_ready_by: None,
                 deadline: None,
                 watchdog_deadline: None,
                 watchdog_armed: false,
@@ -1791,7 +1856,7 @@ impl Supervisor {
     /// worker that takes the whole timeout still gets its settle), its
     /// watchdog starts, and any failure before the settle is over is a
     /// failed start, exactly as before READY.
-    fn said_ready(&mut self, now: Instant, worker: WorkerId) {
+    fn said_ready(&mut self, now: Instant, worker: WorkerId, by: ReadyBy) {
         let (settle, watchdog) = match self.policy_of(worker) {
             Some(p) => (p.settle, p.watchdog),
             None => return,
@@ -1803,6 +1868,7 @@ impl Supervisor {
         let Some(w) = self.workers.get_mut(&worker) else { return };
         w.state = WorkerState::Settling;
         w.said_ready = Some(now);
+        w.said_ready_by = Some(by.clone());
         let until = after(now, settle);
         w.deadline = Some(until);
         let (generation, slot) = (w.generation, w.slot);
@@ -1814,7 +1880,7 @@ impl Supervisor {
         self.arm(until, Timer::Settle(worker));
         if Some(generation) == self.candidate {
             self.progress(format!(
-                "worker {slot} of generation {generation} sent READY; settling for {}",
+                "worker {slot} of generation {generation} {by}; settling for {}",
                 humantime::format_duration(settle)
             ));
         }
@@ -2270,6 +2336,7 @@ impl Supervisor {
             failure,
             errno: w.errno,
             settling_ms: w.settling_ms(now),
+            ready_by: w.settling_ms(now).and(w.said_ready_by.clone()),
             hint: None,
         };
         self.retire_failed_worker(now, worker);

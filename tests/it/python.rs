@@ -323,7 +323,7 @@ fn gunicorn_without_preload_and_a_broken_app_fails_the_reload_thanks_to_settle()
     let gap = stderr
         .split("while settling, ")
         .nth(1)
-        .and_then(|rest| rest.split(" after its READY").next())
+        .and_then(|rest| rest.split(" after it sent READY=1").next())
         .unwrap_or("?")
         .to_owned();
     std::thread::sleep(Duration::from_millis(500));

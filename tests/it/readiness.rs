@@ -123,6 +123,12 @@ fn log_mode_counts_only_the_workers_own_lines() {
     let out = baton.reload();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(baton.status()["supervisor"]["serving"].as_u64(), Some(3));
+    // The progress says what the worker did, which was no READY=1.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let said = "worker 0 of generation 3 printed a line matching [readiness] pattern \"^ready on fd [0-9]+$\"; \
+                settling for 500ms";
+    assert!(stdout.contains(said), "{stdout}");
+    assert!(!stdout.contains("READY"), "{stdout}");
 }
 
 #[test]

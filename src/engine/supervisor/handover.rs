@@ -49,8 +49,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Canary, ClientId, GenId, Generation, LastCanary, LastReload, Phase, Reload, ReloadKind, ReloadOk, Role, Slot,
-    Supervisor, Timer, Waiter, Worker, WorkerId, WorkerState,
+    Canary, ClientId, GenId, Generation, LastCanary, LastReload, Phase, ReadyBy, Reload, ReloadKind, ReloadOk, Role,
+    Slot, Supervisor, Timer, Waiter, Worker, WorkerId, WorkerState,
 };
 use crate::engine::spec::GenSpec;
 
@@ -168,6 +168,10 @@ struct WorkerRecord {
     /// `[readiness] settle`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     said_ready: Option<Rel>,
+    /// How it said so (absent from older binaries: reports then say "said
+    /// it was ready").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    said_ready_by: Option<ReadyBy>,
     deadline: Option<Rel>,
     watchdog_deadline: Option<Rel>,
     watchdog_armed: bool,
@@ -364,6 +368,7 @@ impl Supervisor {
                     started,
                     ready_at,
                     said_ready,
+                    said_ready_by,
                     deadline,
                     watchdog_deadline,
                     watchdog_armed,
@@ -380,6 +385,7 @@ impl Supervisor {
                     started: r(started),
                     ready_at: ready_at.as_ref().map(r),
                     said_ready: said_ready.as_ref().map(r),
+                    said_ready_by: said_ready_by.clone(),
                     deadline: deadline.as_ref().map(r),
                     watchdog_deadline: watchdog_deadline.as_ref().map(r),
                     watchdog_armed: *watchdog_armed,
@@ -565,6 +571,7 @@ impl Supervisor {
                 started,
                 ready_at,
                 said_ready,
+                said_ready_by,
                 deadline,
                 watchdog_deadline,
                 watchdog_armed,
@@ -582,6 +589,7 @@ impl Supervisor {
                     started: abs(now, started)?,
                     ready_at: abs_opt(now, ready_at)?,
                     said_ready: abs_opt(now, said_ready)?,
+                    said_ready_by,
                     deadline: abs_opt(now, deadline)?,
                     watchdog_deadline: abs_opt(now, watchdog_deadline)?,
                     watchdog_armed,

@@ -3965,7 +3965,7 @@ fn a_worker_that_dies_while_settling_fails_the_reload_and_the_old_generation_kee
     assert_eq!(fault.settling_ms, Some(2000));
     assert_eq!(
         fault.to_string(),
-        "worker 0 of generation 2 (pid 1002) exited with status 1 while settling, 2s after its READY ([readiness] settle)"
+        "worker 0 of generation 2 (pid 1002) exited with status 1 while settling, 2s after it sent READY=1 ([readiness] settle)"
     );
 }
 
@@ -3986,6 +3986,64 @@ fn a_worker_that_stays_alive_for_the_settle_is_ready() {
     h.advance(ms(1));
     h.expect(&[term(1), ok(&[7], 2), Ev::Phase(Phase::Ready)]);
     assert_eq!(h.state(2), Some(WorkerState::Ready));
+}
+
+/// The progress text and a failure while settling say what the worker did:
+/// a log line that matched, 'ready' over IPC or its delay, not "READY".
+#[test]
+fn settling_reports_say_how_the_worker_said_it_was_ready() {
+    let progress_texts = |h: &H| -> Vec<String> {
+        h.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Progress { text, .. } if text.contains("settling for") => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // mode "log": a line matched.
+    let mut h = started(1, Parallel);
+    h.reload(7);
+    let mut v2 = (*spec_of("v2", settling(secs(5)))).clone();
+    v2.launch.ready_pattern = Some("listening on".parse().unwrap());
+    h.load(Arc::new(v2));
+    h.take();
+    let w = h.at(2, 0);
+    h.call(Cause::Message(w), |s, now| s.ready_by(now, w, true));
+    assert_eq!(
+        progress_texts(&h),
+        ["worker 0 of generation 2 printed a line matching [readiness] pattern \"listening on\"; settling for 5s"]
+    );
+    h.advance(secs(2));
+    h.crash(2, 0, FAIL);
+    assert_eq!(
+        faults(&h).pop().unwrap().to_string(),
+        "worker 0 of generation 2 (pid 1002) exited with status 1 while settling, 2s after it printed a line \
+         matching [readiness] pattern \"listening on\" ([readiness] settle)"
+    );
+    // mode "node-ipc": 'ready' over the IPC channel.
+    let mut h = started(1, Parallel);
+    h.reload(7);
+    h.load(spec_of("v2", settling(secs(5))));
+    h.take();
+    let w = h.at(2, 0);
+    h.call(Cause::Message(w), |s, now| s.ready_by(now, w, false));
+    assert_eq!(
+        progress_texts(&h),
+        ["worker 0 of generation 2 sent 'ready' over the IPC channel; settling for 5s"]
+    );
+    // mode "delay": it stayed up for its delay.
+    let mut p = settling(secs(5));
+    p.ready_delay = Some(secs(1));
+    let mut h = started(1, Parallel);
+    h.reload(7);
+    h.load(spec_of("v2", p));
+    h.take();
+    h.advance(secs(1));
+    assert_eq!(
+        progress_texts(&h),
+        ["worker 0 of generation 2 stayed up for its [readiness] delay of 1s; settling for 5s"]
+    );
 }
 
 #[test]
