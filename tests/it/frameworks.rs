@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::baton::{
-    Baton, children_of, config_text, fd_targets, port, provision_npm, run_setup, target_dir, with_file_lock,
+    Baton, config_text, fd_targets, port, process_tree, provision_npm, run_setup, target_dir, with_file_lock,
 };
 use crate::common::load::Load;
 use crate::common::{http_get, say, skip};
@@ -37,43 +37,13 @@ fn fixture(server: &str) -> PathBuf {
         .join(server)
 }
 
-/// `target/frameworks-<server>-venv` with the fixture's requirements.txt
-/// installed; made once (again when the requirements change), under a file
-/// lock.
+/// `target/frameworks-<server>-venv` with the fixture's requirements.txt.
 fn provision_venv(server: &str) -> PathBuf {
-    let version = Command::new("python3").arg("--version").output();
-    assert!(
-        matches!(&version, Ok(o) if o.status.success()),
-        "python3 is required for tests/it/frameworks.rs ({version:?}); Debian: apt-get install python3 python3-venv"
-    );
-    let venv = target_dir().join(format!("frameworks-{server}-venv"));
-    let requirements = fixture(server).join("requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).unwrap();
-    let marker = venv.join(".baton-installed-from-requirements.txt");
-    with_file_lock(&target_dir().join(format!("frameworks-{server}-venv.lock")), || {
-        // A venv's scripts name its own path in their #! line: one copied
-        // with a target/ directory from another worktree cannot run them.
-        let here = std::fs::read_to_string(venv.join("bin/pip"))
-            .is_ok_and(|pip| pip.starts_with(&format!("#!{}/", venv.display())));
-        if here && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
-            return;
-        }
-        if venv.exists() {
-            std::fs::remove_dir_all(&venv).unwrap();
-        }
-        run_setup(
-            "python3 -m venv",
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        );
-        run_setup(
-            &format!("pip install -r {}", requirements.display()),
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "--disable-pip-version-check", "--quiet", "-r"])
-                .arg(&requirements),
-        );
-        std::fs::write(&marker, &wanted).unwrap();
-    });
-    venv
+    crate::common::baton::provision_venv(
+        &format!("frameworks-{server}-venv"),
+        &fixture(server).join("requirements.txt"),
+        "tests/it/frameworks.rs",
+    )
 }
 
 /// `path`, as a TOML string.
@@ -100,17 +70,6 @@ fn listening_tcp() -> Vec<(u16, String)> {
                 .collect::<Vec<_>>()
         })
         .collect()
-}
-
-/// A process and all its descendants.
-fn tree(pid: i32) -> Vec<i32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        out.extend(children_of(out[i]).into_iter().map(|(p, _)| p));
-        i += 1;
-    }
-    out
 }
 
 /// The listening TCP sockets `pid` holds.
@@ -146,7 +105,7 @@ fn assert_serves_batons_socket(server: &str, baton: &Baton, generation: u64) {
     );
     let workers = baton.worker_pids(generation);
     assert!(!workers.is_empty(), "{:#}", baton.status());
-    let procs: Vec<i32> = workers.iter().flat_map(|&w| tree(w)).collect();
+    let procs: Vec<i32> = workers.iter().flat_map(|&w| process_tree(w)).collect();
     for &pid in &procs {
         let held = listening_held(pid, &all);
         assert!(

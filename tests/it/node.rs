@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::common::baton::{
     Baton, WorkerLine, config_text, fd_targets, port, provision_node_modules, rss_kib, worker_lines,
 };
-use crate::common::load::Load;
+use crate::common::load::{Load, examples_drain_against_the_usual};
 use crate::common::wait_until;
 
 fn node_dir() -> PathBuf {
@@ -221,9 +221,7 @@ fn express_twenty_reloads_under_load_fail_no_request() {
 #[test]
 fn express_example_loses_nothing_under_keep_alive_load_over_20_reloads() {
     provision_express();
-    const RELOADS: usize = 20;
-    let mut figures = Vec::new();
-    for grace_ms in [None, Some(0)] {
+    examples_drain_against_the_usual("express example", 20, 500, |grace_ms| {
         let port = port();
         let mut config = example_config(port, 2);
         assert!(config.contains("[environment]\n"), "{config}");
@@ -234,26 +232,8 @@ fn express_example_loses_nothing_under_keep_alive_load_over_20_reloads() {
                 1,
             );
         }
-        let baton = Baton::start(port, &config);
-        let load = Load::keep_alive(baton.addr(), "/", 12);
-        std::thread::sleep(Duration::from_millis(300));
-        baton.reload_times(RELOADS, Duration::from_millis(150));
-        std::thread::sleep(Duration::from_millis(300));
-        let stats = load.stop();
-        let drain = match grace_ms {
-            None => "the example's drain (grace 1.5 s)".to_owned(),
-            Some(ms) => format!("idle grace {ms} ms (the usual drain)"),
-        };
-        let line = format!("express example, keep-alive, 12 connections, {RELOADS} reloads, {drain}: {stats}");
-        crate::common::say(&line);
-        figures.push(line);
-        if grace_ms.is_none() {
-            stats.assert_served_through(500, RELOADS as u64 + 1);
-        } else {
-            assert!(stats.ok > 500, "too little load to mean anything: {stats}");
-        }
-    }
-    crate::common::say(&figures.join("\n"));
+        Baton::start(port, &config)
+    });
 }
 
 #[test]

@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::baton::{Baton, config_text, port, provision_npm};
-use crate::common::load::Load;
+use crate::common::load::{Load, keep_alive_over_reloads};
 use crate::common::{http_get, say, skip};
 
 fn apps() -> PathBuf {
@@ -179,11 +179,7 @@ fn node_preload_keep_alive_drain_loses_nothing_over_20_reloads() {
     for drain in [true, false] {
         let port = port();
         let b = Baton::start(port, &pm2_config(port, "http.js", 2, drain, ""));
-        let load = Load::keep_alive(b.addr(), "/", 12);
-        std::thread::sleep(Duration::from_millis(300));
-        b.reload_times(20, Duration::from_millis(150));
-        std::thread::sleep(Duration::from_millis(300));
-        let stats = load.stop();
+        let stats = keep_alive_over_reloads(&b, 20);
         let line = format!("keep-alive, 12 connections, 20 reloads, drain {drain}: {stats}");
         say(&line);
         figures.push(line);

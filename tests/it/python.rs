@@ -10,10 +10,9 @@
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::baton::{Baton, children_of, fd_targets, port, run_setup, target_dir, with_file_lock, worker_lines};
+use crate::common::baton::{Baton, fd_targets, port, process_tree, worker_lines};
 use crate::common::load::{Load, keep_alive_get};
 use crate::common::{say, wait_until};
 
@@ -21,48 +20,13 @@ fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python")
 }
 
-/// The venv with requirements.txt installed; made once, under a file lock.
+/// `target/examples-python-venv` with examples/python/requirements.txt.
 fn provision_venv() -> PathBuf {
-    let version = Command::new("python3").arg("--version").output();
-    match version {
-        Ok(out) if out.status.success() => {}
-        other => panic!(
-            "python3 is required for tests/it/python.rs but `python3 --version` failed ({other:?}); \
-             install it (Debian: apt-get install python3 python3-venv)"
-        ),
-    }
-    let venv = target_dir().join("examples-python-venv");
-    let requirements = python_dir().join("requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).unwrap();
-    let marker = venv.join(".baton-installed-from-requirements.txt");
-    with_file_lock(&target_dir().join("examples-python-venv.lock"), || {
-        // A venv copied from another tree has scripts whose #! names that
-        // tree's python: it must run here too.
-        let runs = || {
-            Command::new(venv.join("bin/gunicorn"))
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) && runs() {
-            return;
-        }
-        if venv.exists() {
-            std::fs::remove_dir_all(&venv).unwrap();
-        }
-        run_setup(
-            "python3 -m venv",
-            Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        );
-        run_setup(
-            "pip install -r examples/python/requirements.txt",
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "--disable-pip-version-check", "--quiet", "-r"])
-                .arg(&requirements),
-        );
-        std::fs::write(&marker, &wanted).unwrap();
-    });
-    venv
+    crate::common::baton::provision_venv(
+        "examples-python-venv",
+        &python_dir().join("requirements.txt"),
+        "tests/it/python.rs",
+    )
 }
 
 /// examples/python/baton.toml made to run here: the venv's gunicorn,
@@ -101,17 +65,6 @@ fn listening_tcp() -> Vec<(u16, String)> {
             (*f.get(3)? == "0A").then(|| Some((u16::from_str_radix(port, 16).ok()?, f.get(9)?.to_string())))?
         })
         .collect()
-}
-
-/// A process and all its descendants.
-fn tree(pid: i32) -> Vec<i32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        out.extend(children_of(out[i]).into_iter().map(|(p, _)| p));
-        i += 1;
-    }
-    out
 }
 
 #[test]
@@ -173,7 +126,7 @@ fn gunicorn_five_reloads_under_load_fail_no_request() {
     );
     let listening_inodes: BTreeSet<String> = listening.iter().map(|(_, inode)| format!("socket:[{inode}]")).collect();
     for &master in &masters {
-        let procs = tree(master);
+        let procs = process_tree(master);
         assert!(procs.len() >= 3, "gunicorn {master} should have 2 workers: {procs:?}");
         for pid in procs {
             let held: BTreeSet<String> = fd_targets(pid)

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::common::baton::{Baton, config_text, port};
-use crate::common::load::Load;
-use crate::common::{example_bin, say};
+use crate::common::example_bin;
+use crate::common::load::{Load, examples_drain_against_the_usual};
 
 fn hello() -> String {
     example_bin("hello").display().to_string()
@@ -48,36 +48,16 @@ fn rolling_reloads_under_load_fail_no_request() {
 /// request a client had already sent on each connection it closes.
 #[test]
 fn keep_alive_load_over_20_reloads_loses_nothing_with_the_examples_drain() {
-    const RELOADS: usize = 20;
     let hello = hello();
-    let mut figures = Vec::new();
-    for grace_ms in [None, Some(0)] {
+    examples_drain_against_the_usual("hello", 20, 1000, |grace_ms| {
         let port = port();
         let env = match grace_ms {
             Some(ms) => format!("[environment]\nHELLO_IDLE_GRACE_MS = \"{ms}\"\n\n"),
             None => String::new(),
         };
         let extra = format!("{env}[stop]\ntimeout = \"10s\"\n");
-        let baton = Baton::start(port, &config_text(port, &[&hello], 2, &extra));
-        let load = Load::keep_alive(baton.addr(), "/", 12);
-        std::thread::sleep(Duration::from_millis(300));
-        baton.reload_times(RELOADS, Duration::from_millis(150));
-        std::thread::sleep(Duration::from_millis(300));
-        let stats = load.stop();
-        let drain = match grace_ms {
-            None => "the example's drain (grace 1.5 s)".to_owned(),
-            Some(ms) => format!("idle grace {ms} ms (the usual drain)"),
-        };
-        let line = format!("hello, keep-alive, 12 connections, {RELOADS} reloads, {drain}: {stats}");
-        say(&line);
-        figures.push(line);
-        if grace_ms.is_none() {
-            stats.assert_served_through(1000, RELOADS as u64 + 1);
-        } else {
-            assert!(stats.ok > 1000, "too little load to mean anything: {stats}");
-        }
-    }
-    say(&figures.join("\n"));
+        Baton::start(port, &config_text(port, &[&hello], 2, &extra))
+    });
 }
 
 #[test]

@@ -4001,14 +4001,19 @@ fn settling_reports_say_how_the_worker_said_it_was_ready() {
             })
             .collect()
     };
+    // A reload to `v2`, its worker 0 starting.
+    let reloading = |v2: GenSpec| {
+        let mut h = started(1, Parallel);
+        h.reload(7);
+        h.load(Arc::new(v2));
+        h.take();
+        let w = h.at(2, 0);
+        (h, w)
+    };
     // mode "log": a line matched.
-    let mut h = started(1, Parallel);
-    h.reload(7);
     let mut v2 = (*spec_of("v2", settling(secs(5)))).clone();
     v2.launch.ready_pattern = Some("listening on".parse().unwrap());
-    h.load(Arc::new(v2));
-    h.take();
-    let w = h.at(2, 0);
+    let (mut h, w) = reloading(v2);
     h.call(Cause::Message(w), |s, now| s.ready_by(now, w, true));
     assert_eq!(
         progress_texts(&h),
@@ -4022,11 +4027,7 @@ fn settling_reports_say_how_the_worker_said_it_was_ready() {
          matching [readiness] pattern \"listening on\" ([readiness] settle)"
     );
     // mode "node-ipc": 'ready' over the IPC channel.
-    let mut h = started(1, Parallel);
-    h.reload(7);
-    h.load(spec_of("v2", settling(secs(5))));
-    h.take();
-    let w = h.at(2, 0);
+    let (mut h, w) = reloading((*spec_of("v2", settling(secs(5)))).clone());
     h.call(Cause::Message(w), |s, now| s.ready_by(now, w, false));
     assert_eq!(
         progress_texts(&h),
@@ -4035,10 +4036,7 @@ fn settling_reports_say_how_the_worker_said_it_was_ready() {
     // mode "delay": it stayed up for its delay.
     let mut p = settling(secs(5));
     p.ready_delay = Some(secs(1));
-    let mut h = started(1, Parallel);
-    h.reload(7);
-    h.load(spec_of("v2", p));
-    h.take();
+    let (mut h, _) = reloading((*spec_of("v2", p)).clone());
     h.advance(secs(1));
     assert_eq!(
         progress_texts(&h),

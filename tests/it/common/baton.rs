@@ -290,6 +290,17 @@ pub fn zombies_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
+/// `pid` and all its descendants.
+pub fn process_tree(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        out.extend(children_of(out[i]).into_iter().map(|(p, _)| p));
+        i += 1;
+    }
+    out
+}
+
 /// (pid, state) of every child of `parent`.
 pub fn children_of(parent: i32) -> Vec<(i32, char)> {
     let mut out = Vec::new();
@@ -452,6 +463,44 @@ pub fn provision_node_modules() -> PathBuf {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node"),
         "examples-node",
     )
+}
+
+/// `target/<name>` (lock `target/<name>.lock`), a venv with `requirements`
+/// installed; made once, again when the requirements change or when the
+/// venv came with a target/ directory from another tree (its scripts name
+/// its own path in their #! line, so they would not run here). `user`
+/// names the test file that needs python3, for the error.
+pub fn provision_venv(name: &str, requirements: &Path, user: &str) -> PathBuf {
+    let version = Command::new("python3").arg("--version").output();
+    assert!(
+        matches!(&version, Ok(o) if o.status.success()),
+        "python3 is required for {user} (`python3 --version`: {version:?}); Debian: apt-get install python3 python3-venv"
+    );
+    let venv = target_dir().join(name);
+    let wanted = std::fs::read_to_string(requirements).unwrap();
+    let marker = venv.join(".baton-installed-from-requirements.txt");
+    with_file_lock(&target_dir().join(format!("{name}.lock")), || {
+        let here = std::fs::read_to_string(venv.join("bin/pip"))
+            .is_ok_and(|pip| pip.starts_with(&format!("#!{}/", venv.display())));
+        if here && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+            return;
+        }
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv).unwrap();
+        }
+        run_setup(
+            "python3 -m venv",
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        );
+        run_setup(
+            &format!("pip install -r {}", requirements.display()),
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--disable-pip-version-check", "--quiet", "-r"])
+                .arg(requirements),
+        );
+        std::fs::write(&marker, &wanted).unwrap();
+    });
+    venv
 }
 
 /// `npm ci` in `dir` (under the repository) unless its node_modules

@@ -360,6 +360,50 @@ pub fn keep_alive_get(
     Ok(answer)
 }
 
+/// `reloads` reloads of `baton`, 150 ms apart, under keep-alive load: 12
+/// connections sending back to back, from 300 ms before the first reload
+/// to 300 ms after the last.
+pub fn keep_alive_over_reloads(baton: &super::baton::Baton, reloads: usize) -> LoadStats {
+    let load = Load::keep_alive(baton.addr(), "/", 12);
+    std::thread::sleep(Duration::from_millis(300));
+    baton.reload_times(reloads, Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(300));
+    load.stop()
+}
+
+/// An example's drain (`Connection: close` on each connection's next
+/// response, close after 1.5 s idle) against the usual one (idle grace 0:
+/// close idle connections at once), each over `reloads` keep-alive reloads
+/// ([`keep_alive_over_reloads`]). `start(grace_ms)` starts the app, with
+/// its idle grace set when `Some`. The example's drain must fail nothing
+/// and serve through the last generation; the usual one is only measured.
+/// Both figures are said, under `app`.
+pub fn examples_drain_against_the_usual(
+    app: &str,
+    reloads: usize,
+    min_ok: u64,
+    start: impl Fn(Option<u64>) -> super::baton::Baton,
+) {
+    let mut figures = Vec::new();
+    for grace_ms in [None, Some(0)] {
+        let baton = start(grace_ms);
+        let stats = keep_alive_over_reloads(&baton, reloads);
+        let drain = match grace_ms {
+            None => "the example's drain (grace 1.5 s)".to_owned(),
+            Some(ms) => format!("idle grace {ms} ms (the usual drain)"),
+        };
+        let line = format!("{app}, keep-alive, 12 connections, {reloads} reloads, {drain}: {stats}");
+        super::say(&line);
+        figures.push(line);
+        if grace_ms.is_none() {
+            stats.assert_served_through(min_ok, reloads as u64 + 1);
+        } else {
+            assert!(stats.ok > min_ok, "too little load to mean anything: {stats}");
+        }
+    }
+    super::say(&figures.join("\n"));
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader};
