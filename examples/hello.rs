@@ -456,7 +456,12 @@ where
             Some(since) if drain && !shut_down => Some(since + grace),
             _ => None,
         };
+        // Biased, in this order: after a stall (a loaded machine) the
+        // connection reads what arrived meanwhile, and a request that began
+        // moves the deadline, before an expired deadline may shut down a
+        // connection whose request is already waiting unread.
         tokio::select! {
+            biased;
             result = conn.as_mut() => return result,
             Ok(()) = draining.changed(), if !drain => {}
             // A request began or ended: the deadline moves.

@@ -127,11 +127,19 @@ function drain(trigger) {
     process.exit(0);
   });
   // A connection is closed only once it has been quiet for the grace: no
-  // request in progress and no byte received.
+  // request in progress and no byte received. A sweep that runs late (the
+  // process was stalled: a loaded machine, a long GC) closes nothing: bytes
+  // that arrived meanwhile are still unread, so a connection would look
+  // quiet while its request waits, and closing it would reset that request.
+  // The next sweep, after the event loop has read them, decides. The first
+  // sweep counts as late for the same reason.
+  let lastSweep;
   const sweep = () => {
     const now = Date.now();
+    const late = lastSweep === undefined || now - lastSweep > Math.max(IDLE_GRACE_MS / 2, 100);
+    lastSweep = now;
     for (const [socket, last] of connections) {
-      if (!busy(socket) && now - last >= IDLE_GRACE_MS) {
+      if (!late && !busy(socket) && now - last >= IDLE_GRACE_MS) {
         socket.destroy();
       }
     }

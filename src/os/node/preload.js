@@ -290,8 +290,17 @@
   // A connection whose next request is still arriving (its head comes in
   // slowly, byte by byte: no 'request' yet) is not idle: bytes read since
   // the last look restart its idle time.
+  //
+  // A look that comes late (the process was stalled: a loaded machine, a
+  // long GC) closes nothing: bytes that arrived meanwhile are still unread
+  // in the kernel, so a connection would look idle while its request
+  // waits, and closing it would reset that request. The next look, after
+  // the event loop has read them, decides. The first look of a drain counts
+  // as late for the same reason.
   function closeIdle(server) {
     const now = Date.now();
+    const late = server.batonLastLook === undefined || now - server.batonLastLook > Math.max(grace / 2, 100);
+    server.batonLastLook = now;
     for (const socket of server.batonConns || []) {
       const state = socket.batonConn;
       if (!state || state.active !== 0) continue;
@@ -299,7 +308,7 @@
       if (read !== state.read) {
         state.read = read;
         state.since = now;
-      } else if (now - state.since >= grace) {
+      } else if (!late && now - state.since >= grace) {
         socket.destroy();
       }
     }

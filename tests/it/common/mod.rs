@@ -245,7 +245,11 @@ pub type TimedAnswer = (Result<(u16, String), String>, std::time::Instant);
 /// reload or a stop.
 pub fn slow_request_in_background(addr: SocketAddr, ms: u64) -> std::thread::JoinHandle<TimedAnswer> {
     std::thread::spawn(move || {
-        let answer = http_get(addr, &format!("/slow?ms={ms}"), Duration::from_secs(30));
+        let answer = http_get(
+            addr,
+            &format!("/slow?ms={ms}"),
+            Duration::from_millis(ms) + Duration::from_secs(30),
+        );
         (answer, std::time::Instant::now())
     })
 }
