@@ -299,10 +299,17 @@ fn preconditions() -> Option<Tools> {
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
-    ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(tool))
-        .find(|p| p.is_file())
+    [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join(tool))
+    .find(|p| p.is_file())
 }
 
 /// `target/fleet-ansible-venv` with tests/fleet/requirements.txt installed
@@ -482,7 +489,8 @@ impl Host {
         if !out.status.success() {
             return Err(format!("{}: baton status {APP} --json: {}", self.name, describe(&out)));
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("{}: baton status JSON: {e}: {}", self.name, stdout(&out)))
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{}: baton status JSON: {e}: {}", self.name, stdout(&out)))
     }
 
     fn serving(&self) -> Result<Serving, String> {
@@ -495,7 +503,13 @@ impl Host {
             .as_array()
             .and_then(|gs| gs.iter().find(|g| g["id"].as_u64() == Some(id)))
             .ok_or_else(|| format!("{}: generation {id} not listed: {status}", self.name))?;
-        let last = |path: &str| path.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_owned();
+        let last = |path: &str| {
+            path.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
         let link = stdout(&self.exec(&["readlink", &format!("/srv/{APP}/current")]));
         let workers = generation["workers"]
             .as_array()
@@ -505,7 +519,9 @@ impl Host {
             current: last(link.trim()),
             generation: id,
             release: last(generation["directory"].as_str().unwrap_or_default()),
-            ready: generation["ready"].as_u64().is_some_and(|r| Some(r) == generation["slots"].as_u64() && r > 0),
+            ready: generation["ready"]
+                .as_u64()
+                .is_some_and(|r| Some(r) == generation["slots"].as_u64() && r > 0),
             pid: status["pid"].as_i64().unwrap_or(-1),
             workers,
             upgrades: status["upgrades"].as_array().map_or(0, Vec::len),
@@ -557,10 +573,7 @@ impl Play {
 
     /// `key=N` of `host`'s recap line.
     fn count(&self, host: &str, key: &str) -> Option<u64> {
-        let line = self
-            .recap
-            .iter()
-            .find(|l| l.split_whitespace().next() == Some(host))?;
+        let line = self.recap.iter().find(|l| l.split_whitespace().next() == Some(host))?;
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("{key}=")))?
             .parse()
@@ -742,7 +755,10 @@ impl Fleet {
             describe(&out),
             fleet.diagnostics()
         );
-        say(&format!("fleet: ansible -m ping: all hosts in {:.1}s", t.elapsed().as_secs_f64()));
+        say(&format!(
+            "fleet: ansible -m ping: all hosts in {:.1}s",
+            t.elapsed().as_secs_f64()
+        ));
         fleet
     }
 
@@ -754,7 +770,10 @@ impl Fleet {
         let mut cmd = self.net.command(self.venv.join("bin").join(tool));
         cmd.current_dir(&self.ansible_dir)
             .env_clear()
-            .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.venv.join("bin").display()))
+            .env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.venv.join("bin").display()),
+            )
             .env("HOME", self.dir.path())
             .env("LANG", "C.UTF-8")
             .env("ANSIBLE_HOME", &home)
@@ -822,7 +841,9 @@ impl Fleet {
     /// HAProxy's `show stat` rows of the hosts, by name.
     fn haproxy_stats(&self) -> Result<BTreeMap<String, ServerStat>, String> {
         let mut stream = UnixStream::connect(&self.haproxy.socket).map_err(|e| format!("connect: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
         stream.write_all(b"show stat\n").map_err(|e| format!("write: {e}"))?;
         let mut text = String::new();
         stream.read_to_string(&mut text).map_err(|e| format!("read: {e}"))?;
@@ -876,7 +897,10 @@ impl Fleet {
             last.as_ref()
                 .is_ok_and(|rows| rows.len() == usize::from(HOSTS) && rows.values().all(|r| r.status == "UP"))
         });
-        assert!(up, "HAProxy does not see the {HOSTS} hosts UP after {timeout:?}: {last:?}");
+        assert!(
+            up,
+            "HAProxy does not see the {HOSTS} hosts UP after {timeout:?}: {last:?}"
+        );
     }
 
     /// Each host's [`Serving`], or why not.
@@ -937,6 +961,18 @@ impl Fleet {
             );
         }
         serving
+    }
+}
+
+impl Drop for Fleet {
+    /// Powers the hosts off side by side (each may take seconds); then the
+    /// fields go: HAProxy, the network, the temp dir.
+    fn drop(&mut self) {
+        std::thread::scope(|s| {
+            for host in self.hosts.drain(..) {
+                s.spawn(move || drop(host));
+            }
+        });
     }
 }
 
@@ -1002,7 +1038,10 @@ fn install(f: &Fleet, o: &mut Outcome) {
             again.tail()
         );
     }
-    assert_eq!(stats.failed, 0, "failed requests during the second install.yml: {stats}");
+    assert_eq!(
+        stats.failed, 0,
+        "failed requests during the second install.yml: {stats}"
+    );
     assert!(stats.ok >= 50, "too little load to mean anything: {stats}");
     let after = f.haproxy_stats().unwrap();
     for (name, row) in &after {
@@ -1041,7 +1080,11 @@ fn good_release(f: &Fleet, o: &mut Outcome) {
     assert_eq!(stats.failed, 0, "failed requests during release v2: {stats}");
     assert!(stats.ok >= 50, "too little load to mean anything: {stats}");
     f.wait_all_up(Duration::from_secs(10));
-    o.note = format!("{:.1}s; load: {stats}; HAProxy: {}", play.took.as_secs_f64(), f.stats_line());
+    o.note = format!(
+        "{:.1}s; load: {stats}; HAProxy: {}",
+        play.took.as_secs_f64(),
+        f.stats_line()
+    );
 }
 
 /// 3. release.yml v3 (fails at start): stops at the canary host, nothing
@@ -1061,6 +1104,19 @@ fn broken_release(f: &Fleet, o: &mut Outcome) {
         "the play's output does not carry the broken release's stderr line: {}",
         play.tail()
     );
+    assert!(
+        play.count("fleet1", "failed").unwrap_or(0) > 0,
+        "the play should fail at fleet1, the canary host (recap {:?})",
+        play.recap
+    );
+    for host in ["fleet2", "fleet3"] {
+        assert_eq!(
+            play.count(host, "changed").unwrap_or(0),
+            0,
+            "{host}: changed by a play that should have stopped at fleet1 (recap {:?})",
+            play.recap
+        );
+    }
     let after = f.assert_all_on("v2");
     for (i, ((h, b), a)) in f.hosts.iter().zip(&before).zip(&after).enumerate() {
         if i > 0 {
@@ -1093,12 +1149,27 @@ fn fails_on_second_batch(f: &Fleet, o: &mut Outcome) {
     let stats = load.stop();
     o.count(&stats);
     o.recap("release v4", &play);
-    assert!(!play.ok(), "release.yml v4 (fails on fleet2) succeeded: {}", play.tail());
+    assert!(
+        !play.ok(),
+        "release.yml v4 (fails on fleet2) succeeded: {}",
+        play.tail()
+    );
     let output = stdout(&play.out);
     assert!(
         output.contains("release v4 fails on fleet2"),
         "the play's output does not carry fleet2's stderr line: {}",
         play.tail()
+    );
+    assert!(
+        play.count("fleet2", "failed").unwrap_or(0) > 0,
+        "the play should fail at fleet2 (recap {:?})",
+        play.recap
+    );
+    assert_eq!(
+        play.count("fleet3", "changed").unwrap_or(0),
+        0,
+        "fleet3: changed by a play that should have stopped at fleet2 (recap {:?})",
+        play.recap
     );
     let after = f.assert_all_on("v2");
     assert!(
@@ -1140,8 +1211,15 @@ fn upgrade(f: &Fleet, o: &mut Outcome) {
     o.count(&stats);
     o.recap("upgrade", &play);
     assert!(play.ok(), "upgrade.yml failed: {}", play.tail());
-    let after = f.assert_all_on("v2");
+    // Whatever each host served before (v2 after scenarios 2-4), it
+    // serves still, from the same processes.
+    let after = f.serving_ok();
     for ((h, b), a) in f.hosts.iter().zip(&before).zip(&after) {
+        assert!(
+            a.ready && (&a.release, &a.current) == (&b.release, &b.current),
+            "{}: served {b:?} before the upgrade, {a:?} after",
+            h.name
+        );
         assert_eq!(a.pid, b.pid, "{}: baton's pid changed across the upgrade", h.name);
         assert_eq!(
             (a.generation, &a.workers),
