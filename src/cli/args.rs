@@ -315,7 +315,9 @@ The same text is served on `[metrics] listen` and written to `[metrics] textfile
     #[command(
         long_about = "Write /etc/baton/NAME.toml, /etc/systemd/system/NAME.socket and NAME.service, \
 then run `systemctl daemon-reload`. Start it with `systemctl enable --now NAME.socket`: the first \
-connection starts NAME.service. Existing files are never overwritten without --force.\n\n\
+connection starts NAME.service. A file that says something else is never overwritten without \
+--force; running init again with the same arguments changes nothing (each file is reported as \
+`wrote` or `unchanged`, and daemon-reload runs only if a unit changed).\n\n\
 The service runs sandboxed (see the comments in NAME.service) as a system user of its own, \
 NAME: init writes /etc/sysusers.d/baton-NAME.conf and runs `systemd-sysusers` to create it. \
 --user USER runs it as an existing user instead; --user root works, with a warning.",

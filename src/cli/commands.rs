@@ -637,10 +637,17 @@ pub fn init(req: crate::systemd::init::Request) -> i32 {
     let name = req.name.clone();
     let account = crate::systemd::init::account(&req);
     match crate::systemd::init::write(&req) {
-        Ok(paths) => {
-            for p in &paths {
-                println!("wrote {}", p.display());
+        Ok(files) => {
+            use crate::systemd::init::Outcome;
+            for (p, outcome) in &files {
+                match outcome {
+                    Outcome::Wrote => println!("wrote {}", p.display()),
+                    Outcome::Unchanged => println!("unchanged {}", p.display()),
+                }
             }
+            let units_changed = files
+                .iter()
+                .any(|(p, o)| *o == Outcome::Wrote && p.starts_with(&req.unit_dir));
             match account {
                 Ok(Account::Dedicated(user)) if default_sysusers => {
                     let entry = req.sysusers_dir.join(format!("baton-{user}.conf"));
@@ -665,7 +672,7 @@ pub fn init(req: crate::systemd::init::Request) -> i32 {
                 _ => {}
             }
             // `systemctl enable` reloads too, but a plain `start` would not.
-            if default_units && std::path::Path::new("/run/systemd/system").exists() {
+            if default_units && units_changed && std::path::Path::new("/run/systemd/system").exists() {
                 match std::process::Command::new("systemctl").arg("daemon-reload").status() {
                     Ok(s) if s.success() => println!("ran systemctl daemon-reload"),
                     _ => eprintln!("baton init: `systemctl daemon-reload` failed; run it yourself"),

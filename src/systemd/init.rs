@@ -43,7 +43,7 @@ pub struct Request {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("{path} already exists; pass --force to overwrite it")]
+    #[error("{path} already exists and says something else; pass --force to overwrite it")]
     Exists { path: PathBuf },
     #[error("the command is missing: baton init NAME --listen ADDR -- CMD ARGS...")]
     NoCommand,
@@ -153,18 +153,39 @@ pub fn render(req: &Request) -> Result<Vec<(PathBuf, String)>, InitError> {
     Ok(files)
 }
 
-/// Writes the files, refusing to replace any unless `force`.
-pub fn write(req: &Request) -> Result<Vec<PathBuf>, InitError> {
+/// What [`write`] did with one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It was missing, or said something else (and `force` was given).
+    Wrote,
+    /// It already said exactly this: left alone, not even its mtime.
+    Unchanged,
+}
+
+/// Writes the files, refusing to replace any that says something else
+/// unless `force`. A file that already says exactly what would be written
+/// is left alone, so running `init` again with the same arguments changes
+/// nothing and succeeds (what configuration management such as the Ansible
+/// role in contrib/ansible needs to report "changed" only on a change).
+pub fn write(req: &Request) -> Result<Vec<(PathBuf, Outcome)>, InitError> {
     let files = render(req)?;
+    let same = |path: &Path, text: &str| std::fs::read(path).is_ok_and(|old| old == text.as_bytes());
     if !req.force {
-        if let Some((path, _)) = files.iter().find(|(p, _)| p.exists()) {
+        if let Some((path, _)) = files.iter().find(|(p, t)| p.exists() && !same(p, t)) {
             return Err(InitError::Exists { path: path.clone() });
         }
     }
-    for (path, text) in &files {
-        write_file(path, text)?;
+    let mut done = Vec::with_capacity(files.len());
+    for (path, text) in files {
+        let outcome = if same(&path, &text) {
+            Outcome::Unchanged
+        } else {
+            write_file(&path, &text)?;
+            Outcome::Wrote
+        };
+        done.push((path, outcome));
     }
-    Ok(files.into_iter().map(|(p, _)| p).collect())
+    Ok(done)
 }
 
 pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), InitError> {
@@ -677,9 +698,18 @@ mod tests {
         let mut req = request(dir.path());
         let written = write(&req).unwrap();
         assert_eq!(written.len(), 3);
+        assert!(written.iter().all(|(_, o)| *o == Outcome::Wrote), "{written:?}");
+        // The same arguments again: nothing to do, and no --force needed.
+        let again = write(&req).unwrap();
+        assert!(again.iter().all(|(_, o)| *o == Outcome::Unchanged), "{again:?}");
+        // Other arguments: the files say something else now.
+        req.workers = Some(Workers::Count(3));
         assert!(matches!(write(&req), Err(InitError::Exists { .. })));
         req.force = true;
-        write(&req).unwrap();
+        let forced = write(&req).unwrap();
+        let wrote: Vec<_> = forced.iter().filter(|(_, o)| *o == Outcome::Wrote).collect();
+        assert_eq!(wrote.len(), 1, "only the config names the workers: {forced:?}");
+        assert!(wrote[0].0.ends_with("etc/myapp.toml"), "{forced:?}");
     }
 
     #[test]
