@@ -19,7 +19,11 @@
 //!   services that would bind ports on the shared host network);
 //! - commands run inside with `nsenter -t <container's systemd> -a`;
 //! - host networking is shared, so a port listened on inside is reachable
-//!   from the test on 127.0.0.1.
+//!   from the test on 127.0.0.1; or, with [`Container::boot_with`] and a
+//!   [`Network`] (a network namespace of the test's own with a bridge),
+//!   the container gets a veth on that bridge (`--network-bridge`, nspawn
+//!   started inside the namespace) and an address of the test's choosing,
+//!   and is reachable only from inside that namespace (tests/fleet.rs).
 //!
 //! [`Container::label`] names the system with the systemd version that
 //! `systemctl --version` reports inside ("Debian 13 (systemd 257)"); the
