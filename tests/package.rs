@@ -57,13 +57,13 @@ mod container;
 
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
 
 use common::load::{Load, LoadStats};
 use common::{example_bin, free_port, get, say, skip, wait_until};
-use container::{Container, describe, run_bounded, stdout};
+use container::{Container, build_deb, describe, stdout};
 use serde_json::Value;
 
 const APP: &str = "myapp";
@@ -76,7 +76,6 @@ const LOAD_THREADS: usize = 4;
 const PKG_DIR: &str = "/opt/baton-pkgtest";
 const OLD: &str = "0.1.0";
 const NEW: &str = "0.1.1";
-const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const APT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -429,40 +428,6 @@ impl Pkg {
             String::from_utf8_lossy(&dpkg.stderr),
         )
     }
-}
-
-/// Runs `packaging/build deb [--version V]` from the crate root, asserts it
-/// succeeded and wrote `expected` just now; returns its path and the time.
-fn build_deb(root: &Path, version: Option<&str>, expected: &str) -> (PathBuf, Duration) {
-    let t = Instant::now();
-    let before = SystemTime::now() - Duration::from_secs(2);
-    let mut cmd = Command::new(root.join("packaging/build"));
-    cmd.arg("deb").current_dir(root).stdin(Stdio::null());
-    if let Some(v) = version {
-        cmd.args(["--version", v]);
-    }
-    let out = run_bounded(cmd, BUILD_TIMEOUT);
-    let took = t.elapsed();
-    let what = format!(
-        "packaging/build deb{}",
-        version.map(|v| format!(" --version {v}")).unwrap_or_default()
-    );
-    assert!(out.status.success(), "{what} failed after {took:?}: {}", describe(&out));
-    let deb = root.join("target/packaging").join(expected);
-    let modified = std::fs::metadata(&deb).and_then(|m| m.modified()).unwrap_or_else(|e| {
-        panic!(
-            "{what} exited 0 but {} is missing ({e}): {}",
-            deb.display(),
-            describe(&out)
-        )
-    });
-    assert!(
-        modified >= before,
-        "{what} exited 0 but did not (re)write {} (it is older than the build): {}",
-        deb.display(),
-        describe(&out)
-    );
-    (deb, took)
 }
 
 /// Copies a host file into the container's PKG_DIR; returns the path inside.

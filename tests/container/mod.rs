@@ -19,7 +19,11 @@
 //!   services that would bind ports on the shared host network);
 //! - commands run inside with `nsenter -t <container's systemd> -a`;
 //! - host networking is shared, so a port listened on inside is reachable
-//!   from the test on 127.0.0.1.
+//!   from the test on 127.0.0.1; or, with [`Container::boot_with`] and a
+//!   [`Network`] (a network namespace of the test's own with a bridge),
+//!   the container gets a veth on that bridge (`--network-bridge`, nspawn
+//!   started inside the namespace) and an address of the test's choosing,
+//!   and is reachable only from inside that namespace (tests/fleet.rs).
 //!
 //! [`Container::label`] names the system with the systemd version that
 //! `systemctl --version` reports inside ("Debian 13 (systemd 257)"); the
@@ -133,6 +137,219 @@ pub fn debian13_root() -> Result<PathBuf, String> {
     }
 }
 
+/// How [`Container::boot_with`] boots a container, beyond the defaults of
+/// [`Container::boot`] (the host's network, the root's own hostname).
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Written to /etc/hostname and given to nspawn (`--hostname`).
+    pub hostname: Option<String>,
+    /// A private network: the container gets a veth on its bridge.
+    pub network: Option<&'a Network>,
+}
+
+/// Prefix of the network namespaces [`Network::create`] makes:
+/// `baton-net-<pid of the test>-<random>`.
+const NETNS_PREFIX: &str = "baton-net-";
+/// The bridge inside each namespace (the namespace is the test's own, so
+/// the name is the same in every one).
+const BRIDGE: &str = "br-baton";
+
+/// A network namespace of the test's own (`ip netns add`), with a bridge in
+/// it that holds the address `<prefix>.1/24`. Containers booted with it
+/// ([`Options::network`]) get a veth on that bridge and, from
+/// [`Network::attach`], the address `<prefix>.N/24`. Nothing in it routes
+/// anywhere else: no default route, no link to the host's namespace, so the
+/// traffic of whatever runs inside stays among the test's own addresses.
+///
+/// Dropping it deletes the namespace (the bridge, and the veths of
+/// containers already gone, go with it). A namespace a killed run left
+/// behind (its owner pid, in the name, is gone) is deleted by the next
+/// [`Network::create`].
+pub struct Network {
+    name: String,
+    prefix: [u8; 3],
+}
+
+impl Network {
+    /// Creates the namespace, its bridge `<prefix>.1/24` and its loopback.
+    /// Panics if `ip` fails (the caller checked for root and iproute2).
+    pub fn create(prefix: [u8; 3]) -> Network {
+        remove_stale_networks();
+        let random = RandomState::new().hash_one((std::process::id(), Instant::now()));
+        let network = Network {
+            name: format!("{NETNS_PREFIX}{}-{:06x}", std::process::id(), random & 0xff_ffff),
+            prefix,
+        };
+        ip(&["netns", "add", &network.name]);
+        // From here on a panic drops `network`, which deletes the namespace.
+        let gateway = format!("{}/24", network.gateway());
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "add", BRIDGE, "type", "bridge"],
+            vec!["addr", "add", gateway.as_str(), "dev", BRIDGE],
+            vec!["link", "set", BRIDGE, "up"],
+        ] {
+            let mut argv = vec!["-n", network.name.as_str()];
+            argv.extend(args);
+            ip(&argv);
+        }
+        network
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`, for `nsenter --net=` and `setns`.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    pub fn bridge(&self) -> &str {
+        BRIDGE
+    }
+
+    /// The bridge's address, `<prefix>.1`.
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        self.address(1)
+    }
+
+    /// `<prefix>.<host>`.
+    pub fn address(&self, host: u8) -> std::net::Ipv4Addr {
+        let [a, b, c] = self.prefix;
+        std::net::Ipv4Addr::new(a, b, c, host)
+    }
+
+    /// Gives the container's `host0` the address `<prefix>.<host>/24` and
+    /// brings it (and `lo`) up, from the host with the host's `ip` in the
+    /// container's network namespace. Returns the address.
+    pub fn attach(&self, c: &Container, host: u8) -> std::net::Ipv4Addr {
+        let address = self.address(host);
+        let cidr = format!("{address}/24");
+        let init = c.init_pid().to_string();
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["addr", "add", cidr.as_str(), "dev", "host0"],
+            vec!["link", "set", "host0", "up"],
+        ] {
+            let mut cmd = Command::new("nsenter");
+            cmd.args(["-t", &init, "-n", "ip"]).args(&args).env("PATH", PATH);
+            let out = run_bounded(cmd, Duration::from_secs(30));
+            assert!(
+                out.status.success(),
+                "container {}: ip {}: {}",
+                c.name(),
+                args.join(" "),
+                describe(&out)
+            );
+        }
+        address
+    }
+
+    /// `ip netns exec <name> program`: a command to run inside.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread of its own that has joined this namespace
+    /// (`setns`), and returns what it returns. Threads that `f` starts
+    /// stay in the namespace after it returns (a load client's).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.path();
+        std::thread::Builder::new()
+            .name(format!("in-{}", self.name))
+            .spawn(move || {
+                let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns into {}: {e}", path.display()));
+                f()
+            })
+            .expect("spawning a thread for the network namespace")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "del", &self.name]).env("PATH", PATH);
+        let out = run_bounded(cmd, Duration::from_secs(30));
+        if !out.status.success() {
+            say(&format!("ip netns del {}: {}", self.name, describe(&out)));
+        }
+    }
+}
+
+/// `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let mut cmd = Command::new("ip");
+    cmd.args(args).env("PATH", PATH);
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), describe(&out));
+}
+
+/// Namespaces of [`Network`]s whose owner (the pid in the name) is gone.
+fn remove_stale_networks() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix(NETNS_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        say(&format!("removing a stale test network namespace: {name}"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "del", &name]).env("PATH", PATH);
+        let _ = run_bounded(cmd, Duration::from_secs(30));
+    }
+}
+
+/// `packaging/build deb [--version V]` in the checkout `root`: the .deb
+/// (`target/packaging/<expected>`, checked to be new) and how long the
+/// build took. Panics with the build's output if it fails.
+pub fn build_deb(root: &Path, version: Option<&str>, expected: &str) -> (PathBuf, Duration) {
+    let t = Instant::now();
+    let before = std::time::SystemTime::now() - Duration::from_secs(2);
+    let mut cmd = Command::new(root.join("packaging/build"));
+    cmd.arg("deb").current_dir(root).stdin(Stdio::null());
+    if let Some(v) = version {
+        cmd.args(["--version", v]);
+    }
+    let out = run_bounded(cmd, Duration::from_secs(600));
+    let took = t.elapsed();
+    let what = format!(
+        "packaging/build deb{}",
+        version.map(|v| format!(" --version {v}")).unwrap_or_default()
+    );
+    assert!(out.status.success(), "{what} failed after {took:?}: {}", describe(&out));
+    let deb = root.join("target/packaging").join(expected);
+    let modified = std::fs::metadata(&deb).and_then(|m| m.modified()).unwrap_or_else(|e| {
+        panic!(
+            "{what} exited 0 but {} is missing ({e}): {}",
+            deb.display(),
+            describe(&out)
+        )
+    });
+    assert!(
+        modified >= before,
+        "{what} exited 0 but did not (re)write {} (it is older than the build): {}",
+        deb.display(),
+        describe(&out)
+    );
+    (deb, took)
+}
+
 /// A booted container. See the module documentation.
 pub struct Container {
     name: String,
@@ -206,6 +423,14 @@ impl Container {
     /// `SKIPPED: <reason>` and returns `None`, or under `CI=true` panics with
     /// the reason. Panics if the boot itself fails.
     pub fn boot(system: System) -> Option<Container> {
+        Container::boot_with(system, &Options::default())
+    }
+
+    /// [`Container::boot`] with a hostname and, optionally, a network of
+    /// its own: a veth on `network`'s bridge (`--network-bridge`), nspawn
+    /// started inside that namespace. The container's end (`host0`) gets
+    /// no address here; see [`Network::attach`].
+    pub fn boot_with(system: System, options: &Options) -> Option<Container> {
         if let Some(reason) = skip_reason() {
             skip(&reason);
             return None;
@@ -247,7 +472,7 @@ impl Container {
         for sub in ["upper", "work", "root"] {
             std::fs::create_dir(c.dir.join(sub)).expect("creating the overlay dirs");
         }
-        let options = format!(
+        let overlay = format!(
             "lowerdir={},upperdir={},workdir={}",
             lower.display(),
             c.dir.join("upper").display(),
@@ -255,7 +480,7 @@ impl Container {
         );
         let mut mount = Command::new("mount");
         mount
-            .args(["-t", "overlay", "overlay", "-o", &options])
+            .args(["-t", "overlay", "overlay", "-o", &overlay])
             .arg(&c.root)
             .env("PATH", PATH);
         let out = run_bounded(mount, Duration::from_secs(30));
@@ -267,6 +492,9 @@ impl Container {
         );
         c.mounted = true;
         c.write_file(&format!("/etc/systemd/system/{TARGET_NAME}"), TARGET_UNIT);
+        if let Some(hostname) = &options.hostname {
+            c.write_file("/etc/hostname", &format!("{hostname}\n"));
+        }
 
         let log = std::fs::File::create(c.dir.join("nspawn.log")).expect("creating nspawn.log");
         // setpriv: if the thread that started it dies (a killed test run),
@@ -286,20 +514,29 @@ impl Container {
         if system == System::Debian13 {
             child.env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1");
         }
-        let child = child
-            .args([
-                "-c",
-                r#"for cg in $BATON_TEST_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 125; done; exec "$@""#,
-                "sh",
-                "setpriv",
-                "--pdeathsig",
-                "SIGTERM",
-                "--",
-                "systemd-nspawn",
-                "-D",
-            ])
+        child.args([
+            "-c",
+            r#"for cg in $BATON_TEST_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 125; done; exec "$@""#,
+            "sh",
+        ]);
+        // nsenter --net (not `ip netns exec`, which remounts /sys and so
+        // hides the cgroup tree nspawn needs) execs the rest in the
+        // network's namespace: nspawn makes the veth there and puts its
+        // host end on the bridge.
+        if let Some(network) = options.network {
+            child.args(["nsenter", &format!("--net={}", network.path().display()), "--"]);
+        }
+        child
+            .args(["setpriv", "--pdeathsig", "SIGTERM", "--", "systemd-nspawn", "-D"])
             .arg(&c.root)
-            .args(["--register=no", "--keep-unit", "-M", &c.name, "-b"])
+            .args(["--register=no", "--keep-unit", "-M", &c.name, "-b"]);
+        if let Some(hostname) = &options.hostname {
+            child.arg(format!("--hostname={hostname}"));
+        }
+        if let Some(network) = options.network {
+            child.arg(format!("--network-bridge={}", network.bridge()));
+        }
+        let child = child
             .arg(format!("systemd.unit={TARGET_NAME}"))
             .env("PATH", PATH)
             .env("LANG", "C.UTF-8")
