@@ -168,16 +168,24 @@ pub enum Outcome {
 /// nothing and succeeds (what configuration management such as the Ansible
 /// role in contrib/ansible needs to report "changed" only on a change).
 pub fn write(req: &Request) -> Result<Vec<(PathBuf, Outcome)>, InitError> {
-    let files = render(req)?;
-    let same = |path: &Path, text: &str| std::fs::read(path).is_ok_and(|old| old == text.as_bytes());
+    // Each file's present text is read once: None when it is missing or
+    // unreadable (then it is written, as before).
+    let files: Vec<(PathBuf, String, Option<Vec<u8>>)> = render(req)?
+        .into_iter()
+        .map(|(path, text)| {
+            let old = std::fs::read(&path).ok();
+            (path, text, old)
+        })
+        .collect();
+    let same = |text: &str, old: &Option<Vec<u8>>| old.as_deref() == Some(text.as_bytes());
     if !req.force {
-        if let Some((path, _)) = files.iter().find(|(p, t)| p.exists() && !same(p, t)) {
+        if let Some((path, ..)) = files.iter().find(|(p, t, old)| p.exists() && !same(t, old)) {
             return Err(InitError::Exists { path: path.clone() });
         }
     }
     let mut done = Vec::with_capacity(files.len());
-    for (path, text) in files {
-        let outcome = if same(&path, &text) {
+    for (path, text, old) in files {
+        let outcome = if same(&text, &old) {
             Outcome::Unchanged
         } else {
             write_file(&path, &text)?;
